@@ -1,0 +1,154 @@
+//! Command line: `serialhub serve …`, `serialhub sim …`, `--help`, `--version`.
+//!
+//! Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
+
+use std::path::PathBuf;
+
+use lexopt::prelude::*;
+
+use crate::config::{Config, DeviceSpec};
+use crate::sim::SimOptions;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+const HELP: &str = "\
+serialhub — share serial ports over RFC 2217, ESP32-aware
+
+USAGE:
+    serialhub serve [--config FILE] [--device PATH[=PORT]]... [--bind ADDR] [--demo]
+    serialhub sim --pty LINK [--flash FILE] [--bootloader]
+    serialhub --help | --version
+
+SERVE:
+    --config FILE        TOML configuration (default /etc/serialhub/serialhub.toml if it exists)
+    --device PATH[=PORT] serve this device (repeatable); PORT 0 lets the OS pick one.
+                         PATH `sim` (or `sim:FLASHFILE`) is the built-in simulated ESP32.
+    --bind ADDR          address to listen on (default 0.0.0.0)
+    --demo               also serve a simulated ESP32 on the first free port from base_port
+
+SIM:
+    --pty LINK           create a pseudo-terminal and symlink its device at LINK
+    --flash FILE         keep the simulated 4 MiB flash in FILE
+    --bootloader         start in the ROM download mode (a PTY has no DTR/RTS to reset it)
+
+Logging goes to stderr; set RUST_LOG=debug for more.
+";
+
+const DEFAULT_CONFIG: &str = "/etc/serialhub/serialhub.toml";
+
+pub fn main() -> i32 {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run() {
+        Ok(()) => 0,
+        Err(CliError::Usage(msg)) => {
+            eprintln!("serialhub: {msg}\nTry `serialhub --help`.");
+            2
+        }
+        Err(CliError::Config(e)) => {
+            eprintln!("serialhub: {e}");
+            2
+        }
+        Err(CliError::Runtime(msg)) => {
+            eprintln!("serialhub: {msg}");
+            1
+        }
+    }
+}
+
+enum CliError {
+    Usage(String),
+    Config(crate::config::ConfigError),
+    Runtime(String),
+}
+
+impl From<lexopt::Error> for CliError {
+    fn from(e: lexopt::Error) -> Self {
+        CliError::Usage(e.to_string())
+    }
+}
+
+fn run() -> Result<(), CliError> {
+    let mut parser = lexopt::Parser::from_env();
+    match parser.next()? {
+        Some(Long("help") | Short('h')) | None => {
+            print!("{HELP}");
+            Ok(())
+        }
+        Some(Long("version") | Short('V')) => {
+            println!("serialhub {VERSION}");
+            Ok(())
+        }
+        Some(Value(cmd)) if cmd == "serve" => serve(parser),
+        Some(Value(cmd)) if cmd == "sim" => sim(parser),
+        Some(Value(cmd)) => Err(CliError::Usage(format!(
+            "unknown command `{}`",
+            cmd.to_string_lossy()
+        ))),
+        Some(arg) => Err(arg.unexpected().into()),
+    }
+}
+
+fn serve(mut parser: lexopt::Parser) -> Result<(), CliError> {
+    let mut config_path: Option<PathBuf> = None;
+    let mut devices = Vec::new();
+    let mut bind = None;
+    let mut demo = false;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("config") => config_path = Some(parser.value()?.into()),
+            Long("device") => {
+                let v = parser.value()?.string()?;
+                devices.push(DeviceSpec::parse_flag(&v).map_err(CliError::Usage)?);
+            }
+            Long("bind") => bind = Some(parser.value()?.string()?),
+            Long("demo") => demo = true,
+            Long("help") | Short('h') => {
+                print!("{HELP}");
+                return Ok(());
+            }
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    let mut config = match config_path {
+        Some(p) => Config::load(&p).map_err(CliError::Config)?,
+        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
+            Config::load(std::path::Path::new(DEFAULT_CONFIG)).map_err(CliError::Config)?
+        }
+        None => Config::default(),
+    };
+    config.devices.extend(devices);
+    if demo {
+        config.devices.push(DeviceSpec::demo());
+    }
+    if let Some(b) = bind {
+        config.bind = b
+            .parse()
+            .map_err(|_| CliError::Usage(format!("--bind: `{b}` is not an IP address")))?;
+    }
+    if config.devices.is_empty() {
+        return Err(CliError::Usage(
+            "no devices to serve: give --device PATH, --demo, or [[device]] entries in the config"
+                .into(),
+        ));
+    }
+    crate::bridge::serve(config).map_err(CliError::Runtime)
+}
+
+fn sim(mut parser: lexopt::Parser) -> Result<(), CliError> {
+    let mut link: Option<PathBuf> = None;
+    let mut opts = SimOptions::default();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("pty") => link = Some(parser.value()?.into()),
+            Long("flash") => opts.flash_file = Some(parser.value()?.into()),
+            Long("bootloader") => opts.start_in_bootloader = true,
+            Long("help") | Short('h') => {
+                print!("{HELP}");
+                return Ok(());
+            }
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    let link = link.ok_or_else(|| CliError::Usage("sim needs --pty LINK".into()))?;
+    crate::sim::run_pty(&link, opts).map_err(|e| CliError::Runtime(format!("sim: {e}")))
+}

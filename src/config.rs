@@ -1,0 +1,243 @@
+//! `serialhub.toml` and `--device` flags. Every key is documented in `conf/serialhub.toml`.
+//! A mistake names the file, the line and the key, and the daemon exits 2 rather than
+//! serving something the user did not ask for.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The first TCP port handed out when a device has none configured (the old portal's too).
+pub const DEFAULT_BASE_PORT: u16 = 4001;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the device ports listen on.
+    pub bind: IpAddr,
+    /// Devices without a `port` get the lowest free port from here up.
+    pub base_port: u16,
+    #[serde(rename = "device")]
+    pub devices: Vec<DeviceSpec>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            base_port: DEFAULT_BASE_PORT,
+            devices: Vec::new(),
+        }
+    }
+}
+
+/// Where a device's bytes come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DevicePath {
+    Tty(PathBuf),
+    /// The built-in simulated ESP32, optionally keeping its flash in a file.
+    Sim {
+        flash_file: Option<PathBuf>,
+    },
+}
+
+impl DevicePath {
+    fn parse(s: &str) -> DevicePath {
+        match s.strip_prefix("sim") {
+            Some("") => DevicePath::Sim { flash_file: None },
+            Some(rest) if rest.starts_with(':') => DevicePath::Sim {
+                flash_file: Some(PathBuf::from(&rest[1..])),
+            },
+            _ => DevicePath::Tty(PathBuf::from(s)),
+        }
+    }
+}
+
+impl fmt::Display for DevicePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DevicePath::Tty(p) => write!(f, "{}", p.display()),
+            DevicePath::Sim { .. } => write!(f, "sim"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DevicePath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Err(serde::de::Error::custom("`path` must not be empty"));
+        }
+        Ok(DevicePath::parse(&s))
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSpec {
+    pub path: DevicePath,
+    /// TCP port; absent = next free from `base_port`; 0 = let the OS pick (tests).
+    pub port: Option<u16>,
+    /// A name for logs and the signature; defaults to the path's file name.
+    pub name: Option<String>,
+    /// The baud rate the device starts at and returns to when a client leaves.
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+}
+
+fn default_baud() -> u32 {
+    115_200
+}
+
+impl DeviceSpec {
+    /// `--device PATH[=PORT]`.
+    pub fn parse_flag(s: &str) -> Result<DeviceSpec, String> {
+        let (path, port) = match s.rsplit_once('=') {
+            Some((p, port)) => {
+                let port = port
+                    .parse::<u16>()
+                    .map_err(|_| format!("--device {s}: `{port}` is not a TCP port number"))?;
+                (p, Some(port))
+            }
+            None => (s, None),
+        };
+        if path.is_empty() {
+            return Err(format!("--device {s}: missing device path"));
+        }
+        Ok(DeviceSpec {
+            path: DevicePath::parse(path),
+            port,
+            name: None,
+            baud: default_baud(),
+        })
+    }
+
+    /// The device `--demo` adds: a simulated ESP32 on the next free port.
+    pub fn demo() -> DeviceSpec {
+        DeviceSpec {
+            path: DevicePath::Sim { flash_file: None },
+            port: None,
+            name: Some("demo-esp32".into()),
+            baud: default_baud(),
+        }
+    }
+
+    pub fn display_name(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        match &self.path {
+            DevicePath::Tty(p) => p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.display().to_string()),
+            DevicePath::Sim { .. } => "sim".into(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ConfigError {
+    Read {
+        file: PathBuf,
+        err: std::io::Error,
+    },
+    Parse {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { file, err } => {
+                write!(f, "cannot read config {}: {err}", file.display())
+            }
+            ConfigError::Parse {
+                file,
+                line,
+                message,
+            } => write!(
+                f,
+                "config error in {} line {line}: {message} (see conf/serialhub.toml for every key)",
+                file.display()
+            ),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|err| ConfigError::Read {
+            file: file.to_owned(),
+            err,
+        })?;
+        Config::parse(&text).map_err(|(line, message)| ConfigError::Parse {
+            file: file.to_owned(),
+            line,
+            message,
+        })
+    }
+
+    /// Parse TOML text; on error, the 1-based line and a one-line message naming the key.
+    pub fn parse(text: &str) -> Result<Config, (usize, String)> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(1);
+            (line, e.message().trim().to_string())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_config_parses() {
+        let c = Config::parse(
+            "bind = \"127.0.0.1\"\nbase_port = 5000\n[[device]]\npath = \"/dev/ttyUSB0\"\nport = 4100\nname = \"bench\"\nbaud = 921600\n[[device]]\npath = \"sim\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.base_port, 5000);
+        assert_eq!(c.devices.len(), 2);
+        assert_eq!(c.devices[0].port, Some(4100));
+        assert_eq!(c.devices[0].baud, 921_600);
+        assert_eq!(c.devices[1].path, DevicePath::Sim { flash_file: None });
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let (line, msg) =
+            Config::parse("base_port = 4001\n\n[[device]]\npath = \"/dev/x\"\nbaudrate = 9600\n")
+                .unwrap_err();
+        assert_eq!(line, 5, "{msg}");
+        assert!(msg.contains("baudrate"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_names_line() {
+        let (line, msg) = Config::parse("bind = \"127.0.0.1\"\nbase_port = \"x\"\n").unwrap_err();
+        assert_eq!(line, 2, "{msg}");
+    }
+
+    #[test]
+    fn device_flag() {
+        let d = DeviceSpec::parse_flag("/dev/ttyUSB0=4002").unwrap();
+        assert_eq!(d.path, DevicePath::Tty("/dev/ttyUSB0".into()));
+        assert_eq!(d.port, Some(4002));
+        let d = DeviceSpec::parse_flag("sim:/tmp/f.bin").unwrap();
+        assert_eq!(
+            d.path,
+            DevicePath::Sim {
+                flash_file: Some("/tmp/f.bin".into())
+            }
+        );
+        assert!(DeviceSpec::parse_flag("/dev/x=abc").is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! serialhub: share a small Linux box's serial ports over RFC 2217, ESP32-aware.
+//!
+//! The pure cores turn bytes and events into bytes and actions; the thin loops move them.
+//!
+//! ```text
+//!  client TCP ─▶ telnet (codec) ─▶ rfc2217 (typed verbs) ─▶ session (negotiation, mirrored lines)
+//!                                                               │ settings / lines / purge
+//!  bridge (one thread per device: poll over listener, client, device, wake fd) ◀┘
+//!        └─▶ device (tty | simulated ESP32)
+//! ```
+
+pub mod bridge; // the per-device thread: poll loop, one controlling client
+pub mod cli; // command line: `serve`, `sim`, `--help`, `--version`
+pub mod config; // serialhub.toml and `--device` flags, with errors that name file/line/key
+pub mod device; // device backends behind one trait: real tty, simulated ESP32
+pub mod rfc2217; // COM-PORT-OPTION (44) requests and replies as typed values (pure)
+pub mod session; // one client's negotiation state and what to apply/answer (pure)
+pub mod sim; // simulated ESP32: ROM loader, stub, flash, UART timing
+pub mod telnet; // Telnet byte codec: IAC framing, option verbs, 0xFF doubling (pure)
