@@ -1,1 +1,379 @@
-//! telnet
+//! Telnet byte codec (RFC 854/855), sans-IO.
+//!
+//! The decoder splits a client's byte stream into data and Telnet events and may be fed any
+//! split of the stream; the encoder doubles 0xFF everywhere it must, including inside
+//! subnegotiation values (firmware images are full of 0xFF, so this is on the hot path).
+
+/// Interpret As Command.
+pub const IAC: u8 = 0xFF;
+const SB: u8 = 0xFA;
+const SE: u8 = 0xF0;
+const WILL: u8 = 0xFB;
+const WONT: u8 = 0xFC;
+const DO: u8 = 0xFD;
+const DONT: u8 = 0xFE;
+
+/// Longest subnegotiation we buffer. RFC 2217 values are at most a few bytes; a signature
+/// text is the longest legitimate one. Anything longer is a broken or hostile client.
+pub const MAX_SUBNEGOTIATION: usize = 256;
+
+/// Telnet options serialhub knows by name.
+pub mod option {
+    pub const BINARY: u8 = 0;
+    pub const ECHO: u8 = 1;
+    pub const SGA: u8 = 3;
+    pub const COM_PORT: u8 = 44;
+}
+
+/// Option negotiation verbs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verb {
+    Will,
+    Wont,
+    Do,
+    Dont,
+}
+
+impl Verb {
+    fn from_byte(b: u8) -> Option<Verb> {
+        match b {
+            WILL => Some(Verb::Will),
+            WONT => Some(Verb::Wont),
+            DO => Some(Verb::Do),
+            DONT => Some(Verb::Dont),
+            _ => None,
+        }
+    }
+
+    fn byte(self) -> u8 {
+        match self {
+            Verb::Will => WILL,
+            Verb::Wont => WONT,
+            Verb::Do => DO,
+            Verb::Dont => DONT,
+        }
+    }
+}
+
+/// Something other than data in the client's stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Negotiate(Verb, u8),
+    /// `IAC SB option payload IAC SE`, payload already unescaped.
+    Subnegotiation { option: u8, payload: Vec<u8> },
+    /// A subnegotiation longer than [`MAX_SUBNEGOTIATION`]; its bytes were dropped.
+    SubnegotiationTooLong { option: u8 },
+    /// A subnegotiation cut short by `IAC <command>`; its bytes were dropped and the
+    /// command was processed as usual.
+    SubnegotiationAborted { option: u8 },
+    /// A two-byte command such as NOP, BRK or AYT (the byte after IAC).
+    Command(u8),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Data,
+    Iac,
+    Verb(Verb),
+    SbOption,
+    SbData(u8),
+    SbIac(u8),
+    /// Skipping an oversized subnegotiation until `IAC SE`.
+    SbDiscard(u8),
+    SbDiscardIac(u8),
+}
+
+/// Incremental decoder; holds at most one partial subnegotiation.
+#[derive(Debug)]
+pub struct Decoder {
+    state: State,
+    sb: Vec<u8>,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder {
+            state: State::Data,
+            sb: Vec::with_capacity(16),
+        }
+    }
+}
+
+impl Decoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Decode `input`, appending data bytes to `data` and events to `events`. Runs of plain
+    /// data are copied in one go; only IAC sequences are handled byte by byte.
+    pub fn decode(&mut self, mut input: &[u8], data: &mut Vec<u8>, events: &mut Vec<Event>) {
+        while !input.is_empty() {
+            if self.state == State::Data {
+                match input.iter().position(|&b| b == IAC) {
+                    None => {
+                        data.extend_from_slice(input);
+                        return;
+                    }
+                    Some(i) => {
+                        data.extend_from_slice(&input[..i]);
+                        self.state = State::Iac;
+                        input = &input[i + 1..];
+                        continue;
+                    }
+                }
+            }
+            let b = input[0];
+            input = &input[1..];
+            self.step(b, data, events);
+        }
+    }
+
+    fn step(&mut self, b: u8, data: &mut Vec<u8>, events: &mut Vec<Event>) {
+        self.state = match self.state {
+            State::Data => {
+                data.push(b);
+                State::Data
+            }
+            State::Iac => self.after_iac(b, data, events),
+            State::Verb(v) => {
+                events.push(Event::Negotiate(v, b));
+                State::Data
+            }
+            State::SbOption => {
+                self.sb.clear();
+                State::SbData(b)
+            }
+            State::SbData(opt) if b == IAC => State::SbIac(opt),
+            State::SbData(opt) => self.sb_push(opt, b, events),
+            State::SbIac(opt) => match b {
+                IAC => self.sb_push(opt, IAC, events),
+                SE => {
+                    events.push(Event::Subnegotiation {
+                        option: opt,
+                        payload: std::mem::take(&mut self.sb),
+                    });
+                    State::Data
+                }
+                other => {
+                    self.sb.clear();
+                    events.push(Event::SubnegotiationAborted { option: opt });
+                    self.after_iac(other, data, events)
+                }
+            },
+            State::SbDiscard(opt) if b == IAC => State::SbDiscardIac(opt),
+            State::SbDiscard(opt) => State::SbDiscard(opt),
+            State::SbDiscardIac(opt) => match b {
+                SE => State::Data,
+                IAC => State::SbDiscard(opt),
+                other => self.after_iac(other, data, events),
+            },
+        };
+    }
+
+    fn sb_push(&mut self, opt: u8, b: u8, events: &mut Vec<Event>) -> State {
+        if self.sb.len() >= MAX_SUBNEGOTIATION {
+            self.sb.clear();
+            events.push(Event::SubnegotiationTooLong { option: opt });
+            return State::SbDiscard(opt);
+        }
+        self.sb.push(b);
+        State::SbData(opt)
+    }
+
+    fn after_iac(&mut self, b: u8, data: &mut Vec<u8>, events: &mut Vec<Event>) -> State {
+        match b {
+            IAC => {
+                data.push(IAC);
+                State::Data
+            }
+            SB => State::SbOption,
+            // A stray SE outside a subnegotiation means nothing; drop it.
+            SE => State::Data,
+            _ => match Verb::from_byte(b) {
+                Some(v) => State::Verb(v),
+                None => {
+                    events.push(Event::Command(b));
+                    State::Data
+                }
+            },
+        }
+    }
+}
+
+/// Append `data` with every 0xFF doubled.
+pub fn escape_into(data: &[u8], out: &mut Vec<u8>) {
+    let mut rest = data;
+    while let Some(i) = rest.iter().position(|&b| b == IAC) {
+        out.extend_from_slice(&rest[..=i]);
+        out.push(IAC);
+        rest = &rest[i + 1..];
+    }
+    out.extend_from_slice(rest);
+}
+
+/// Append `IAC verb option`.
+pub fn negotiate(verb: Verb, option: u8, out: &mut Vec<u8>) {
+    out.extend_from_slice(&[IAC, verb.byte(), option]);
+}
+
+/// Append `IAC SB option payload IAC SE`, escaping 0xFF in the option and payload.
+pub fn subnegotiation(option: u8, payload: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&[IAC, SB]);
+    escape_into(&[option], out);
+    escape_into(payload, out);
+    out.extend_from_slice(&[IAC, SE]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode_all(chunks: &[&[u8]]) -> (Vec<u8>, Vec<Event>) {
+        let mut d = Decoder::new();
+        let (mut data, mut events) = (Vec::new(), Vec::new());
+        for c in chunks {
+            d.decode(c, &mut data, &mut events);
+        }
+        (data, events)
+    }
+
+    /// A stream with every construct the decoder knows, and its expected decoding.
+    fn sample() -> (Vec<u8>, Vec<u8>, Vec<Event>) {
+        let mut wire = vec![b'a', IAC, IAC, b'b'];
+        negotiate(Verb::Do, option::COM_PORT, &mut wire);
+        subnegotiation(44, &[1, 0, 0xFF, 0xFF, 0], &mut wire);
+        wire.extend_from_slice(&[IAC, 0xF1, 0xFF, 0xFF, b'z']);
+        let data = vec![b'a', 0xFF, b'b', 0xFF, b'z'];
+        let events = vec![
+            Event::Negotiate(Verb::Do, 44),
+            Event::Subnegotiation {
+                option: 44,
+                payload: vec![1, 0, 0xFF, 0xFF, 0],
+            },
+            Event::Command(0xF1),
+        ];
+        (wire, data, events)
+    }
+
+    #[test]
+    fn decodes_every_construct() {
+        let (wire, data, events) = sample();
+        assert_eq!(decode_all(&[&wire]), (data, events));
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_result() {
+        let (wire, data, events) = sample();
+        for i in 0..=wire.len() {
+            for j in i..=wire.len() {
+                let got = decode_all(&[&wire[..i], &wire[i..j], &wire[j..]]);
+                assert_eq!(got, (data.clone(), events.clone()), "split at {i},{j}");
+            }
+        }
+    }
+
+    #[test]
+    fn byte_at_a_time() {
+        let (wire, data, events) = sample();
+        let chunks: Vec<&[u8]> = wire.chunks(1).collect();
+        assert_eq!(decode_all(&chunks), (data, events));
+    }
+
+    #[test]
+    fn escape_doubles_iac_only() {
+        let mut out = Vec::new();
+        escape_into(&[1, 0xFF, 2, 0xFF, 0xFF], &mut out);
+        assert_eq!(out, [1, 0xFF, 0xFF, 2, 0xFF, 0xFF, 0xFF, 0xFF]);
+    }
+
+    #[test]
+    fn subnegotiation_escapes_value() {
+        let mut out = Vec::new();
+        subnegotiation(44, &[101, 0, 0, 0xFF, 0xFF], &mut out);
+        assert_eq!(
+            out,
+            [IAC, SB, 44, 101, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, IAC, SE]
+        );
+    }
+
+    #[test]
+    fn oversized_subnegotiation_is_reported_once_and_stream_recovers() {
+        let mut wire = vec![IAC, SB, 44];
+        wire.extend(std::iter::repeat_n(7u8, 10 * MAX_SUBNEGOTIATION));
+        wire.extend_from_slice(&[IAC, SE, b'o', b'k']);
+        let (data, events) = decode_all(&[&wire]);
+        assert_eq!(data, b"ok");
+        assert_eq!(events, vec![Event::SubnegotiationTooLong { option: 44 }]);
+    }
+
+    #[test]
+    fn max_length_subnegotiation_is_accepted() {
+        let payload = vec![0xFFu8; MAX_SUBNEGOTIATION];
+        let mut wire = Vec::new();
+        subnegotiation(44, &payload, &mut wire);
+        let (_, events) = decode_all(&[&wire]);
+        assert_eq!(
+            events,
+            vec![Event::Subnegotiation {
+                option: 44,
+                payload
+            }]
+        );
+    }
+
+    #[test]
+    fn aborted_subnegotiation_processes_the_interrupting_command() {
+        let wire = [IAC, SB, 44, 1, 2, IAC, DO, 3, b'x'];
+        let (data, events) = decode_all(&[&wire]);
+        assert_eq!(data, b"x");
+        assert_eq!(
+            events,
+            vec![
+                Event::SubnegotiationAborted { option: 44 },
+                Event::Negotiate(Verb::Do, 3)
+            ]
+        );
+    }
+
+    #[test]
+    fn truncated_input_yields_nothing_yet() {
+        for wire in [&[IAC][..], &[IAC, DO], &[IAC, SB], &[IAC, SB, 44, 1, IAC]] {
+            let (data, events) = decode_all(&[wire]);
+            assert!(data.is_empty() && events.is_empty(), "{wire:?}");
+        }
+    }
+
+    proptest! {
+        /// Escaped data always decodes to itself, however it is split.
+        #[test]
+        fn escape_roundtrip(data in proptest::collection::vec(prop_oneof![Just(0xFFu8), any::<u8>()], 0..512),
+                            cut in 0usize..512) {
+            let mut wire = Vec::new();
+            escape_into(&data, &mut wire);
+            let cut = cut.min(wire.len());
+            let (got, events) = decode_all(&[&wire[..cut], &wire[cut..]]);
+            prop_assert_eq!(got, data);
+            prop_assert!(events.is_empty());
+        }
+
+        /// Random bytes never panic, and output never exceeds input.
+        #[test]
+        fn random_input_is_safe(wire in proptest::collection::vec(
+                prop_oneof![Just(IAC), Just(SB), Just(SE), Just(DO), any::<u8>()], 0..2048),
+                cuts in proptest::collection::vec(0usize..2048, 0..8)) {
+            let mut d = Decoder::new();
+            let (mut data, mut events) = (Vec::new(), Vec::new());
+            let mut last = 0;
+            let mut cuts = cuts;
+            cuts.sort();
+            for c in cuts.into_iter().chain([wire.len()]) {
+                let c = c.min(wire.len()).max(last);
+                d.decode(&wire[last..c], &mut data, &mut events);
+                last = c;
+            }
+            prop_assert!(data.len() <= wire.len());
+            prop_assert!(d.sb.len() <= MAX_SUBNEGOTIATION);
+        }
+    }
+}
