@@ -1,4 +1,634 @@
-//! The per-device thread (being written).
-pub fn serve(_config: crate::config::Config) -> Result<(), String> {
-    Err("serve not implemented yet".into())
+//! The per-device thread: one `poll()` over the listener, the client socket, the device and
+//! a wake fd; one controlling client at a time; the device stays open across clients.
+//!
+//! Buffers are bounded both ways. A slow client fills `to_client`, which stops us reading
+//! the device (back-pressure lands in the device's kernel buffer, exactly as with a slow
+//! local reader); a fast client fills `to_device`, which stops us reading the socket.
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::socket::{setsockopt, sockopt};
+
+use crate::config::{Config, DevicePath, DeviceSpec};
+use crate::device::{Device, LineSettings, Lines, ModemStatus, Purge, Tty};
+use crate::session::{Port, Session};
+
+/// Stop reading the device once this much escaped output waits for the client.
+const CLIENT_HIGH_WATER: usize = 64 * 1024;
+/// Stop reading the client once this much data waits for the device.
+const DEVICE_HIGH_WATER: usize = 16 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+/// How often modem lines (CTS/DSR/RI/CD) are checked while a client is connected.
+const MODEM_POLL: Duration = Duration::from_secs(1);
+/// Re-open back-off for a device that cannot be opened (first try, then doubling).
+const REOPEN_MIN: Duration = Duration::from_millis(500);
+const REOPEN_MAX: Duration = Duration::from_secs(30);
+/// How long a settings change may wait for queued client data to reach the device first.
+const DRAIN_BEFORE_APPLY: Duration = Duration::from_secs(2);
+
+const BUSY_MESSAGE: &[u8] = b"Port already in use\r\n";
+const NO_DEVICE_MESSAGE: &[u8] = b"Port's device is not available\r\n";
+
+/// Requests from other threads, delivered through the wake fd.
+#[derive(Debug)]
+pub enum BridgeCommand {
+    /// Restore the device, close the client, end the thread.
+    Shutdown,
+}
+
+/// How another thread talks to a running bridge.
+pub struct BridgeHandle {
+    pub name: String,
+    pub addr: SocketAddr,
+    tx: mpsc::Sender<BridgeCommand>,
+    wake: std::sync::Arc<EventFd>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl BridgeHandle {
+    pub fn send(&self, cmd: BridgeCommand) {
+        if self.tx.send(cmd).is_ok() {
+            let _ = self.wake.write(1);
+        }
+    }
+
+    pub fn join(self) {
+        let _ = self.thread.join();
+    }
+}
+
+/// Run the daemon: bind every device's port, start one thread per device, and on SIGINT or
+/// SIGTERM restore the devices and exit.
+pub fn serve(config: Config) -> Result<(), String> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGTERM);
+    // Block before spawning, so every bridge thread inherits the mask and only the main
+    // thread ever sees the signal (in `wait`).
+    mask.thread_block().map_err(|e| format!("cannot block signals: {e}"))?;
+
+    let listeners = bind_all(&config)?;
+    let mut handles = Vec::new();
+    for (spec, listener) in config.devices.iter().zip(listeners) {
+        handles.push(spawn(spec.clone(), listener).map_err(|e| e.to_string())?);
+    }
+    let sig = mask.wait().map_err(|e| format!("waiting for signals: {e}"))?;
+    info!("{sig:?}: restoring devices and exiting");
+    for h in &handles {
+        h.send(BridgeCommand::Shutdown);
+    }
+    for h in handles {
+        h.join();
+    }
+    Ok(())
+}
+
+/// Bind every device's port up front, so a port conflict stops the daemon at start with a
+/// message rather than leaving a device silently unserved. Configured ports first; devices
+/// without one take the lowest free port from `base_port`.
+fn bind_all(config: &Config) -> Result<Vec<TcpListener>, String> {
+    let mut slots: Vec<Option<TcpListener>> = Vec::new();
+    for spec in &config.devices {
+        slots.push(match spec.port {
+            Some(p) => Some(bind(config.bind, p).map_err(|e| {
+                format!(
+                    "cannot listen on {}:{p} for {}: {e} (is another server using it? pick another `port`)",
+                    config.bind, spec.path
+                )
+            })?),
+            None => None,
+        });
+    }
+    let mut next = config.base_port;
+    for (spec, slot) in config.devices.iter().zip(slots.iter_mut()) {
+        if slot.is_some() {
+            continue;
+        }
+        loop {
+            let taken = config.devices.iter().any(|d| d.port == Some(next));
+            if !taken {
+                match bind(config.bind, next) {
+                    Ok(l) => {
+                        *slot = Some(l);
+                        next = next.saturating_add(1);
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
+                    Err(e) => {
+                        return Err(format!("cannot listen on {}:{next}: {e}", config.bind))
+                    }
+                }
+            }
+            if next == u16::MAX {
+                return Err(format!("no free TCP port from {} for {}", config.base_port, spec.path));
+            }
+            next += 1;
+        }
+    }
+    Ok(slots.into_iter().flatten().collect())
+}
+
+fn bind(ip: IpAddr, port: u16) -> io::Result<TcpListener> {
+    // std sets SO_REUSEADDR on Unix, so a restart does not wait out TIME_WAIT.
+    let l = TcpListener::bind((ip, port))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Start a bridge thread for `spec` on an already bound listener.
+pub fn spawn(spec: DeviceSpec, listener: TcpListener) -> io::Result<BridgeHandle> {
+    let name = spec.display_name();
+    let addr = listener.local_addr()?;
+    let wake = std::sync::Arc::new(EventFd::from_flags(
+        EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
+    )?);
+    let (tx, rx) = mpsc::channel();
+    info!("{name} ({}) listening on {addr}", spec.path);
+    let mut bridge = Bridge {
+        name: name.clone(),
+        configured: LineSettings {
+            baud: spec.baud,
+            ..LineSettings::default()
+        },
+        spec,
+        listener,
+        wake: wake.clone(),
+        commands: rx,
+        device: None,
+        reopen_at: Instant::now(),
+        reopen_delay: REOPEN_MIN,
+        client: None,
+        to_client: Vec::with_capacity(CLIENT_HIGH_WATER),
+        to_device: Vec::with_capacity(DEVICE_HIGH_WATER),
+        buf: vec![0; READ_CHUNK].into_boxed_slice(),
+    };
+    let thread = thread::Builder::new()
+        .name(format!("bridge {name}"))
+        .spawn(move || bridge.run())?;
+    Ok(BridgeHandle {
+        name,
+        addr,
+        tx,
+        wake,
+        thread,
+    })
+}
+
+struct Client {
+    stream: TcpStream,
+    addr: SocketAddr,
+    since: Instant,
+    session: Session,
+    next_modem_poll: Instant,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+struct Bridge {
+    name: String,
+    spec: DeviceSpec,
+    /// The settings the device has when no client is connected.
+    configured: LineSettings,
+    listener: TcpListener,
+    wake: std::sync::Arc<EventFd>,
+    commands: mpsc::Receiver<BridgeCommand>,
+    device: Option<Box<dyn Device>>,
+    reopen_at: Instant,
+    reopen_delay: Duration,
+    client: Option<Client>,
+    /// Telnet-escaped device output and session answers, not yet sent to the client.
+    to_client: Vec<u8>,
+    /// Client data, not yet written to the device.
+    to_device: Vec<u8>,
+    buf: Box<[u8]>,
+}
+
+/// Which poll slots are in use this round.
+#[derive(Default)]
+struct Slots {
+    device: Option<usize>,
+    client: Option<usize>,
+}
+
+enum Stop {
+    Shutdown,
+}
+
+impl Bridge {
+    fn run(&mut self) {
+        loop {
+            if self.device.is_none() && Instant::now() >= self.reopen_at {
+                self.open_device();
+            }
+            match self.turn() {
+                Ok(()) => {}
+                Err(Stop::Shutdown) => break,
+            }
+        }
+        self.drop_client("server shutting down");
+        debug!("{}: bridge thread done", self.name);
+    }
+
+    fn open_device(&mut self) {
+        let result: io::Result<Box<dyn Device>> = match &self.spec.path {
+            DevicePath::Tty(p) => Tty::open(p, &self.configured).map(|d| Box::new(d) as _),
+            DevicePath::Sim { flash_file } => open_sim(flash_file.clone(), &self.configured),
+        };
+        match result {
+            Ok(d) => {
+                info!("{}: opened {} at {}", self.name, self.spec.path, self.configured);
+                self.device = Some(d);
+                self.reopen_delay = REOPEN_MIN;
+            }
+            Err(e) => {
+                error!(
+                    "{}: cannot open {}: {e}; retrying in {:.1} s (check that it is plugged in and that this user may open it)",
+                    self.name,
+                    self.spec.path,
+                    self.reopen_delay.as_secs_f32()
+                );
+                self.reopen_at = Instant::now() + self.reopen_delay;
+                self.reopen_delay = (self.reopen_delay * 2).min(REOPEN_MAX);
+            }
+        }
+    }
+
+    /// One round of poll and the work it reveals.
+    fn turn(&mut self) -> Result<(), Stop> {
+        let suspended = self.client.as_ref().is_some_and(|c| c.session.suspended());
+        let want_device_in = self.to_client.len() < CLIENT_HIGH_WATER && !suspended;
+        let want_client_in = self.to_device.len() < DEVICE_HIGH_WATER;
+
+        let mut fds: Vec<PollFd> = Vec::with_capacity(4);
+        fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+        fds.push(PollFd::new(self.wake.as_fd(), PollFlags::POLLIN));
+        let mut slots = Slots::default();
+        if let Some(dev) = &self.device {
+            let mut ev = PollFlags::empty();
+            if want_device_in {
+                ev |= PollFlags::POLLIN;
+            }
+            if !self.to_device.is_empty() {
+                ev |= PollFlags::POLLOUT;
+            }
+            slots.device = Some(fds.len());
+            fds.push(PollFd::new(dev.fd(), ev));
+        }
+        if let Some(c) = &self.client {
+            let mut ev = PollFlags::empty();
+            if want_client_in {
+                ev |= PollFlags::POLLIN;
+            }
+            if !self.to_client.is_empty() {
+                ev |= PollFlags::POLLOUT;
+            }
+            slots.client = Some(fds.len());
+            fds.push(PollFd::new(c.stream.as_fd(), ev));
+        }
+        let timeout = self.next_deadline().map(|d| {
+            let ms = d.saturating_duration_since(Instant::now()).as_millis();
+            PollTimeout::try_from(ms.min(60_000) as i32 + 1).unwrap_or(PollTimeout::MAX)
+        });
+        match poll(&mut fds, timeout.unwrap_or(PollTimeout::NONE)) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => return Ok(()),
+            Err(e) => {
+                error!("{}: poll failed: {e}", self.name);
+                thread::sleep(Duration::from_millis(100));
+                return Ok(());
+            }
+        }
+        let ready = |i: Option<usize>| i.and_then(|i| fds[i].revents()).unwrap_or(PollFlags::empty());
+        let listener_ready = ready(Some(0));
+        let wake_ready = ready(Some(1));
+        let dev_ready = ready(slots.device);
+        let client_ready = ready(slots.client);
+        drop(fds);
+
+        if wake_ready.contains(PollFlags::POLLIN) {
+            let _ = self.wake.read();
+            while let Ok(cmd) = self.commands.try_recv() {
+                match cmd {
+                    BridgeCommand::Shutdown => return Err(Stop::Shutdown),
+                }
+            }
+        }
+        if !dev_ready.is_empty() {
+            self.on_device(dev_ready);
+        }
+        if !client_ready.is_empty() {
+            self.on_client(client_ready);
+        }
+        if listener_ready.contains(PollFlags::POLLIN) {
+            self.accept();
+        }
+        self.poll_modem();
+        Ok(())
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let reopen = self.device.is_none().then_some(self.reopen_at);
+        let modem = self.client.as_ref().map(|c| c.next_modem_poll);
+        match (reopen, modem) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let (mut stream, addr) = match self.listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    warn!("{}: accept failed: {e}", self.name);
+                    return;
+                }
+            };
+            if let Some(c) = &self.client {
+                info!(
+                    "{}: refused {addr}: port in use by {} (one controlling client per device)",
+                    self.name, c.addr
+                );
+                let _ = stream.write(BUSY_MESSAGE);
+                continue;
+            }
+            if self.device.is_none() {
+                info!("{}: refused {addr}: device {} is not open", self.name, self.spec.path);
+                let _ = stream.write(NO_DEVICE_MESSAGE);
+                continue;
+            }
+            if let Err(e) = tune_socket(&stream) {
+                warn!("{}: cannot set socket options for {addr}: {e}", self.name);
+            }
+            let settings = self.configured;
+            let signature = format!(
+                "serialhub {} {} ({})",
+                env!("CARGO_PKG_VERSION"),
+                self.name,
+                self.spec.path
+            );
+            let mut session = Session::new(&self.name, signature, settings);
+            self.to_client.clear();
+            self.to_device.clear();
+            session.start(&mut self.to_client);
+            info!("{}: client {addr} connected", self.name);
+            self.client = Some(Client {
+                stream,
+                addr,
+                since: Instant::now(),
+                session,
+                next_modem_poll: Instant::now() + MODEM_POLL,
+                bytes_in: 0,
+                bytes_out: 0,
+            });
+            self.flush_client();
+        }
+    }
+
+    fn on_device(&mut self, ev: PollFlags) {
+        if ev.contains(PollFlags::POLLOUT) {
+            self.flush_device();
+        }
+        if ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            let Some(dev) = self.device.as_mut() else {
+                return;
+            };
+            match dev.read(&mut self.buf) {
+                Ok(0) => self.device_lost("end of file".into()),
+                Ok(n) => {
+                    if let Some(c) = &mut self.client {
+                        c.bytes_out += n as u64;
+                        c.session.device_data(&self.buf[..n], &mut self.to_client);
+                        self.flush_client();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => self.device_lost(e.to_string()),
+            }
+        }
+    }
+
+    fn device_lost(&mut self, why: String) {
+        error!(
+            "{}: device {} failed: {why}; closing it and retrying",
+            self.name, self.spec.path
+        );
+        self.device = None;
+        self.reopen_at = Instant::now() + self.reopen_delay;
+        self.drop_client("the device went away");
+    }
+
+    fn on_client(&mut self, ev: PollFlags) {
+        if ev.contains(PollFlags::POLLOUT) {
+            self.flush_client();
+        }
+        if !ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            return;
+        }
+        let Some(c) = self.client.as_mut() else {
+            return;
+        };
+        let n = match c.stream.read(&mut self.buf) {
+            Ok(0) => return self.drop_client("client closed the connection"),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
+            Err(e) => return self.drop_client(&format!("connection error: {e}")),
+        };
+        c.bytes_in += n as u64;
+        let Some(dev) = self.device.as_deref_mut() else {
+            return self.drop_client("the device went away");
+        };
+        let mut port = BridgePort {
+            device: dev,
+            to_device: &mut self.to_device,
+        };
+        let result = c
+            .session
+            .on_client_bytes(&self.buf[..n], &mut port, &mut self.to_client);
+        if let Err(e) = result {
+            return self.drop_client(&format!("disconnected: {e}"));
+        }
+        self.flush_device();
+        self.flush_client();
+    }
+
+    fn flush_client(&mut self) {
+        let Some(c) = self.client.as_mut() else {
+            self.to_client.clear();
+            return;
+        };
+        while !self.to_client.is_empty() {
+            match c.stream.write(&self.to_client) {
+                Ok(n) => {
+                    self.to_client.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.drop_client(&format!("connection error: {e}")),
+            }
+        }
+    }
+
+    fn flush_device(&mut self) {
+        let Some(dev) = self.device.as_mut() else {
+            self.to_device.clear();
+            return;
+        };
+        while !self.to_device.is_empty() {
+            match dev.write(&self.to_device) {
+                Ok(n) => {
+                    self.to_device.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.device_lost(e.to_string()),
+            }
+        }
+    }
+
+    fn poll_modem(&mut self) {
+        let (Some(c), Some(dev)) = (self.client.as_mut(), self.device.as_deref_mut()) else {
+            return;
+        };
+        if Instant::now() < c.next_modem_poll {
+            return;
+        }
+        c.next_modem_poll = Instant::now() + MODEM_POLL;
+        let mut port = BridgePort {
+            device: dev,
+            to_device: &mut self.to_device,
+        };
+        c.session.poll_modem(&mut port, &mut self.to_client);
+        self.flush_client();
+    }
+
+    /// End the client's session: restore what it changed, release both lines.
+    fn drop_client(&mut self, why: &str) {
+        let Some(c) = self.client.take() else {
+            return;
+        };
+        info!(
+            "{}: client {} left ({why}) after {:.1} s, {} bytes in, {} bytes out",
+            self.name,
+            c.addr,
+            c.since.elapsed().as_secs_f32(),
+            c.bytes_in,
+            c.bytes_out
+        );
+        self.to_client.clear();
+        self.to_device.clear();
+        if let Some(dev) = self.device.as_mut() {
+            if c.session.settings() != self.configured {
+                if let Err(e) = dev.apply(&self.configured) {
+                    warn!("{}: cannot restore {}: {e}", self.name, self.configured);
+                }
+            }
+            let _ = dev.set_break(false);
+            let _ = dev.set_lines(Lines::default());
+        }
+    }
+}
+
+fn open_sim(
+    _flash_file: Option<std::path::PathBuf>,
+    _settings: &LineSettings,
+) -> io::Result<Box<dyn Device>> {
+    Err(io::Error::other("the simulator is not wired in yet"))
+}
+
+/// TCP_NODELAY (every answer is latency-critical) and keepalive (about 10 s idle, then 3
+/// probes 5 s apart) so a client that vanished without a FIN frees the port in ~25 s.
+fn tune_socket(s: &TcpStream) -> io::Result<()> {
+    s.set_nonblocking(true)?;
+    s.set_nodelay(true)?;
+    setsockopt(s, sockopt::KeepAlive, &true)?;
+    setsockopt(s, sockopt::TcpKeepIdle, &10)?;
+    setsockopt(s, sockopt::TcpKeepInterval, &5)?;
+    setsockopt(s, sockopt::TcpKeepCount, &3)?;
+    Ok(())
+}
+
+/// The session's view of the device: settings changes first push queued client data out,
+/// so bytes the client wrote before a baud change leave at the old baud, as with a local port.
+struct BridgePort<'a> {
+    device: &'a mut dyn Device,
+    to_device: &'a mut Vec<u8>,
+}
+
+impl BridgePort<'_> {
+    fn drain(&mut self) -> io::Result<()> {
+        let deadline = Instant::now() + DRAIN_BEFORE_APPLY;
+        while !self.to_device.is_empty() {
+            match self.device.write(self.to_device) {
+                Ok(n) => {
+                    self.to_device.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "device did not accept queued data",
+                        ));
+                    }
+                    let mut fds = [PollFd::new(self.device.fd(), PollFlags::POLLOUT)];
+                    let ms = PollTimeout::try_from(left.as_millis().min(1000) as i32)
+                        .unwrap_or(PollTimeout::MAX);
+                    let _ = poll(&mut fds, ms);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Port for BridgePort<'_> {
+    fn write(&mut self, data: &[u8]) {
+        self.to_device.extend_from_slice(data);
+    }
+
+    fn apply(&mut self, settings: &LineSettings) -> io::Result<()> {
+        self.drain()?;
+        self.device.apply(settings)
+    }
+
+    fn set_lines(&mut self, lines: Lines) -> io::Result<()> {
+        self.drain()?;
+        self.device.set_lines(lines)
+    }
+
+    fn set_break(&mut self, on: bool) -> io::Result<()> {
+        self.drain()?;
+        self.device.set_break(on)
+    }
+
+    fn purge(&mut self, which: Purge) -> io::Result<()> {
+        if matches!(which, Purge::Output | Purge::Both) {
+            self.to_device.clear();
+        }
+        self.device.purge(which)
+    }
+
+    fn modem_status(&mut self) -> io::Result<ModemStatus> {
+        self.device.modem_status()
+    }
+}
+
+#[allow(dead_code)]
+fn raw(fd: BorrowedFd<'_>) -> i32 {
+    fd.as_raw_fd()
 }

@@ -126,3 +126,222 @@ pub trait Device: Send {
     fn set_break(&mut self, on: bool) -> io::Result<()>;
     fn purge(&mut self, which: Purge) -> io::Result<()>;
 }
+
+/// A real serial device (USB-UART bridge, native USB CDC-ACM, Pi UART, or a PTY in tests).
+pub struct Tty {
+    port: serialport::TTYPort,
+}
+
+impl Tty {
+    /// Open `path` exclusively (TIOCEXCL), raw, non-blocking, with `settings` applied, HUPCL
+    /// cleared (closing must not pulse the board's reset) and both lines released: the kernel
+    /// and serialport assert DTR on open, which an auto-reset circuit turns into a reset.
+    pub fn open(path: &std::path::Path, settings: &LineSettings) -> io::Result<Tty> {
+        use std::os::fd::AsRawFd;
+        let port = serialport::new(path.to_string_lossy(), settings.baud)
+            .dtr_on_open(false)
+            .open_native()
+            .map_err(io::Error::from)?;
+        let mut tty = Tty { port };
+        let fd = tty.port.as_raw_fd();
+        // SAFETY: fd is a valid open descriptor owned by `port`.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        tty.apply(settings)?;
+        // A PTY has no modem lines; that is not an error for a device.
+        let _ = tty.set_lines(Lines::default());
+        Ok(tty)
+    }
+
+    fn raw(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.port.as_raw_fd()
+    }
+
+    fn ioctl_int(&self, req: libc::Ioctl, arg: libc::c_int) -> io::Result<()> {
+        // SAFETY: the requests used take a pointer to an int.
+        let r = unsafe { libc::ioctl(self.raw(), req, &arg) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+fn standard_rate(baud: u32) -> Option<libc::tcflag_t> {
+    use libc::*;
+    Some(match baud {
+        50 => B50,
+        75 => B75,
+        110 => B110,
+        134 => B134,
+        150 => B150,
+        200 => B200,
+        300 => B300,
+        600 => B600,
+        1200 => B1200,
+        1800 => B1800,
+        2400 => B2400,
+        4800 => B4800,
+        9600 => B9600,
+        19200 => B19200,
+        38400 => B38400,
+        57600 => B57600,
+        115200 => B115200,
+        230400 => B230400,
+        460800 => B460800,
+        500000 => B500000,
+        576000 => B576000,
+        921600 => B921600,
+        1000000 => B1000000,
+        1152000 => B1152000,
+        1500000 => B1500000,
+        2000000 => B2000000,
+        2500000 => B2500000,
+        3000000 => B3000000,
+        3500000 => B3500000,
+        4000000 => B4000000,
+        _ => return None,
+    })
+}
+
+fn cvt(r: libc::ssize_t) -> io::Result<usize> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+impl Device for Tty {
+    fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the fd lives as long as `self.port`.
+        unsafe { BorrowedFd::borrow_raw(self.raw()) }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: buf is valid for buf.len() bytes.
+        cvt(unsafe { libc::read(self.raw(), buf.as_mut_ptr().cast(), buf.len()) })
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: buf is valid for buf.len() bytes.
+        cvt(unsafe { libc::write(self.raw(), buf.as_ptr().cast(), buf.len()) })
+    }
+
+    /// One TCSETS2 with every field, so any integer baud (BOTHER) works and the UART is
+    /// reprogrammed once, not once per field.
+    fn apply(&mut self, s: &LineSettings) -> io::Result<()> {
+        let mut t: libc::termios2 = unsafe { std::mem::zeroed() };
+        // SAFETY: TCGETS2 fills a termios2.
+        if unsafe { libc::ioctl(self.raw(), libc::TCGETS2, &mut t) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        t.c_cflag &= !(libc::CSIZE
+            | libc::PARENB
+            | libc::PARODD
+            | libc::CMSPAR
+            | libc::CSTOPB
+            | libc::CRTSCTS
+            | libc::HUPCL
+            | libc::CBAUD);
+        // A standard rate goes in as its Bxxx code, so that tools reading the line with plain
+        // tcgetattr (and old drivers) see it; any other integer rate goes in as BOTHER.
+        t.c_cflag |= libc::CREAD | libc::CLOCAL | standard_rate(s.baud).unwrap_or(libc::BOTHER);
+        t.c_cflag |= match s.data_bits {
+            DataBits::Five => libc::CS5,
+            DataBits::Six => libc::CS6,
+            DataBits::Seven => libc::CS7,
+            DataBits::Eight => libc::CS8,
+        };
+        t.c_cflag |= match s.parity {
+            Parity::None => 0,
+            Parity::Odd => libc::PARENB | libc::PARODD,
+            Parity::Even => libc::PARENB,
+            Parity::Mark => libc::PARENB | libc::PARODD | libc::CMSPAR,
+            Parity::Space => libc::PARENB | libc::CMSPAR,
+        };
+        // termios has no 1.5 stop bits; CSTOPB gives 1.5 at 5 data bits on a 16550.
+        if s.stop_bits != StopBits::One {
+            t.c_cflag |= libc::CSTOPB;
+        }
+        t.c_iflag &= !(libc::IXON | libc::IXOFF | libc::IXANY);
+        match s.flow {
+            FlowControl::None => {}
+            FlowControl::XonXoff => t.c_iflag |= libc::IXON | libc::IXOFF,
+            FlowControl::RtsCts => t.c_cflag |= libc::CRTSCTS,
+        }
+        t.c_ispeed = s.baud;
+        t.c_ospeed = s.baud;
+        // SAFETY: TCSETS2 reads a termios2.
+        if unsafe { libc::ioctl(self.raw(), libc::TCSETS2, &t) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // The driver may round or refuse a rate silently: read back what it took.
+        let mut back: libc::termios2 = unsafe { std::mem::zeroed() };
+        if unsafe { libc::ioctl(self.raw(), libc::TCGETS2, &mut back) } == 0
+            && back.c_ospeed != 0
+            && back.c_ospeed.abs_diff(s.baud) > s.baud / 50
+        {
+            return Err(io::Error::other(format!(
+                "driver set {} baud instead of {}",
+                back.c_ospeed, s.baud
+            )));
+        }
+        Ok(())
+    }
+
+    fn set_lines(&mut self, lines: Lines) -> io::Result<()> {
+        let mut bits: libc::c_int = 0;
+        // SAFETY: TIOCMGET writes an int.
+        if unsafe { libc::ioctl(self.raw(), libc::TIOCMGET, &mut bits) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        bits &= !(libc::TIOCM_DTR | libc::TIOCM_RTS);
+        if lines.dtr {
+            bits |= libc::TIOCM_DTR;
+        }
+        if lines.rts {
+            bits |= libc::TIOCM_RTS;
+        }
+        self.ioctl_int(libc::TIOCMSET, bits)
+    }
+
+    fn modem_status(&mut self) -> io::Result<ModemStatus> {
+        let mut bits: libc::c_int = 0;
+        // SAFETY: TIOCMGET writes an int.
+        if unsafe { libc::ioctl(self.raw(), libc::TIOCMGET, &mut bits) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ModemStatus {
+            cts: bits & libc::TIOCM_CTS != 0,
+            dsr: bits & libc::TIOCM_DSR != 0,
+            ri: bits & libc::TIOCM_RI != 0,
+            cd: bits & libc::TIOCM_CD != 0,
+        })
+    }
+
+    fn set_break(&mut self, on: bool) -> io::Result<()> {
+        let req = if on { libc::TIOCSBRK } else { libc::TIOCCBRK };
+        // SAFETY: TIOCSBRK/TIOCCBRK take no argument.
+        if unsafe { libc::ioctl(self.raw(), req) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn purge(&mut self, which: Purge) -> io::Result<()> {
+        let q = match which {
+            Purge::Input => libc::TCIFLUSH,
+            Purge::Output => libc::TCOFLUSH,
+            Purge::Both => libc::TCIOFLUSH,
+        };
+        // SAFETY: plain syscall on a valid fd.
+        if unsafe { libc::tcflush(self.raw(), q) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}

@@ -18,6 +18,8 @@ use crate::telnet::{self, option, Event, Verb};
 /// What a session may do to the device. The bridge implements it over a [`crate::device::Device`]
 /// (plus its own buffers, for PURGE); tests implement it with a recorder.
 pub trait Port {
+    /// Queue client data for the device.
+    fn write(&mut self, data: &[u8]);
     fn apply(&mut self, settings: &LineSettings) -> io::Result<()>;
     fn set_lines(&mut self, lines: Lines) -> io::Result<()>;
     fn set_break(&mut self, on: bool) -> io::Result<()>;
@@ -58,7 +60,6 @@ pub struct Session {
     label: String,
     signature: String,
     decoder: telnet::Decoder,
-    events: Vec<Event>,
     ours: [OptState; OURS.len()],
     theirs: [OptState; THEIRS.len()],
     com_port_agreed: bool,
@@ -80,7 +81,6 @@ impl Session {
             label: label.to_owned(),
             signature,
             decoder: telnet::Decoder::new(),
-            events: Vec::new(),
             ours: Default::default(),
             theirs: Default::default(),
             com_port_agreed: false,
@@ -123,25 +123,24 @@ impl Session {
         self.client_lines
     }
 
-    /// Handle bytes from the client: data goes to `to_device`, answers to `to_client`.
+    /// Handle bytes from the client: data goes to `port.write`, answers to `to_client`, in
+    /// stream order.
     pub fn on_client_bytes(
         &mut self,
         input: &[u8],
         port: &mut dyn Port,
-        to_device: &mut Vec<u8>,
         to_client: &mut Vec<u8>,
     ) -> Result<(), SessionError> {
-        let mut events = std::mem::take(&mut self.events);
-        self.decoder.decode(input, to_device, &mut events);
-        let mut result = Ok(());
-        for ev in events.drain(..) {
-            if let Err(e) = self.on_event(ev, port, to_client) {
-                result = Err(e);
-                break;
-            }
-        }
-        events.clear();
-        self.events = events;
+        let mut decoder = std::mem::take(&mut self.decoder);
+        let mut sink = SessionSink {
+            session: self,
+            port,
+            out: to_client,
+            result: Ok(()),
+        };
+        decoder.decode(input, &mut sink);
+        let result = sink.result;
+        self.decoder = decoder;
         result
     }
 
@@ -439,6 +438,29 @@ impl Session {
     }
 }
 
+/// Routes the decoder's output: data to the device, events to the session. After a fatal
+/// event the rest of the input is ignored.
+struct SessionSink<'a> {
+    session: &'a mut Session,
+    port: &'a mut dyn Port,
+    out: &'a mut Vec<u8>,
+    result: Result<(), SessionError>,
+}
+
+impl telnet::Sink for SessionSink<'_> {
+    fn data(&mut self, bytes: &[u8]) {
+        if self.result.is_ok() {
+            self.port.write(bytes);
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        if self.result.is_ok() {
+            self.result = self.session.on_event(event, self.port, self.out);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,6 +469,9 @@ mod tests {
 
     #[derive(Default)]
     struct Recorder {
+        written: Vec<u8>,
+        /// How much data had been written when each setting was applied.
+        applied_at: Vec<usize>,
         applied: Vec<LineSettings>,
         lines: Vec<Lines>,
         breaks: Vec<bool>,
@@ -456,11 +481,15 @@ mod tests {
     }
 
     impl Port for Recorder {
+        fn write(&mut self, data: &[u8]) {
+            self.written.extend_from_slice(data);
+        }
         fn apply(&mut self, s: &LineSettings) -> io::Result<()> {
             if self.refuse_baud_above.is_some_and(|max| s.baud > max) {
                 return Err(io::Error::other("unsupported baud"));
             }
             self.applied.push(*s);
+            self.applied_at.push(self.written.len());
             Ok(())
         }
         fn set_lines(&mut self, l: Lines) -> io::Result<()> {
@@ -491,9 +520,10 @@ mod tests {
     }
 
     fn feed(s: &mut Session, port: &mut Recorder, input: &[u8]) -> (Vec<u8>, Vec<u8>) {
-        let (mut dev, mut cli) = (Vec::new(), Vec::new());
-        s.on_client_bytes(input, port, &mut dev, &mut cli).unwrap();
-        (dev, cli)
+        let mut cli = Vec::new();
+        port.written.clear();
+        s.on_client_bytes(input, port, &mut cli).unwrap();
+        (std::mem::take(&mut port.written), cli)
     }
 
     /// pyserial's opening: DO ECHO, WILL SGA, DO SGA, DO COM-PORT, WILL COM-PORT.
@@ -651,14 +681,24 @@ mod tests {
     }
 
     #[test]
+    fn data_before_a_baud_change_is_queued_before_it() {
+        let mut s = session();
+        let mut port = Recorder::default();
+        let wire = [&b"ab"[..], &sb(&[1, 0, 0x0E, 0x10, 0x00]), b"cd"].concat();
+        let (dev, _) = feed(&mut s, &mut port, &wire);
+        assert_eq!(dev, b"abcd");
+        assert_eq!(port.applied_at, [2]);
+    }
+
+    #[test]
     fn oversized_subnegotiation_ends_the_session() {
         let mut s = session();
         let mut port = Recorder::default();
         let mut wire = vec![IAC, 0xFA, 44];
         wire.resize(2000, 1);
-        let (mut d, mut c) = (Vec::new(), Vec::new());
+        let mut c = Vec::new();
         assert!(matches!(
-            s.on_client_bytes(&wire, &mut port, &mut d, &mut c),
+            s.on_client_bytes(&wire, &mut port, &mut c),
             Err(SessionError::Garbage(_))
         ));
     }

@@ -83,6 +83,13 @@ enum State {
     SbDiscardIac(u8),
 }
 
+/// Where decoded output goes, in stream order: a data run, then the event that followed it,
+/// and so on. Order matters: data sent before a baud change must leave at the old baud.
+pub trait Sink {
+    fn data(&mut self, bytes: &[u8]);
+    fn event(&mut self, event: Event);
+}
+
 /// Incremental decoder; holds at most one partial subnegotiation.
 #[derive(Debug)]
 pub struct Decoder {
@@ -94,7 +101,7 @@ impl Default for Decoder {
     fn default() -> Self {
         Decoder {
             state: State::Data,
-            sb: Vec::with_capacity(16),
+            sb: Vec::new(),
         }
     }
 }
@@ -104,18 +111,20 @@ impl Decoder {
         Self::default()
     }
 
-    /// Decode `input`, appending data bytes to `data` and events to `events`. Runs of plain
-    /// data are copied in one go; only IAC sequences are handled byte by byte.
-    pub fn decode(&mut self, mut input: &[u8], data: &mut Vec<u8>, events: &mut Vec<Event>) {
+    /// Decode `input` into `sink`. Runs of plain data are passed on as slices of `input`
+    /// (no copy); only IAC sequences are handled byte by byte.
+    pub fn decode(&mut self, mut input: &[u8], sink: &mut dyn Sink) {
         while !input.is_empty() {
             if self.state == State::Data {
                 match input.iter().position(|&b| b == IAC) {
                     None => {
-                        data.extend_from_slice(input);
+                        sink.data(input);
                         return;
                     }
                     Some(i) => {
-                        data.extend_from_slice(&input[..i]);
+                        if i > 0 {
+                            sink.data(&input[..i]);
+                        }
                         self.state = State::Iac;
                         input = &input[i + 1..];
                         continue;
@@ -124,19 +133,19 @@ impl Decoder {
             }
             let b = input[0];
             input = &input[1..];
-            self.step(b, data, events);
+            self.step(b, sink);
         }
     }
 
-    fn step(&mut self, b: u8, data: &mut Vec<u8>, events: &mut Vec<Event>) {
+    fn step(&mut self, b: u8, sink: &mut dyn Sink) {
         self.state = match self.state {
             State::Data => {
-                data.push(b);
+                sink.data(&[b]);
                 State::Data
             }
-            State::Iac => self.after_iac(b, data, events),
+            State::Iac => self.after_iac(b, sink),
             State::Verb(v) => {
-                events.push(Event::Negotiate(v, b));
+                sink.event(Event::Negotiate(v, b));
                 State::Data
             }
             State::SbOption => {
@@ -144,11 +153,11 @@ impl Decoder {
                 State::SbData(b)
             }
             State::SbData(opt) if b == IAC => State::SbIac(opt),
-            State::SbData(opt) => self.sb_push(opt, b, events),
+            State::SbData(opt) => self.sb_push(opt, b, sink),
             State::SbIac(opt) => match b {
-                IAC => self.sb_push(opt, IAC, events),
+                IAC => self.sb_push(opt, IAC, sink),
                 SE => {
-                    events.push(Event::Subnegotiation {
+                    sink.event(Event::Subnegotiation {
                         option: opt,
                         payload: std::mem::take(&mut self.sb),
                     });
@@ -156,8 +165,8 @@ impl Decoder {
                 }
                 other => {
                     self.sb.clear();
-                    events.push(Event::SubnegotiationAborted { option: opt });
-                    self.after_iac(other, data, events)
+                    sink.event(Event::SubnegotiationAborted { option: opt });
+                    self.after_iac(other, sink)
                 }
             },
             State::SbDiscard(opt) if b == IAC => State::SbDiscardIac(opt),
@@ -165,25 +174,25 @@ impl Decoder {
             State::SbDiscardIac(opt) => match b {
                 SE => State::Data,
                 IAC => State::SbDiscard(opt),
-                other => self.after_iac(other, data, events),
+                other => self.after_iac(other, sink),
             },
         };
     }
 
-    fn sb_push(&mut self, opt: u8, b: u8, events: &mut Vec<Event>) -> State {
+    fn sb_push(&mut self, opt: u8, b: u8, sink: &mut dyn Sink) -> State {
         if self.sb.len() >= MAX_SUBNEGOTIATION {
             self.sb.clear();
-            events.push(Event::SubnegotiationTooLong { option: opt });
+            sink.event(Event::SubnegotiationTooLong { option: opt });
             return State::SbDiscard(opt);
         }
         self.sb.push(b);
         State::SbData(opt)
     }
 
-    fn after_iac(&mut self, b: u8, data: &mut Vec<u8>, events: &mut Vec<Event>) -> State {
+    fn after_iac(&mut self, b: u8, sink: &mut dyn Sink) -> State {
         match b {
             IAC => {
-                data.push(IAC);
+                sink.data(&[IAC]);
                 State::Data
             }
             SB => State::SbOption,
@@ -192,7 +201,7 @@ impl Decoder {
             _ => match Verb::from_byte(b) {
                 Some(v) => State::Verb(v),
                 None => {
-                    events.push(Event::Command(b));
+                    sink.event(Event::Command(b));
                     State::Data
                 }
             },
@@ -229,13 +238,25 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[derive(Default)]
+    struct Collect(Vec<u8>, Vec<Event>);
+
+    impl Sink for Collect {
+        fn data(&mut self, bytes: &[u8]) {
+            self.0.extend_from_slice(bytes);
+        }
+        fn event(&mut self, event: Event) {
+            self.1.push(event);
+        }
+    }
+
     fn decode_all(chunks: &[&[u8]]) -> (Vec<u8>, Vec<Event>) {
         let mut d = Decoder::new();
-        let (mut data, mut events) = (Vec::new(), Vec::new());
-        for c in chunks {
-            d.decode(c, &mut data, &mut events);
+        let mut c = Collect::default();
+        for chunk in chunks {
+            d.decode(chunk, &mut c);
         }
-        (data, events)
+        (c.0, c.1)
     }
 
     /// A stream with every construct the decoder knows, and its expected decoding.
@@ -363,16 +384,16 @@ mod tests {
                 prop_oneof![Just(IAC), Just(SB), Just(SE), Just(DO), any::<u8>()], 0..2048),
                 cuts in proptest::collection::vec(0usize..2048, 0..8)) {
             let mut d = Decoder::new();
-            let (mut data, mut events) = (Vec::new(), Vec::new());
+            let mut c = Collect::default();
             let mut last = 0;
             let mut cuts = cuts;
             cuts.sort();
-            for c in cuts.into_iter().chain([wire.len()]) {
-                let c = c.min(wire.len()).max(last);
-                d.decode(&wire[last..c], &mut data, &mut events);
-                last = c;
+            for cut in cuts.into_iter().chain([wire.len()]) {
+                let cut = cut.min(wire.len()).max(last);
+                d.decode(&wire[last..cut], &mut c);
+                last = cut;
             }
-            prop_assert!(data.len() <= wire.len());
+            prop_assert!(c.0.len() <= wire.len());
             prop_assert!(d.sb.len() <= MAX_SUBNEGOTIATION);
         }
     }
