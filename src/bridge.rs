@@ -7,7 +7,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -317,9 +317,7 @@ impl Bridge {
         if wake_ready.contains(PollFlags::POLLIN) {
             let _ = self.wake.read();
             while let Ok(cmd) = self.commands.try_recv() {
-                match cmd {
-                    BridgeCommand::Shutdown => return Err(Stop::Shutdown),
-                }
+                self.command(cmd)?;
             }
         }
         if !dev_ready.is_empty() {
@@ -333,6 +331,12 @@ impl Bridge {
         }
         self.poll_modem();
         Ok(())
+    }
+
+    fn command(&mut self, cmd: BridgeCommand) -> Result<(), Stop> {
+        match cmd {
+            BridgeCommand::Shutdown => Err(Stop::Shutdown),
+        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -626,9 +630,4 @@ impl Port for BridgePort<'_> {
     fn modem_status(&mut self) -> io::Result<ModemStatus> {
         self.device.modem_status()
     }
-}
-
-#[allow(dead_code)]
-fn raw(fd: BorrowedFd<'_>) -> i32 {
-    fd.as_raw_fd()
 }

@@ -212,6 +212,13 @@ mod tests {
     }
 
     #[test]
+    fn shipped_config_parses() {
+        let c = Config::parse(include_str!("../conf/serialhub.toml")).unwrap();
+        assert_eq!(c.base_port, DEFAULT_BASE_PORT);
+        assert!(c.devices.is_empty());
+    }
+
+    #[test]
     fn unknown_key_names_line_and_key() {
         let (line, msg) =
             Config::parse("base_port = 4001\n\n[[device]]\npath = \"/dev/x\"\nbaudrate = 9600\n")
