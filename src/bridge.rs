@@ -212,13 +212,6 @@ struct Bridge {
     buf: Box<[u8]>,
 }
 
-/// Which poll slots are in use this round.
-#[derive(Default)]
-struct Slots {
-    device: Option<usize>,
-    client: Option<usize>,
-}
-
 enum Stop {
     Shutdown,
 }
@@ -268,11 +261,9 @@ impl Bridge {
         let want_device_in = self.to_client.len() < CLIENT_HIGH_WATER && !suspended;
         let want_client_in = self.to_device.len() < DEVICE_HIGH_WATER;
 
-        let mut fds: Vec<PollFd> = Vec::with_capacity(4);
-        fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
-        fds.push(PollFd::new(self.wake.as_fd(), PollFlags::POLLIN));
-        let mut slots = Slots::default();
-        if let Some(dev) = &self.device {
+        // A fixed array, no allocation per round: absent slots poll the wake fd for nothing.
+        let idle = || PollFd::new(self.wake.as_fd(), PollFlags::empty());
+        let device_fd = self.device.as_ref().map(|dev| {
             let mut ev = PollFlags::empty();
             if want_device_in {
                 ev |= PollFlags::POLLIN;
@@ -280,10 +271,9 @@ impl Bridge {
             if !self.to_device.is_empty() {
                 ev |= PollFlags::POLLOUT;
             }
-            slots.device = Some(fds.len());
-            fds.push(PollFd::new(dev.fd(), ev));
-        }
-        if let Some(c) = &self.client {
+            PollFd::new(dev.fd(), ev)
+        });
+        let client_fd = self.client.as_ref().map(|c| {
             let mut ev = PollFlags::empty();
             if want_client_in {
                 ev |= PollFlags::POLLIN;
@@ -291,9 +281,14 @@ impl Bridge {
             if !self.to_client.is_empty() {
                 ev |= PollFlags::POLLOUT;
             }
-            slots.client = Some(fds.len());
-            fds.push(PollFd::new(c.stream.as_fd(), ev));
-        }
+            PollFd::new(c.stream.as_fd(), ev)
+        });
+        let mut fds = [
+            PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
+            device_fd.unwrap_or_else(idle),
+            client_fd.unwrap_or_else(idle),
+        ];
         let timeout = self.next_deadline().map(|d| {
             let ms = d.saturating_duration_since(Instant::now()).as_millis();
             PollTimeout::try_from(ms.min(60_000) as i32 + 1).unwrap_or(PollTimeout::MAX)
@@ -307,12 +302,8 @@ impl Bridge {
                 return Ok(());
             }
         }
-        let ready = |i: Option<usize>| i.and_then(|i| fds[i].revents()).unwrap_or(PollFlags::empty());
-        let listener_ready = ready(Some(0));
-        let wake_ready = ready(Some(1));
-        let dev_ready = ready(slots.device);
-        let client_ready = ready(slots.client);
-        drop(fds);
+        let [listener_ready, wake_ready, dev_ready, client_ready] =
+            fds.map(|f| f.revents().unwrap_or(PollFlags::empty()));
 
         if wake_ready.contains(PollFlags::POLLIN) {
             let _ = self.wake.read();
