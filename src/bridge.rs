@@ -17,8 +17,9 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{setsockopt, sockopt};
 
-use crate::config::{Config, DevicePath, DeviceSpec};
+use crate::config::{Config, DevicePath, DeviceSpec, ResetKind};
 use crate::device::{Device, LineSettings, Lines, ModemStatus, Purge, Tty};
+use crate::reset::{Policy, ResetError, ResetTo, Resetter};
 use crate::session::{Port, Session};
 
 /// Stop reading the device once this much escaped output waits for the client.
@@ -42,6 +43,8 @@ const NO_DEVICE_MESSAGE: &[u8] = b"Port's device is not available\r\n";
 pub enum BridgeCommand {
     /// Restore the device, close the client, end the thread.
     Shutdown,
+    /// Reset the chip through the device's reset policy; the result is sent back.
+    Reset(ResetTo, mpsc::Sender<Result<(), ResetError>>),
 }
 
 /// How another thread talks to a running bridge.
@@ -74,14 +77,17 @@ pub fn serve(config: Config) -> Result<(), String> {
     mask.add(Signal::SIGTERM);
     // Block before spawning, so every bridge thread inherits the mask and only the main
     // thread ever sees the signal (in `wait`).
-    mask.thread_block().map_err(|e| format!("cannot block signals: {e}"))?;
+    mask.thread_block()
+        .map_err(|e| format!("cannot block signals: {e}"))?;
 
     let listeners = bind_all(&config)?;
     let mut handles = Vec::new();
     for (spec, listener) in config.devices.iter().zip(listeners) {
         handles.push(spawn(spec.clone(), listener).map_err(|e| e.to_string())?);
     }
-    let sig = mask.wait().map_err(|e| format!("waiting for signals: {e}"))?;
+    let sig = mask
+        .wait()
+        .map_err(|e| format!("waiting for signals: {e}"))?;
     info!("{sig:?}: restoring devices and exiting");
     for h in &handles {
         h.send(BridgeCommand::Shutdown);
@@ -123,13 +129,14 @@ fn bind_all(config: &Config) -> Result<Vec<TcpListener>, String> {
                         break;
                     }
                     Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
-                    Err(e) => {
-                        return Err(format!("cannot listen on {}:{next}: {e}", config.bind))
-                    }
+                    Err(e) => return Err(format!("cannot listen on {}:{next}: {e}", config.bind)),
                 }
             }
             if next == u16::MAX {
-                return Err(format!("no free TCP port from {} for {}", config.base_port, spec.path));
+                return Err(format!(
+                    "no free TCP port from {} for {}",
+                    config.base_port, spec.path
+                ));
             }
             next += 1;
         }
@@ -152,7 +159,11 @@ pub fn spawn(spec: DeviceSpec, listener: TcpListener) -> io::Result<BridgeHandle
         EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
     )?);
     let (tx, rx) = mpsc::channel();
-    info!("{name} ({}) listening on {addr}", spec.path);
+    let policy = policy_for(&spec);
+    info!(
+        "{name} ({}) listening on {addr}, reset policy {policy:?}",
+        spec.path
+    );
     let mut bridge = Bridge {
         name: name.clone(),
         configured: LineSettings {
@@ -164,6 +175,7 @@ pub fn spawn(spec: DeviceSpec, listener: TcpListener) -> io::Result<BridgeHandle
         wake: wake.clone(),
         commands: rx,
         device: None,
+        resetter: Resetter::new(policy),
         reopen_at: Instant::now(),
         reopen_delay: REOPEN_MIN,
         client: None,
@@ -202,6 +214,8 @@ struct Bridge {
     wake: std::sync::Arc<EventFd>,
     commands: mpsc::Receiver<BridgeCommand>,
     device: Option<Box<dyn Device>>,
+    /// The device's reset policy and any sequence in progress; outlives clients.
+    resetter: Resetter,
     reopen_at: Instant,
     reopen_delay: Duration,
     client: Option<Client>,
@@ -238,7 +252,11 @@ impl Bridge {
         };
         match result {
             Ok(d) => {
-                info!("{}: opened {} at {}", self.name, self.spec.path, self.configured);
+                info!(
+                    "{}: opened {} at {}",
+                    self.name, self.spec.path, self.configured
+                );
+                self.resetter = Resetter::new(self.resetter.policy());
                 self.device = Some(d);
                 self.reopen_delay = REOPEN_MIN;
             }
@@ -320,22 +338,48 @@ impl Bridge {
         if listener_ready.contains(PollFlags::POLLIN) {
             self.accept();
         }
+        self.run_reset_steps();
         self.poll_modem();
         Ok(())
     }
 
     fn command(&mut self, cmd: BridgeCommand) -> Result<(), Stop> {
         match cmd {
-            BridgeCommand::Shutdown => Err(Stop::Shutdown),
+            BridgeCommand::Shutdown => return Err(Stop::Shutdown),
+            BridgeCommand::Reset(to, reply) => {
+                let result = self.resetter.reset(to, Instant::now());
+                if result.is_ok() {
+                    info!("{}: reset into {to:?} requested by the server", self.name);
+                }
+                let _ = reply.send(result.map(|first| self.set_lines(first)));
+            }
         }
+        Ok(())
     }
 
     fn next_deadline(&self) -> Option<Instant> {
         let reopen = self.device.is_none().then_some(self.reopen_at);
         let modem = self.client.as_ref().map(|c| c.next_modem_poll);
-        match (reopen, modem) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        [reopen, modem, self.resetter.deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Play the steps of a reset sequence that are due, each as its own line change.
+    fn run_reset_steps(&mut self) {
+        let now = Instant::now();
+        while let Some(lines) = self.resetter.due(now) {
+            self.set_lines(Some(lines));
+        }
+    }
+
+    fn set_lines(&mut self, lines: Option<Lines>) {
+        if let (Some(lines), Some(dev)) = (lines, self.device.as_mut()) {
+            debug!("{}: lines dtr={} rts={}", self.name, lines.dtr, lines.rts);
+            if let Err(e) = dev.set_lines(lines) {
+                debug!("{}: cannot set DTR/RTS: {e}", self.name);
+            }
         }
     }
 
@@ -358,7 +402,10 @@ impl Bridge {
                 continue;
             }
             if self.device.is_none() {
-                info!("{}: refused {addr}: device {} is not open", self.name, self.spec.path);
+                info!(
+                    "{}: refused {addr}: device {} is not open",
+                    self.name, self.spec.path
+                );
                 let _ = stream.write(NO_DEVICE_MESSAGE);
                 continue;
             }
@@ -448,6 +495,8 @@ impl Bridge {
         let mut port = BridgePort {
             device: dev,
             to_device: &mut self.to_device,
+            resetter: &mut self.resetter,
+            name: &self.name,
         };
         let result = c
             .session
@@ -504,6 +553,8 @@ impl Bridge {
         let mut port = BridgePort {
             device: dev,
             to_device: &mut self.to_device,
+            resetter: &mut self.resetter,
+            name: &self.name,
         };
         c.session.poll_modem(&mut port, &mut self.to_client);
         self.flush_client();
@@ -531,8 +582,30 @@ impl Bridge {
                 }
             }
             let _ = dev.set_break(false);
-            let _ = dev.set_lines(Lines::default());
         }
+        let lines = self.resetter.client_left(Instant::now());
+        self.set_lines(lines);
+    }
+}
+
+/// The reset policy a device gets: its `reset` key, or for `auto` a guess from its USB ids.
+fn policy_for(spec: &DeviceSpec) -> Policy {
+    let esp = Policy::Esp {
+        esp32r0: spec.esp32r0,
+    };
+    match spec.reset {
+        ResetKind::Esp => esp,
+        ResetKind::UsbJtag => Policy::UsbJtag,
+        ResetKind::Passthrough => Policy::Passthrough,
+        ResetKind::None => Policy::None,
+        ResetKind::Auto => match &spec.path {
+            DevicePath::Sim { .. } => esp,
+            DevicePath::Tty(p) => match crate::identity::usb_id(p, std::path::Path::new("/sys")) {
+                Some(id) if id.is_esp_usb_jtag() => Policy::UsbJtag,
+                Some(id) if id.is_uart_bridge() => esp,
+                _ => Policy::Passthrough,
+            },
+        },
     }
 }
 
@@ -560,6 +633,8 @@ fn tune_socket(s: &TcpStream) -> io::Result<()> {
 struct BridgePort<'a> {
     device: &'a mut dyn Device,
     to_device: &'a mut Vec<u8>,
+    resetter: &'a mut Resetter,
+    name: &'a str,
 }
 
 impl BridgePort<'_> {
@@ -601,9 +676,22 @@ impl Port for BridgePort<'_> {
         self.device.apply(settings)
     }
 
+    /// The client's lines go through the reset policy, which decides what the board sees.
     fn set_lines(&mut self, lines: Lines) -> io::Result<()> {
+        let was_busy = self.resetter.busy();
+        let Some(local) = self.resetter.client_lines(lines, Instant::now()) else {
+            return Ok(());
+        };
+        if was_busy.is_none() {
+            if let Some(to) = self.resetter.busy() {
+                info!(
+                    "{}: client started a reset into {to:?}; playing it locally",
+                    self.name
+                );
+            }
+        }
         self.drain()?;
-        self.device.set_lines(lines)
+        self.device.set_lines(local)
     }
 
     fn set_break(&mut self, on: bool) -> io::Result<()> {

@@ -84,6 +84,26 @@ pub struct DeviceSpec {
     /// The baud rate the device starts at and returns to when a client leaves.
     #[serde(default = "default_baud")]
     pub baud: u32,
+    /// What the device's DTR/RTS are wired to (see [`ResetKind`]).
+    #[serde(default)]
+    pub reset: ResetKind,
+    /// An ESP32 revision 0 needs IO0 held 550 ms instead of 50 ms after EN rises.
+    #[serde(default)]
+    pub esp32r0: bool,
+}
+
+/// The `reset` key: how the client's DTR/RTS reach the board.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResetKind {
+    /// `usb-jtag` for Espressif's native USB (303a:1001), `esp` for USB-UART bridges and the
+    /// simulator, `passthrough` otherwise.
+    #[default]
+    Auto,
+    Esp,
+    UsbJtag,
+    Passthrough,
+    None,
 }
 
 fn default_baud() -> u32 {
@@ -110,6 +130,8 @@ impl DeviceSpec {
             port,
             name: None,
             baud: default_baud(),
+            reset: ResetKind::Auto,
+            esp32r0: false,
         })
     }
 
@@ -120,6 +142,8 @@ impl DeviceSpec {
             port: None,
             name: Some("demo-esp32".into()),
             baud: default_baud(),
+            reset: ResetKind::Auto,
+            esp32r0: false,
         }
     }
 
@@ -209,6 +233,17 @@ mod tests {
         assert_eq!(c.devices[0].port, Some(4100));
         assert_eq!(c.devices[0].baud, 921_600);
         assert_eq!(c.devices[1].path, DevicePath::Sim { flash_file: None });
+        assert_eq!(c.devices[1].reset, ResetKind::Auto);
+        let c = Config::parse(
+            "[[device]]\npath = \"/dev/ttyACM0\"\nreset = \"usb-jtag\"\nesp32r0 = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.devices[0].reset, ResetKind::UsbJtag);
+        assert!(c.devices[0].esp32r0);
+        let (line, msg) =
+            Config::parse("[[device]]\npath = \"x\"\nreset = \"magic\"\n").unwrap_err();
+        assert_eq!(line, 3, "{msg}");
+        assert!(msg.contains("usb-jtag"), "lists the choices: {msg}");
     }
 
     #[test]

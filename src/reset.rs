@@ -1,0 +1,455 @@
+//! Reset policies: how a client's DTR/RTS become line changes at the board, sans-IO.
+//!
+//! Passing the client's lines straight through breaks the ESP auto-reset circuit as soon as
+//! the network adds a round trip (esptool issue 383): the bootloader entry depends on IO0
+//! going low *before* EN rises, and two SET-CONTROLs a round trip apart arrive in the wrong
+//! window. So the `esp` and `usb-jtag` policies recognise the start of a bootloader entry in
+//! the client's lines and play the whole sequence locally, with esptool's timings, one
+//! atomic line change (TIOCMSET) per step.
+//!
+//! Lines here are in pyserial's sense (true = asserted). On a dev board's two-transistor
+//! circuit EN is low iff DTR is released and RTS asserted, IO0 is low iff DTR is asserted and
+//! RTS released; (asserted, asserted) and (released, released) leave both high. That is why
+//! pyserial's open (DTR and RTS asserted) must reset nothing, and why we never apply the
+//! IO0-low state except inside a bootloader entry we run ourselves.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::device::Lines;
+
+/// Both lines released: EN and IO0 high, the board runs.
+pub const RELEASED: Lines = Lines {
+    dtr: false,
+    rts: false,
+};
+/// EN low (chip held in reset), IO0 high.
+pub const EN_LOW: Lines = Lines {
+    dtr: false,
+    rts: true,
+};
+/// IO0 low, EN high.
+pub const IO0_LOW: Lines = Lines {
+    dtr: true,
+    rts: false,
+};
+/// Both asserted: both high on a two-transistor board.
+pub const BOTH: Lines = Lines {
+    dtr: true,
+    rts: true,
+};
+
+/// esptool's timings (`reset.py`): EN low 100 ms, then IO0 held low 50 ms after EN rises.
+pub const EN_LOW_HOLD: Duration = Duration::from_millis(100);
+pub const IO0_HOLD: Duration = Duration::from_millis(50);
+/// ESP32 revision 0 needs IO0 held much longer (esptool `--r0`: +500 ms).
+pub const IO0_HOLD_R0: Duration = Duration::from_millis(550);
+/// USB-Serial/JTAG steps are 100 ms apart (esptool's USBJTAGSerialReset).
+pub const USB_JTAG_STEP: Duration = Duration::from_millis(100);
+
+/// What a device's DTR/RTS are wired to, and so what the server does with the client's lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// A USB-UART bridge (or GPIOs) on the two-transistor auto-reset circuit.
+    Esp { esp32r0: bool },
+    /// Espressif's native USB-Serial/JTAG peripheral, which reads DTR/RTS itself.
+    UsbJtag,
+    /// Lines follow the client exactly (non-ESP devices).
+    Passthrough,
+    /// Lines never move (REPLs, boards whose reset must not be touched).
+    None,
+}
+
+/// Where a server-initiated reset should leave the chip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetTo {
+    App,
+    Bootloader,
+}
+
+/// Why a reset request could not be honoured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetError {
+    /// The device's policy is `none`: its lines never move.
+    LinesDisabled,
+}
+
+impl std::fmt::Display for ResetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResetError::LinesDisabled => {
+                write!(
+                    f,
+                    "this device's reset policy is `none`: its lines never move"
+                )
+            }
+        }
+    }
+}
+
+/// One device's reset state: the client's mirrored lines, what we last set, and the steps
+/// of a sequence in progress. Pure: callers pass the time and apply the returned lines.
+#[derive(Debug)]
+pub struct Resetter {
+    policy: Policy,
+    /// The client's DTR/RTS as it last set them.
+    mirror: Lines,
+    /// What we last set on the device.
+    applied: Lines,
+    /// When the device's EN went low (by our hand), for the minimum hold time.
+    en_low_since: Option<Instant>,
+    /// Remaining steps of a sequence we are playing; client changes are absorbed meanwhile.
+    plan: VecDeque<(Instant, Lines)>,
+    /// The sequence in progress, for logs.
+    playing: Option<ResetTo>,
+}
+
+impl Resetter {
+    /// The device starts with both lines released (the bridge releases them on open).
+    pub fn new(policy: Policy) -> Resetter {
+        Resetter {
+            policy,
+            mirror: RELEASED,
+            applied: RELEASED,
+            en_low_since: None,
+            plan: VecDeque::new(),
+            playing: None,
+        }
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// A sequence is being played; the client's line changes are being absorbed.
+    pub fn busy(&self) -> Option<ResetTo> {
+        self.playing
+    }
+
+    /// The client set its lines to `new`. Returns the lines to set on the device now, if
+    /// any; a started sequence continues through [`Resetter::due`].
+    pub fn client_lines(&mut self, new: Lines, now: Instant) -> Option<Lines> {
+        let prev = std::mem::replace(&mut self.mirror, new);
+        if !self.plan.is_empty() {
+            return None;
+        }
+        match self.policy {
+            Policy::None => None,
+            Policy::Passthrough => self.set(new, now),
+            Policy::Esp { .. } | Policy::UsbJtag => {
+                // The start of a bootloader entry: EN was held low and DTR rises (esptool's
+                // ClassicReset, idf-monitor's to-bootloader). Passing (asserted, asserted)
+                // through now would release EN with IO0 still high and boot the app.
+                if prev == EN_LOW && new.dtr && !prev.dtr {
+                    return self.start(ResetTo::Bootloader, now);
+                }
+                match self.policy {
+                    // EN low passes at once (the client means a reset; latency only
+                    // lengthens the pulse). Everything else leaves both lines high.
+                    Policy::Esp { .. } => {
+                        self.set(if new == EN_LOW { EN_LOW } else { RELEASED }, now)
+                    }
+                    // The USB peripheral re-enumerates on any reset, so nothing is applied
+                    // until the pattern is complete: EN released with IO0 high is a reset
+                    // into the application.
+                    _ => {
+                        if prev == EN_LOW && new == RELEASED {
+                            self.start(ResetTo::App, now)
+                        } else {
+                            None
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reset the chip on the server's own initiative (the portal's reset button).
+    pub fn reset(&mut self, to: ResetTo, now: Instant) -> Result<Option<Lines>, ResetError> {
+        if self.policy == Policy::None {
+            return Err(ResetError::LinesDisabled);
+        }
+        self.plan.clear();
+        Ok(self.start(to, now))
+    }
+
+    /// When the next step of a sequence is due.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.plan.front().map(|&(at, _)| at)
+    }
+
+    /// The next step that is due at `now`, if any. Call until it returns `None`: every step
+    /// must reach the device as its own line change, even when the caller woke up late.
+    pub fn due(&mut self, now: Instant) -> Option<Lines> {
+        let &(at, lines) = self.plan.front()?;
+        if at > now {
+            return None;
+        }
+        self.plan.pop_front();
+        if self.plan.is_empty() {
+            self.playing = None;
+        }
+        self.set(lines, now)
+    }
+
+    /// The client left: its lines count as released. A sequence in progress finishes.
+    pub fn client_left(&mut self, now: Instant) -> Option<Lines> {
+        self.mirror = RELEASED;
+        if self.plan.is_empty() && self.policy != Policy::None {
+            self.set(RELEASED, now)
+        } else {
+            None
+        }
+    }
+
+    fn set(&mut self, lines: Lines, now: Instant) -> Option<Lines> {
+        if lines == self.applied {
+            return None;
+        }
+        if lines == EN_LOW {
+            self.en_low_since = Some(now);
+        } else if self.applied == EN_LOW {
+            self.en_low_since = None;
+        }
+        self.applied = lines;
+        Some(lines)
+    }
+
+    /// Queue the sequence for `to` and return its first step if it is due now.
+    fn start(&mut self, to: ResetTo, now: Instant) -> Option<Lines> {
+        let steps: Vec<(Duration, Lines)> = match (self.policy, to) {
+            // esptool's USBJTAGSerialReset: the peripheral resets into the loader when RTS is
+            // asserted with DTR released *coming from* both asserted, so those two steps are
+            // separate line changes with no delay between them.
+            (Policy::UsbJtag, ResetTo::Bootloader) => vec![
+                (Duration::ZERO, RELEASED),
+                (USB_JTAG_STEP, IO0_LOW),
+                (USB_JTAG_STEP, BOTH),
+                (Duration::ZERO, EN_LOW),
+                (USB_JTAG_STEP, RELEASED),
+            ],
+            (Policy::UsbJtag, ResetTo::App) => vec![
+                (Duration::ZERO, RELEASED),
+                (Duration::ZERO, EN_LOW),
+                (USB_JTAG_STEP, RELEASED),
+            ],
+            (_, ResetTo::App) => vec![(Duration::ZERO, EN_LOW), (EN_LOW_HOLD, RELEASED)],
+            (policy, ResetTo::Bootloader) => {
+                let io0_hold = match policy {
+                    Policy::Esp { esp32r0: true } => IO0_HOLD_R0,
+                    _ => IO0_HOLD,
+                };
+                // EN low for at least EN_LOW_HOLD, counting the time it already spent low by
+                // our hand; then IO0 low and EN high in one change (EN's RC delay makes IO0
+                // win); then both released.
+                let already = self
+                    .en_low_since
+                    .filter(|_| self.applied == EN_LOW)
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+                vec![
+                    (Duration::ZERO, EN_LOW),
+                    (EN_LOW_HOLD.saturating_sub(already), IO0_LOW),
+                    (io0_hold, RELEASED),
+                ]
+            }
+        };
+        self.playing = Some(to);
+        self.plan.clear();
+        let mut at = now;
+        for (delay, lines) in steps {
+            at += delay;
+            self.plan.push_back((at, lines));
+        }
+        // Leading steps that change nothing are skipped by `set`; return the first real one.
+        while let Some(&(at, _)) = self.plan.front() {
+            if at > now {
+                break;
+            }
+            if let Some(l) = self.due(now) {
+                return Some(l);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ESP: Policy = Policy::Esp { esp32r0: false };
+
+    /// Feed client line states at given ms offsets and run the timers in 1 ms steps; returns
+    /// every line change the device saw, with its offset in ms.
+    fn run(policy: Policy, client: &[(u64, Lines)], until_ms: u64) -> Vec<(u64, Lines)> {
+        let t0 = Instant::now();
+        let mut r = Resetter::new(policy);
+        let mut seen = Vec::new();
+        let mut client = client.iter().peekable();
+        for ms in 0..=until_ms {
+            let now = t0 + Duration::from_millis(ms);
+            while let Some(l) = r.due(now) {
+                seen.push((ms, l));
+            }
+            while let Some(&&(at, lines)) = client.peek() {
+                if at != ms {
+                    break;
+                }
+                client.next();
+                if let Some(l) = r.client_lines(lines, now) {
+                    seen.push((ms, l));
+                }
+                while let Some(l) = r.due(now) {
+                    seen.push((ms, l));
+                }
+            }
+        }
+        seen
+    }
+
+    /// esptool's ClassicReset as the server sees it, one-way latency `lat` ms and the client's
+    /// own sleeps (0.1 s, then `d`), each SET-CONTROL after a round trip (`rt` ms) when the
+    /// client waits for acknowledgements.
+    fn classic_reset(start: u64, rt: u64, d: u64) -> Vec<(u64, Lines)> {
+        let mut t = start;
+        let mut v = Vec::new();
+        let mut mirror = BOTH; // after pyserial's open: DTR, RTS asserted
+        let mut push = |t: u64, dtr: Option<bool>, rts: Option<bool>, v: &mut Vec<(u64, Lines)>| {
+            if let Some(d) = dtr {
+                mirror.dtr = d;
+            }
+            if let Some(r) = rts {
+                mirror.rts = r;
+            }
+            v.push((t, mirror));
+        };
+        push(t, Some(false), None, &mut v);
+        t += rt;
+        push(t, None, Some(true), &mut v);
+        t += rt;
+        push(t, Some(false), None, &mut v);
+        t += rt + 100;
+        push(t, Some(true), None, &mut v);
+        t += rt;
+        push(t, None, Some(false), &mut v);
+        t += rt;
+        push(t, Some(true), None, &mut v);
+        t += rt + d;
+        push(t, Some(false), None, &mut v);
+        v
+    }
+
+    fn pyserial_open() -> Vec<(u64, Lines)> {
+        vec![
+            (
+                0,
+                Lines {
+                    dtr: true,
+                    rts: false,
+                },
+            ),
+            (1, BOTH),
+        ]
+    }
+
+    fn assert_bootloader_entry(seen: &[(u64, Lines)], r0: bool) {
+        // EN low, held ≥ 100 ms, then IO0 low with EN high, held 50 (550) ms, then released.
+        let en = seen.iter().position(|&(_, l)| l == EN_LOW).expect("EN low");
+        let io0 = seen
+            .iter()
+            .position(|&(_, l)| l == IO0_LOW)
+            .expect("IO0 low");
+        assert_eq!(io0, en + 1, "{seen:?}");
+        let (t_en, t_io0, t_rel) = (seen[en].0, seen[io0].0, seen[io0 + 1].0);
+        assert_eq!(seen[io0 + 1].1, RELEASED, "{seen:?}");
+        assert!(
+            t_io0 - t_en >= 100,
+            "EN low only {} ms: {seen:?}",
+            t_io0 - t_en
+        );
+        let hold = if r0 { 550 } else { 50 };
+        assert_eq!(t_rel - t_io0, hold, "{seen:?}");
+        assert_eq!(seen.len(), io0 + 2, "nothing after the entry: {seen:?}");
+    }
+
+    #[test]
+    fn opening_resets_nothing() {
+        for policy in [ESP, Policy::UsbJtag] {
+            let mut client = pyserial_open();
+            // A monitor then releases both lines (idf-monitor --no-reset, miniterm).
+            client.push((2, IO0_LOW));
+            client.push((3, RELEASED));
+            assert_eq!(run(policy, &client, 50), vec![], "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn classic_reset_enters_bootloader_at_any_latency() {
+        for rt in [0, 1, 40, 200] {
+            let mut client = pyserial_open();
+            client.extend(classic_reset(10, rt, 50));
+            let seen = run(ESP, &client, 2000);
+            assert_bootloader_entry(&seen, false);
+        }
+    }
+
+    #[test]
+    fn esp32r0_holds_io0_longer() {
+        let mut client = pyserial_open();
+        client.extend(classic_reset(10, 5, 550));
+        let seen = run(Policy::Esp { esp32r0: true }, &client, 3000);
+        assert_bootloader_entry(&seen, true);
+    }
+
+    #[test]
+    fn hard_reset_pulses_en_with_io0_high() {
+        // esptool's HardReset: RTS on (+DTR off), 0.1 s, RTS off (+DTR off).
+        let client = vec![(0, EN_LOW), (1, EN_LOW), (101, RELEASED), (102, RELEASED)];
+        let seen = run(ESP, &client, 300);
+        assert_eq!(seen, vec![(0, EN_LOW), (101, RELEASED)]);
+        let seen = run(Policy::UsbJtag, &client, 300);
+        assert_eq!(seen, vec![(101, EN_LOW), (201, RELEASED)]);
+    }
+
+    #[test]
+    fn passthrough_follows_and_none_never_moves() {
+        let client = vec![(0, IO0_LOW), (5, BOTH), (9, RELEASED)];
+        assert_eq!(run(Policy::Passthrough, &client, 20), client);
+        assert_eq!(run(Policy::None, &client, 20), vec![]);
+    }
+
+    #[test]
+    fn usb_jtag_plays_the_peripheral_sequence() {
+        let mut client = pyserial_open();
+        client.extend(classic_reset(10, 20, 50));
+        let seen = run(Policy::UsbJtag, &client, 2000);
+        let lines: Vec<Lines> = seen.iter().map(|&(_, l)| l).collect();
+        // (released was already applied, so the first step changes nothing)
+        assert_eq!(lines, vec![IO0_LOW, BOTH, EN_LOW, RELEASED], "{seen:?}");
+        assert_eq!(seen[1].0 - seen[0].0, 100);
+        assert_eq!(seen[2].0, seen[1].0, "(1,1) then (0,1) back to back");
+        assert_eq!(seen[3].0 - seen[2].0, 100);
+    }
+
+    #[test]
+    fn server_reset_commands() {
+        let t0 = Instant::now();
+        let mut r = Resetter::new(ESP);
+        assert_eq!(r.reset(ResetTo::App, t0), Ok(Some(EN_LOW)));
+        assert_eq!(r.deadline(), Some(t0 + EN_LOW_HOLD));
+        assert_eq!(r.due(t0 + EN_LOW_HOLD), Some(RELEASED));
+        assert_eq!(r.busy(), None);
+        let mut r = Resetter::new(Policy::None);
+        assert_eq!(r.reset(ResetTo::App, t0), Err(ResetError::LinesDisabled));
+    }
+
+    #[test]
+    fn client_changes_during_a_sequence_are_absorbed() {
+        let t0 = Instant::now();
+        let mut r = Resetter::new(ESP);
+        r.reset(ResetTo::Bootloader, t0).unwrap();
+        assert_eq!(r.client_lines(EN_LOW, t0), None);
+        assert_eq!(r.client_lines(RELEASED, t0), None);
+        assert_eq!(r.busy(), Some(ResetTo::Bootloader));
+    }
+}
