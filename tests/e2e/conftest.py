@@ -1,0 +1,333 @@
+"""Fixtures for the end-to-end tests: the real `serialhub` binary, PTY pairs as devices.
+
+Every wait here is a condition with a deadline (`wait_for`); nothing sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+
+
+def _default_bin() -> str:
+    return str(REPO / "target" / "debug" / "serialhub")
+
+
+SERIALHUB_BIN = os.environ.get("SERIALHUB_BIN") or _default_bin()
+
+LISTEN_RE = re.compile(r"(\S+) \((.*)\) listening on ([0-9.]+):(\d+)")
+
+
+def wait_for(cond, timeout: float, interval: float = 0.02, what: str = "condition"):
+    """Poll `cond()` until it returns a truthy value (returned) or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------------------------------------
+# The daemon
+
+
+class Daemon:
+    """One running `serialhub serve`; stderr is collected line by line in a thread."""
+
+    def __init__(self, args: list[str], env: dict | None = None):
+        self.args = [SERIALHUB_BIN, *args]
+        full_env = dict(os.environ)
+        full_env.setdefault("RUST_LOG", "info")
+        full_env["RUST_BACKTRACE"] = "1"
+        if env:
+            full_env.update(env)
+        self.proc = subprocess.Popen(
+            self.args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+        )
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.returncode: int | None = None
+
+    def _read(self):
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            with self._lock:
+                self._lines.append(line)
+
+    @property
+    def lines(self) -> list[str]:
+        with self._lock:
+            return list(self._lines)
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_log(self, pattern: str, timeout: float = 10.0, start: int = 0) -> re.Match:
+        """Wait for a stderr line (from line index `start` on) matching the regex `pattern`."""
+        rx = re.compile(pattern)
+
+        def found():
+            for line in self.lines[start:]:
+                m = rx.search(line)
+                if m:
+                    return m
+            if not self.alive():
+                raise AssertionError(
+                    f"serialhub exited ({self.proc.returncode}) while waiting for "
+                    f"/{pattern}/; log:\n{self.log}"
+                )
+            return None
+
+        try:
+            return wait_for(found, timeout, what=f"log line /{pattern}/")
+        except TimeoutError:
+            raise AssertionError(f"no log line /{pattern}/ within {timeout} s; log:\n{self.log}")
+
+    def port(self, path: str, timeout: float = 10.0) -> int:
+        """The TCP port the device given as `path` (as on the command line) listens on."""
+        m = self.wait_log(r"\(" + re.escape(path) + r"\) listening on ([0-9.]+):(\d+)", timeout)
+        assert m.group(1) == "127.0.0.1", m.group(0)
+        return int(m.group(2))
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.returncode is not None:
+            return self.returncode
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.returncode = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            self._reader.join(5)
+            raise AssertionError(f"serialhub did not stop within {timeout} s of SIGTERM; log:\n{self.log}")
+        self._reader.join(5)
+        return self.returncode
+
+
+@pytest.fixture
+def serialhub():
+    """Factory: `serialhub("/dev/pts/3=0", "sim=0")` starts a daemon serving those devices on
+    127.0.0.1. At teardown every daemon gets SIGTERM; the test fails if one does not exit 0,
+    exited early, or panicked."""
+    started: list[Daemon] = []
+
+    def start(*devices: str, extra: tuple[str, ...] = (), env: dict | None = None) -> Daemon:
+        args = ["serve", "--bind", "127.0.0.1"]
+        for d in devices:
+            args += ["--device", d]
+        args += list(extra)
+        d = Daemon(args, env=env)
+        started.append(d)
+        return d
+
+    yield start
+
+    problems = []
+    for d in started:
+        was_alive = d.alive()
+        rc = d.stop()
+        log = d.log
+        if not was_alive:
+            problems.append(f"serialhub exited by itself with {rc} before teardown")
+        elif rc != 0:
+            problems.append(f"serialhub exited with {rc} after SIGTERM")
+        if "panicked" in log:
+            problems.append("serialhub panicked")
+        if problems:
+            pytest.fail("; ".join(problems) + "\nlog:\n" + log, pytrace=False)
+
+
+def run_cli(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [SERIALHUB_BIN, *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# PTY devices
+
+# struct termios2 { tcflag_t c_iflag, c_oflag, c_cflag, c_lflag; cc_t c_line; cc_t c_cc[19];
+#                   speed_t c_ispeed, c_ospeed; }  -> 44 bytes; TCGETS2 = _IOR('T', 0x2A, 44)
+_TERMIOS2_SIZE = 44
+TCGETS2 = 0x80000000 | (_TERMIOS2_SIZE << 16) | (ord("T") << 8) | 0x2A
+
+
+class Pty:
+    """A PTY pair standing in for a serial device. The master end is the "device": `read`
+    returns what the server wrote to the port, `write` is what the device sends."""
+
+    def __init__(self):
+        self.master, self.slave = os.openpty()
+        self.path = os.ttyname(self.slave)
+        os.set_blocking(self.master, False)
+
+    # --- line settings the server set on the port
+    def attrs(self):
+        return termios.tcgetattr(self.slave)
+
+    def ospeed(self) -> int:
+        """The output baud rate as a number (TCGETS2), also for non-standard rates."""
+        buf = array.array("B", bytes(_TERMIOS2_SIZE))
+        fcntl.ioctl(self.slave, TCGETS2, buf, True)
+        return int.from_bytes(bytes(buf[40:44]), sys.byteorder)
+
+    def ispeed(self) -> int:
+        buf = array.array("B", bytes(_TERMIOS2_SIZE))
+        fcntl.ioctl(self.slave, TCGETS2, buf, True)
+        return int.from_bytes(bytes(buf[36:40]), sys.byteorder)
+
+    def cflag(self) -> int:
+        return self.attrs()[2]
+
+    def line_format(self) -> tuple[int, str, float]:
+        """(data bits, parity letter N/E/O/M/S, stop bits) from the port's c_cflag."""
+        c = self.cflag()
+        bits = {termios.CS5: 5, termios.CS6: 6, termios.CS7: 7, termios.CS8: 8}[c & termios.CSIZE]
+        cmspar = getattr(termios, "CMSPAR", 0o10000000000)
+        if not c & termios.PARENB:
+            parity = "N"
+        elif c & cmspar:
+            parity = "M" if c & termios.PARODD else "S"
+        else:
+            parity = "O" if c & termios.PARODD else "E"
+        stop = 2 if c & termios.CSTOPB else 1
+        return bits, parity, stop
+
+    # --- data
+    def read_exactly(self, n: int, timeout: float) -> bytes:
+        """Read `n` bytes from the master within `timeout` seconds (returns what came)."""
+        out = bytearray()
+        deadline = time.monotonic() + timeout
+        while len(out) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            r, _, _ = select.select([self.master], [], [], min(left, 0.5))
+            if r:
+                try:
+                    chunk = os.read(self.master, min(65536, n - len(out)))
+                except BlockingIOError:
+                    continue
+                out += chunk
+        return bytes(out)
+
+    def read_available(self, settle: float = 0.0) -> bytes:
+        out = bytearray()
+        while True:
+            r, _, _ = select.select([self.master], [], [], settle)
+            if not r:
+                return bytes(out)
+            try:
+                out += os.read(self.master, 65536)
+            except (BlockingIOError, OSError):
+                return bytes(out)
+
+    def write_all(self, data: bytes, timeout: float):
+        view = memoryview(data)
+        deadline = time.monotonic() + timeout
+        while view:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"device write: {len(view)} bytes left after {timeout} s")
+            _, w, _ = select.select([], [self.master], [], min(left, 0.5))
+            if w:
+                try:
+                    n = os.write(self.master, view[:4096])
+                except BlockingIOError:
+                    continue
+                view = view[n:]
+
+    def close(self):
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def pty_device():
+    """Factory for PTY devices; all are closed at teardown."""
+    ptys: list[Pty] = []
+
+    def make() -> Pty:
+        p = Pty()
+        ptys.append(p)
+        return p
+
+    yield make
+    for p in ptys:
+        p.close()
+
+
+@pytest.fixture
+def pty_server(serialhub, pty_device):
+    """One PTY device served by one daemon: returns (daemon, pty, port)."""
+    pty = pty_device()
+    d = serialhub(f"{pty.path}=0")
+    port = d.port(pty.path)
+    d.wait_log(re.escape(pty.path) + r" at 115200 8N1")  # opened with the configured settings
+    return d, pty, port
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw sockets
+
+
+def recv_until_eof(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
+    """Everything the peer sends until it closes (True) or `timeout` passes (False)."""
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return bytes(out), False
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            return bytes(out), False
+        except ConnectionResetError:
+            return bytes(out), True
+        if not chunk:
+            return bytes(out), True
+        out += chunk
+
+
+def pytest_configure(config):
+    # pyserial 3.5's rfc2217 module uses Thread.setDaemon/setName; not ours to fix.
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:serial.rfc2217")
