@@ -1,5 +1,34 @@
-//! Simulated ESP32 (placeholder; being written).
-use std::path::PathBuf;
+//! Simulated ESP32: something real esptool can flash, for tests, `serve --demo` and
+//! measuring servers on the same chip (`serialhub sim --pty LINK`).
+//!
+//! ```text
+//!  host bytes ─▶ uart (pacing at the sender's baud, garbling on mismatch) ─▶ chip
+//!  DTR/RTS ───▶ chip::auto_reset_circuit ─▶ EN / IO0 ─▶ boot: app | ROM download mode
+//!  chip: slip ─▶ loader protocol (ROM dialect, stub dialect) ─▶ flash (NOR), spi, esp32 regs
+//! ```
+//!
+//! The chip (`chip`, `slip`, `flash`, `md5`, `spi`, `esp32`) is pure: bytes, line changes
+//! and a time in, bytes out. `uart` paces the wire; `port` (in-process `Device`) and `pty`
+//! (standalone) are the thin I/O around it.
+
+pub mod chip;
+pub mod esp32;
+pub mod flash;
+pub mod md5;
+mod port;
+mod pty;
+pub mod slip;
+pub mod spi;
+pub mod uart;
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+pub use chip::{auto_reset_circuit, Chip, Loader, Mode, Pins};
+pub use flash::Flash;
+pub use port::{SimDevice, SimHandle, SimStatus};
 
 /// How the standalone `serialhub sim` and the in-process device are set up.
 #[derive(Clone, Debug, Default)]
@@ -10,7 +39,67 @@ pub struct SimOptions {
     pub start_in_bootloader: bool,
 }
 
-/// `serialhub sim --pty LINK`: serve the simulated chip on a pseudo-terminal.
-pub fn run_pty(_link: &std::path::Path, _opts: SimOptions) -> std::io::Result<()> {
-    Err(std::io::Error::other("sim not implemented yet"))
+/// `serialhub sim --pty LINK`: serve the simulated chip on a pseudo-terminal until
+/// SIGINT/SIGTERM.
+pub fn run_pty(link: &Path, opts: SimOptions) -> io::Result<()> {
+    pty::run(link, opts)
+}
+
+/// The flash image on disk: loaded once, then every changed range is written back, so the
+/// file always holds what the chip holds (tests compare it with the image they flashed).
+pub(crate) struct FlashStore {
+    file: File,
+}
+
+impl FlashStore {
+    /// Open (or create, erased) `path` and load the flash from it. A shorter file is
+    /// padded with erased bytes, a longer one is used for its first 4 MiB.
+    pub(crate) fn open(path: &Path) -> io::Result<(FlashStore, Flash)> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let mut image = Vec::with_capacity(flash::FLASH_SIZE);
+        (&mut file)
+            .take(flash::FLASH_SIZE as u64)
+            .read_to_end(&mut image)?;
+        let flash = Flash::from_image(&image);
+        if image.len() < flash::FLASH_SIZE {
+            let pad = &flash.as_bytes()[image.len()..];
+            file.write_all_at(pad, image.len() as u64)?;
+        }
+        Ok((FlashStore { file }, flash))
+    }
+
+    /// Write back what changed since the last call.
+    pub(crate) fn persist(&mut self, flash: &mut Flash) -> io::Result<()> {
+        if let Some(r) = flash.take_dirty() {
+            self.file
+                .write_all_at(&flash.as_bytes()[r.clone()], r.start as u64)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flash_store_creates_pads_and_persists() {
+        let dir = std::env::temp_dir().join(format!("serialhub-sim-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("flash.bin");
+        std::fs::write(&path, [0x12, 0x34]).unwrap();
+        let (mut store, mut flash) = FlashStore::open(&path).unwrap();
+        assert_eq!(flash.read(0, 3).unwrap(), &[0x12, 0x34, 0xFF]);
+        flash.program(0x1000, &[0x00, 0x0F]).unwrap();
+        store.persist(&mut flash).unwrap();
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(on_disk.len(), flash::FLASH_SIZE);
+        assert_eq!(&on_disk[0x1000..0x1003], &[0x00, 0x0F, 0xFF]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

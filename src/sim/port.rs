@@ -1,0 +1,468 @@
+//! The simulated ESP32 as an in-process device backend: the bridge gets one end of a
+//! socket pair (non-blocking, pollable, like a tty fd), a thread owns the other end and
+//! runs the chip behind the paced, possibly garbling wire.
+//!
+//! Line changes (`set_lines`) go straight into the chip under the shared lock, so a reset
+//! sequence reaches the auto-reset circuit with exactly the timing the bridge plays it.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{setsockopt, sockopt};
+
+use super::chip::{Chip, Loader, Mode};
+use super::flash::Flash;
+use super::uart::Uart;
+use super::{FlashStore, SimOptions};
+use crate::device::{Device, LineSettings, Lines, ModemStatus, Purge};
+
+/// Socket buffer per direction: about what a USB-UART driver buffers, so a writer that
+/// outruns the line is held back instead of queueing megabytes.
+const SOCKET_BUFFER: usize = 16 * 1024;
+/// Upper bound on one sleep of the sim thread (it is woken for everything that matters).
+const MAX_SLEEP: Duration = Duration::from_millis(500);
+
+/// A snapshot of the chip's state for tests and the portal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimStatus {
+    pub mode: Mode,
+    pub loader: Loader,
+    /// Boots since the simulator started; power-on is boot 1. Grows on every reset.
+    pub boot_count: u32,
+    /// The UART rate the chip expects right now.
+    pub expected_baud: u32,
+}
+
+struct State {
+    chip: Chip,
+    line: LineSettings,
+    brk: bool,
+    purge_rx: bool,
+    purge_tx: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    epoch: Instant,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent even if a holder panicked: keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+}
+
+/// Cheap, cloneable view of a running simulator: read its state and flash from tests, the
+/// portal or the daemon while the bridge owns the `SimDevice`.
+#[derive(Clone)]
+pub struct SimHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SimHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SimHandle").field(&self.status()).finish()
+    }
+}
+
+impl SimHandle {
+    pub fn status(&self) -> SimStatus {
+        let st = self.shared.lock();
+        SimStatus {
+            mode: st.chip.mode(),
+            loader: st.chip.loader(),
+            boot_count: st.chip.boot_count(),
+            expected_baud: st.chip.expected_baud(),
+        }
+    }
+
+    pub fn boot_count(&self) -> u32 {
+        self.shared.lock().chip.boot_count()
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.shared.lock().chip.mode()
+    }
+
+    /// A copy of the whole 4 MiB flash.
+    pub fn flash_contents(&self) -> Vec<u8> {
+        self.shared.lock().chip.flash().as_bytes().to_vec()
+    }
+
+    /// A copy of `len` flash bytes at `addr`; `None` past the end of the chip.
+    pub fn read_flash(&self, addr: u32, len: u32) -> Option<Vec<u8>> {
+        self.shared
+            .lock()
+            .chip
+            .flash()
+            .read(addr, len)
+            .map(<[u8]>::to_vec)
+    }
+
+    /// Drive the DTR/RTS inputs of the reset circuit directly (as the bridge would).
+    pub fn set_lines(&self, lines: Lines) {
+        let now = self.shared.now();
+        self.shared.lock().chip.set_lines(lines, now);
+    }
+
+    /// Anything else: run `f` on the chip under the lock (keep it short).
+    pub fn with_chip<R>(&self, f: impl FnOnce(&mut Chip) -> R) -> R {
+        f(&mut self.shared.lock().chip)
+    }
+}
+
+/// The simulated ESP32 behind the `Device` trait.
+pub struct SimDevice {
+    stream: UnixStream,
+    wake: UnixStream,
+    handle: SimHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SimDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimDevice")
+            .field("handle", &self.handle)
+            .finish()
+    }
+}
+
+impl SimDevice {
+    /// Power up a simulated ESP32: running its application, or in the ROM download mode
+    /// with `opts.start_in_bootloader`. With `opts.flash_file` the flash lives in that file
+    /// (created erased if missing) and every change is written back.
+    pub fn spawn(opts: SimOptions) -> io::Result<SimDevice> {
+        let (flash, store) = match &opts.flash_file {
+            Some(path) => {
+                let (store, flash) = FlashStore::open(path)?;
+                (flash, Some(store))
+            }
+            None => (Flash::new(), None),
+        };
+        let (bridge_end, sim_end) = UnixStream::pair()?;
+        for s in [&bridge_end, &sim_end] {
+            s.set_nonblocking(true)?;
+            // Best effort: the defaults only make the buffers bigger.
+            let _ = setsockopt(s, sockopt::SndBuf, &SOCKET_BUFFER);
+            let _ = setsockopt(s, sockopt::RcvBuf, &SOCKET_BUFFER);
+        }
+        let (wake, wake_rx) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        wake_rx.set_nonblocking(true)?;
+
+        let epoch = Instant::now();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                chip: Chip::new(flash, opts.start_in_bootloader, Duration::ZERO),
+                line: LineSettings::default(),
+                brk: false,
+                purge_rx: false,
+                purge_tx: false,
+            }),
+            epoch,
+            stop: AtomicBool::new(false),
+        });
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("sim-esp32".into())
+            .spawn(move || sim_thread(&thread_shared, &sim_end, &wake_rx, store))?;
+        Ok(SimDevice {
+            stream: bridge_end,
+            wake,
+            handle: SimHandle { shared },
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle that stays valid after the device is moved into a bridge.
+    pub fn handle(&self) -> SimHandle {
+        self.handle.clone()
+    }
+
+    fn poke(&self) {
+        // A full wake socket already means "wake up"; nothing else can go wrong here.
+        let _ = (&self.wake).write(&[1]);
+    }
+}
+
+impl Drop for SimDevice {
+    fn drop(&mut self) {
+        self.handle.shared.stop.store(true, Ordering::SeqCst);
+        self.poke();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Device for SimDevice {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&self.stream).read(buf)
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = (&self.stream).write(buf)?;
+        self.poke();
+        Ok(n)
+    }
+
+    fn apply(&mut self, settings: &LineSettings) -> io::Result<()> {
+        self.handle.shared.lock().line = *settings;
+        self.poke();
+        Ok(())
+    }
+
+    fn set_lines(&mut self, lines: Lines) -> io::Result<()> {
+        self.handle.set_lines(lines);
+        self.poke();
+        Ok(())
+    }
+
+    fn modem_status(&mut self) -> io::Result<ModemStatus> {
+        // Dev boards leave CTS/DSR/RI/CD of the USB-UART unconnected.
+        Ok(ModemStatus::default())
+    }
+
+    fn set_break(&mut self, on: bool) -> io::Result<()> {
+        self.handle.shared.lock().brk = on;
+        self.poke();
+        Ok(())
+    }
+
+    fn purge(&mut self, which: Purge) -> io::Result<()> {
+        if matches!(which, Purge::Input | Purge::Both) {
+            let mut buf = [0u8; 4096];
+            loop {
+                match (&self.stream).read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        {
+            let mut st = self.handle.shared.lock();
+            st.purge_tx |= matches!(which, Purge::Input | Purge::Both);
+            st.purge_rx |= matches!(which, Purge::Output | Purge::Both);
+        }
+        self.poke();
+        Ok(())
+    }
+}
+
+fn drain(mut s: &UnixStream) {
+    let mut buf = [0u8; 4096];
+    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+fn sim_thread(
+    shared: &Shared,
+    sim_end: &UnixStream,
+    wake_rx: &UnixStream,
+    mut store: Option<FlashStore>,
+) {
+    let mut uart = Uart::new(shared.epoch);
+    while !shared.stop.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        let wait = {
+            let mut st = shared.lock();
+            if std::mem::take(&mut st.purge_rx) {
+                uart.discard_rx();
+                drain(sim_end);
+            }
+            if std::mem::take(&mut st.purge_tx) {
+                uart.discard_tx();
+            }
+            let line = st.line;
+            let rx_enabled = !st.brk;
+            let mut host = sim_end;
+            let wait = match uart.step(
+                &mut host,
+                &mut st.chip,
+                &line,
+                rx_enabled,
+                now,
+                shared.epoch,
+            ) {
+                Ok(w) => w,
+                Err(e) => {
+                    log::warn!("sim: device side failed: {e}");
+                    return;
+                }
+            };
+            if let Some(store) = store.as_mut() {
+                if let Err(e) = store.persist(st.chip.flash_mut()) {
+                    log::warn!("sim: cannot write the flash file: {e}");
+                }
+            } else {
+                st.chip.flash_mut().take_dirty();
+            }
+            wait
+        };
+
+        let mut events = PollFlags::empty();
+        if wait.want_read {
+            events |= PollFlags::POLLIN;
+        }
+        if wait.want_write {
+            events |= PollFlags::POLLOUT;
+        }
+        let mut fds = [
+            PollFd::new(sim_end.as_fd(), events),
+            PollFd::new(wake_rx.as_fd(), PollFlags::POLLIN),
+        ];
+        let sleep = wait
+            .deadline
+            .map_or(MAX_SLEEP, |d| d.saturating_duration_since(Instant::now()))
+            .min(MAX_SLEEP);
+        // Round up so we do not spin just short of a deadline.
+        let ms = u16::try_from(sleep.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                log::warn!("sim: poll failed: {e}");
+                return;
+            }
+        }
+        if fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
+        {
+            return; // the device end is gone
+        }
+        if fds[1]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
+        {
+            drain(wake_rx);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::slip;
+
+    /// Read from the device until `pred` holds for what arrived, or panic after `limit`.
+    fn read_until(dev: &mut SimDevice, limit: Duration, pred: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+        let start = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !pred(&got) {
+            assert!(
+                start.elapsed() < limit,
+                "timed out; got {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            let mut fds = [PollFd::new(dev.fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut fds, PollTimeout::from(50u16));
+            match dev.read(&mut buf) {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        got
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn reset_into_download_and_sync_over_the_device() {
+        let mut dev = SimDevice::spawn(SimOptions::default()).unwrap();
+        let handle = dev.handle();
+        let got = read_until(&mut dev, Duration::from_secs(5), |g| {
+            contains(g, b"app running, boot #1")
+        });
+        assert!(contains(&got, b"SPI_FAST_FLASH_BOOT"));
+        assert_eq!(handle.status().mode, Mode::App);
+
+        // esptool's reset into the bootloader, as the bridge plays it.
+        dev.set_lines(Lines {
+            dtr: false,
+            rts: true,
+        })
+        .unwrap();
+        assert_eq!(handle.mode(), Mode::Reset);
+        dev.set_lines(Lines {
+            dtr: true,
+            rts: false,
+        })
+        .unwrap();
+        dev.set_lines(Lines {
+            dtr: false,
+            rts: false,
+        })
+        .unwrap();
+        assert_eq!(handle.status().boot_count, 2);
+        assert_eq!(handle.mode(), Mode::Download);
+        read_until(&mut dev, Duration::from_secs(5), |g| {
+            contains(g, b"waiting for download\r\n")
+        });
+
+        let mut sync = vec![0x00, 0x08, 36, 0, 0, 0, 0, 0, 0x07, 0x07, 0x12, 0x20];
+        sync.extend_from_slice(&[0x55; 32]);
+        let mut frame = Vec::new();
+        slip::encode_frame(&mut frame, &[&sync]);
+        assert_eq!(dev.write(&frame).unwrap(), frame.len());
+        let got = read_until(&mut dev, Duration::from_secs(5), |g| {
+            g.iter().filter(|&&b| b == 0xC0).count() >= 16
+        });
+        assert_eq!(&got[..6], &[0xC0, 0x01, 0x08, 0x04, 0x00, 0x07]);
+
+        // At the wrong rate the same request goes unanswered.
+        dev.apply(&LineSettings {
+            baud: 460_800,
+            ..LineSettings::default()
+        })
+        .unwrap();
+        dev.write(&frame).unwrap();
+        let start = Instant::now();
+        let mut buf = [0u8; 256];
+        let mut garbage = 0;
+        while start.elapsed() < Duration::from_millis(300) {
+            let mut fds = [PollFd::new(dev.fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut fds, PollTimeout::from(20u16));
+            if let Ok(n) = dev.read(&mut buf) {
+                garbage += n;
+            }
+        }
+        assert_eq!(garbage, 0);
+    }
+
+    #[test]
+    fn dropping_the_device_stops_its_thread() {
+        let dev = SimDevice::spawn(SimOptions {
+            start_in_bootloader: true,
+            ..SimOptions::default()
+        })
+        .unwrap();
+        let handle = dev.handle();
+        assert_eq!(handle.mode(), Mode::Download);
+        let start = Instant::now();
+        drop(dev); // joins the thread
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert_eq!(Arc::strong_count(&handle.shared), 1);
+    }
+}

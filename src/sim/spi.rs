@@ -1,0 +1,263 @@
+//! The ESP32's SPI1 flash controller in "user command" mode, plus the bits of the flash
+//! chip behind it that esptool talks to directly (`run_spiflash_command`: JEDEC id, SFDP,
+//! status registers, the XMC/reset dance). Flash programming goes through the loader
+//! commands instead, so it is not modelled here.
+//!
+//! esptool's sequence: write USR (phases), USR1 (address/dummy lengths), USR2 (opcode),
+//! MOSI/MISO bit lengths, ADDR, W0.. (data out), then CMD with the USR bit; poll CMD until
+//! the bit clears; read W0. Our command completes at once, so the first poll sees it clear.
+
+use super::flash::Flash;
+
+/// Register offsets inside the SPI1 block (ESP32 layout).
+mod off {
+    pub const CMD: u32 = 0x00;
+    pub const ADDR: u32 = 0x04;
+    pub const USR: u32 = 0x1C;
+    pub const USR1: u32 = 0x20;
+    pub const USR2: u32 = 0x24;
+    pub const MOSI_DLEN: u32 = 0x28;
+    pub const MISO_DLEN: u32 = 0x2C;
+    pub const W0: u32 = 0x80;
+    pub const W_END: u32 = 0xC0;
+}
+
+/// `SPI_CMD_REG` bit that starts a user command and reads 1 while it runs.
+const CMD_USR: u32 = 1 << 18;
+/// `SPI_USR_REG` phase enables.
+const USR_ADDR: u32 = 1 << 30;
+const USR_MISO: u32 = 1 << 28;
+const USR_MOSI: u32 = 1 << 27;
+
+/// Winbond W25Q32 (4 MiB): manufacturer, memory type, capacity (2^0x16 bytes).
+pub const JEDEC_ID: [u8; 3] = [0xEF, 0x40, 0x16];
+
+/// SPI NOR opcodes the model answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Opcode {
+    WriteStatus1,
+    Read,
+    WriteDisable,
+    ReadStatus1,
+    WriteEnable,
+    FastRead,
+    WriteStatus3,
+    ReadStatus3,
+    WriteStatus2,
+    ReadStatus2,
+    VolatileStatusWriteEnable,
+    ReadSfdp,
+    ReleasePowerDown,
+    ReadJedecId,
+    Other,
+}
+
+impl Opcode {
+    fn from_byte(b: u8) -> Opcode {
+        match b {
+            0x01 => Opcode::WriteStatus1,
+            0x03 => Opcode::Read,
+            0x04 => Opcode::WriteDisable,
+            0x05 => Opcode::ReadStatus1,
+            0x06 => Opcode::WriteEnable,
+            0x0B => Opcode::FastRead,
+            0x11 => Opcode::WriteStatus3,
+            0x15 => Opcode::ReadStatus3,
+            0x31 => Opcode::WriteStatus2,
+            0x35 => Opcode::ReadStatus2,
+            0x50 => Opcode::VolatileStatusWriteEnable,
+            0x5A => Opcode::ReadSfdp,
+            0xAB => Opcode::ReleasePowerDown,
+            0x9F => Opcode::ReadJedecId,
+            _ => Opcode::Other,
+        }
+    }
+}
+
+/// The start of a plausible SFDP table: signature, one JEDEC basic parameter header and a
+/// vendor header (whose id byte at 0x10 is what esptool's XMC check reads).
+const SFDP: [u8; 24] = [
+    b'S', b'F', b'D', b'P', 0x06, 0x01, 0x01, 0xFF, // header: v1.6, 2 parameter headers
+    0x00, 0x06, 0x01, 0x10, 0x80, 0x00, 0x00, 0xFF, // JEDEC basic flash parameters @0x80
+    0x84, 0x00, 0x01, 0x02, 0xD0, 0x00, 0x00, 0xFF, // 4-byte address instruction table
+];
+
+/// Register file of SPI1 and the status registers of the flash chip.
+#[derive(Clone, Debug)]
+pub struct SpiController {
+    cmd: u32,
+    addr: u32,
+    usr: u32,
+    usr1: u32,
+    usr2: u32,
+    mosi_dlen: u32,
+    miso_dlen: u32,
+    w: [u32; 16],
+    /// Flash status registers 1..3 (volatile copies).
+    status: [u8; 3],
+}
+
+impl Default for SpiController {
+    fn default() -> Self {
+        SpiController {
+            cmd: 0,
+            addr: 0,
+            usr: 0,
+            usr1: 0,
+            usr2: 0,
+            mosi_dlen: 0,
+            miso_dlen: 0,
+            w: [0; 16],
+            // QE set in SR2 (quad-capable board), driver strength bits in SR3.
+            status: [0x00, 0x02, 0x60],
+        }
+    }
+}
+
+impl SpiController {
+    /// Register read at `offset` inside the block; unknown offsets read 0.
+    pub fn read(&self, offset: u32) -> u32 {
+        match offset {
+            off::CMD => self.cmd,
+            off::ADDR => self.addr,
+            off::USR => self.usr,
+            off::USR1 => self.usr1,
+            off::USR2 => self.usr2,
+            off::MOSI_DLEN => self.mosi_dlen,
+            off::MISO_DLEN => self.miso_dlen,
+            o if (off::W0..off::W_END).contains(&o) => self.w[((o - off::W0) / 4) as usize],
+            _ => 0,
+        }
+    }
+
+    /// Register write; writing CMD with the USR bit runs the user command.
+    pub fn write(&mut self, offset: u32, value: u32, flash: &Flash) {
+        match offset {
+            off::CMD => {
+                self.cmd = value;
+                if value & CMD_USR != 0 {
+                    self.run_user_command(flash);
+                    self.cmd &= !CMD_USR;
+                }
+            }
+            off::ADDR => self.addr = value,
+            off::USR => self.usr = value,
+            off::USR1 => self.usr1 = value,
+            off::USR2 => self.usr2 = value,
+            off::MOSI_DLEN => self.mosi_dlen = value,
+            off::MISO_DLEN => self.miso_dlen = value,
+            o if (off::W0..off::W_END).contains(&o) && o % 4 == 0 => {
+                self.w[((o - off::W0) / 4) as usize] = value;
+            }
+            _ => {}
+        }
+    }
+
+    fn mosi_byte(&self, i: usize) -> u8 {
+        self.w.get(i / 4).map_or(0, |w| (w >> (8 * (i % 4))) as u8)
+    }
+
+    fn run_user_command(&mut self, flash: &Flash) {
+        let opcode = Opcode::from_byte((self.usr2 & 0xFF) as u8);
+        let addr = if self.usr & USR_ADDR != 0 {
+            // SPI_ADDR_REG is MSB-aligned: the address sits in the top `bits` bits.
+            let bits = ((self.usr1 >> 26) & 0x3F) + 1;
+            self.addr.checked_shr(32 - bits).unwrap_or(0)
+        } else {
+            0
+        };
+        let mosi_bytes = if self.usr & USR_MOSI != 0 {
+            ((self.mosi_dlen & 0x7FF) as usize + 1).div_ceil(8).min(64)
+        } else {
+            0
+        };
+        let miso_bits = if self.usr & USR_MISO != 0 {
+            (self.miso_dlen & 0x7FF) as usize + 1
+        } else {
+            0
+        };
+
+        match opcode {
+            Opcode::WriteStatus1 if mosi_bytes > 0 => {
+                self.status[0] = self.mosi_byte(0) & !0x03; // WIP/WEL are read-only
+                if mosi_bytes >= 2 {
+                    self.status[1] = self.mosi_byte(1);
+                }
+            }
+            Opcode::WriteStatus2 if mosi_bytes > 0 => self.status[1] = self.mosi_byte(0),
+            Opcode::WriteStatus3 if mosi_bytes > 0 => self.status[2] = self.mosi_byte(0),
+            Opcode::WriteEnable => self.status[0] |= 0x02,
+            Opcode::WriteDisable => self.status[0] &= !0x02,
+            _ => {}
+        }
+
+        if miso_bits == 0 {
+            return;
+        }
+        let status = self.status;
+        let answer = |i: usize| -> u8 {
+            match opcode {
+                Opcode::ReadJedecId => JEDEC_ID.get(i).copied().unwrap_or(0xFF),
+                Opcode::ReadStatus1 => status[0],
+                Opcode::ReadStatus2 => status[1],
+                Opcode::ReadStatus3 => status[2],
+                Opcode::ReleasePowerDown => 0x15,
+                Opcode::ReadSfdp => {
+                    let a = addr as usize + i;
+                    SFDP.get(a).copied().unwrap_or(0xFF)
+                }
+                Opcode::Read | Opcode::FastRead => flash
+                    .read(addr.wrapping_add(i as u32), 1)
+                    .map_or(0xFF, |b| b[0]),
+                // Nothing drives MISO: the line floats high.
+                _ => 0xFF,
+            }
+        };
+        // Received bits fill W0.. from the least significant byte; untouched bits keep
+        // what esptool wrote (it clears W0 first, so short reads come back zero-extended).
+        for bit_base in (0..miso_bits.min(512)).step_by(8) {
+            let i = bit_base / 8;
+            let nbits = (miso_bits - bit_base).min(8);
+            let mask = ((1u16 << nbits) - 1) as u32;
+            let shift = 8 * (i % 4);
+            let word = &mut self.w[i / 4];
+            *word = (*word & !(mask << shift)) | ((u32::from(answer(i)) & mask) << shift);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// esptool's `run_spiflash_command` against the model.
+    fn run(spi: &mut SpiController, cmd: u8, addr: Option<(u32, u32)>, read_bits: u32) -> u32 {
+        let flash = Flash::new();
+        let mut usr = 1 << 31;
+        if read_bits > 0 {
+            usr |= USR_MISO;
+            spi.write(off::MISO_DLEN, read_bits - 1, &flash);
+        }
+        if let Some((a, bits)) = addr {
+            usr |= USR_ADDR;
+            spi.write(off::USR1, (bits - 1) << 26, &flash);
+            spi.write(off::ADDR, a << (32 - bits), &flash);
+        }
+        spi.write(off::USR, usr, &flash);
+        spi.write(off::USR2, 7 << 28 | u32::from(cmd), &flash);
+        spi.write(off::W0, 0, &flash);
+        spi.write(off::CMD, CMD_USR, &flash);
+        assert_eq!(spi.read(off::CMD) & CMD_USR, 0, "command completes at once");
+        spi.read(off::W0)
+    }
+
+    #[test]
+    fn jedec_id_status_and_sfdp() {
+        let mut spi = SpiController::default();
+        assert_eq!(run(&mut spi, 0x9F, None, 24), 0x0016_40EF);
+        assert_eq!(run(&mut spi, 0x05, None, 8), 0x00);
+        assert_eq!(run(&mut spi, 0x35, None, 8), 0x02);
+        assert_eq!(run(&mut spi, 0x5A, Some((0, 24)), 32), 0x5044_4653); // "SFDP"
+        assert_eq!(run(&mut spi, 0x5A, Some((0x10, 24)), 8), 0x84);
+    }
+}

@@ -1,0 +1,445 @@
+//! The wire between the host's UART and the chip's: bytes take their byte time at the rate
+//! of whoever sends them, and arrive garbled when the two ends disagree on the rate (or
+//! the format). Shared by the in-process device and the PTY runner.
+//!
+//! `Pacer` and `garble` are pure; `Uart::step` moves bytes between a host endpoint
+//! (`Read + Write`, non-blocking) and a `Chip`.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+use super::chip::Chip;
+use crate::device::{DataBits, LineSettings, Parity, StopBits};
+
+/// How far apart the two rates may be before the receiver mis-samples: a UART resyncs on
+/// every start bit and tolerates a few percent over a 10-bit character.
+const BAUD_TOLERANCE: f64 = 0.03;
+/// What the bridge-side reads ahead of the chip (the rest waits in the host's buffer, so
+/// a writer feels the line's speed as backpressure).
+const RX_AHEAD: usize = 4096;
+/// Chunk taken from the chip per step.
+const TX_CHUNK: usize = 4096;
+
+/// Time on the wire for one character of `settings` (start + data + parity + stop bits).
+pub fn char_time(baud: u32, settings: &LineSettings) -> Duration {
+    let data = match settings.data_bits {
+        DataBits::Five => 5,
+        DataBits::Six => 6,
+        DataBits::Seven => 7,
+        DataBits::Eight => 8,
+    };
+    let parity = u32::from(settings.parity != Parity::None);
+    // In half bits, for 1.5 stop bits.
+    let stop_halves = match settings.stop_bits {
+        StopBits::One => 2,
+        StopBits::OnePointFive => 3,
+        StopBits::Two => 4,
+    };
+    let half_bits = 2 * (1 + data + parity) + stop_halves;
+    let baud = u64::from(baud.max(50));
+    Duration::from_nanos(u64::from(half_bits) * 1_000_000_000 / (2 * baud))
+}
+
+/// The chip's UART format: 8N1.
+pub fn chip_format() -> LineSettings {
+    LineSettings::default()
+}
+
+/// Whether a host line set up as `line` and the chip running at `chip_baud` (8N1)
+/// understand each other.
+pub fn line_matches(line: &LineSettings, chip_baud: u32) -> bool {
+    let host = f64::from(line.baud.max(1));
+    let chip = f64::from(chip_baud.max(1));
+    (host - chip).abs() / chip <= BAUD_TOLERANCE
+        && line.data_bits == DataBits::Eight
+        && line.parity == Parity::None
+}
+
+/// Deterministic corruption of a byte sampled at the wrong rate. Bijective, and it never
+/// maps anything onto itself in a way that keeps SLIP framing intact: `0xC0` does not
+/// survive, so a bridge that forgets a baud change fails loudly, not subtly.
+pub fn garble(b: u8) -> u8 {
+    b.rotate_left(3) ^ 0x5A
+}
+
+/// Paces one direction: bytes finish one character time apart, starting when the line
+/// was last free.
+#[derive(Clone, Copy, Debug)]
+pub struct Pacer {
+    /// When the line is free again (the last scheduled character ends).
+    free_at: Instant,
+}
+
+impl Pacer {
+    pub fn new(now: Instant) -> Pacer {
+        Pacer { free_at: now }
+    }
+
+    /// The line was idle until `now`: the next character starts now, not in the past.
+    pub fn idle_until(&mut self, now: Instant) {
+        self.free_at = self.free_at.max(now);
+    }
+
+    /// How many whole characters have finished by `now` (the caller then `consume`s what it
+    /// actually moved).
+    pub fn due(&self, now: Instant, char_time: Duration) -> usize {
+        let Some(elapsed) = now.checked_duration_since(self.free_at) else {
+            return 0;
+        };
+        let ct = char_time.as_nanos().max(1);
+        usize::try_from(elapsed.as_nanos() / ct).unwrap_or(usize::MAX)
+    }
+
+    pub fn consume(&mut self, n: usize, char_time: Duration) {
+        self.free_at += char_time * u32::try_from(n).unwrap_or(u32::MAX);
+    }
+
+    /// When the next character would finish.
+    pub fn next_at(&self, char_time: Duration) -> Instant {
+        self.free_at + char_time
+    }
+}
+
+/// Result of one step: when to step again at the latest, and what to wait for.
+#[derive(Clone, Copy, Debug)]
+pub struct Wait {
+    pub deadline: Option<Instant>,
+    /// The host endpoint may be read (there is room ahead of the chip).
+    pub want_read: bool,
+    /// Bytes wait for the host endpoint to become writable.
+    pub want_write: bool,
+}
+
+/// Both directions of the wire, with their buffers.
+#[derive(Debug)]
+pub struct Uart {
+    rx: VecDeque<u8>,
+    rx_pacer: Pacer,
+    tx_hold: Vec<u8>,
+    tx_hold_pos: usize,
+    tx_pacer: Pacer,
+    scratch: Box<[u8; TX_CHUNK]>,
+}
+
+impl Uart {
+    pub fn new(now: Instant) -> Uart {
+        Uart {
+            rx: VecDeque::with_capacity(RX_AHEAD),
+            rx_pacer: Pacer::new(now),
+            tx_hold: Vec::with_capacity(TX_CHUNK),
+            tx_hold_pos: 0,
+            tx_pacer: Pacer::new(now),
+            scratch: Box::new([0; TX_CHUNK]),
+        }
+    }
+
+    /// Drop what the host wrote and the chip has not received yet (purge output).
+    pub fn discard_rx(&mut self) {
+        self.rx.clear();
+    }
+
+    /// Drop what the chip sent and the host has not taken yet (purge input).
+    pub fn discard_tx(&mut self) {
+        self.tx_hold.clear();
+        self.tx_hold_pos = 0;
+    }
+
+    /// Move whatever is due at `now`. `line` is the host side's setting; `rx_enabled`
+    /// false (a break on the line) swallows host bytes.
+    pub fn step<H: Read + Write>(
+        &mut self,
+        host: &mut H,
+        chip: &mut Chip,
+        line: &LineSettings,
+        rx_enabled: bool,
+        now: Instant,
+        epoch: Instant,
+    ) -> io::Result<Wait> {
+        let t = now.saturating_duration_since(epoch);
+        chip.advance(t);
+
+        // Host -> chip, at the host's rate.
+        let rx_ct = char_time(line.baud, line);
+        if self.rx.is_empty() {
+            self.rx_pacer.idle_until(now);
+        }
+        while self.rx.len() < RX_AHEAD {
+            let room = (RX_AHEAD - self.rx.len()).min(TX_CHUNK);
+            match host.read(&mut self.scratch[..room]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if rx_enabled {
+                        self.rx.extend(&self.scratch[..n]);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let due = self.rx_pacer.due(now, rx_ct).min(self.rx.len());
+        if due > 0 {
+            self.rx_pacer.consume(due, rx_ct);
+            let mut left = due;
+            while left > 0 {
+                let n = left.min(TX_CHUNK);
+                for (dst, b) in self.scratch[..n].iter_mut().zip(self.rx.drain(..n)) {
+                    *dst = b;
+                }
+                // The chip's rate may change while we deliver (not in practice: the host
+                // waits for the reply), so decide per chunk.
+                if !line_matches(line, chip.expected_baud()) {
+                    self.scratch[..n].iter_mut().for_each(|b| *b = garble(*b));
+                }
+                chip.receive(&self.scratch[..n], t);
+                left -= n;
+            }
+        }
+
+        // Chip -> host, at the chip's rate.
+        self.flush_hold(host)?;
+        if self.tx_hold_pos == self.tx_hold.len() {
+            if !chip.tx_ready() {
+                self.tx_pacer.idle_until(now);
+            } else {
+                loop {
+                    let tx_ct = char_time(chip.expected_baud(), &chip_format());
+                    let due = self.tx_pacer.due(now, tx_ct).min(TX_CHUNK);
+                    if due == 0 {
+                        break;
+                    }
+                    let garbled = !line_matches(line, chip.expected_baud());
+                    let n = chip.take_tx(&mut self.scratch[..due], t);
+                    if n == 0 {
+                        self.tx_pacer.idle_until(now);
+                        break;
+                    }
+                    self.tx_pacer.consume(n, tx_ct);
+                    if garbled {
+                        self.scratch[..n].iter_mut().for_each(|b| *b = garble(*b));
+                    }
+                    self.tx_hold.clear();
+                    self.tx_hold.extend_from_slice(&self.scratch[..n]);
+                    self.tx_hold_pos = 0;
+                    self.flush_hold(host)?;
+                    if self.tx_hold_pos < self.tx_hold.len() {
+                        break; // host not reading: hold on to it
+                    }
+                }
+            }
+        }
+
+        let blocked = self.tx_hold_pos < self.tx_hold.len();
+        let mut deadline = chip.next_deadline().map(|d| epoch + d);
+        let mut soonest = |at: Instant| {
+            deadline = Some(deadline.map_or(at, |d| d.min(at)));
+        };
+        if !self.rx.is_empty() {
+            soonest(self.rx_pacer.next_at(rx_ct));
+        }
+        if !blocked && chip.tx_ready() {
+            soonest(
+                self.tx_pacer
+                    .next_at(char_time(chip.expected_baud(), &chip_format())),
+            );
+        }
+        Ok(Wait {
+            deadline,
+            want_read: self.rx.len() < RX_AHEAD,
+            want_write: blocked,
+        })
+    }
+
+    fn flush_hold<H: Write>(&mut self, host: &mut H) -> io::Result<()> {
+        while self.tx_hold_pos < self.tx_hold.len() {
+            match host.write(&self.tx_hold[self.tx_hold_pos..]) {
+                Ok(0) => break,
+                Ok(n) => self.tx_hold_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.tx_hold_pos == self.tx_hold.len() {
+            self.tx_hold.clear();
+            self.tx_hold_pos = 0;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::chip::{Chip, Mode};
+    use crate::sim::flash::Flash;
+
+    #[test]
+    fn character_times() {
+        let line = LineSettings::default();
+        assert_eq!(char_time(115_200, &line), Duration::from_nanos(86_805));
+        let mut two_stop = line;
+        two_stop.stop_bits = StopBits::Two;
+        two_stop.parity = Parity::Even;
+        assert_eq!(char_time(100_000, &two_stop), Duration::from_micros(120));
+    }
+
+    #[test]
+    fn pacer_releases_bytes_at_line_rate() {
+        let t0 = Instant::now();
+        let ct = Duration::from_micros(10);
+        let mut p = Pacer::new(t0);
+        assert_eq!(p.due(t0, ct), 0);
+        assert_eq!(p.due(t0 + Duration::from_micros(35), ct), 3);
+        p.consume(3, ct);
+        assert_eq!(p.next_at(ct), t0 + Duration::from_micros(40));
+        // Idle for a while: no credit accumulates.
+        p.idle_until(t0 + Duration::from_secs(1));
+        assert_eq!(p.due(t0 + Duration::from_secs(1), ct), 0);
+    }
+
+    #[test]
+    fn baud_tolerance_and_format() {
+        let mut line = LineSettings::default();
+        assert!(line_matches(&line, 115_200));
+        line.baud = 118_000; // +2.4 %
+        assert!(line_matches(&line, 115_200));
+        line.baud = 921_600;
+        assert!(!line_matches(&line, 115_200));
+        line.baud = 115_200;
+        line.parity = Parity::Even;
+        assert!(!line_matches(&line, 115_200));
+    }
+
+    #[test]
+    fn garble_is_a_permutation_that_breaks_slip() {
+        let mut seen = [false; 256];
+        for b in 0..=255u8 {
+            seen[usize::from(garble(b))] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
+        assert_ne!(garble(0xC0), 0xC0);
+    }
+
+    /// An in-memory host endpoint.
+    #[derive(Default)]
+    struct Host {
+        to_chip: VecDeque<u8>,
+        from_chip: Vec<u8>,
+    }
+
+    impl Read for Host {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.to_chip.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.to_chip.len());
+            for (d, s) in buf.iter_mut().zip(self.to_chip.drain(..n)) {
+                *d = s;
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for Host {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.from_chip.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    const SYNC: [u8; 46] = {
+        let mut f = [0x55u8; 46];
+        let head = [
+            0xC0, 0x00, 0x08, 0x24, 0x00, 0, 0, 0, 0, 0x07, 0x07, 0x12, 0x20,
+        ];
+        let mut i = 0;
+        while i < head.len() {
+            f[i] = head[i];
+            i += 1;
+        }
+        f[45] = 0xC0;
+        f
+    };
+
+    /// Run the wire in simulated time (no sleeping), 1 ms per step.
+    fn run(
+        uart: &mut Uart,
+        host: &mut Host,
+        chip: &mut Chip,
+        line: &LineSettings,
+        t0: Instant,
+        ms: u64,
+    ) {
+        for i in 0..=ms {
+            uart.step(host, chip, line, true, t0 + Duration::from_millis(i), t0)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn sync_at_the_right_rate_is_answered_and_paced() {
+        let t0 = Instant::now();
+        let mut chip = Chip::new(Flash::new(), true, Duration::ZERO);
+        let mut uart = Uart::new(t0);
+        let mut host = Host::default();
+        let line = LineSettings::default();
+        run(&mut uart, &mut host, &mut chip, &line, t0, 20);
+        let banner = String::from_utf8_lossy(&host.from_chip).into_owned();
+        assert!(banner.ends_with("waiting for download\r\n"), "{banner}");
+        // 103 banner bytes at 11520 bytes/s take ~9 ms: after 5 ms only part is out.
+        let mut early = Host::default();
+        let mut chip2 = Chip::new(Flash::new(), true, Duration::ZERO);
+        let mut uart2 = Uart::new(t0);
+        run(&mut uart2, &mut early, &mut chip2, &line, t0, 5);
+        assert!(early.from_chip.len() < banner.len() && !early.from_chip.is_empty());
+
+        host.from_chip.clear();
+        host.to_chip.extend(SYNC);
+        let start = t0 + Duration::from_millis(20);
+        for i in 0..200 {
+            uart.step(
+                &mut host,
+                &mut chip,
+                &line,
+                true,
+                start + Duration::from_millis(i),
+                t0,
+            )
+            .unwrap();
+        }
+        assert_eq!(chip.mode(), Mode::Download);
+        let responses = host.from_chip.iter().filter(|&&b| b == 0xC0).count();
+        assert_eq!(responses, 16, "eight framed SYNC responses");
+    }
+
+    #[test]
+    fn wrong_baud_garbles_both_directions() {
+        let t0 = Instant::now();
+        let mut chip = Chip::new(Flash::new(), true, Duration::ZERO);
+        let mut uart = Uart::new(t0);
+        let mut host = Host::default();
+        let line = LineSettings {
+            baud: 921_600,
+            ..LineSettings::default()
+        };
+        run(&mut uart, &mut host, &mut chip, &line, t0, 20);
+        assert!(!host.from_chip.is_empty());
+        assert!(!String::from_utf8_lossy(&host.from_chip).contains("waiting for download"));
+        host.from_chip.clear();
+        host.to_chip.extend(SYNC);
+        run(
+            &mut uart,
+            &mut host,
+            &mut chip,
+            &line,
+            t0 + Duration::from_millis(21),
+            100,
+        );
+        assert!(host.from_chip.is_empty(), "a garbled SYNC gets no answer");
+    }
+}
