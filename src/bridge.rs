@@ -19,6 +19,7 @@ use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::config::{Config, DevicePath, DeviceSpec, ResetKind};
 use crate::device::{Device, LineSettings, Lines, ModemStatus, Purge, Tty};
+use crate::lines::GpioWired;
 use crate::reset::{Policy, ResetError, ResetTo, Resetter};
 use crate::session::{Port, Session};
 
@@ -246,10 +247,15 @@ impl Bridge {
     }
 
     fn open_device(&mut self) {
-        let result: io::Result<Box<dyn Device>> = match &self.spec.path {
+        let mut result: io::Result<Box<dyn Device>> = match &self.spec.path {
             DevicePath::Tty(p) => Tty::open(p, &self.configured).map(|d| Box::new(d) as _),
             DevicePath::Sim { flash_file } => open_sim(flash_file.clone(), &self.configured),
         };
+        if self.spec.reset == ResetKind::Gpio {
+            let gpio = self.spec.gpio.clone().unwrap_or_default();
+            let consumer = format!("serialhub {}", self.name);
+            result = result.and_then(|d| Ok(Box::new(GpioWired::new(d, gpio, &consumer)?) as _));
+        }
         match result {
             Ok(d) => {
                 info!(
@@ -594,7 +600,7 @@ fn policy_for(spec: &DeviceSpec) -> Policy {
         esp32r0: spec.esp32r0,
     };
     match spec.reset {
-        ResetKind::Esp => esp,
+        ResetKind::Esp | ResetKind::Gpio => esp,
         ResetKind::UsbJtag => Policy::UsbJtag,
         ResetKind::Passthrough => Policy::Passthrough,
         ResetKind::None => Policy::None,

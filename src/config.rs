@@ -90,6 +90,8 @@ pub struct DeviceSpec {
     /// An ESP32 revision 0 needs IO0 held 550 ms instead of 50 ms after EN rises.
     #[serde(default)]
     pub esp32r0: bool,
+    /// GPIO lines wired to EN and IO0, for `reset = "gpio"`.
+    pub gpio: Option<crate::lines::GpioConfig>,
 }
 
 /// The `reset` key: how the client's DTR/RTS reach the board.
@@ -102,6 +104,8 @@ pub enum ResetKind {
     Auto,
     Esp,
     UsbJtag,
+    /// A Pi UART with GPIO lines on EN and IO0 (`[device.gpio]`), driven like `esp`.
+    Gpio,
     Passthrough,
     None,
 }
@@ -132,6 +136,7 @@ impl DeviceSpec {
             baud: default_baud(),
             reset: ResetKind::Auto,
             esp32r0: false,
+            gpio: None,
         })
     }
 
@@ -144,6 +149,7 @@ impl DeviceSpec {
             baud: default_baud(),
             reset: ResetKind::Auto,
             esp32r0: false,
+            gpio: None,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod cli; // command line: `serve`, `sim`, `--help`, `--version`
 pub mod config; // serialhub.toml and `--device` flags, with errors that name file/line/key
 pub mod device; // device backends behind one trait: real tty, simulated ESP32
 pub mod identity; // USB identity of a tty from sysfs (vid, pid)
+pub mod lines; // DTR/RTS to GPIO lines (EN, IO0) for GPIO-wired boards
 pub mod reset; // reset policies: client DTR/RTS patterns to timed line changes (pure)
 pub mod rfc2217; // COM-PORT-OPTION (44) requests and replies as typed values (pure)
 pub mod session; // one client's negotiation state and what to apply/answer (pure)
