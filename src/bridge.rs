@@ -64,6 +64,17 @@ impl BridgeHandle {
         }
     }
 
+    /// Reset the device's chip through its reset policy. Returns once the sequence has
+    /// started (it runs on in the bridge thread); errors if the bridge does not answer.
+    pub fn reset(&self, to: ResetTo) -> Result<(), String> {
+        let (tx, rx) = mpsc::channel();
+        self.send(BridgeCommand::Reset(to, tx));
+        match rx.recv_timeout(Duration::from_secs(2)) {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("{}: the bridge did not answer", self.name)),
+        }
+    }
+
     pub fn join(self) {
         let _ = self.thread.join();
     }
