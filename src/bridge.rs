@@ -97,10 +97,12 @@ pub fn serve(config: Config) -> Result<(), String> {
     for (spec, listener) in config.devices.iter().zip(listeners) {
         handles.push(spawn(spec.clone(), listener).map_err(|e| e.to_string())?);
     }
+    notify_systemd("READY=1");
     let sig = mask
         .wait()
         .map_err(|e| format!("waiting for signals: {e}"))?;
     info!("{sig:?}: restoring devices and exiting");
+    notify_systemd("STOPPING=1");
     for h in &handles {
         h.send(BridgeCommand::Shutdown);
     }
@@ -108,6 +110,29 @@ pub fn serve(config: Config) -> Result<(), String> {
         h.join();
     }
     Ok(())
+}
+
+/// Tell systemd (`Type=notify`) that every port is listening, so units ordered after us and
+/// `systemctl start` return only once clients can connect. A no-op outside systemd.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => return warn!("cannot notify systemd: {e}"),
+    };
+    let bytes = path.as_encoded_bytes();
+    let result = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        sock.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = result {
+        warn!("cannot notify systemd: {e}");
+    }
 }
 
 /// Bind every device's port up front, so a port conflict stops the daemon at start with a
