@@ -6,10 +6,15 @@ PY := $(VENV)/bin/python
 BIN_DEBUG := target/debug/serialhub
 BIN_RELEASE := target/release/serialhub
 
-.PHONY: help build run test unit e2e bench lint venv clean
+.PHONY: help build run test unit e2e bench lint venv clean pi pi-check deb deb-armhf install cargo-deb
+
+PI_TARGET := arm-unknown-linux-musleabihf
+PI_BIN := target/$(PI_TARGET)/release/serialhub
+PREFIX ?= /usr
+DESTDIR ?=
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 build: ## release build of the daemon (target/release/serialhub)
 	$(CARGO) build --release
@@ -40,6 +45,27 @@ lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
+pi: ## static ARMv6 binary for a Pi Zero (target/arm-unknown-linux-musleabihf/release/serialhub); installs missing toolchain pieces
+	packaging/build-pi.sh
+
+pi-check: pi venv ## prove the ARMv6 binary works: under qemu-arm -cpu arm1176, esptool flashes and verifies its simulated chip
+	$(PY) packaging/pi_check.py $(abspath $(PI_BIN))
+
+cargo-deb:
+	@command -v cargo-deb >/dev/null || $(CARGO) install --locked --quiet cargo-deb
+
+deb: build cargo-deb ## Debian package for this machine (amd64): target/debian/serialhub_*.deb
+	$(CARGO) deb --no-build
+
+deb-armhf: pi cargo-deb ## Debian package with the static ARMv6 binary (armhf, any Raspberry Pi OS 32-bit)
+	$(CARGO) deb --no-build --no-strip --target $(PI_TARGET)
+
+install: build ## install binary, config (kept if present), unit and docs under $(DESTDIR)$(PREFIX)
+	install -D -m 755 $(BIN_RELEASE) $(DESTDIR)$(PREFIX)/bin/serialhub
+	test -e $(DESTDIR)/etc/serialhub/serialhub.toml || install -D -m 644 conf/serialhub.toml $(DESTDIR)/etc/serialhub/serialhub.toml
+	install -D -m 644 packaging/serialhub.service $(DESTDIR)/lib/systemd/system/serialhub.service
+	install -D -m 644 README.md $(DESTDIR)$(PREFIX)/share/doc/serialhub/README.md
+
 clean: ## remove build output and the venv
 	$(CARGO) clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-pi

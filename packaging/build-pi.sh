@@ -1,0 +1,41 @@
+#!/bin/sh
+# Build the static ARMv6 (Raspberry Pi Zero/1, arm1176jzf-s) binary of serialhub:
+#   target/arm-unknown-linux-musleabihf/release/serialhub
+#
+# Two routes, the first that works:
+#  1. rustup with the arm-unknown-linux-musleabihf target installed (machines with internet).
+#  2. Debian's rustc-web 1.96 + rust-web-src with -Z build-std, zig (from PyPI) as the linker
+#     through cargo-zigbuild. Missing pieces are installed (apt, pip into .venv-pi).
+# Recipe and measurements: docs/pi.md.
+set -eu
+TARGET=arm-unknown-linux-musleabihf
+cd "$(dirname "$0")/.."
+
+if command -v rustup >/dev/null 2>&1 && rustup target list --installed 2>/dev/null | grep -qx "$TARGET" \
+   && command -v cargo-zigbuild >/dev/null 2>&1; then
+    exec cargo zigbuild --release --target "$TARGET"
+fi
+
+APT="apt-get -o DPkg::Lock::Timeout=300"
+need_apt=""
+[ -x /usr/bin/rustc ] && /usr/bin/rustc --version | grep -q "1\.9[6-9]\|1\.[1-9][0-9][0-9]" || need_apt="$need_apt rustc-web cargo-web"
+[ -d /usr/lib/rustlib/src/rust/library ] || need_apt="$need_apt rust-web-src"
+command -v qemu-arm >/dev/null 2>&1 || need_apt="$need_apt qemu-user"
+if [ -n "$need_apt" ]; then
+    $APT update -qq
+    DEBIAN_FRONTEND=noninteractive $APT install -y -qq --no-install-recommends $need_apt
+fi
+
+VENV=.venv-pi
+if [ ! -x "$VENV/bin/cargo-zigbuild" ] || [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check ziglang==0.17.0 cargo-zigbuild==0.24.0
+fi
+
+export PATH="$PWD/$VENV/bin:$PATH"      # zig (python -m ziglang) and cargo-zigbuild
+export CARGO=/usr/bin/cargo             # cargo-zigbuild calls back into this cargo
+export RUSTC=/usr/bin/rustc             # Debian's 1.96, not the rustup proxy on PATH
+export RUSTC_BOOTSTRAP=1                # -Z build-std on a stable compiler
+# zig supplies crt1.o and libc.a for musl; tune for the Pi Zero's core.
+export CARGO_TARGET_ARM_UNKNOWN_LINUX_MUSLEABIHF_RUSTFLAGS="-C target-cpu=arm1176jzf-s -C link-self-contained=no"
+exec /usr/bin/cargo zigbuild -Z build-std=std,panic_abort --target "$TARGET" --release
