@@ -122,7 +122,10 @@ impl std::fmt::Display for DecodeError {
                 write!(f, "COM-PORT-OPTION command {code} with a {len}-byte value")
             }
             DecodeError::BadValue { code, value } => {
-                write!(f, "COM-PORT-OPTION command {code} with invalid value {value}")
+                write!(
+                    f,
+                    "COM-PORT-OPTION command {code} with invalid value {value}"
+                )
             }
         }
     }
@@ -414,7 +417,10 @@ mod tests {
             decode(&[5, 20]),
             Err(DecodeError::BadValue { code: 5, value: 20 })
         );
-        assert_eq!(decode(&[12]), Err(DecodeError::BadLength { code: 12, len: 0 }));
+        assert_eq!(
+            decode(&[12]),
+            Err(DecodeError::BadLength { code: 12, len: 0 })
+        );
         // Every possible 1- and 2-byte payload decodes or errors without panicking.
         for a in 0..=255u8 {
             let _ = decode(&[a]);

@@ -171,12 +171,18 @@ impl Session {
             } => match rfc2217::decode(&payload) {
                 Ok((Direction::ClientToServer, cmd)) => self.command(cmd, port, out),
                 Ok((Direction::ServerToClient, cmd)) => {
-                    debug!("{}: ignoring server-side command from client: {cmd:?}", self.label)
+                    debug!(
+                        "{}: ignoring server-side command from client: {cmd:?}",
+                        self.label
+                    )
                 }
                 Err(e) => self.bad_command(e, out),
             },
             Event::Subnegotiation { option, .. } => {
-                debug!("{}: ignoring subnegotiation for option {option}", self.label)
+                debug!(
+                    "{}: ignoring subnegotiation for option {option}",
+                    self.label
+                )
             }
             Event::SubnegotiationTooLong { option } => {
                 return Err(SessionError::Garbage(format!(
@@ -185,7 +191,10 @@ impl Session {
                 )))
             }
             Event::SubnegotiationAborted { option } => {
-                warn!("{}: client cut a subnegotiation for option {option} short", self.label)
+                warn!(
+                    "{}: client cut a subnegotiation for option {option} short",
+                    self.label
+                )
             }
             Event::Command(c) => debug!("{}: ignoring Telnet command {c:#04x}", self.label),
         }
@@ -251,7 +260,10 @@ impl Session {
         match port.apply(&new) {
             Ok(()) => {
                 if new.baud != self.settings.baud {
-                    info!("{}: baud {} -> {}", self.label, self.settings.baud, new.baud);
+                    info!(
+                        "{}: baud {} -> {}",
+                        self.label, self.settings.baud, new.baud
+                    );
                 } else {
                     debug!("{}: line settings {new}", self.label);
                 }
@@ -271,7 +283,11 @@ impl Session {
                 self.reply(Command::Signature(self.signature.clone().into_bytes()), out)
             }
             Command::Signature(text) => {
-                info!("{}: client signature: {}", self.label, String::from_utf8_lossy(&text))
+                info!(
+                    "{}: client signature: {}",
+                    self.label,
+                    String::from_utf8_lossy(&text)
+                )
             }
             Command::SetBaud(v) => {
                 if let Setting::Value(b) = v {
@@ -295,7 +311,10 @@ impl Session {
                     s.parity = p;
                     self.change(s, port);
                 }
-                self.reply(Command::SetParity(Setting::Value(self.settings.parity)), out)
+                self.reply(
+                    Command::SetParity(Setting::Value(self.settings.parity)),
+                    out,
+                )
             }
             Command::SetStopSize(v) => {
                 if let Setting::Value(b) = v {
@@ -383,7 +402,10 @@ impl Session {
         if let Err(e) = port.set_lines(self.client_lines) {
             // PTYs and some adapters have no modem lines; say so once, then stay quiet.
             if !self.lines_unsupported_logged {
-                warn!("{}: cannot set DTR/RTS ({e}); continuing without", self.label);
+                warn!(
+                    "{}: cannot set DTR/RTS ({e}); continuing without",
+                    self.label
+                );
                 self.lines_unsupported_logged = true;
             }
         }
@@ -537,7 +559,10 @@ mod tests {
         let mut port = Recorder::default();
         let mut out = Vec::new();
         s.start(&mut out);
-        assert!(out.windows(3).any(|w| w == [IAC, 0xFB, 44]), "WILL COM-PORT");
+        assert!(
+            out.windows(3).any(|w| w == [IAC, 0xFB, 44]),
+            "WILL COM-PORT"
+        );
         assert!(out.windows(3).any(|w| w == [IAC, 0xFD, 44]), "DO COM-PORT");
         let (_, out) = feed(&mut s, &mut port, &PYSERIAL_OPEN);
         // All of pyserial's requests cross our offers: the only output is the one

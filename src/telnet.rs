@@ -60,12 +60,19 @@ impl Verb {
 pub enum Event {
     Negotiate(Verb, u8),
     /// `IAC SB option payload IAC SE`, payload already unescaped.
-    Subnegotiation { option: u8, payload: Vec<u8> },
+    Subnegotiation {
+        option: u8,
+        payload: Vec<u8>,
+    },
     /// A subnegotiation longer than [`MAX_SUBNEGOTIATION`]; its bytes were dropped.
-    SubnegotiationTooLong { option: u8 },
+    SubnegotiationTooLong {
+        option: u8,
+    },
     /// A subnegotiation cut short by `IAC <command>`; its bytes were dropped and the
     /// command was processed as usual.
-    SubnegotiationAborted { option: u8 },
+    SubnegotiationAborted {
+        option: u8,
+    },
     /// A two-byte command such as NOP, BRK or AYT (the byte after IAC).
     Command(u8),
 }
