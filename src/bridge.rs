@@ -212,7 +212,7 @@ pub fn spawn(spec: DeviceSpec, listener: TcpListener) -> io::Result<BridgeHandle
         wake: wake.clone(),
         commands: rx,
         device: None,
-        resetter: Resetter::new(policy),
+        lines: LineDriver::new(policy),
         reopen_at: Instant::now(),
         reopen_delay: REOPEN_MIN,
         client: None,
@@ -252,7 +252,7 @@ struct Bridge {
     commands: mpsc::Receiver<BridgeCommand>,
     device: Option<Box<dyn Device>>,
     /// The device's reset policy and any sequence in progress; outlives clients.
-    resetter: Resetter,
+    lines: LineDriver,
     reopen_at: Instant,
     reopen_delay: Duration,
     client: Option<Client>,
@@ -298,7 +298,7 @@ impl Bridge {
                     "{}: opened {} at {}",
                     self.name, self.spec.path, self.configured
                 );
-                self.resetter = Resetter::new(self.resetter.policy());
+                self.lines = LineDriver::new(self.lines.resetter.policy());
                 self.device = Some(d);
                 self.reopen_delay = REOPEN_MIN;
             }
@@ -389,11 +389,12 @@ impl Bridge {
         match cmd {
             BridgeCommand::Shutdown => return Err(Stop::Shutdown),
             BridgeCommand::Reset(to, reply) => {
-                let result = self.resetter.reset(to, Instant::now());
-                if result.is_ok() {
+                let result = self.lines.resetter.reset(to, Instant::now());
+                if let (Ok(first), Some(dev)) = (result, self.device.as_deref_mut()) {
                     info!("{}: reset into {to:?} requested by the server", self.name);
+                    self.lines.apply(&self.name, first, dev);
                 }
-                let _ = reply.send(result.map(|first| self.set_lines(first)));
+                let _ = reply.send(result.map(|_| ()));
             }
         }
         Ok(())
@@ -402,7 +403,7 @@ impl Bridge {
     fn next_deadline(&self) -> Option<Instant> {
         let reopen = self.device.is_none().then_some(self.reopen_at);
         let modem = self.client.as_ref().map(|c| c.next_modem_poll);
-        [reopen, modem, self.resetter.deadline()]
+        [reopen, modem, self.lines.resetter.deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -410,18 +411,8 @@ impl Bridge {
 
     /// Play the steps of a reset sequence that are due, each as its own line change.
     fn run_reset_steps(&mut self) {
-        let now = Instant::now();
-        while let Some(lines) = self.resetter.due(now) {
-            self.set_lines(Some(lines));
-        }
-    }
-
-    fn set_lines(&mut self, lines: Option<Lines>) {
-        if let (Some(lines), Some(dev)) = (lines, self.device.as_mut()) {
-            debug!("{}: lines dtr={} rts={}", self.name, lines.dtr, lines.rts);
-            if let Err(e) = dev.set_lines(lines) {
-                debug!("{}: cannot set DTR/RTS: {e}", self.name);
-            }
+        if let Some(dev) = self.device.as_deref_mut() {
+            self.lines.run_due(&self.name, dev);
         }
     }
 
@@ -537,7 +528,7 @@ impl Bridge {
         let mut port = BridgePort {
             device: dev,
             to_device: &mut self.to_device,
-            resetter: &mut self.resetter,
+            lines: &mut self.lines,
             name: &self.name,
         };
         let result = c
@@ -595,7 +586,7 @@ impl Bridge {
         let mut port = BridgePort {
             device: dev,
             to_device: &mut self.to_device,
-            resetter: &mut self.resetter,
+            lines: &mut self.lines,
             name: &self.name,
         };
         c.session.poll_modem(&mut port, &mut self.to_client);
@@ -625,8 +616,10 @@ impl Bridge {
             }
             let _ = dev.set_break(false);
         }
-        let lines = self.resetter.client_left(Instant::now());
-        self.set_lines(lines);
+        let local = self.lines.resetter.client_left(Instant::now());
+        if let Some(dev) = self.device.as_deref_mut() {
+            self.lines.apply(&self.name, local, dev);
+        }
     }
 }
 
@@ -658,6 +651,67 @@ fn open_sim(
     Err(io::Error::other("the simulator is not wired in yet"))
 }
 
+/// The device's reset policy plus the record of the sequence in progress: every line change
+/// it makes reaches the device as one call, and a finished sequence is logged with the
+/// offsets at which each step actually happened (users and tests read the timings there).
+struct LineDriver {
+    resetter: Resetter,
+    trace: Option<(ResetTo, Instant, String)>,
+}
+
+impl LineDriver {
+    fn new(policy: Policy) -> LineDriver {
+        LineDriver {
+            resetter: Resetter::new(policy),
+            trace: None,
+        }
+    }
+
+    fn apply(&mut self, name: &str, lines: Option<Lines>, dev: &mut dyn Device) {
+        let Some(lines) = lines else { return };
+        let now = Instant::now();
+        if let (None, Some(to)) = (&self.trace, self.resetter.busy()) {
+            self.trace = Some((to, now, String::new()));
+        }
+        if let Some((_, t0, steps)) = &mut self.trace {
+            use std::fmt::Write as _;
+            let _ = write!(
+                steps,
+                " {}{}@{:.1}ms",
+                if lines.dtr { 'D' } else { 'd' },
+                if lines.rts { 'R' } else { 'r' },
+                now.duration_since(*t0).as_secs_f64() * 1e3
+            );
+        }
+        if let Err(e) = dev.set_lines(lines) {
+            debug!("{name}: cannot set DTR/RTS: {e}");
+        }
+        if self.resetter.busy().is_none() {
+            if let Some((to, _, steps)) = self.trace.take() {
+                info!("{name}: reset into {to:?} done, lines (D/R = asserted):{steps}");
+            }
+        }
+    }
+
+    fn client_lines(&mut self, name: &str, lines: Lines, dev: &mut dyn Device) {
+        let was_busy = self.resetter.busy();
+        let local = self.resetter.client_lines(lines, Instant::now());
+        if was_busy.is_none() {
+            if let Some(to) = self.resetter.busy() {
+                info!("{name}: client started a reset into {to:?}; playing it locally");
+            }
+        }
+        self.apply(name, local, dev);
+    }
+
+    fn run_due(&mut self, name: &str, dev: &mut dyn Device) {
+        let now = Instant::now();
+        while let Some(lines) = self.resetter.due(now) {
+            self.apply(name, Some(lines), dev);
+        }
+    }
+}
+
 /// TCP_NODELAY (every answer is latency-critical) and keepalive (about 10 s idle, then 3
 /// probes 5 s apart) so a client that vanished without a FIN frees the port in ~25 s.
 fn tune_socket(s: &TcpStream) -> io::Result<()> {
@@ -675,7 +729,7 @@ fn tune_socket(s: &TcpStream) -> io::Result<()> {
 struct BridgePort<'a> {
     device: &'a mut dyn Device,
     to_device: &'a mut Vec<u8>,
-    resetter: &'a mut Resetter,
+    lines: &'a mut LineDriver,
     name: &'a str,
 }
 
@@ -720,20 +774,9 @@ impl Port for BridgePort<'_> {
 
     /// The client's lines go through the reset policy, which decides what the board sees.
     fn set_lines(&mut self, lines: Lines) -> io::Result<()> {
-        let was_busy = self.resetter.busy();
-        let Some(local) = self.resetter.client_lines(lines, Instant::now()) else {
-            return Ok(());
-        };
-        if was_busy.is_none() {
-            if let Some(to) = self.resetter.busy() {
-                info!(
-                    "{}: client started a reset into {to:?}; playing it locally",
-                    self.name
-                );
-            }
-        }
         self.drain()?;
-        self.device.set_lines(local)
+        self.lines.client_lines(self.name, lines, self.device);
+        Ok(())
     }
 
     fn set_break(&mut self, on: bool) -> io::Result<()> {
