@@ -1,0 +1,775 @@
+#!/usr/bin/env python3
+"""serialhub benchmark: latency, throughput, CPU and memory against ser2net, plus esptool
+flash times through serialhub versus straight on the simulated chip's PTY.
+
+Run with `make bench` (SERIALHUB_BIN=target/release/serialhub). Prints a table and writes
+docs/benchmarks.md. Not a test: it reports numbers against targets, it does not fail on them
+(exit status is non-zero only if a measurement could not be taken or data came back wrong).
+
+Everything runs on 127.0.0.1; every wait has a deadline; loops are bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import os
+import platform
+import random
+import re
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tty
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = os.environ.get("SERIALHUB_BIN") or str(REPO / "target" / "release" / "serialhub")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MIB = 1024 * 1024
+
+IAC = 0xFF
+TELNET_OPEN = b"\xff\xfd\x2c\xff\xfb\x2c"  # DO COM-PORT-OPTION, WILL COM-PORT-OPTION
+
+
+class BenchError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Telnet client side (minimal): escape on send, unescape and drop commands on receive
+
+
+def escape(data: bytes) -> bytes:
+    return data.replace(b"\xff", b"\xff\xff")
+
+
+class Decoder:
+    """Turns the server's Telnet stream back into data. Fast path in C (bytes.replace) when a
+    chunk holds only escaped data; a byte-wise state machine when it holds commands."""
+
+    def __init__(self):
+        self.carry = b""
+        self.state = "data"  # data | iac | opt | sb | sb_iac
+
+    def feed(self, chunk: bytes) -> bytes:
+        buf = self.carry + chunk if self.carry else chunk
+        self.carry = b""
+        if self.state == "data":
+            # trailing odd run of IACs: hold the last one back until the next byte shows its role
+            run = len(buf) - len(buf.rstrip(b"\xff"))
+            body = buf
+            if run % 2:
+                body, self.carry = buf[:-1], buf[-1:]
+            # escaped data has only even IAC runs; any IAC left after removing pairs is a command
+            if b"\xff" not in body.replace(b"\xff\xff", b""):
+                return body.replace(b"\xff\xff", b"\xff")
+            buf, self.carry = buf, b""
+        return self._slow(buf)
+
+    def _slow(self, buf: bytes) -> bytes:
+        out = bytearray()
+        st = self.state
+        for b in buf:
+            if st == "data":
+                if b == IAC:
+                    st = "iac"
+                else:
+                    out.append(b)
+            elif st == "iac":
+                if b == IAC:
+                    out.append(IAC)
+                    st = "data"
+                elif b == 0xFA:
+                    st = "sb"
+                elif b in (0xFB, 0xFC, 0xFD, 0xFE):
+                    st = "opt"
+                else:
+                    st = "data"
+            elif st == "opt":
+                st = "data"
+            elif st == "sb":
+                if b == IAC:
+                    st = "sb_iac"
+            elif st == "sb_iac":
+                st = "data" if b == 0xF0 else "sb"
+        self.state = st
+        return bytes(out)
+
+
+class Client:
+    """A raw RFC 2217 client: negotiate COM-PORT-OPTION, then just data."""
+
+    def __init__(self, port: int, timeout: float = 10.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(timeout)
+        self.dec = Decoder()
+        self.pending = bytearray()
+        self.sock.sendall(TELNET_OPEN)
+
+    def send(self, data: bytes):
+        self.sock.sendall(escape(data))
+
+    def recv_exactly(self, n: int, deadline: float) -> bytes:
+        while len(self.pending) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"timed out: {len(self.pending)} of {n} bytes received")
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(1 << 18)
+            except socket.timeout:
+                continue
+            if not chunk:
+                raise BenchError(f"server closed the connection after {len(self.pending)} of {n} bytes")
+            self.pending += self.dec.feed(chunk)
+        out = bytes(self.pending[:n])
+        del self.pending[:n]
+        return out
+
+    def close(self):
+        self.sock.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The device: the master end of a PTY, driven by a forked child (no GIL shared with the client)
+
+
+class PtyDevice:
+    def __init__(self):
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.path = os.ttyname(self.slave)
+        self.child: int | None = None
+        self.result_r: int | None = None
+
+    def _fork(self, body) -> None:
+        self.stop()
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 1
+            try:
+                os.close(r)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.set_blocking(self.master, True)
+                result = body()
+                os.write(w, (result or "ok").encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        self.child, self.result_r = pid, r
+
+    def echo(self):
+        """Echo everything back until stopped."""
+        m = self.master
+
+        def body():
+            while True:
+                data = os.read(m, 65536)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(m, view):]
+
+        self._fork(body)
+
+    def sink(self, n: int):
+        """Read exactly n bytes, report their MD5."""
+        m = self.master
+
+        def body():
+            h = hashlib.md5()
+            got = 0
+            while got < n:
+                data = os.read(m, min(65536, n - got))
+                h.update(data)
+                got += len(data)
+            return h.hexdigest()
+
+        self._fork(body)
+
+    def source(self, data: bytes):
+        m = self.master
+
+        def body():
+            view = memoryview(data)
+            while view:
+                view = view[os.write(m, view[:65536]):]
+
+        self._fork(body)
+
+    def result(self, timeout: float) -> str:
+        r, _, _ = select.select([self.result_r], [], [], timeout)
+        if not r:
+            self.stop()
+            raise BenchError(f"device did not finish within {timeout} s")
+        out = os.read(self.result_r, 100).decode()
+        os.waitpid(self.child, 0)
+        os.close(self.result_r)
+        self.child = self.result_r = None
+        return out
+
+    def stop(self):
+        if self.child is not None:
+            try:
+                os.kill(self.child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(self.child, 0)
+            os.close(self.result_r)
+            self.child = self.result_r = None
+        # drop anything left in the PTY
+        os.set_blocking(self.master, False)
+        try:
+            while select.select([self.master], [], [], 0)[0]:
+                if not os.read(self.master, 65536):
+                    break
+        except (BlockingIOError, OSError):
+            pass
+
+    def close(self):
+        self.stop()
+        os.close(self.master)
+        os.close(self.slave)
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # after the comm field: state is fields[0]; utime, stime are stat fields 14, 15
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise BenchError(f"no {key} in /proc/{pid}/status")
+
+
+def wait_for(cond, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise BenchError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Server:
+    name = "?"
+    proc: subprocess.Popen
+    port: int
+    log_path: Path
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Serialhub(Server):
+    name = "serialhub"
+
+    def __init__(self, devices: list[str], tmp: Path, tag: str = "serialhub"):
+        self.log_path = tmp / f"{tag}.log"
+        args = [BIN, "serve", "--bind", "127.0.0.1"]
+        for d in devices:
+            args += ["--device", d]
+        env = dict(os.environ, RUST_LOG="info")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+
+    def wait_port(self, path: str) -> int:
+        rx = re.compile(r"\(" + re.escape(path) + r"\) listening on ([0-9.]+):(\d+)")
+
+        def find():
+            if self.proc.poll() is not None:
+                raise BenchError(f"serialhub exited {self.proc.returncode}:\n{self.log()}")
+            m = rx.search(self.log())
+            return m and int(m.group(2))
+
+        self.port = wait_for(find, 10, "serialhub's listening line")
+        return self.port
+
+    def wait_log(self, pattern: str, timeout: float = 10) -> None:
+        rx = re.compile(pattern)
+        wait_for(lambda: rx.search(self.log()) or self._dead(), timeout, f"/{pattern}/ in serialhub's log")
+
+    def _dead(self):
+        if self.proc.poll() is not None:
+            raise BenchError(f"serialhub exited {self.proc.returncode}:\n{self.log()}")
+        return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Ser2net(Server):
+    name = "ser2net"
+
+    def __init__(self, device: str, tmp: Path):
+        self.port = free_port()
+        cfg = tmp / "ser2net.yaml"
+        cfg.write_text(
+            "%YAML 1.1\n---\n"
+            "connection: &bench\n"
+            f"  accepter: telnet(rfc2217),tcp,127.0.0.1,{self.port}\n"
+            f"  connector: serialdev,{device},115200n81,local\n"
+            "  enable: on\n"
+            "  options:\n"
+            "    chardelay: false\n"
+            "    max-connections: 1\n"
+            "    kickolduser: false\n"
+        )
+        self.log_path = tmp / "ser2net.log"
+        exe = shutil.which("ser2net") or "/usr/sbin/ser2net"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [exe, "-n", "-u", "-c", str(cfg), "-P", str(tmp / "ser2net.pid")],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+
+        def listening():
+            if self.proc.poll() is not None:
+                raise BenchError(f"ser2net exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for(listening, 10, "ser2net to listen")
+
+
+def ensure_ser2net() -> str | None:
+    if shutil.which("ser2net") or os.path.exists("/usr/sbin/ser2net"):
+        return None
+    if os.geteuid() != 0:
+        return "ser2net is not installed (apt-get install ser2net)"
+    r = subprocess.run(
+        ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "ser2net"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if r.returncode != 0:
+        return f"cannot install ser2net: {r.stderr.strip()[-300:]}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+
+def ff_heavy(n: int, seed: int, ff_share: float = 0.3) -> bytes:
+    rng = random.Random(seed)
+    data = bytearray(rng.randbytes(n))
+    threshold = int(ff_share * 256)
+    for i, r in enumerate(rng.randbytes(n)):
+        if r < threshold:
+            data[i] = 0xFF
+    return bytes(data)
+
+
+def measure_server(server: Server, dev: PtyDevice, bulk: bytes, samples: int) -> dict:
+    pid = server.proc.pid
+    res: dict = {"idle_rss_kib": proc_status_kib(pid, "VmRSS")}
+    dev.echo()
+    client = Client(server.port)
+    try:
+        # warm up: the path works and negotiation bytes are out of the way
+        deadline = time.monotonic() + 10
+        for i in range(30):
+            msg = bytes([i]) * 8
+            client.send(msg)
+            if client.recv_exactly(len(msg), deadline) != msg:
+                raise BenchError("echo warm-up came back wrong")
+        rng = random.Random(7)
+        for size in (1, 64):
+            rtts = []
+            for _ in range(samples):
+                msg = rng.randbytes(size)
+                t0 = time.perf_counter()
+                client.send(msg)
+                back = client.recv_exactly(size, time.monotonic() + 5)
+                rtts.append(time.perf_counter() - t0)
+                if back != msg:
+                    raise BenchError(f"{size}-byte echo came back wrong")
+            rtts.sort()
+            res[f"rtt{size}_median_us"] = statistics.median(rtts) * 1e6
+            res[f"rtt{size}_p99_us"] = rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))] * 1e6
+        dev.stop()
+
+        wire = escape(bulk)
+        want_md5 = hashlib.md5(bulk).hexdigest()
+        mb = len(bulk) / 1e6
+
+        # client -> device
+        dev.sink(len(bulk))
+        cpu0 = proc_cpu_seconds(pid)
+        t0 = time.perf_counter()
+        client.sock.settimeout(120)
+        client.sock.sendall(wire)
+        got_md5 = dev.result(120)
+        dt = time.perf_counter() - t0
+        cpu_up = proc_cpu_seconds(pid) - cpu0
+        if got_md5 != want_md5:
+            raise BenchError("client->device bulk data arrived corrupted")
+        res["up_MBps"] = mb / dt
+        res["up_cpu_ms_per_MB"] = cpu_up * 1e3 / mb
+
+        # device -> client
+        cpu0 = proc_cpu_seconds(pid)
+        t0 = time.perf_counter()
+        dev.source(bulk)
+        back = client.recv_exactly(len(bulk), time.monotonic() + 120)
+        dt = time.perf_counter() - t0
+        cpu_down = proc_cpu_seconds(pid) - cpu0
+        dev.result(30)
+        if back != bulk:
+            raise BenchError("device->client bulk data arrived corrupted")
+        res["down_MBps"] = mb / dt
+        res["down_cpu_ms_per_MB"] = cpu_down * 1e3 / mb
+        res["cpu_ms_per_MB"] = (cpu_up + cpu_down) * 1e3 / (2 * mb)
+        res["hwm_kib"] = proc_status_kib(pid, "VmHWM")
+        res["rss_kib"] = proc_status_kib(pid, "VmRSS")
+    finally:
+        client.close()
+        dev.stop()
+    return res
+
+
+def esptool(args: list[str], timeout: float = 180) -> tuple[float, subprocess.CompletedProcess]:
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        [sys.executable, "-m", "esptool", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return time.perf_counter() - t0, r
+
+
+def flash_holds(path: Path, offset: int, image: bytes, timeout: float = 10) -> bool:
+    def check():
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(len(image)) == image
+        except OSError:
+            return False
+
+    try:
+        return wait_for(check, timeout, "flash file content")
+    except BenchError:
+        return False
+
+
+def measure_esptool(tmp: Path, image: bytes) -> dict:
+    img = tmp / "img.bin"
+    img.write_bytes(image)
+    out: dict = {}
+
+    # 1. through serialhub's RFC 2217 port (built-in simulated chip, auto-reset via DTR/RTS)
+    flash1 = tmp / "flash-serialhub.bin"
+    hub = Serialhub([f"sim:{flash1}=0"], tmp, tag="serialhub-sim")
+    try:
+        port = hub.wait_port("sim")
+        hub.wait_log(r"opened sim", 10)
+        dt, r = esptool([
+            "--port", f"rfc2217://127.0.0.1:{port}", "-b", "921600",
+            "write-flash", "0x10000", str(img),
+        ])
+        out["via_serialhub_s"] = dt if r.returncode == 0 else None
+        out["via_serialhub_err"] = None if r.returncode == 0 else (r.stdout + r.stderr)[-800:]
+    finally:
+        hub.stop()
+    if out["via_serialhub_s"] is not None and not flash_holds(flash1, 0x10000, image):
+        out["via_serialhub_err"] = "flash file does not hold the image"
+        out["via_serialhub_s"] = None
+
+    # 2. straight on the simulated chip's PTY
+    flash2 = tmp / "flash-direct.bin"
+    link = tmp / "ttySIM"
+    log_path = tmp / "sim.log"
+    with open(log_path, "wb") as log:
+        sim = subprocess.Popen(
+            [BIN, "sim", "--pty", str(link), "--bootloader", "--flash", str(flash2)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )
+    try:
+        def ready():
+            if sim.poll() is not None:
+                raise BenchError(f"serialhub sim exited {sim.returncode}: {log_path.read_text(errors='replace')[-500:]}")
+            return link.exists()
+
+        wait_for(ready, 10, "the sim's PTY link")
+        dt, r = esptool([
+            "--port", str(link), "--before", "no-reset", "--after", "no-reset", "-b", "921600",
+            "write-flash", "0x10000", str(img),
+        ])
+        out["direct_s"] = dt if r.returncode == 0 else None
+        out["direct_err"] = None if r.returncode == 0 else (r.stdout + r.stderr)[-800:]
+    finally:
+        if sim.poll() is None:
+            sim.send_signal(signal.SIGTERM)
+            try:
+                sim.wait(10)
+            except subprocess.TimeoutExpired:
+                sim.kill()
+                sim.wait()
+    if out["direct_s"] is not None and not flash_holds(flash2, 0x10000, image):
+        out["direct_err"] = "flash file does not hold the image"
+        out["direct_s"] = None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def machine_notes() -> list[str]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    notes = [
+        f"CPU: {cpu}, {os.cpu_count()} logical CPUs; load average at start {os.getloadavg()[0]:.2f}",
+        f"kernel: {platform.system()} {platform.release()} ({platform.machine()})",
+        f"python: {platform.python_version()}",
+    ]
+    try:
+        v = subprocess.run([BIN, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        notes.append(f"serialhub: {v} (git {rev}), binary {os.path.relpath(BIN, REPO)}")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        r = subprocess.run(["ser2net", "-v"], capture_output=True, text=True, timeout=10)
+        notes.append(f"reference: {(r.stdout + r.stderr).strip()} (Debian package)")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        r = subprocess.run([sys.executable, "-m", "esptool", "version"], capture_output=True, text=True, timeout=30)
+        notes.append(f"esptool: {r.stdout.strip().splitlines()[-1]}")
+    except (OSError, subprocess.SubprocessError, IndexError):
+        pass
+    return notes
+
+
+def fmt(v, spec=".0f"):
+    return "n/a" if v is None else format(v, spec)
+
+
+def build_table(hub: dict, ref: dict | None, esp: dict | None) -> list[tuple[str, str, str, str]]:
+    ref = ref or {}
+    rows: list[tuple[str, str, str, str]] = []
+
+    def verdict(ok):
+        return "n/a" if ok is None else ("met" if ok else "MISSED")
+
+    def row(label, key, spec, target="", ok=None):
+        rows.append((label, fmt(hub.get(key), spec), fmt(ref.get(key), spec), target + (f" ({verdict(ok)})" if target else "")))
+
+    def both(key):
+        return hub.get(key) is not None and ref.get(key) is not None
+
+    row("round trip 1 B, median (µs)", "rtt1_median_us", ".0f", "≤ ser2net",
+        both("rtt1_median_us") and hub["rtt1_median_us"] <= ref["rtt1_median_us"] if both("rtt1_median_us") else None)
+    row("round trip 1 B, p99 (µs)", "rtt1_p99_us", ".0f")
+    row("round trip 64 B, median (µs)", "rtt64_median_us", ".0f", "≤ ser2net",
+        hub["rtt64_median_us"] <= ref["rtt64_median_us"] if both("rtt64_median_us") else None)
+    row("round trip 64 B, p99 (µs)", "rtt64_p99_us", ".0f")
+    row("throughput client→device (MB/s)", "up_MBps", ".1f")
+    row("throughput device→client (MB/s)", "down_MBps", ".1f")
+    row("CPU client→device (ms per MB)", "up_cpu_ms_per_MB", ".1f")
+    row("CPU device→client (ms per MB)", "down_cpu_ms_per_MB", ".1f")
+    row("CPU both ways (ms per MB)", "cpu_ms_per_MB", ".1f", "≤ 1/3 of ser2net",
+        hub["cpu_ms_per_MB"] <= ref["cpu_ms_per_MB"] / 3 if both("cpu_ms_per_MB") else None)
+    hwm = hub.get("hwm_kib")
+    rows.append(("peak RSS, VmHWM (KiB)", fmt(hwm, "d"), fmt(ref.get("hwm_kib"), "d"),
+                 "< 2048 KiB (" + verdict(None if hwm is None else hwm < 2048) + ")"))
+    rows.append(("RSS idle before the first client (KiB)", fmt(hub.get("idle_rss_kib"), "d"),
+                 fmt(ref.get("idle_rss_kib"), "d"), ""))
+    if esp is not None:
+        rows.append(("esptool write-flash 1 MiB @921600 (s)", fmt(esp.get("via_serialhub_s"), ".1f"),
+                     "—", f"direct on the sim's PTY: {fmt(esp.get('direct_s'), '.1f')} s"))
+    return rows
+
+
+def render_text(rows) -> str:
+    head = ("measure", "serialhub", "ser2net", "target")
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(4)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(head, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+    return "\n".join(lines)
+
+
+def render_md(rows, notes, args, hub, ref, esp, errors, runtime) -> str:
+    out = [
+        "# serialhub benchmarks",
+        "",
+        f"Measured {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')} by `benches/bench.py` "
+        f"in {runtime:.0f} s. Reproduce with:",
+        "",
+        "```",
+        "make bench    # = cargo build --release && SERIALHUB_BIN=$PWD/target/release/serialhub .venv/bin/python benches/bench.py",
+        "```",
+        "",
+        "## Setup",
+        "",
+        "- One device: a PTY pair whose master end is driven by a forked child of the bench process "
+        "(echo for round trips, sink/source for bulk). Both servers serve the same kind of PTY, one at a time.",
+        "- Client: a minimal raw RFC 2217 socket client (`DO`/`WILL COM-PORT-OPTION`, then data with 0xFF "
+        "doubled), TCP_NODELAY, on 127.0.0.1.",
+        f"- Round trips: {args.samples} samples each of 1-byte and 64-byte random messages after 30 warm-up echoes.",
+        f"- Bulk: {args.mib} MiB of random data of which ~30 % is 0xFF, each way, checked byte-exact (MD5).",
+        "- CPU: utime+stime of the server process (all threads) from /proc/PID/stat around each bulk transfer, "
+        "per MB (10^6 bytes) of payload. Peak RSS: VmHWM from /proc/PID/status after the run.",
+        "- ser2net: Debian's package, foreground (`ser2net -n -u -c FILE`), YAML config "
+        "`accepter: telnet(rfc2217),tcp,127.0.0.1,PORT`, `connector: serialdev,/dev/pts/N,115200n81,local`, "
+        "options `chardelay: false`, `max-connections: 1`.",
+        "- esptool: `write-flash 0x10000` of 1 MiB of random bytes at `-b 921600` (default stub flasher), "
+        "(a) `--port rfc2217://127.0.0.1:PORT` against `serialhub serve --device sim:FILE=0` (reset by DTR/RTS "
+        "through the server), (b) straight on `serialhub sim --pty LINK --bootloader --flash FILE` with "
+        "`--before no-reset --after no-reset`. Both check the flash file afterwards. The simulated chip "
+        "throttles to the UART byte time, so (b) is the floor for (a).",
+        "",
+        "## Machine",
+        "",
+        *[f"- {n}" for n in notes],
+        "- Shared machine: other builds may have been running; latency percentiles are the noisiest numbers.",
+        "",
+        "## Results",
+        "",
+        "| measure | serialhub | ser2net | target |",
+        "|---|---|---|---|",
+        *[f"| {' | '.join(str(c) for c in r)} |" for r in rows],
+        "",
+    ]
+    if errors:
+        out += ["## Problems during this run", "", *[f"- {e}" for e in errors], ""]
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=500, help="round trips per message size")
+    ap.add_argument("--mib", type=int, default=16, help="MiB per bulk direction")
+    ap.add_argument("--no-esptool", action="store_true", help="skip the esptool flash timings")
+    ap.add_argument("--no-ser2net", action="store_true", help="skip the ser2net reference")
+    ap.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown report ('-' = none)")
+    args = ap.parse_args()
+    if not os.access(BIN, os.X_OK):
+        print(f"bench: {BIN} is not an executable (build it: cargo build --release)", file=sys.stderr)
+        return 2
+
+    started = time.monotonic()
+    notes = machine_notes()
+    errors: list[str] = []
+    bulk = ff_heavy(args.mib * MIB, seed=2217)
+    hub_res: dict = {}
+    ref_res: dict | None = None
+    esp_res: dict | None = None
+
+    with tempfile.TemporaryDirectory(prefix="serialhub-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+
+        dev = PtyDevice()
+        hub = Serialhub([f"{dev.path}=0"], tmp)
+        try:
+            hub.wait_port(dev.path)
+            hub.wait_log(r"opened " + re.escape(dev.path))
+            print(f"serialhub on 127.0.0.1:{hub.port} serving {dev.path} ...", flush=True)
+            hub_res = measure_server(hub, dev, bulk, args.samples)
+        except BenchError as e:
+            errors.append(f"serialhub: {e}")
+        finally:
+            hub.stop()
+            dev.close()
+            if hub.proc.returncode not in (0, None):
+                errors.append(f"serialhub exited {hub.proc.returncode} after SIGTERM")
+
+        if not args.no_ser2net:
+            problem = ensure_ser2net()
+            if problem:
+                errors.append(problem)
+            else:
+                dev = PtyDevice()
+                s2n = None
+                try:
+                    s2n = Ser2net(dev.path, tmp)
+                    print(f"ser2net on 127.0.0.1:{s2n.port} serving {dev.path} ...", flush=True)
+                    ref_res = measure_server(s2n, dev, bulk, args.samples)
+                except BenchError as e:
+                    errors.append(f"ser2net: {e}")
+                finally:
+                    if s2n:
+                        s2n.stop()
+                    dev.close()
+
+        if not args.no_esptool:
+            print("esptool write-flash 1 MiB at 921600 (through serialhub, then straight on the sim PTY) ...", flush=True)
+            try:
+                esp_res = measure_esptool(tmp, random.Random(32).randbytes(MIB))
+                for k in ("via_serialhub_err", "direct_err"):
+                    if esp_res.get(k):
+                        errors.append(f"esptool {k[:-4]}: {esp_res[k].strip()}")
+            except (BenchError, subprocess.TimeoutExpired) as e:
+                errors.append(f"esptool: {e}")
+                esp_res = {}
+
+    runtime = time.monotonic() - started
+    rows = build_table(hub_res, ref_res, esp_res)
+    print()
+    print(render_text(rows))
+    for e in errors:
+        print(f"problem: {e}", file=sys.stderr)
+    if args.out != "-":
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(render_md(rows, notes, args, hub_res, ref_res, esp_res, errors, runtime))
+        print(f"\nwrote {os.path.relpath(args.out)} ({runtime:.0f} s)")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
