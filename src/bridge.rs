@@ -389,12 +389,11 @@ impl Bridge {
         match cmd {
             BridgeCommand::Shutdown => return Err(Stop::Shutdown),
             BridgeCommand::Reset(to, reply) => {
-                let result = self.lines.resetter.reset(to, Instant::now());
-                if let (Ok(first), Some(dev)) = (result, self.device.as_deref_mut()) {
-                    info!("{}: reset into {to:?} requested by the server", self.name);
-                    self.lines.apply(&self.name, first, dev);
-                }
-                let _ = reply.send(result.map(|_| ()));
+                let result = match self.device.as_deref_mut() {
+                    Some(dev) => self.lines.reset(&self.name, to, dev),
+                    None => Err(ResetError::NoDevice),
+                };
+                let _ = reply.send(result);
             }
         }
         Ok(())
@@ -670,8 +669,8 @@ impl LineDriver {
     fn apply(&mut self, name: &str, lines: Option<Lines>, dev: &mut dyn Device) {
         let Some(lines) = lines else { return };
         let now = Instant::now();
-        if let (None, Some(to)) = (&self.trace, self.resetter.busy()) {
-            self.trace = Some((to, now, String::new()));
+        if self.trace.is_none() && self.resetter.busy().is_some() {
+            self.trace = self.resetter.busy().map(|to| (to, now, String::new()));
         }
         if let Some((_, t0, steps)) = &mut self.trace {
             use std::fmt::Write as _;
@@ -695,13 +694,28 @@ impl LineDriver {
 
     fn client_lines(&mut self, name: &str, lines: Lines, dev: &mut dyn Device) {
         let was_busy = self.resetter.busy();
-        let local = self.resetter.client_lines(lines, Instant::now());
-        if was_busy.is_none() {
-            if let Some(to) = self.resetter.busy() {
-                info!("{name}: client started a reset into {to:?}; playing it locally");
-            }
+        let en_low_since = self.resetter.en_low_since();
+        let now = Instant::now();
+        let local = self.resetter.client_lines(lines, now);
+        if let (None, Some(to)) = (was_busy, self.resetter.busy()) {
+            info!("{name}: client started a reset into {to:?}; playing it locally");
+            // A bootloader entry usually starts from an EN-low the client already caused:
+            // the trace starts there, so the log shows how long EN was really held low.
+            self.trace = Some(match en_low_since {
+                Some(t0) => (to, t0, " dR@0.0ms".to_string()),
+                None => (to, now, String::new()),
+            });
         }
         self.apply(name, local, dev);
+    }
+
+    fn reset(&mut self, name: &str, to: ResetTo, dev: &mut dyn Device) -> Result<(), ResetError> {
+        let now = Instant::now();
+        let first = self.resetter.reset(to, now)?;
+        info!("{name}: reset into {to:?} requested by the server");
+        self.trace = Some((to, now, String::new()));
+        self.apply(name, first, dev);
+        Ok(())
     }
 
     fn run_due(&mut self, name: &str, dev: &mut dyn Device) {

@@ -72,6 +72,8 @@ pub enum ResetTo {
 pub enum ResetError {
     /// The device's policy is `none`: its lines never move.
     LinesDisabled,
+    /// The device is not open (unplugged, or waiting to be re-opened).
+    NoDevice,
 }
 
 impl std::fmt::Display for ResetError {
@@ -83,6 +85,7 @@ impl std::fmt::Display for ResetError {
                     "this device's reset policy is `none`: its lines never move"
                 )
             }
+            ResetError::NoDevice => write!(f, "the device is not open"),
         }
     }
 }
@@ -124,6 +127,11 @@ impl Resetter {
     /// A sequence is being played; the client's line changes are being absorbed.
     pub fn busy(&self) -> Option<ResetTo> {
         self.playing
+    }
+
+    /// Since when EN has been held low by our hand, if it is now.
+    pub fn en_low_since(&self) -> Option<Instant> {
+        self.en_low_since.filter(|_| self.applied == EN_LOW)
     }
 
     /// The client set its lines to `new`. Returns the lines to set on the device now, if
