@@ -154,7 +154,7 @@ def serialhub():
 
     problems = []
     for d in started:
-        was_alive = d.alive()
+        was_alive = d.alive() or d.returncode is not None  # still running, or stopped by the test
         rc = d.stop()
         log = d.log
         if not was_alive:

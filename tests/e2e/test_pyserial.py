@@ -336,3 +336,21 @@ def test_two_devices_are_independent(serialhub, pty_device):
         roundtrip(sa, a, b"A")
         roundtrip(sb, b, b"B")
         assert b.read_available() == b""
+
+
+def test_sigterm_with_client_restores_device(pty_server):
+    """SIGTERM while a client holds the port at other settings: the daemon closes the client,
+    puts the port back to its configured 115200 8N1 and exits 0."""
+    d, pty, port = pty_server
+    ser = open_client(port)
+    try:
+        ser.baudrate = 921600
+        ser.stopbits = serial.STOPBITS_TWO
+        wait_for(lambda: pty.ospeed() == 921600 and pty.line_format()[2] == 2, 3, what="921600, 2 stop bits")
+        t0 = time.monotonic()
+        rc = d.stop(timeout=10)
+        assert rc == 0, d.log
+        assert time.monotonic() - t0 < 5, "shutdown took too long"
+        assert pty.ospeed() == 115200 and pty.line_format() == (8, "N", 1), (pty.ospeed(), pty.line_format())
+    finally:
+        ser.close()
