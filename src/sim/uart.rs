@@ -246,7 +246,9 @@ impl Uart {
         }
         Ok(Wait {
             deadline,
-            want_read: self.rx.len() < RX_AHEAD,
+            // Top up only at half empty: polling for input while plenty is buffered would
+            // wake us for every byte the host writes.
+            want_read: self.rx.len() <= RX_AHEAD / 2,
             want_write: blocked,
         })
     }
