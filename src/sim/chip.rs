@@ -167,7 +167,7 @@ impl ResetCause {
     fn banner(self) -> &'static str {
         match self {
             ResetCause::PowerOn => "rst:0x1 (POWERON_RESET)",
-            ResetCause::Software => "rst:0xc (SW_CPU_RESET)",
+            ResetCause::Software => "rst:0x3 (SW_RESET)",
         }
     }
 }
@@ -205,7 +205,7 @@ pub fn auto_reset_circuit(lines: Lines) -> Pins {
 enum Deferred {
     /// CHANGE_BAUDRATE: the reply goes out at the old rate.
     SetBaud(u32),
-    /// Software reset (FLASH_END with reboot): re-samples the strapping pins.
+    /// Software reset (FLASH_END with reboot): boots per the latched strapping pins.
     Reboot,
     /// Leave the loader and run the application without a reset.
     RunApp,
@@ -254,6 +254,8 @@ struct Core {
     mode: Mode,
     loader: Loader,
     pins: Pins,
+    /// IO0 was low when EN last rose (GPIO_STRAP): where software resets lead.
+    strapped_download: bool,
     boot_count: u32,
     booted_at: Duration,
     now: Duration,
@@ -301,6 +303,7 @@ impl Chip {
                 en: true,
                 io0: !download,
             },
+            strapped_download: download,
             boot_count: 0,
             booted_at: now,
             now,
@@ -316,7 +319,7 @@ impl Chip {
             inflater: InflateState::new_boxed(DataFormat::Zlib),
             inflate_buf: vec![0; 32 * 1024],
         };
-        core.boot(ResetCause::PowerOn, !download);
+        core.boot(ResetCause::PowerOn, download);
         Chip {
             rx: slip::Decoder::new(MAX_FRAME),
             core,
@@ -368,8 +371,29 @@ impl Chip {
             self.rx.reset();
         } else if !old.en && pins.en {
             self.rx.reset();
-            self.core.boot(ResetCause::PowerOn, pins.io0);
+            self.core.boot(ResetCause::PowerOn, !pins.io0);
         }
+    }
+
+    /// Press EN like a person would, holding BOOT (IO0 low) if `download`; afterwards the
+    /// pins follow the host's lines again.
+    pub fn press_reset(&mut self, download: bool, now: Duration) {
+        let from_lines = self.core.pins;
+        self.set_pins(
+            Pins {
+                en: false,
+                io0: from_lines.io0,
+            },
+            now,
+        );
+        self.set_pins(
+            Pins {
+                en: true,
+                io0: !download,
+            },
+            now,
+        );
+        self.set_pins(from_lines, now);
     }
 
     /// Bytes the chip's UART received (already garbled by the caller if the rates differ).
@@ -416,7 +440,9 @@ impl Chip {
         let mut n = 0;
         loop {
             if core.run_due_actions() {
-                self.rx.reset_if(core.mode != Mode::Download);
+                if core.mode != Mode::Download {
+                    self.rx.reset();
+                }
                 if n > 0 {
                     break;
                 }
@@ -450,14 +476,6 @@ impl Chip {
     }
 }
 
-impl slip::Decoder {
-    fn reset_if(&mut self, cond: bool) {
-        if cond {
-            self.reset();
-        }
-    }
-}
-
 fn u32_at(data: &[u8], i: usize) -> u32 {
     data.get(4 * i..4 * i + 4)
         .map_or(0, |w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
@@ -479,7 +497,10 @@ impl Core {
         self.op = Operation::Idle;
     }
 
-    fn boot(&mut self, cause: ResetCause, io0_high: bool) {
+    /// Come out of reset. A chip reset (EN) latches the strapping pins; a software reset
+    /// keeps what was latched, which is why esptool can leave the stub "back to the ROM
+    /// loader" with a soft reset.
+    fn boot(&mut self, cause: ResetCause, download: bool) {
         self.enter_reset();
         self.boot_count = self.boot_count.wrapping_add(1);
         self.booted_at = self.now;
@@ -487,7 +508,10 @@ impl Core {
         self.scratch.clear();
         self.push_str(ROM_BANNER);
         self.push_str(cause.banner());
-        if io0_high {
+        if cause == ResetCause::PowerOn {
+            self.strapped_download = download;
+        }
+        if !self.strapped_download {
             self.push_str(",boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n");
             self.push_str(
                 "configsip: 0, SPIWP:0xee\r\n\
@@ -549,8 +573,7 @@ impl Core {
             match action {
                 Deferred::SetBaud(baud) => self.expected_baud = baud,
                 Deferred::Reboot => {
-                    let io0 = self.pins.io0;
-                    self.boot(ResetCause::Software, io0);
+                    self.boot(ResetCause::Software, self.strapped_download);
                     return true; // `boot` cleared the queue
                 }
                 Deferred::RunApp => {
@@ -1050,8 +1073,8 @@ impl Core {
     }
 
     fn read_reg(&self, addr: u32) -> u32 {
-        let download = self.mode == Mode::Download;
-        if let Some(v) = esp32::identity_reg(addr, self.expected_baud, self.apb_hz(), download) {
+        let strap = self.strapped_download;
+        if let Some(v) = esp32::identity_reg(addr, self.expected_baud, self.apb_hz(), strap) {
             return v;
         }
         if (esp32::SPI_BASE..esp32::SPI_BASE + esp32::SPI_BLOCK_LEN).contains(&addr) {
@@ -1256,6 +1279,15 @@ mod tests {
             "ets Jun  8 2016 00:22:57\r\n\r\nrst:0x1 (POWERON_RESET),boot:0x3 \
              (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))\r\nwaiting for download\r\n"
         );
+        // A software reset (ROM FLASH_END asking for a reboot) keeps the latched straps:
+        // back into download mode although IO0 has been released since.
+        chip.receive(&request(0x04, &words(&[0]), 0), Duration::from_millis(200));
+        let mut reply = [0u8; 64];
+        let n = chip.take_tx(&mut reply, Duration::from_millis(201)); // stops at the reboot
+        assert_eq!((n, reply[1], reply[2]), (14, 0x01, 0x04));
+        let out = text(&mut chip, Duration::from_millis(210));
+        assert!(out.contains("rst:0x3 (SW_RESET),boot:0x3"), "{out}");
+        assert_eq!((chip.mode(), chip.boot_count()), (Mode::Download, 3));
         // Hard reset (RTS pulse) boots the application again.
         chip.set_lines(
             Lines {
@@ -1272,15 +1304,15 @@ mod tests {
             Duration::from_millis(400),
         );
         assert_eq!(chip.mode(), Mode::App);
-        assert_eq!(chip.boot_count(), 3);
+        assert_eq!(chip.boot_count(), 4);
         let out = text(&mut chip, Duration::from_millis(400));
         assert!(
-            out.contains("sim: app running, boot #3, uptime 0 s"),
+            out.contains("sim: app running, boot #4, uptime 0 s"),
             "{out}"
         );
         let out = text(&mut chip, Duration::from_millis(2450));
         assert!(
-            out.contains("boot #3, uptime 1 s") && out.contains("uptime 2 s"),
+            out.contains("boot #4, uptime 1 s") && out.contains("uptime 2 s"),
             "{out}"
         );
         // Opening the port (pyserial asserts both lines) does not reset.
@@ -1291,7 +1323,24 @@ mod tests {
             },
             Duration::from_millis(2500),
         );
+        assert_eq!((chip.mode(), chip.boot_count()), (Mode::App, 4));
+    }
+
+    #[test]
+    fn reset_button_with_and_without_boot() {
+        let mut chip = Chip::new(Flash::new(), false, T0);
+        chip.press_reset(true, T0);
+        assert_eq!((chip.mode(), chip.boot_count()), (Mode::Download, 2));
+        chip.press_reset(false, T0);
         assert_eq!((chip.mode(), chip.boot_count()), (Mode::App, 3));
+        // While the host holds EN low, the button cannot bring the chip up.
+        let hold = Lines {
+            dtr: false,
+            rts: true,
+        };
+        chip.set_lines(hold, T0);
+        chip.press_reset(false, T0);
+        assert_eq!(chip.mode(), Mode::Reset);
     }
 
     #[test]
@@ -1480,7 +1529,7 @@ mod tests {
             (chip.loader(), chip.expected_baud()),
             (Loader::Rom, ROM_BAUD)
         );
-        assert!(text(&mut chip, T0).contains("rst:0xc (SW_CPU_RESET)"));
+        assert!(text(&mut chip, T0).contains("rst:0x3 (SW_RESET),boot:0x3"));
     }
 
     #[test]

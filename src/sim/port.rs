@@ -117,6 +117,12 @@ impl SimHandle {
         self.shared.lock().chip.set_lines(lines, now);
     }
 
+    /// Press the board's EN button (with BOOT held if `download`).
+    pub fn press_reset(&self, download: bool) {
+        let now = self.shared.now();
+        self.shared.lock().chip.press_reset(download, now);
+    }
+
     /// Anything else: run `f` on the chip under the lock (keep it short).
     pub fn with_chip<R>(&self, f: impl FnOnce(&mut Chip) -> R) -> R {
         f(&mut self.shared.lock().chip)
