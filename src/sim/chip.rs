@@ -425,6 +425,11 @@ impl Chip {
         (self.core.mode == Mode::App).then_some(self.core.next_app_line)
     }
 
+    /// Bytes queued in the UART (a stub READ_FLASH may queue more once they are out).
+    pub fn tx_len(&self) -> usize {
+        self.core.tx.len()
+    }
+
     /// Whether the UART has something to send right now.
     pub fn tx_ready(&mut self) -> bool {
         self.core.pump();

@@ -10,6 +10,7 @@ use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use super::chip::Chip;
+use super::slip;
 use crate::device::{DataBits, LineSettings, Parity, StopBits};
 
 /// How far apart the two rates may be before the receiver mis-samples: a UART resyncs on
@@ -18,6 +19,8 @@ const BAUD_TOLERANCE: f64 = 0.03;
 /// What the bridge-side reads ahead of the chip (the rest waits in the host's buffer, so
 /// a writer feels the line's speed as backpressure).
 const RX_AHEAD: usize = 4096;
+/// Longest stretch of chip output handed to the host in one go.
+const TX_BATCH: Duration = Duration::from_millis(4);
 /// Chunk taken from the chip per step.
 const TX_CHUNK: usize = 4096;
 
@@ -95,9 +98,9 @@ impl Pacer {
         self.free_at += char_time * u32::try_from(n).unwrap_or(u32::MAX);
     }
 
-    /// When the next character would finish.
-    pub fn next_at(&self, char_time: Duration) -> Instant {
-        self.free_at + char_time
+    /// When the `n`th next character would finish.
+    pub fn finish_of(&self, n: usize, char_time: Duration) -> Instant {
+        self.free_at + char_time * u32::try_from(n).unwrap_or(u32::MAX)
     }
 }
 
@@ -119,6 +122,9 @@ pub struct Uart {
     tx_hold: Vec<u8>,
     tx_hold_pos: usize,
     tx_pacer: Pacer,
+    /// The chip had nothing to send when the last step ended: what it sends now starts
+    /// now (the wire must not credit the time it was idle).
+    tx_idle: bool,
     scratch: Box<[u8; TX_CHUNK]>,
 }
 
@@ -130,6 +136,7 @@ impl Uart {
             tx_hold: Vec::with_capacity(TX_CHUNK),
             tx_hold_pos: 0,
             tx_pacer: Pacer::new(now),
+            tx_idle: true,
             scratch: Box::new([0; TX_CHUNK]),
         }
     }
@@ -199,6 +206,9 @@ impl Uart {
 
         // Chip -> host, at the chip's rate.
         self.flush_hold(host)?;
+        if self.tx_idle {
+            self.tx_pacer.idle_until(now);
+        }
         if self.tx_hold_pos == self.tx_hold.len() {
             if !chip.tx_ready() {
                 self.tx_pacer.idle_until(now);
@@ -231,18 +241,30 @@ impl Uart {
         }
 
         let blocked = self.tx_hold_pos < self.tx_hold.len();
+        self.tx_idle = blocked || !chip.tx_ready();
         let mut deadline = chip.next_deadline().map(|d| epoch + d);
         let mut soonest = |at: Instant| {
             deadline = Some(deadline.map_or(at, |d| d.min(at)));
         };
         if !self.rx.is_empty() {
-            soonest(self.rx_pacer.next_at(rx_ct));
+            // Nothing the chip does depends on a byte before its frame ends, so sleep
+            // until the next delimiter is through, or until it is time to top up.
+            let to_delimiter = self
+                .rx
+                .iter()
+                .position(|&b| b == slip::END)
+                .map_or(usize::MAX, |p| p + 1);
+            let to_refill = self.rx.len().saturating_sub(RX_AHEAD / 2).max(1);
+            let n = to_delimiter.min(to_refill).min(self.rx.len());
+            soonest(self.rx_pacer.finish_of(n, rx_ct));
         }
         if !blocked && chip.tx_ready() {
-            soonest(
-                self.tx_pacer
-                    .next_at(char_time(chip.expected_baud(), &chip_format())),
-            );
+            // Hand bytes over in batches of a few milliseconds, as a USB-UART does,
+            // but a short reply as soon as its last byte is through.
+            let tx_ct = char_time(chip.expected_baud(), &chip_format());
+            let batch = (TX_BATCH.as_nanos() / tx_ct.as_nanos().max(1)).max(1) as usize;
+            let n = chip.tx_len().clamp(1, batch);
+            soonest(self.tx_pacer.finish_of(n, tx_ct));
         }
         Ok(Wait {
             deadline,
@@ -295,7 +317,7 @@ mod tests {
         assert_eq!(p.due(t0, ct), 0);
         assert_eq!(p.due(t0 + Duration::from_micros(35), ct), 3);
         p.consume(3, ct);
-        assert_eq!(p.next_at(ct), t0 + Duration::from_micros(40));
+        assert_eq!(p.finish_of(1, ct), t0 + Duration::from_micros(40));
         // Idle for a while: no credit accumulates.
         p.idle_until(t0 + Duration::from_secs(1));
         assert_eq!(p.due(t0 + Duration::from_secs(1), ct), 0);
