@@ -1537,6 +1537,38 @@ mod tests {
         assert!(text(&mut chip, T0).contains("rst:0x3 (SW_RESET),boot:0x3"));
     }
 
+    proptest::proptest! {
+        /// Arbitrary (partly well-framed) input in both dialects: no panic, and every
+        /// response that comes out is a well-formed response frame.
+        #[test]
+        fn arbitrary_requests_are_answered_or_ignored(
+            reqs in proptest::collection::vec(
+                (proptest::prelude::any::<u8>(),
+                 proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+                 proptest::prelude::any::<bool>()),
+                0..40),
+            stub in proptest::prelude::any::<bool>(),
+        ) {
+            let mut chip = download_chip();
+            if stub {
+                upload_stub(&mut chip);
+            }
+            for (op, data, raw) in reqs {
+                if raw {
+                    chip.receive(&data, T0);
+                } else {
+                    chip.receive(&request(op, &data, 0), T0);
+                }
+                for f in frames(&mut chip) {
+                    if f.len() >= 8 && f[0] == 0x01 {
+                        let len = u16::from_le_bytes([f[2], f[3]]) as usize;
+                        proptest::prop_assert_eq!(len, f.len() - 8);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn malformed_input_never_panics() {
         let mut chip = download_chip();
