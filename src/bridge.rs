@@ -644,10 +644,15 @@ fn policy_for(spec: &DeviceSpec) -> Policy {
 }
 
 fn open_sim(
-    _flash_file: Option<std::path::PathBuf>,
-    _settings: &LineSettings,
+    flash_file: Option<std::path::PathBuf>,
+    settings: &LineSettings,
 ) -> io::Result<Box<dyn Device>> {
-    Err(io::Error::other("the simulator is not wired in yet"))
+    let mut sim = crate::sim::SimDevice::spawn(crate::sim::SimOptions {
+        flash_file,
+        ..Default::default()
+    })?;
+    sim.apply(settings)?;
+    Ok(Box::new(sim))
 }
 
 /// The device's reset policy plus the record of the sequence in progress: every line change
