@@ -9,6 +9,7 @@
 //!        └─▶ device (tty | simulated ESP32)
 //! ```
 
+pub mod assign; // stable TCP port per device key, persisted atomically
 pub mod bridge; // the per-device thread: poll loop, one controlling client
 pub mod cli; // command line: `serve`, `sim`, `--help`, `--version`
 pub mod config; // serialhub.toml and `--device` flags, with errors that name file/line/key
