@@ -81,12 +81,19 @@ impl GpioConfig {
 
     /// EN and IO0 levels (Active = high) for mirrored DTR/RTS, per the transistor table.
     pub fn values(&self, lines: Lines) -> Values {
-        let level = |low: bool| if low { Value::Inactive } else { Value::Active };
+        let level = |high: bool| if high { Value::Active } else { Value::Inactive };
+        let (en, io0) = levels(lines);
         let mut v = Values::default();
-        v.set(self.en, level(lines == EN_LOW))
-            .set(self.io0, level(lines == IO0_LOW));
+        v.set(self.en, level(en)).set(self.io0, level(io0));
         v
     }
+}
+
+/// `(en_high, io0_high)` for DTR/RTS (pyserial sense) through a dev board's two transistors:
+/// EN is low only for (released, asserted), IO0 only for (asserted, released); both asserted
+/// and both released leave both high. The one truth table for GPIO wiring and the simulator.
+pub fn levels(lines: Lines) -> (bool, bool) {
+    (lines != EN_LOW, lines != IO0_LOW)
 }
 
 /// A device whose DTR/RTS are GPIO lines; everything else goes to the inner device.

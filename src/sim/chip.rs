@@ -1,7 +1,12 @@
-//! The simulated ESP32, sans-IO: the auto-reset circuit, the boot ROM (banner, download
-//! mode), the application, and the serial loader protocol in its two dialects (ROM loader
-//! and esptool's flasher stub). Bytes and line changes go in, bytes come out; time is a
-//! `Duration` the caller passes in. No threads, sockets or clocks in here.
+//! The simulated ESP32, sans-IO: the board's reset inputs (auto-reset circuit with the RC on
+//! EN, USB-Serial/JTAG logic, or GPIO-driven pins; see `board`), the boot ROM (banner,
+//! download mode), the application, and the serial loader protocol in its two dialects (ROM
+//! loader and esptool's flasher stub). Bytes and line changes go in, bytes come out; time is
+//! a `Duration` the caller passes in. No threads, sockets or clocks in here.
+//!
+//! The application prints `sim: app start, boot #N` when it starts and then
+//! `sim: app tick T, boot #N` every 100 ms (T = 0, 1, ...), so a reader can tell a board
+//! that keeps running (T keeps counting) from one that was reset (a new banner, N grows).
 //!
 //! Wire format (esptool `loader.py`): a request is the SLIP frame
 //! `00 op len:u16le chk:u32le data[len]`, a response `01 op len:u16le value:u32le data`,
@@ -15,11 +20,16 @@ use std::time::Duration;
 use miniz_oxide::inflate::stream::{inflate, InflateState};
 use miniz_oxide::{DataFormat, MZError, MZFlush, MZStatus};
 
-use super::esp32;
+use super::board::{
+    usb_jtag_reset, BootMode, BootRecord, Input, InputRecord, SimBoard, Target, EN_RC_DELAY,
+    RECORD_LEN,
+};
+pub use super::board::{Pins, ResetCause};
 use super::flash::{Flash, SECTOR_SIZE};
 use super::md5::{self, Md5};
 use super::slip;
-use super::spi::SpiController;
+use super::spi::{self, SpiController};
+use super::{esp32, esp32c3};
 use crate::device::Lines;
 
 /// The rate the ROM talks at after every reset.
@@ -41,12 +51,19 @@ const SYNC_REPLIES: usize = 8;
 const ROM_SYNC_VALUE: u32 = 0x2012_0707;
 /// The application's log is dropped rather than queued beyond this (nobody listening).
 const APP_TX_LIMIT: usize = 4096;
-/// How often the application prints its line.
-const APP_PERIOD: Duration = Duration::from_secs(1);
+/// How often the application prints its tick line.
+pub const APP_TICK: Duration = Duration::from_millis(100);
+/// The application catches up on at most this many missed tick lines (a caller that let
+/// more time pass gets the latest one; the numbers show the gap).
+const APP_MAX_CATCH_UP: u32 = 10;
+/// The rate a USB CDC link moves bytes at, as a baud rate (8N1): about USB full speed's
+/// practical bulk throughput, whatever rate the host sets.
+pub const USB_CDC_BAUD: u32 = 4_000_000;
 /// Bound on distinct registers a host may write (WRITE_REG to random addresses).
 const MAX_SCRATCH_REGS: usize = 1024;
 
 const ROM_BANNER: &str = "ets Jun  8 2016 00:22:57\r\n\r\n";
+const C3_ROM_BANNER: &str = "ESP-ROM:esp32c3-api1-20210207\r\nBuild:Feb  7 2021\r\n";
 
 /// Loader commands (`ESP_CMDS` in esptool).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,54 +167,30 @@ pub enum Loader {
 pub enum Mode {
     /// EN held low: silent, input ignored.
     Reset,
-    /// Running the application from flash (prints a line every second).
+    /// Running the application from flash (prints a tick line every 100 ms).
     App,
     /// ROM download mode (or the stub, see `Loader`), answering loader commands.
     Download,
 }
 
-/// How the chip came out of reset, for the `rst:` part of the banner.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ResetCause {
-    PowerOn,
-    Software,
-}
-
-impl ResetCause {
-    fn banner(self) -> &'static str {
-        match self {
-            ResetCause::PowerOn => "rst:0x1 (POWERON_RESET)",
-            ResetCause::Software => "rst:0x3 (SW_RESET)",
-        }
+/// The `rst:` part of the ROM banner.
+fn reset_banner(target: Target, cause: ResetCause) -> &'static str {
+    match (target, cause) {
+        (Target::Esp32, ResetCause::Software) => "rst:0x3 (SW_RESET)",
+        (Target::Esp32, _) => "rst:0x1 (POWERON_RESET)",
+        (Target::Esp32c3, ResetCause::Software) => "rst:0x3 (RTC_SW_SYS_RST)",
+        (Target::Esp32c3, ResetCause::UsbJtag) => "rst:0x15 (USB_UART_CHIP_RESET)",
+        (Target::Esp32c3, _) => "rst:0x1 (POWERON)",
     }
-}
-
-/// Levels of the two strapping-relevant pins; `true` = high.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Pins {
-    pub en: bool,
-    pub io0: bool,
 }
 
 /// The two-transistor auto-reset circuit of ESP32 dev boards, fed by the host's DTR/RTS
 /// (pyserial sense: `true` = asserted). Each transistor only conducts when its base line is
 /// asserted and its emitter line is not, so asserting both (what pyserial does on open)
-/// changes nothing.
+/// changes nothing. The truth table is `crate::lines::levels`, shared with GPIO wiring.
 pub fn auto_reset_circuit(lines: Lines) -> Pins {
-    match (lines.dtr, lines.rts) {
-        (false, true) => Pins {
-            en: false,
-            io0: true,
-        },
-        (true, false) => Pins {
-            en: true,
-            io0: false,
-        },
-        _ => Pins {
-            en: true,
-            io0: true,
-        },
-    }
+    let (en, io0) = crate::lines::levels(lines);
+    Pins { en, io0 }
 }
 
 /// Something that must wait until the response before it has left the UART.
@@ -251,15 +244,20 @@ enum Operation {
 /// Everything but the SLIP decoder (split so a decoded frame can borrow the decoder while
 /// the core handles it).
 struct Core {
+    target: Target,
+    /// Prefix of the boot log lines (the device's name), may be empty.
+    label: String,
     mode: Mode,
     loader: Loader,
-    pins: Pins,
     /// IO0 was low when EN last rose (GPIO_STRAP): where software resets lead.
     strapped_download: bool,
     boot_count: u32,
     booted_at: Duration,
+    boots: VecDeque<BootRecord>,
     now: Duration,
-    next_app_line: Duration,
+    /// When the application (last) started, and how many tick lines it has printed.
+    app_started: Duration,
+    app_ticks: u32,
     expected_baud: u32,
     tx: VecDeque<u8>,
     /// Bytes ever taken out of `tx`: positions of deferred actions are absolute.
@@ -275,15 +273,24 @@ struct Core {
     inflate_buf: Vec<u8>,
 }
 
-/// The simulated ESP32.
+/// The simulated ESP32 (or ESP32-C3) on its board.
 pub struct Chip {
     rx: slip::Decoder,
     core: Core,
+    board: SimBoard,
+    /// The host's DTR/RTS as last set.
+    lines: Lines,
+    /// EN/IO0 as the board drives them (EN before its RC delay).
+    pins: Pins,
+    /// EN has let go and the chip comes out of reset at this time (the RC on EN).
+    en_rise_at: Option<Duration>,
+    inputs: VecDeque<InputRecord>,
 }
 
 impl std::fmt::Debug for Chip {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Chip")
+            .field("board", &self.board)
             .field("mode", &self.core.mode)
             .field("loader", &self.core.loader)
             .field("boot_count", &self.core.boot_count)
@@ -293,27 +300,33 @@ impl std::fmt::Debug for Chip {
 }
 
 impl Chip {
-    /// A chip that has just been powered: it boots at `now` into the application, or into
-    /// download mode when `download` (IO0 held low at power-on, e.g. a button).
+    /// An ESP32 DevKit that has just been powered: it boots at `now` into the application,
+    /// or into download mode when `download` (BOOT held at power-on).
     pub fn new(flash: Flash, download: bool, now: Duration) -> Chip {
+        Chip::for_board(SimBoard::DevKit, flash, download, now)
+    }
+
+    /// A freshly powered chip on `board`; see [`Chip::new`].
+    pub fn for_board(board: SimBoard, flash: Flash, download: bool, now: Duration) -> Chip {
+        let target = board.target();
         let mut core = Core {
+            target,
+            label: String::new(),
             mode: Mode::Reset,
             loader: Loader::Rom,
-            pins: Pins {
-                en: true,
-                io0: !download,
-            },
             strapped_download: download,
             boot_count: 0,
             booted_at: now,
+            boots: VecDeque::with_capacity(RECORD_LEN),
             now,
-            next_app_line: now,
+            app_started: now,
+            app_ticks: 0,
             expected_baud: ROM_BAUD,
             tx: VecDeque::with_capacity(8 * 1024),
             tx_taken: 0,
             deferred: VecDeque::new(),
             flash,
-            spi: SpiController::default(),
+            spi: SpiController::new(spi_layout(target)),
             scratch: BTreeMap::new(),
             op: Operation::Idle,
             inflater: InflateState::new_boxed(DataFormat::Zlib),
@@ -323,6 +336,58 @@ impl Chip {
         Chip {
             rx: slip::Decoder::new(MAX_FRAME),
             core,
+            board,
+            lines: Lines {
+                dtr: false,
+                rts: false,
+            },
+            pins: Pins::HIGH,
+            en_rise_at: None,
+            inputs: VecDeque::with_capacity(RECORD_LEN),
+        }
+    }
+
+    /// Name the chip in its log lines (`NAME: sim: boot #N ...`).
+    pub fn set_label(&mut self, label: &str) {
+        self.core.label = label.to_owned();
+    }
+
+    pub fn board(&self) -> SimBoard {
+        self.board
+    }
+
+    pub fn target(&self) -> Target {
+        self.core.target
+    }
+
+    /// The host's DTR/RTS as last set.
+    pub fn lines(&self) -> Lines {
+        self.lines
+    }
+
+    /// The last [`RECORD_LEN`] line, pin and button changes, oldest first.
+    pub fn inputs(&self) -> &VecDeque<InputRecord> {
+        &self.inputs
+    }
+
+    /// The last [`RECORD_LEN`] boots, oldest first (power-on included).
+    pub fn boots(&self) -> &VecDeque<BootRecord> {
+        &self.core.boots
+    }
+
+    /// The host talks to this chip over USB CDC: the line's baud rate and format are
+    /// ignored (nothing is garbled), bytes move at [`USB_CDC_BAUD`].
+    pub fn usb_cdc(&self) -> bool {
+        self.board.usb_cdc()
+    }
+
+    /// The rate bytes move at between host and chip: [`Chip::expected_baud`] on a UART,
+    /// [`USB_CDC_BAUD`] over USB.
+    pub fn wire_baud(&self) -> u32 {
+        if self.usb_cdc() {
+            USB_CDC_BAUD
+        } else {
+            self.core.expected_baud
         }
     }
 
@@ -344,8 +409,9 @@ impl Chip {
         self.core.expected_baud
     }
 
+    /// EN/IO0 as the board drives them (EN before its RC delay).
     pub fn pins(&self) -> Pins {
-        self.core.pins
+        self.pins
     }
 
     pub fn flash(&self) -> &Flash {
@@ -356,44 +422,66 @@ impl Chip {
         &mut self.core.flash
     }
 
-    /// Host DTR/RTS changed: through the auto-reset circuit to EN/IO0.
+    /// The host's DTR/RTS changed. DevKit: through the auto-reset circuit to EN/IO0.
+    /// UsbJtag: the peripheral's reset logic ([`usb_jtag_reset`]). Gpio: not connected.
     pub fn set_lines(&mut self, lines: Lines, now: Duration) {
-        self.set_pins(auto_reset_circuit(lines), now);
-    }
-
-    /// EN low holds the chip in reset; its rising edge boots, sampling IO0.
-    pub fn set_pins(&mut self, pins: Pins, now: Duration) {
         self.advance(now);
-        let old = self.core.pins;
-        self.core.pins = pins;
-        if old.en && !pins.en {
-            self.core.enter_reset();
-            self.rx.reset();
-        } else if !old.en && pins.en {
-            self.rx.reset();
-            self.core.boot(ResetCause::PowerOn, !pins.io0);
+        self.record(Input::Lines(lines), now);
+        let prev = std::mem::replace(&mut self.lines, lines);
+        match self.board {
+            SimBoard::DevKit => self.drive_pins(auto_reset_circuit(lines), now),
+            SimBoard::UsbJtag => {
+                // The chip held in reset by its EN pin cannot be reset any further.
+                if let Some(download) = usb_jtag_reset(prev, lines) {
+                    if self.pins.en && self.en_rise_at.is_none() {
+                        self.rx.reset();
+                        self.core.boot(ResetCause::UsbJtag, download);
+                    }
+                }
+            }
+            SimBoard::Gpio => {}
         }
     }
 
-    /// Press EN like a person would, holding BOOT (IO0 low) if `download`; afterwards the
-    /// pins follow the host's lines again.
+    /// Drive EN/IO0 directly (GPIO wiring, or a test's fingers). EN low holds the chip in
+    /// reset at once; when EN lets go the chip boots [`EN_RC_DELAY`] later, sampling IO0
+    /// then.
+    pub fn set_pins(&mut self, pins: Pins, now: Duration) {
+        self.advance(now);
+        self.record(Input::Pins(pins), now);
+        self.drive_pins(pins, now);
+    }
+
+    fn drive_pins(&mut self, pins: Pins, now: Duration) {
+        let old = std::mem::replace(&mut self.pins, pins);
+        if old.en && !pins.en {
+            self.en_rise_at = None;
+            self.core.enter_reset();
+            self.rx.reset();
+        } else if !old.en && pins.en {
+            self.en_rise_at = Some(now + EN_RC_DELAY);
+        }
+    }
+
+    fn record(&mut self, input: Input, at: Duration) {
+        if self.inputs.len() == RECORD_LEN {
+            self.inputs.pop_front();
+        }
+        self.inputs.push_back(InputRecord { at, input });
+    }
+
+    /// Press EN like a person would, holding BOOT (IO0 low) if `download` until the chip
+    /// is up; afterwards the pins are the board's again. Does nothing while the board
+    /// holds EN low.
     pub fn press_reset(&mut self, download: bool, now: Duration) {
-        let from_lines = self.core.pins;
-        self.set_pins(
-            Pins {
-                en: false,
-                io0: from_lines.io0,
-            },
-            now,
-        );
-        self.set_pins(
-            Pins {
-                en: true,
-                io0: !download,
-            },
-            now,
-        );
-        self.set_pins(from_lines, now);
+        self.advance(now);
+        self.record(Input::Button { download }, now);
+        if !self.pins.en {
+            return;
+        }
+        self.en_rise_at = None;
+        self.rx.reset();
+        self.core.boot(ResetCause::Button, download);
     }
 
     /// Bytes the chip's UART received (already garbled by the caller if the rates differ).
@@ -414,15 +502,27 @@ impl Chip {
         }
     }
 
-    /// Let time pass: the application prints its periodic line.
+    /// Let time pass: EN's delayed rising edge boots the chip, the application prints its
+    /// tick lines.
     pub fn advance(&mut self, now: Duration) {
+        if let Some(at) = self.en_rise_at.filter(|&at| at <= now) {
+            // IO0 as it was at `at`: every pin change first advances to its own time.
+            self.en_rise_at = None;
+            self.core.now = self.core.now.max(at);
+            self.rx.reset();
+            self.core.boot(ResetCause::EnPin, !self.pins.io0);
+        }
         self.core.now = self.core.now.max(now);
         self.core.app_tick();
     }
 
-    /// When `advance` next has something to do (the application's next line).
+    /// When `advance` next has something to do (EN rising, the application's next line).
     pub fn next_deadline(&self) -> Option<Duration> {
-        (self.core.mode == Mode::App).then_some(self.core.next_app_line)
+        let app = (self.core.mode == Mode::App).then(|| self.core.next_tick_at());
+        match (app, self.en_rise_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Bytes queued in the UART (a stub READ_FLASH may queue more once they are out).
@@ -490,6 +590,13 @@ fn checksum(data: &[u8]) -> u32 {
     u32::from(data.iter().fold(0xEF_u8, |acc, &b| acc ^ b))
 }
 
+fn spi_layout(target: Target) -> spi::SpiLayout {
+    match target {
+        Target::Esp32 => spi::ESP32_LAYOUT,
+        Target::Esp32c3 => spi::ESP32C3_LAYOUT,
+    }
+}
+
 impl Core {
     fn enter_reset(&mut self) {
         self.mode = Mode::Reset;
@@ -509,57 +616,127 @@ impl Core {
         self.enter_reset();
         self.boot_count = self.boot_count.wrapping_add(1);
         self.booted_at = self.now;
-        self.spi = SpiController::default();
+        self.spi = SpiController::new(spi_layout(self.target));
         self.scratch.clear();
-        self.push_str(ROM_BANNER);
-        self.push_str(cause.banner());
-        if cause == ResetCause::PowerOn {
+        if cause != ResetCause::Software {
             self.strapped_download = download;
         }
-        if !self.strapped_download {
-            self.push_str(",boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n");
-            self.push_str(
-                "configsip: 0, SPIWP:0xee\r\n\
-                 clk_drv:0x00,q_drv:0x00,d_drv:0x00,cs0_drv:0x00,hd_drv:0x00,wp_drv:0x00\r\n\
-                 mode:DIO, clock div:2\r\n\
-                 entry 0x400806a8\r\n",
-            );
-            self.start_app();
+        let mode = if self.strapped_download {
+            BootMode::Download
         } else {
-            self.push_str(
-                ",boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))\r\nwaiting for download\r\n",
-            );
-            self.mode = Mode::Download;
+            BootMode::App
+        };
+        self.record_boot(cause, mode);
+        let rst = reset_banner(self.target, cause);
+        match (self.target, mode) {
+            (Target::Esp32, BootMode::App) => {
+                self.push_str(ROM_BANNER);
+                self.push_str(rst);
+                self.push_str(
+                    ",boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n\
+                     configsip: 0, SPIWP:0xee\r\n\
+                     clk_drv:0x00,q_drv:0x00,d_drv:0x00,cs0_drv:0x00,hd_drv:0x00,wp_drv:0x00\r\n\
+                     mode:DIO, clock div:2\r\n\
+                     entry 0x400806a8\r\n",
+                );
+            }
+            (Target::Esp32, BootMode::Download) => {
+                self.push_str(ROM_BANNER);
+                self.push_str(rst);
+                self.push_str(
+                    ",boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))\r\n\
+                     waiting for download\r\n",
+                );
+            }
+            (Target::Esp32c3, BootMode::App) => {
+                self.push_str(C3_ROM_BANNER);
+                self.push_str(rst);
+                self.push_str(
+                    ",boot:0xc (SPI_FAST_FLASH_BOOT)\r\n\
+                     Saved PC:0x40380dd2\r\n\
+                     SPIWP:0xee\r\n\
+                     mode:DIO, clock div:1\r\n\
+                     entry 0x403cc710\r\n",
+                );
+            }
+            (Target::Esp32c3, BootMode::Download) => {
+                self.push_str(C3_ROM_BANNER);
+                self.push_str(rst);
+                self.push_str(
+                    ",boot:0x7 (DOWNLOAD(USB/UART0/1))\r\n\
+                     Saved PC:0x40048b82\r\n\
+                     waiting for download\r\n",
+                );
+            }
         }
+        match mode {
+            BootMode::App => self.start_app(),
+            BootMode::Download => self.mode = Mode::Download,
+        }
+    }
+
+    fn record_boot(&mut self, cause: ResetCause, mode: BootMode) {
+        let n = self.boot_count;
+        if self.boots.len() == RECORD_LEN {
+            self.boots.pop_front();
+        }
+        self.boots.push_back(BootRecord {
+            n,
+            at: self.now,
+            mode,
+            cause,
+        });
+        let who = if self.label.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", self.label)
+        };
+        log::debug!(
+            "{who}sim: boot #{n} into {} ({cause:?} at {:.1} ms)",
+            mode.short(),
+            self.now.as_secs_f64() * 1e3
+        );
+        let to = match mode {
+            BootMode::App => "the application",
+            BootMode::Download => "download mode",
+        };
+        log::info!("{who}sim: boot #{n} into {to}");
     }
 
     fn start_app(&mut self) {
         self.mode = Mode::App;
         self.loader = Loader::Rom;
         self.op = Operation::Idle;
-        self.next_app_line = self.now;
-        self.app_tick();
+        self.app_started = self.now;
+        self.app_ticks = 0;
+        let line = format!("sim: app start, boot #{}\r\n", self.boot_count);
+        self.push_str(&line);
+    }
+
+    /// When the application prints its next tick line.
+    fn next_tick_at(&self) -> Duration {
+        self.app_started + APP_TICK * self.app_ticks.saturating_add(1)
     }
 
     fn app_tick(&mut self) {
         if self.mode != Mode::App {
             return;
         }
-        while self.now >= self.next_app_line {
+        while self.now >= self.next_tick_at() {
+            // Ticks due by now: tick T is due at (T + 1) * APP_TICK after the start.
+            let due = (self.now - self.app_started).as_nanos() / APP_TICK.as_nanos();
+            let due = u32::try_from(due).unwrap_or(u32::MAX);
+            if due > self.app_ticks.saturating_add(APP_MAX_CATCH_UP) {
+                self.app_ticks = due - 1;
+            }
             if self.tx.len() < APP_TX_LIMIT {
-                let uptime = self.next_app_line.saturating_sub(self.booted_at).as_secs();
                 let line = format!(
-                    "sim: app running, boot #{}, uptime {} s\r\n",
-                    self.boot_count, uptime
+                    "sim: app tick {}, boot #{}\r\n",
+                    self.app_ticks, self.boot_count
                 );
                 self.push_str(&line);
             }
-            self.next_app_line += APP_PERIOD;
-            if self.now >= self.next_app_line + APP_PERIOD {
-                // Far behind (caller slept): skip the missed lines, keep the phase.
-                let behind = (self.now - self.next_app_line).as_secs();
-                self.next_app_line += APP_PERIOD * behind as u32;
-            }
+            self.app_ticks = self.app_ticks.saturating_add(1);
         }
     }
 
@@ -692,10 +869,12 @@ impl Core {
             self.respond(op, 0, &[], Err(Fail::Invalid));
             return;
         };
-        let unsupported = match self.loader {
-            Loader::Rom => cmd.stub_only() || cmd == Command::GetSecurityInfo,
-            Loader::Stub => cmd.rom_only() || cmd == Command::GetSecurityInfo,
-        };
+        let no_security_info = cmd == Command::GetSecurityInfo && self.target == Target::Esp32;
+        let unsupported = no_security_info
+            || match self.loader {
+                Loader::Rom => cmd.stub_only(),
+                Loader::Stub => cmd.rom_only(),
+            };
         if unsupported {
             self.respond(op, 0, &[], Err(Fail::Invalid));
             return;
@@ -818,7 +997,15 @@ impl Core {
                     None => self.respond(op, 0, &[], Err(Fail::Failed)),
                 }
             }
-            Command::GetSecurityInfo => self.respond(op, 0, &[], Err(Fail::Invalid)),
+            Command::GetSecurityInfo => {
+                if !data.is_empty() {
+                    return self.respond(op, 0, &[], Err(Fail::BadDataLen));
+                }
+                match self.target {
+                    Target::Esp32c3 => self.respond(op, 0, &esp32c3::security_info(), Ok(())),
+                    Target::Esp32 => self.respond(op, 0, &[], Err(Fail::Invalid)),
+                }
+            }
             Command::EraseFlash => {
                 self.flash.erase_all();
                 self.respond(op, 0, &[], Ok(()));
@@ -1071,27 +1258,45 @@ impl Core {
     }
 
     fn apb_hz(&self) -> u32 {
-        match self.loader {
-            Loader::Rom => esp32::APB_ROM_HZ,
-            Loader::Stub => esp32::APB_STUB_HZ,
+        match (self.target, self.loader) {
+            (Target::Esp32, Loader::Rom) => esp32::APB_ROM_HZ,
+            (Target::Esp32, Loader::Stub) => esp32::APB_STUB_HZ,
+            (Target::Esp32c3, _) => esp32c3::APB_HZ,
         }
     }
 
+    /// The identity register at `addr` (chip model, eFuses, straps), if it is one.
+    fn identity_reg(&self, addr: u32) -> Option<u32> {
+        let (baud, strap) = (self.expected_baud, self.strapped_download);
+        match self.target {
+            Target::Esp32 => esp32::identity_reg(addr, baud, self.apb_hz(), strap),
+            Target::Esp32c3 => esp32c3::identity_reg(addr, baud, strap),
+        }
+    }
+
+    /// The offset into the SPI1 block, if `addr` is in it.
+    fn spi_offset(&self, addr: u32) -> Option<u32> {
+        let (base, len) = match self.target {
+            Target::Esp32 => (esp32::SPI_BASE, esp32::SPI_BLOCK_LEN),
+            Target::Esp32c3 => (esp32c3::SPI_BASE, esp32c3::SPI_BLOCK_LEN),
+        };
+        (base..base + len).contains(&addr).then(|| addr - base)
+    }
+
     fn read_reg(&self, addr: u32) -> u32 {
-        let strap = self.strapped_download;
-        if let Some(v) = esp32::identity_reg(addr, self.expected_baud, self.apb_hz(), strap) {
+        if let Some(v) = self.identity_reg(addr) {
             return v;
         }
-        if (esp32::SPI_BASE..esp32::SPI_BASE + esp32::SPI_BLOCK_LEN).contains(&addr) {
-            return self.spi.read(addr - esp32::SPI_BASE);
+        if let Some(off) = self.spi_offset(addr) {
+            return self.spi.read(off);
         }
         self.scratch.get(&addr).copied().unwrap_or(0)
     }
 
     fn write_reg(&mut self, addr: u32, value: u32) {
-        if (esp32::SPI_BASE..esp32::SPI_BASE + esp32::SPI_BLOCK_LEN).contains(&addr) {
-            self.spi.write(addr - esp32::SPI_BASE, value, &self.flash);
-        } else if esp32::identity_reg(addr, 1, 1, false).is_none()
+        if let Some(off) = self.spi_offset(addr) {
+            self.spi.write(off, value, &self.flash);
+        } else if self.identity_reg(addr).is_none()
             && (self.scratch.len() < MAX_SCRATCH_REGS || self.scratch.contains_key(&addr))
         {
             self.scratch.insert(addr, value);
@@ -1308,18 +1513,15 @@ mod tests {
             },
             Duration::from_millis(400),
         );
+        assert_eq!(chip.mode(), Mode::Reset, "EN's RC: not up yet");
+        chip.advance(Duration::from_millis(401));
         assert_eq!(chip.mode(), Mode::App);
         assert_eq!(chip.boot_count(), 4);
-        let out = text(&mut chip, Duration::from_millis(400));
-        assert!(
-            out.contains("sim: app running, boot #4, uptime 0 s"),
-            "{out}"
-        );
+        let out = text(&mut chip, Duration::from_millis(401));
+        assert!(out.ends_with("sim: app start, boot #4\r\n"), "{out}");
+        // Two seconds without a look: only the latest tick line, its number shows the gap.
         let out = text(&mut chip, Duration::from_millis(2450));
-        assert!(
-            out.contains("boot #4, uptime 1 s") && out.contains("uptime 2 s"),
-            "{out}"
-        );
+        assert_eq!(out, "sim: app tick 19, boot #4\r\n");
         // Opening the port (pyserial asserts both lines) does not reset.
         chip.set_lines(
             Lines {

@@ -2,17 +2,25 @@
 //! measuring servers on the same chip (`serialhub sim --pty LINK`).
 //!
 //! ```text
-//!  host bytes ─▶ uart (pacing at the sender's baud, garbling on mismatch) ─▶ chip
-//!  DTR/RTS ───▶ chip::auto_reset_circuit ─▶ EN / IO0 ─▶ boot: app | ROM download mode
+//!  host bytes ─▶ uart (pacing at the sender's baud, garbling on mismatch; USB: neither) ─▶ chip
+//!  DTR/RTS ───▶ board (transistors + RC on EN | USB-Serial/JTAG logic | nothing) ─▶ reset
+//!  GPIOs ─────▶ EN / IO0 (sim-gpio: SimHandle::set_pins, or SimGpioWired's DTR/RTS mapping)
 //!  chip: slip ─▶ loader protocol (ROM dialect, stub dialect) ─▶ flash (NOR), spi, esp32 regs
 //! ```
 //!
-//! The chip (`chip`, `slip`, `flash`, `md5`, `spi`, `esp32`) is pure: bytes, line changes
-//! and a time in, bytes out. `uart` paces the wire; `port` (in-process `Device`) and `pty`
-//! (standalone) are the thin I/O around it.
+//! Three boards (`board::SimBoard`, device paths `sim`, `sim-usb`, `sim-gpio`): an ESP32
+//! DevKit, an ESP32-C3 on its native USB-Serial/JTAG, an ESP32 with EN/IO0 on GPIOs.
+//!
+//! The chip (`chip`, `board`, `slip`, `flash`, `md5`, `spi`, `esp32`, `esp32c3`) is pure:
+//! bytes, line changes and a time in, bytes out. `uart` paces the wire; `port` (in-process
+//! `Device`) and `pty` (standalone) are the thin I/O around it.
 
+pub mod board;
+#[cfg(test)]
+mod boards_test;
 pub mod chip;
 pub mod esp32;
+pub mod esp32c3;
 pub mod flash;
 pub mod md5;
 mod port;
@@ -26,9 +34,10 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+pub use board::{BootMode, BootRecord, Input, InputRecord, ResetCause, SimBoard, Target};
 pub use chip::{auto_reset_circuit, Chip, Loader, Mode, Pins};
 pub use flash::Flash;
-pub use port::{SimDevice, SimHandle, SimStatus};
+pub use port::{open, SimDevice, SimGpioWired, SimHandle, SimStatus};
 
 /// How the standalone `serialhub sim` and the in-process device are set up.
 #[derive(Clone, Debug, Default)]
@@ -37,6 +46,10 @@ pub struct SimOptions {
     pub flash_file: Option<PathBuf>,
     /// Start in the ROM download mode instead of running the application.
     pub start_in_bootloader: bool,
+    /// Which board (and chip) to simulate.
+    pub board: SimBoard,
+    /// The device's name, prefixed to the simulator's log lines (`NAME: sim: boot #N ...`).
+    pub name: Option<String>,
 }
 
 /// `serialhub sim --pty LINK`: serve the simulated chip on a pseudo-terminal until

@@ -3,7 +3,9 @@
 //! runs the chip behind the paced, possibly garbling wire.
 //!
 //! Line changes (`set_lines`) go straight into the chip under the shared lock, so a reset
-//! sequence reaches the auto-reset circuit with exactly the timing the bridge plays it.
+//! sequence reaches the board's reset inputs with exactly the timing the bridge plays it.
+//! On a `sim-gpio` board the UART's DTR/RTS go nowhere; [`SimGpioWired`] is the GPIO wiring
+//! the bridge uses instead (DTR/RTS through the transistor table onto EN/IO0).
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{setsockopt, sockopt};
 
+use super::board::{BootRecord, InputRecord, Pins, SimBoard};
 use super::chip::{Chip, Loader, Mode};
 use super::flash::Flash;
 use super::uart::Uart;
@@ -37,6 +40,11 @@ pub struct SimStatus {
     pub boot_count: u32,
     /// The UART rate the chip expects right now.
     pub expected_baud: u32,
+    pub board: SimBoard,
+    /// The host's DTR/RTS as last set on the UART.
+    pub lines: Lines,
+    /// EN/IO0 as the board drives them.
+    pub pins: Pins,
 }
 
 struct State {
@@ -51,6 +59,8 @@ struct Shared {
     state: Mutex<State>,
     epoch: Instant,
     stop: AtomicBool,
+    /// Writing a byte here wakes the sim thread.
+    wake: UnixStream,
 }
 
 impl Shared {
@@ -61,6 +71,11 @@ impl Shared {
 
     fn now(&self) -> Duration {
         self.epoch.elapsed()
+    }
+
+    fn poke(&self) {
+        // A full wake socket already means "wake up"; nothing else can go wrong here.
+        let _ = (&self.wake).write(&[1]);
     }
 }
 
@@ -85,7 +100,39 @@ impl SimHandle {
             loader: st.chip.loader(),
             boot_count: st.chip.boot_count(),
             expected_baud: st.chip.expected_baud(),
+            board: st.chip.board(),
+            lines: st.chip.lines(),
+            pins: st.chip.pins(),
         }
+    }
+
+    pub fn board(&self) -> SimBoard {
+        self.shared.lock().chip.board()
+    }
+
+    /// The instant the simulator's time counts from: a record's `at` is `epoch() + at`.
+    pub fn epoch(&self) -> Instant {
+        self.shared.epoch
+    }
+
+    /// The simulator's time now.
+    pub fn now(&self) -> Duration {
+        self.shared.now()
+    }
+
+    /// The last 256 DTR/RTS, pin and button changes the chip saw, oldest first.
+    pub fn inputs(&self) -> Vec<InputRecord> {
+        self.shared.lock().chip.inputs().iter().copied().collect()
+    }
+
+    /// The last 256 boots (power-on is boot 1), oldest first.
+    pub fn boots(&self) -> Vec<BootRecord> {
+        self.shared.lock().chip.boots().iter().copied().collect()
+    }
+
+    /// The most recent boot.
+    pub fn last_boot(&self) -> Option<BootRecord> {
+        self.shared.lock().chip.boots().back().copied()
     }
 
     pub fn boot_count(&self) -> u32 {
@@ -111,16 +158,27 @@ impl SimHandle {
             .map(<[u8]>::to_vec)
     }
 
-    /// Drive the DTR/RTS inputs of the reset circuit directly (as the bridge would).
+    /// Set the UART's DTR/RTS (as the bridge would): into the board's reset inputs on a
+    /// DevKit or USB-JTAG board, nowhere on a GPIO board.
     pub fn set_lines(&self, lines: Lines) {
         let now = self.shared.now();
         self.shared.lock().chip.set_lines(lines, now);
+        self.shared.poke();
+    }
+
+    /// Drive EN/IO0 directly, as GPIO lines wired to them would (EN rises after its RC
+    /// delay, IO0 is sampled then).
+    pub fn set_pins(&self, pins: Pins) {
+        let now = self.shared.now();
+        self.shared.lock().chip.set_pins(pins, now);
+        self.shared.poke();
     }
 
     /// Press the board's EN button (with BOOT held if `download`).
     pub fn press_reset(&self, download: bool) {
         let now = self.shared.now();
         self.shared.lock().chip.press_reset(download, now);
+        self.shared.poke();
     }
 
     /// Anything else: run `f` on the chip under the lock (keep it short).
@@ -132,7 +190,6 @@ impl SimHandle {
 /// The simulated ESP32 behind the `Device` trait.
 pub struct SimDevice {
     stream: UnixStream,
-    wake: UnixStream,
     handle: SimHandle,
     thread: Option<JoinHandle<()>>,
 }
@@ -169,9 +226,13 @@ impl SimDevice {
         wake_rx.set_nonblocking(true)?;
 
         let epoch = Instant::now();
+        let mut chip = Chip::for_board(opts.board, flash, opts.start_in_bootloader, Duration::ZERO);
+        if let Some(name) = &opts.name {
+            chip.set_label(name);
+        }
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                chip: Chip::new(flash, opts.start_in_bootloader, Duration::ZERO),
+                chip,
                 line: LineSettings::default(),
                 brk: false,
                 purge_rx: false,
@@ -179,6 +240,7 @@ impl SimDevice {
             }),
             epoch,
             stop: AtomicBool::new(false),
+            wake,
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -186,7 +248,6 @@ impl SimDevice {
             .spawn(move || sim_thread(&thread_shared, &sim_end, &wake_rx, store))?;
         Ok(SimDevice {
             stream: bridge_end,
-            wake,
             handle: SimHandle { shared },
             thread: Some(thread),
         })
@@ -198,8 +259,7 @@ impl SimDevice {
     }
 
     fn poke(&self) {
-        // A full wake socket already means "wake up"; nothing else can go wrong here.
-        let _ = (&self.wake).write(&[1]);
+        self.handle.shared.poke();
     }
 }
 
@@ -235,7 +295,6 @@ impl Device for SimDevice {
 
     fn set_lines(&mut self, lines: Lines) -> io::Result<()> {
         self.handle.set_lines(lines);
-        self.poke();
         Ok(())
     }
 
@@ -271,6 +330,68 @@ impl Device for SimDevice {
         self.poke();
         Ok(())
     }
+}
+
+/// A `sim-gpio` board as the bridge sees it: DTR/RTS become EN/IO0 levels through the same
+/// transistor table as real GPIO wiring (`crate::lines::levels`, as `GpioWired` does), so
+/// pyserial's both-asserted open holds nothing in reset. Everything else is the UART's.
+#[derive(Debug)]
+pub struct SimGpioWired {
+    sim: SimDevice,
+}
+
+impl SimGpioWired {
+    pub fn new(sim: SimDevice) -> SimGpioWired {
+        SimGpioWired { sim }
+    }
+
+    pub fn handle(&self) -> SimHandle {
+        self.sim.handle()
+    }
+}
+
+impl Device for SimGpioWired {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.sim.fd()
+    }
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.sim.read(buf)
+    }
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.sim.write(buf)
+    }
+    fn apply(&mut self, settings: &LineSettings) -> io::Result<()> {
+        self.sim.apply(settings)
+    }
+    /// Both pins in one change, like one SET_VALUES ioctl.
+    fn set_lines(&mut self, lines: Lines) -> io::Result<()> {
+        let (en, io0) = crate::lines::levels(lines);
+        self.sim.handle.set_pins(Pins { en, io0 });
+        Ok(())
+    }
+    fn modem_status(&mut self) -> io::Result<ModemStatus> {
+        self.sim.modem_status()
+    }
+    fn set_break(&mut self, on: bool) -> io::Result<()> {
+        self.sim.set_break(on)
+    }
+    fn purge(&mut self, which: Purge) -> io::Result<()> {
+        self.sim.purge(which)
+    }
+}
+
+/// The simulated board `opts.board` as a bridge device (a `sim-gpio` board with its GPIO
+/// wiring), and a handle to watch it.
+pub fn open(opts: SimOptions) -> io::Result<(Box<dyn Device>, SimHandle)> {
+    let gpio = opts.board == SimBoard::Gpio;
+    let sim = SimDevice::spawn(opts)?;
+    let handle = sim.handle();
+    let dev: Box<dyn Device> = if gpio {
+        Box::new(SimGpioWired::new(sim))
+    } else {
+        Box::new(sim)
+    };
+    Ok((dev, handle))
 }
 
 fn drain(mut s: &UnixStream) {
@@ -398,8 +519,9 @@ mod tests {
         let mut dev = SimDevice::spawn(SimOptions::default()).unwrap();
         let handle = dev.handle();
         let got = read_until(&mut dev, Duration::from_secs(5), |g| {
-            contains(g, b"app running, boot #1")
+            contains(g, b"sim: app tick 0, boot #1\r\n")
         });
+        assert!(contains(&got, b"sim: app start, boot #1\r\n"));
         assert!(contains(&got, b"SPI_FAST_FLASH_BOOT"));
         assert_eq!(handle.status().mode, Mode::App);
 
@@ -415,6 +537,8 @@ mod tests {
             rts: false,
         })
         .unwrap();
+        // IO0 held past EN's RC delay (esptool holds it 50 ms).
+        std::thread::sleep(Duration::from_millis(5));
         dev.set_lines(Lines {
             dtr: false,
             rts: false,

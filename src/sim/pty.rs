@@ -236,7 +236,10 @@ pub(super) fn run(link: &Path, opts: SimOptions) -> io::Result<()> {
     };
 
     let epoch = Instant::now();
-    let mut chip = Chip::new(flash, opts.start_in_bootloader, Duration::ZERO);
+    let mut chip = Chip::for_board(opts.board, flash, opts.start_in_bootloader, Duration::ZERO);
+    if let Some(name) = &opts.name {
+        chip.set_label(name);
+    }
     let mut uart = Uart::new(epoch);
     let mut line = LineSettings::default();
     eprintln!(

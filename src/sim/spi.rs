@@ -1,4 +1,4 @@
-//! The ESP32's SPI1 flash controller in "user command" mode, plus the bits of the flash
+//! The ESP32's (and ESP32-C3's) SPI1 flash controller in "user command" mode, plus the bits of the flash
 //! chip behind it that esptool talks to directly (`run_spiflash_command`: JEDEC id, SFDP,
 //! status registers, the XMC/reset dance). Flash programming goes through the loader
 //! commands instead, so it is not modelled here.
@@ -9,17 +9,73 @@
 
 use super::flash::Flash;
 
-/// Register offsets inside the SPI1 block (ESP32 layout).
-mod off {
-    pub const CMD: u32 = 0x00;
-    pub const ADDR: u32 = 0x04;
-    pub const USR: u32 = 0x1C;
-    pub const USR1: u32 = 0x20;
-    pub const USR2: u32 = 0x24;
-    pub const MOSI_DLEN: u32 = 0x28;
-    pub const MISO_DLEN: u32 = 0x2C;
-    pub const W0: u32 = 0x80;
-    pub const W_END: u32 = 0xC0;
+/// Register offsets inside the SPI1 block that are the same on every chip.
+const CMD: u32 = 0x00;
+const ADDR: u32 = 0x04;
+
+/// Where a chip keeps the user-command registers (esptool's `SPI_*_OFFS`), and whether
+/// `SPI_ADDR_REG` holds the address MSB-aligned (`SPI_ADDR_REG_MSB`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpiLayout {
+    pub usr: u32,
+    pub usr1: u32,
+    pub usr2: u32,
+    pub mosi_dlen: u32,
+    pub miso_dlen: u32,
+    pub w0: u32,
+    pub addr_msb: bool,
+}
+
+pub const ESP32_LAYOUT: SpiLayout = SpiLayout {
+    usr: 0x1C,
+    usr1: 0x20,
+    usr2: 0x24,
+    mosi_dlen: 0x28,
+    miso_dlen: 0x2C,
+    w0: 0x80,
+    addr_msb: true,
+};
+
+pub const ESP32C3_LAYOUT: SpiLayout = SpiLayout {
+    usr: 0x18,
+    usr1: 0x1C,
+    usr2: 0x20,
+    mosi_dlen: 0x24,
+    miso_dlen: 0x28,
+    w0: 0x58,
+    addr_msb: false,
+};
+
+/// A register of the block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reg {
+    Cmd,
+    Addr,
+    Usr,
+    Usr1,
+    Usr2,
+    MosiDlen,
+    MisoDlen,
+    /// W0..W15, the data buffer.
+    W(usize),
+}
+
+impl SpiLayout {
+    fn decode(&self, offset: u32) -> Option<Reg> {
+        Some(match offset {
+            CMD => Reg::Cmd,
+            ADDR => Reg::Addr,
+            o if o == self.usr => Reg::Usr,
+            o if o == self.usr1 => Reg::Usr1,
+            o if o == self.usr2 => Reg::Usr2,
+            o if o == self.mosi_dlen => Reg::MosiDlen,
+            o if o == self.miso_dlen => Reg::MisoDlen,
+            o if (self.w0..self.w0 + 64).contains(&o) && o % 4 == 0 => {
+                Reg::W(((o - self.w0) / 4) as usize)
+            }
+            _ => return None,
+        })
+    }
 }
 
 /// `SPI_CMD_REG` bit that starts a user command and reads 1 while it runs.
@@ -85,6 +141,7 @@ const SFDP: [u8; 24] = [
 /// Register file of SPI1 and the status registers of the flash chip.
 #[derive(Clone, Debug)]
 pub struct SpiController {
+    layout: SpiLayout,
     cmd: u32,
     addr: u32,
     usr: u32,
@@ -99,7 +156,14 @@ pub struct SpiController {
 
 impl Default for SpiController {
     fn default() -> Self {
+        SpiController::new(ESP32_LAYOUT)
+    }
+}
+
+impl SpiController {
+    pub fn new(layout: SpiLayout) -> SpiController {
         SpiController {
+            layout,
             cmd: 0,
             addr: 0,
             usr: 0,
@@ -112,44 +176,40 @@ impl Default for SpiController {
             status: [0x00, 0x02, 0x60],
         }
     }
-}
 
-impl SpiController {
     /// Register read at `offset` inside the block; unknown offsets read 0.
     pub fn read(&self, offset: u32) -> u32 {
-        match offset {
-            off::CMD => self.cmd,
-            off::ADDR => self.addr,
-            off::USR => self.usr,
-            off::USR1 => self.usr1,
-            off::USR2 => self.usr2,
-            off::MOSI_DLEN => self.mosi_dlen,
-            off::MISO_DLEN => self.miso_dlen,
-            o if (off::W0..off::W_END).contains(&o) => self.w[((o - off::W0) / 4) as usize],
-            _ => 0,
+        match self.layout.decode(offset) {
+            Some(Reg::Cmd) => self.cmd,
+            Some(Reg::Addr) => self.addr,
+            Some(Reg::Usr) => self.usr,
+            Some(Reg::Usr1) => self.usr1,
+            Some(Reg::Usr2) => self.usr2,
+            Some(Reg::MosiDlen) => self.mosi_dlen,
+            Some(Reg::MisoDlen) => self.miso_dlen,
+            Some(Reg::W(i)) => self.w[i],
+            None => 0,
         }
     }
 
     /// Register write; writing CMD with the USR bit runs the user command.
     pub fn write(&mut self, offset: u32, value: u32, flash: &Flash) {
-        match offset {
-            off::CMD => {
+        match self.layout.decode(offset) {
+            Some(Reg::Cmd) => {
                 self.cmd = value;
                 if value & CMD_USR != 0 {
                     self.run_user_command(flash);
                     self.cmd &= !CMD_USR;
                 }
             }
-            off::ADDR => self.addr = value,
-            off::USR => self.usr = value,
-            off::USR1 => self.usr1 = value,
-            off::USR2 => self.usr2 = value,
-            off::MOSI_DLEN => self.mosi_dlen = value,
-            off::MISO_DLEN => self.miso_dlen = value,
-            o if (off::W0..off::W_END).contains(&o) && o % 4 == 0 => {
-                self.w[((o - off::W0) / 4) as usize] = value;
-            }
-            _ => {}
+            Some(Reg::Addr) => self.addr = value,
+            Some(Reg::Usr) => self.usr = value,
+            Some(Reg::Usr1) => self.usr1 = value,
+            Some(Reg::Usr2) => self.usr2 = value,
+            Some(Reg::MosiDlen) => self.mosi_dlen = value,
+            Some(Reg::MisoDlen) => self.miso_dlen = value,
+            Some(Reg::W(i)) => self.w[i] = value,
+            None => {}
         }
     }
 
@@ -160,9 +220,13 @@ impl SpiController {
     fn run_user_command(&mut self, flash: &Flash) {
         let opcode = Opcode::from_byte((self.usr2 & 0xFF) as u8);
         let addr = if self.usr & USR_ADDR != 0 {
-            // SPI_ADDR_REG is MSB-aligned: the address sits in the top `bits` bits.
             let bits = ((self.usr1 >> 26) & 0x3F) + 1;
-            self.addr.checked_shr(32 - bits).unwrap_or(0)
+            if self.layout.addr_msb {
+                // The address sits in the top `bits` bits.
+                self.addr.checked_shr(32 - bits).unwrap_or(0)
+            } else {
+                self.addr & u32::MAX.checked_shr(32 - bits.min(32)).unwrap_or(0)
+            }
         } else {
             0
         };
@@ -233,31 +297,35 @@ mod tests {
     /// esptool's `run_spiflash_command` against the model.
     fn run(spi: &mut SpiController, cmd: u8, addr: Option<(u32, u32)>, read_bits: u32) -> u32 {
         let flash = Flash::new();
+        let l = spi.layout;
         let mut usr = 1 << 31;
         if read_bits > 0 {
             usr |= USR_MISO;
-            spi.write(off::MISO_DLEN, read_bits - 1, &flash);
+            spi.write(l.miso_dlen, read_bits - 1, &flash);
         }
         if let Some((a, bits)) = addr {
             usr |= USR_ADDR;
-            spi.write(off::USR1, (bits - 1) << 26, &flash);
-            spi.write(off::ADDR, a << (32 - bits), &flash);
+            spi.write(l.usr1, (bits - 1) << 26, &flash);
+            let a = if l.addr_msb { a << (32 - bits) } else { a };
+            spi.write(ADDR, a, &flash);
         }
-        spi.write(off::USR, usr, &flash);
-        spi.write(off::USR2, 7 << 28 | u32::from(cmd), &flash);
-        spi.write(off::W0, 0, &flash);
-        spi.write(off::CMD, CMD_USR, &flash);
-        assert_eq!(spi.read(off::CMD) & CMD_USR, 0, "command completes at once");
-        spi.read(off::W0)
+        spi.write(l.usr, usr, &flash);
+        spi.write(l.usr2, 7 << 28 | u32::from(cmd), &flash);
+        spi.write(l.w0, 0, &flash);
+        spi.write(CMD, CMD_USR, &flash);
+        assert_eq!(spi.read(CMD) & CMD_USR, 0, "command completes at once");
+        spi.read(l.w0)
     }
 
     #[test]
     fn jedec_id_status_and_sfdp() {
-        let mut spi = SpiController::default();
-        assert_eq!(run(&mut spi, 0x9F, None, 24), 0x0016_40EF);
-        assert_eq!(run(&mut spi, 0x05, None, 8), 0x00);
-        assert_eq!(run(&mut spi, 0x35, None, 8), 0x02);
-        assert_eq!(run(&mut spi, 0x5A, Some((0, 24)), 32), 0x5044_4653); // "SFDP"
-        assert_eq!(run(&mut spi, 0x5A, Some((0x10, 24)), 8), 0x84);
+        for layout in [ESP32_LAYOUT, ESP32C3_LAYOUT] {
+            let mut spi = SpiController::new(layout);
+            assert_eq!(run(&mut spi, 0x9F, None, 24), 0x0016_40EF);
+            assert_eq!(run(&mut spi, 0x05, None, 8), 0x00);
+            assert_eq!(run(&mut spi, 0x35, None, 8), 0x02);
+            assert_eq!(run(&mut spi, 0x5A, Some((0, 24)), 32), 0x5044_4653); // "SFDP"
+            assert_eq!(run(&mut spi, 0x5A, Some((0x10, 24)), 8), 0x84);
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The wire between the host's UART and the chip's: bytes take their byte time at the rate
 //! of whoever sends them, and arrive garbled when the two ends disagree on the rate (or
-//! the format). Shared by the in-process device and the PTY runner.
+//! the format). Over USB CDC (`sim-usb`) the host's line settings mean nothing: bytes move
+//! at a fixed rate and are never garbled. Shared by the in-process device and the PTY runner.
 //!
 //! `Pacer` and `garble` are pure; `Uart::step` moves bytes between a host endpoint
 //! (`Read + Write`, non-blocking) and a `Chip`.
@@ -9,7 +10,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
-use super::chip::Chip;
+use super::chip::{Chip, USB_CDC_BAUD};
 use super::slip;
 use crate::device::{DataBits, LineSettings, Parity, StopBits};
 
@@ -164,6 +165,17 @@ impl Uart {
         epoch: Instant,
     ) -> io::Result<Wait> {
         let t = now.saturating_duration_since(epoch);
+        // USB CDC: whatever the host set, both ends agree and bytes move at the link's rate.
+        let usb_line;
+        let line = if chip.usb_cdc() {
+            usb_line = LineSettings {
+                baud: USB_CDC_BAUD,
+                ..chip_format()
+            };
+            &usb_line
+        } else {
+            line
+        };
         chip.advance(t);
 
         // Host -> chip, at the host's rate.
@@ -196,7 +208,7 @@ impl Uart {
                 }
                 // The chip's rate may change while we deliver (not in practice: the host
                 // waits for the reply), so decide per chunk.
-                if !line_matches(line, chip.expected_baud()) {
+                if !line_matches(line, chip.wire_baud()) {
                     self.scratch[..n].iter_mut().for_each(|b| *b = garble(*b));
                 }
                 chip.receive(&self.scratch[..n], t);
@@ -214,12 +226,12 @@ impl Uart {
                 self.tx_pacer.idle_until(now);
             } else {
                 loop {
-                    let tx_ct = char_time(chip.expected_baud(), &chip_format());
+                    let tx_ct = char_time(chip.wire_baud(), &chip_format());
                     let due = self.tx_pacer.due(now, tx_ct).min(TX_CHUNK);
                     if due == 0 {
                         break;
                     }
-                    let garbled = !line_matches(line, chip.expected_baud());
+                    let garbled = !line_matches(line, chip.wire_baud());
                     let n = chip.take_tx(&mut self.scratch[..due], t);
                     if n == 0 {
                         self.tx_pacer.idle_until(now);
@@ -261,7 +273,7 @@ impl Uart {
         if !blocked && chip.tx_ready() {
             // Hand bytes over in batches of a few milliseconds, as a USB-UART does,
             // but a short reply as soon as its last byte is through.
-            let tx_ct = char_time(chip.expected_baud(), &chip_format());
+            let tx_ct = char_time(chip.wire_baud(), &chip_format());
             let batch = (TX_BATCH.as_nanos() / tx_ct.as_nanos().max(1)).max(1) as usize;
             let n = chip.tx_len().clamp(1, batch);
             soonest(self.tx_pacer.finish_of(n, tx_ct));

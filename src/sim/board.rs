@@ -1,0 +1,224 @@
+//! Which board the simulator is: what the host's DTR/RTS (or GPIO lines) are wired to, and
+//! which chip sits on it. Plus the record of what the inputs did (line and pin changes,
+//! boots), which tests read to check a reset policy against the board it serves.
+//!
+//! ```text
+//!  DevKit   DTR/RTS ─▶ two transistors (crate::lines::levels) ─▶ EN (RC, ~1 ms) / IO0   ESP32
+//!  UsbJtag  DTR/RTS ─▶ USB-Serial/JTAG logic: entering (released, asserted) resets   ESP32-C3
+//!  Gpio     DTR/RTS ─▶ nothing;  GPIO lines ─▶ EN (RC) / IO0 (`SimHandle::set_pins`)  ESP32
+//! ```
+
+use std::time::Duration;
+
+use crate::device::Lines;
+
+/// The board variant, selected by the device path (`sim`, `sim-usb`, `sim-gpio`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SimBoard {
+    /// ESP32 DevKit: a USB-UART bridge whose DTR/RTS drive EN/IO0 through the two-transistor
+    /// auto-reset circuit, with the RC delay on EN.
+    #[default]
+    DevKit,
+    /// ESP32-C3 on its native USB-Serial/JTAG: DTR/RTS go to the peripheral's own reset
+    /// logic, the line's baud rate means nothing (USB CDC).
+    UsbJtag,
+    /// ESP32 whose EN and IO0 are wired to GPIOs (a Pi UART): the UART's DTR/RTS are not
+    /// connected; the pins are set directly.
+    Gpio,
+}
+
+impl SimBoard {
+    pub const ALL: [SimBoard; 3] = [SimBoard::DevKit, SimBoard::UsbJtag, SimBoard::Gpio];
+
+    /// The device path naming this board (before an optional `:FLASHFILE`).
+    pub fn path_name(self) -> &'static str {
+        match self {
+            SimBoard::DevKit => "sim",
+            SimBoard::UsbJtag => "sim-usb",
+            SimBoard::Gpio => "sim-gpio",
+        }
+    }
+
+    pub fn from_path_name(s: &str) -> Option<SimBoard> {
+        SimBoard::ALL.into_iter().find(|b| b.path_name() == s)
+    }
+
+    /// The chip on the board.
+    pub fn target(self) -> Target {
+        match self {
+            SimBoard::DevKit | SimBoard::Gpio => Target::Esp32,
+            SimBoard::UsbJtag => Target::Esp32c3,
+        }
+    }
+
+    /// The host talks to the chip over USB CDC: no baud rate, no garbling.
+    pub fn usb_cdc(self) -> bool {
+        self == SimBoard::UsbJtag
+    }
+}
+
+impl std::fmt::Display for SimBoard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.path_name())
+    }
+}
+
+/// The chip model: what esptool reads when it identifies the chip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// ESP32-D0WD-V3 (see `esp32`).
+    Esp32,
+    /// ESP32-C3 revision v0.4 (see `esp32c3`).
+    Esp32c3,
+}
+
+/// Lines after which the USB-Serial/JTAG peripheral resets the chip: DTR released, RTS
+/// asserted (pyserial sense).
+pub const USB_RESET_LINES: Lines = Lines {
+    dtr: false,
+    rts: true,
+};
+
+/// The USB-Serial/JTAG peripheral's reset logic: entering (DTR released, RTS asserted)
+/// resets the chip, into the ROM download mode iff the lines were (asserted, asserted) just
+/// before (which is why esptool's USBJTAGSerialReset goes through (1,1), not (0,0)).
+/// `Some(download)` when `prev` → `new` resets.
+pub fn usb_jtag_reset(prev: Lines, new: Lines) -> Option<bool> {
+    (new == USB_RESET_LINES && prev != USB_RESET_LINES).then_some(prev.dtr && prev.rts)
+}
+
+/// The RC on a dev board's EN: its rising edge reaches the chip this long after the line
+/// (transistor or GPIO) lets go, and IO0 is sampled then. A falling edge acts at once.
+pub const EN_RC_DELAY: Duration = Duration::from_millis(1);
+
+/// Levels of the two strapping-relevant pins; `true` = high.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pins {
+    pub en: bool,
+    pub io0: bool,
+}
+
+impl Pins {
+    /// Both pulled up: the chip runs, and boots its application on the next reset.
+    pub const HIGH: Pins = Pins {
+        en: true,
+        io0: true,
+    };
+}
+
+/// Something that reached the chip's reset inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// The host's DTR/RTS (pyserial sense: true = asserted), on every board (on `Gpio` they
+    /// go nowhere).
+    Lines(Lines),
+    /// EN/IO0 levels set directly (GPIO wiring).
+    Pins(Pins),
+    /// The EN button, with BOOT held if `download`.
+    Button { download: bool },
+}
+
+/// One input change; `at` is the simulator's time (since the device was created).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InputRecord {
+    pub at: Duration,
+    pub input: Input,
+}
+
+/// Where a boot went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootMode {
+    App,
+    Download,
+}
+
+impl BootMode {
+    /// `app` / `download`, as in the debug log line.
+    pub fn short(self) -> &'static str {
+        match self {
+            BootMode::App => "app",
+            BootMode::Download => "download",
+        }
+    }
+}
+
+/// What reset the chip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetCause {
+    /// The simulator was created.
+    PowerOn,
+    /// EN rose (after its RC delay).
+    EnPin,
+    /// The USB-Serial/JTAG peripheral (DTR/RTS pattern).
+    UsbJtag,
+    /// A software reset (loader FLASH_END asking for a reboot): keeps the latched straps.
+    Software,
+    /// The EN button.
+    Button,
+}
+
+/// One boot; `n` is the boot number (power-on is 1), `at` the simulator's time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootRecord {
+    pub n: u32,
+    pub at: Duration,
+    pub mode: BootMode,
+    pub cause: ResetCause,
+}
+
+/// How many input changes and boots the chip remembers (the oldest go first).
+pub const RECORD_LEN: usize = 256;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const fn l(dtr: bool, rts: bool) -> Lines {
+        Lines { dtr, rts }
+    }
+
+    #[test]
+    fn usb_jtag_truth_table() {
+        let all = [
+            l(false, false),
+            l(true, false),
+            l(true, true),
+            l(false, true),
+        ];
+        for prev in all {
+            for new in all {
+                let got = usb_jtag_reset(prev, new);
+                let want = if new == l(false, true) && prev != new {
+                    Some(prev == l(true, true))
+                } else {
+                    None
+                };
+                assert_eq!(got, want, "{prev:?} -> {new:?}");
+            }
+        }
+        // esptool's USBJTAGSerialReset: (0,0) (1,0) (1,1) (0,1) (0,0): one reset, to download.
+        let seq = [
+            l(false, false),
+            l(true, false),
+            l(true, true),
+            l(false, true),
+            l(false, false),
+        ];
+        let resets: Vec<bool> = seq
+            .windows(2)
+            .filter_map(|w| usb_jtag_reset(w[0], w[1]))
+            .collect();
+        assert_eq!(resets, vec![true]);
+        // esptool's HardReset (RTS pulse): a reset into the application.
+        assert_eq!(usb_jtag_reset(l(false, false), l(false, true)), Some(false));
+    }
+
+    #[test]
+    fn path_names_round_trip() {
+        for b in SimBoard::ALL {
+            assert_eq!(SimBoard::from_path_name(b.path_name()), Some(b));
+        }
+        assert_eq!(SimBoard::from_path_name("sim-uart"), None);
+        assert_eq!(SimBoard::UsbJtag.target(), Target::Esp32c3);
+    }
+}

@@ -1,0 +1,111 @@
+//! What the simulated ESP32-C3 says about itself: an ESP32-C3 (QFN32) revision v0.4 with
+//! external flash, its MAC in eFuse block 1, and the GET_SECURITY_INFO answer esptool 5 uses
+//! to identify it (`targets/esp32c3.py`: chip id 5, no secure boot or encryption).
+
+/// eFuse controller; block 1 (MAC, package, revision) starts at +0x44.
+pub const EFUSE_BASE: u32 = 0x6000_8800;
+pub const EFUSE_BLOCK1: u32 = EFUSE_BASE + 0x044;
+/// Everything of the eFuse block esptool may read (keys, purposes, security flags).
+const EFUSE_LEN: u32 = 0x200;
+
+/// SPI1 (the flash controller) register block, C3 layout (see `spi::ESP32C3_LAYOUT`).
+pub const SPI_BASE: u32 = 0x6000_2000;
+pub const SPI_BLOCK_LEN: u32 = 0x100;
+
+/// UART0 clock divider and date registers.
+pub const UART_CLKDIV: u32 = 0x6000_0014;
+pub const UART_DATE: u32 = 0x6000_007C;
+/// Latched strapping pins (`boot:0x..` in the ROM banner).
+pub const GPIO_STRAP: u32 = 0x6000_4038;
+/// The first word of the ROM (`CHIP_DETECT_MAGIC_REG_ADDR`): esptool only reads it when
+/// GET_SECURITY_INFO fails; this is one of the C3 values it knows.
+pub const CHIP_DETECT_MAGIC_REG: u32 = 0x4000_1000;
+pub const ESP32C3_MAGIC: u32 = 0x1B31_506F;
+
+/// `IMAGE_CHIP_ID` of the ESP32-C3: what GET_SECURITY_INFO reports as the chip id.
+pub const CHIP_ID: u32 = 5;
+/// The ROM API version GET_SECURITY_INFO reports (ECO3 and later).
+pub const API_VERSION: u32 = 3;
+
+/// The base MAC, Espressif OUI 34:85:18.
+pub const MAC: [u8; 6] = [0x34, 0x85, 0x18, 0x0C, 0x3A, 0x5E];
+
+/// Strapping values as the ROM banner prints them.
+pub const STRAP_DOWNLOAD: u32 = 0x07;
+pub const STRAP_SPI_BOOT: u32 = 0x0C;
+
+/// APB clock under the ROM and the stub (the UART divider follows it).
+pub const APB_HZ: u32 = 40_000_000;
+
+/// eFuse block 1 word `n` (esptool reads `EFUSE_BLOCK1_ADDR + 4 * n`).
+pub fn block1_word(n: u32) -> u32 {
+    match n {
+        // MAC bytes 2..6, big-endian, as `read_mac` reassembles them ...
+        0 => u32::from_be_bytes([MAC[2], MAC[3], MAC[4], MAC[5]]),
+        // ... and bytes 0..2 in the low half of the next word.
+        1 => u32::from(MAC[0]) << 8 | u32::from(MAC[1]),
+        // Minor revision low bits (18..21) = 4; package 0 (QFN32, bits 21..24); no
+        // embedded flash (bits 27..30).
+        3 => 4 << 18,
+        // Major revision 0 (bits 24..26), minor revision high bit (23) clear.
+        _ => 0,
+    }
+}
+
+/// Registers that describe the chip; `None` for everything else.
+pub fn identity_reg(addr: u32, uart_baud: u32, download: bool) -> Option<u32> {
+    Some(match addr {
+        CHIP_DETECT_MAGIC_REG => ESP32C3_MAGIC,
+        UART_CLKDIV => (APB_HZ / uart_baud.max(1)) & 0xF_FFFF,
+        UART_DATE => 0x2000_0000,
+        GPIO_STRAP => {
+            if download {
+                STRAP_DOWNLOAD
+            } else {
+                STRAP_SPI_BOOT
+            }
+        }
+        a if (EFUSE_BLOCK1..EFUSE_BLOCK1 + 0x18).contains(&a) && a % 4 == 0 => {
+            block1_word((a - EFUSE_BLOCK1) / 4)
+        }
+        // Security flags, key purposes, crypt counters: all zero (an open chip).
+        a if (EFUSE_BASE..EFUSE_BASE + EFUSE_LEN).contains(&a) && a % 4 == 0 => 0,
+        _ => return None,
+    })
+}
+
+/// The GET_SECURITY_INFO answer: flags, flash_crypt_cnt, 7 key purposes, chip id, API
+/// version (`<IBBBBBBBBII`).
+pub fn security_info() -> [u8; 20] {
+    let mut out = [0u8; 20];
+    out[12..16].copy_from_slice(&CHIP_ID.to_le_bytes());
+    out[16..20].copy_from_slice(&API_VERSION.to_le_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_like_esptool_does() {
+        let reg = |a: u32| identity_reg(a, 115_200, true).unwrap();
+        let w3 = reg(EFUSE_BLOCK1 + 12);
+        let w5 = reg(EFUSE_BLOCK1 + 20);
+        assert_eq!((w3 >> 21) & 7, 0, "pkg: ESP32-C3 (QFN32)");
+        let minor = (((w5 >> 23) & 1) << 3) + ((w3 >> 18) & 7);
+        assert_eq!(((w5 >> 24) & 3, minor), (0, 4), "revision v0.4");
+        assert_eq!((w3 >> 27) & 7, 0, "no embedded flash");
+        // read_mac: pack(">II", mac1, mac0)[2:]
+        let mut bits = [0u8; 8];
+        bits[..4].copy_from_slice(&reg(EFUSE_BLOCK1 + 4).to_be_bytes());
+        bits[4..].copy_from_slice(&reg(EFUSE_BLOCK1).to_be_bytes());
+        assert_eq!(bits[2..8], MAC);
+        // Secure boot off (EFUSE_BASE + 0x38 bit 20), encryption counter 0.
+        assert_eq!(reg(EFUSE_BASE + 0x38), 0);
+        assert_eq!(reg(EFUSE_BASE + 0x34), 0);
+        let si = security_info();
+        assert_eq!(u32::from_le_bytes(si[12..16].try_into().unwrap()), 5);
+        assert_eq!(u32::from_le_bytes(si[0..4].try_into().unwrap()) & 1 << 2, 0);
+    }
+}
