@@ -285,7 +285,9 @@ impl Bridge {
     fn open_device(&mut self) {
         let mut result: io::Result<Box<dyn Device>> = match &self.spec.path {
             DevicePath::Tty(p) => Tty::open(p, &self.configured).map(|d| Box::new(d) as _),
-            DevicePath::Sim { flash_file } => open_sim(flash_file.clone(), &self.configured),
+            DevicePath::Sim { board, flash_file } => {
+                open_sim(*board, flash_file.clone(), &self.name, &self.configured)
+            }
         };
         if self.spec.reset == ResetKind::Gpio {
             let gpio = self.spec.gpio.clone().unwrap_or_default();
@@ -633,7 +635,11 @@ fn policy_for(spec: &DeviceSpec) -> Policy {
         ResetKind::Passthrough => Policy::Passthrough,
         ResetKind::None => Policy::None,
         ResetKind::Auto => match &spec.path {
-            DevicePath::Sim { .. } => esp,
+            // sim-gpio's GPIO wiring is the simulator's own (`sim::SimGpioWired`).
+            DevicePath::Sim { board, .. } => match board {
+                crate::sim::SimBoard::UsbJtag => Policy::UsbJtag,
+                crate::sim::SimBoard::DevKit | crate::sim::SimBoard::Gpio => esp,
+            },
             DevicePath::Tty(p) => match crate::identity::usb_id(p, std::path::Path::new("/sys")) {
                 Some(id) if id.is_esp_usb_jtag() => Policy::UsbJtag,
                 Some(id) if id.is_uart_bridge() => esp,
@@ -644,15 +650,19 @@ fn policy_for(spec: &DeviceSpec) -> Policy {
 }
 
 fn open_sim(
+    board: crate::sim::SimBoard,
     flash_file: Option<std::path::PathBuf>,
+    name: &str,
     settings: &LineSettings,
 ) -> io::Result<Box<dyn Device>> {
-    let mut sim = crate::sim::SimDevice::spawn(crate::sim::SimOptions {
+    let (mut sim, _) = crate::sim::open(crate::sim::SimOptions {
         flash_file,
+        board,
+        name: Some(name.to_owned()),
         ..Default::default()
     })?;
     sim.apply(settings)?;
-    Ok(Box::new(sim))
+    Ok(sim)
 }
 
 /// The device's reset policy plus the record of the sequence in progress: every line change

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::sim::SimBoard;
+
 /// The first TCP port handed out when a device has none configured (the old portal's too).
 pub const DEFAULT_BASE_PORT: u16 = 4001;
 
@@ -36,20 +38,27 @@ impl Default for Config {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DevicePath {
     Tty(PathBuf),
-    /// The built-in simulated ESP32, optionally keeping its flash in a file.
+    /// A built-in simulated board (`sim`: ESP32 DevKit, `sim-usb`: ESP32-C3 on USB-Serial/JTAG,
+    /// `sim-gpio`: ESP32 with EN/IO0 on GPIOs), optionally keeping its flash in a file
+    /// (`sim-usb:FLASHFILE`).
     Sim {
+        board: SimBoard,
         flash_file: Option<PathBuf>,
     },
 }
 
 impl DevicePath {
     fn parse(s: &str) -> DevicePath {
-        match s.strip_prefix("sim") {
-            Some("") => DevicePath::Sim { flash_file: None },
-            Some(rest) if rest.starts_with(':') => DevicePath::Sim {
-                flash_file: Some(PathBuf::from(&rest[1..])),
+        let (head, file) = match s.split_once(':') {
+            Some((head, file)) => (head, Some(PathBuf::from(file))),
+            None => (s, None),
+        };
+        match SimBoard::from_path_name(head) {
+            Some(board) => DevicePath::Sim {
+                board,
+                flash_file: file,
             },
-            _ => DevicePath::Tty(PathBuf::from(s)),
+            None => DevicePath::Tty(PathBuf::from(s)),
         }
     }
 }
@@ -58,7 +67,7 @@ impl fmt::Display for DevicePath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DevicePath::Tty(p) => write!(f, "{}", p.display()),
-            DevicePath::Sim { .. } => write!(f, "sim"),
+            DevicePath::Sim { board, .. } => write!(f, "{board}"),
         }
     }
 }
@@ -143,7 +152,10 @@ impl DeviceSpec {
     /// The device `--demo` adds: a simulated ESP32 on the next free port.
     pub fn demo() -> DeviceSpec {
         DeviceSpec {
-            path: DevicePath::Sim { flash_file: None },
+            path: DevicePath::Sim {
+                board: SimBoard::DevKit,
+                flash_file: None,
+            },
             port: None,
             name: Some("demo-esp32".into()),
             baud: default_baud(),
@@ -162,7 +174,7 @@ impl DeviceSpec {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| p.display().to_string()),
-            DevicePath::Sim { .. } => "sim".into(),
+            DevicePath::Sim { board, .. } => board.path_name().into(),
         }
     }
 }
@@ -238,7 +250,13 @@ mod tests {
         assert_eq!(c.devices.len(), 2);
         assert_eq!(c.devices[0].port, Some(4100));
         assert_eq!(c.devices[0].baud, 921_600);
-        assert_eq!(c.devices[1].path, DevicePath::Sim { flash_file: None });
+        assert_eq!(
+            c.devices[1].path,
+            DevicePath::Sim {
+                board: SimBoard::DevKit,
+                flash_file: None
+            }
+        );
         assert_eq!(c.devices[1].reset, ResetKind::Auto);
         let c = Config::parse(
             "[[device]]\npath = \"/dev/ttyACM0\"\nreset = \"usb-jtag\"\nesp32r0 = true\n",
@@ -283,8 +301,33 @@ mod tests {
         assert_eq!(
             d.path,
             DevicePath::Sim {
+                board: SimBoard::DevKit,
                 flash_file: Some("/tmp/f.bin".into())
             }
+        );
+        let d = DeviceSpec::parse_flag("sim-usb:/tmp/f2.bin=0").unwrap();
+        assert_eq!(
+            d.path,
+            DevicePath::Sim {
+                board: SimBoard::UsbJtag,
+                flash_file: Some("/tmp/f2.bin".into())
+            }
+        );
+        assert_eq!((d.port, d.display_name()), (Some(0), "sim-usb".into()));
+        let d = DeviceSpec::parse_flag("sim-gpio").unwrap();
+        assert_eq!(
+            d.path,
+            DevicePath::Sim {
+                board: SimBoard::Gpio,
+                flash_file: None
+            }
+        );
+        assert_eq!(d.path.to_string(), "sim-gpio");
+        let p = "/dev/serial/by-path/pci-0000:00:14.0-usb-0:1:1.0-port0";
+        assert_eq!(DevicePath::parse(p), DevicePath::Tty(p.into()));
+        assert_eq!(
+            DevicePath::parse("sim-uart"),
+            DevicePath::Tty("sim-uart".into())
         );
         assert!(DeviceSpec::parse_flag("/dev/x=abc").is_err());
     }
