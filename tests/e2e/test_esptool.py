@@ -21,7 +21,7 @@ from conftest import wait_for
 
 SIM_MAC = "24:0a:c4:5e:1a:70"
 QUERIES = [pytest.param("", id="plain"), pytest.param("?ign_set_control", id="ign_set_control")]
-APP_LINE = re.compile(rb"sim: app running, boot #(\d+), uptime (\d+) s")
+APP_LINE = re.compile(rb"sim: app [^\r\n]*?boot #(\d+)")
 
 
 @pytest.fixture
@@ -130,7 +130,6 @@ def test_monitor_open_does_not_reset(sim):
         ser.rts = True
         later = read_app_line(ser, 5)
     assert first.group(1) == again.group(1) == later.group(1), (first.group(0), again.group(0), later.group(0))
-    assert int(later.group(2)) >= int(first.group(2))
 
 
 def test_esptool_reset_then_app_runs_again(sim):
