@@ -259,6 +259,16 @@ def proc_status_kib(pid: int, key: str) -> int:
     raise BenchError(f"no {key} in /proc/{pid}/status")
 
 
+def proc_smaps_kib(pid: int, key: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def wait_for(cond, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while True:
@@ -402,35 +412,68 @@ def ff_heavy(n: int, seed: int, ff_share: float = 0.3) -> bytes:
     return bytes(data)
 
 
-def measure_server(server: Server, dev: PtyDevice, bulk: bytes, samples: int) -> dict:
+def warm_up(client: Client):
+    """The path works and the negotiation bytes are out of the way."""
+    deadline = time.monotonic() + 10
+    for i in range(30):
+        msg = bytes([i]) * 8
+        client.send(msg)
+        if client.recv_exactly(len(msg), deadline) != msg:
+            raise BenchError("echo warm-up came back wrong")
+
+
+def round_trips(client: Client, size: int, n: int, rng: random.Random) -> list[float]:
+    out = []
+    for _ in range(n):
+        msg = rng.randbytes(size)
+        t0 = time.perf_counter()
+        client.send(msg)
+        back = client.recv_exactly(size, time.monotonic() + 5)
+        out.append(time.perf_counter() - t0)
+        if back != msg:
+            raise BenchError(f"{size}-byte echo came back wrong")
+    return out
+
+
+def measure_latency(targets: list[tuple[str, Server, PtyDevice]], samples: int, rounds: int = 10) -> dict:
+    """Round trips through every server, interleaved in `rounds` blocks so that background load
+    on a shared machine hits all of them alike."""
+    clients = {}
+    try:
+        for name, server, dev in targets:
+            dev.echo()
+            clients[name] = Client(server.port)
+            warm_up(clients[name])
+        rtts: dict = {(name, size): [] for name, _, _ in targets for size in (1, 64)}
+        rng = random.Random(7)
+        per_block = max(1, samples // rounds)
+        for _ in range(rounds):
+            for size in (1, 64):
+                for name, _, _ in targets:
+                    rtts[(name, size)] += round_trips(clients[name], size, per_block, rng)
+        res: dict = {name: {} for name, _, _ in targets}
+        for (name, size), v in rtts.items():
+            v.sort()
+            res[name][f"rtt{size}_median_us"] = statistics.median(v) * 1e6
+            res[name][f"rtt{size}_p99_us"] = v[min(len(v) - 1, int(len(v) * 0.99))] * 1e6
+            res[name][f"rtt{size}_n"] = len(v)
+        return res
+    finally:
+        for c in clients.values():
+            c.close()
+        for _, _, dev in targets:
+            dev.stop()
+
+
+def measure_bulk(server: Server, dev: PtyDevice, bulk: bytes) -> dict:
+    """Bulk each way (byte-exact), with the server's CPU time per MB and its memory."""
     pid = server.proc.pid
-    res: dict = {"idle_rss_kib": proc_status_kib(pid, "VmRSS")}
-    dev.echo()
+    res: dict = {}
     client = Client(server.port)
     try:
-        # warm up: the path works and negotiation bytes are out of the way
-        deadline = time.monotonic() + 10
-        for i in range(30):
-            msg = bytes([i]) * 8
-            client.send(msg)
-            if client.recv_exactly(len(msg), deadline) != msg:
-                raise BenchError("echo warm-up came back wrong")
-        rng = random.Random(7)
-        for size in (1, 64):
-            rtts = []
-            for _ in range(samples):
-                msg = rng.randbytes(size)
-                t0 = time.perf_counter()
-                client.send(msg)
-                back = client.recv_exactly(size, time.monotonic() + 5)
-                rtts.append(time.perf_counter() - t0)
-                if back != msg:
-                    raise BenchError(f"{size}-byte echo came back wrong")
-            rtts.sort()
-            res[f"rtt{size}_median_us"] = statistics.median(rtts) * 1e6
-            res[f"rtt{size}_p99_us"] = rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))] * 1e6
+        dev.echo()
+        warm_up(client)
         dev.stop()
-
         wire = escape(bulk)
         want_md5 = hashlib.md5(bulk).hexdigest()
         mb = len(bulk) / 1e6
@@ -464,6 +507,8 @@ def measure_server(server: Server, dev: PtyDevice, bulk: bytes, samples: int) ->
         res["cpu_ms_per_MB"] = (cpu_up + cpu_down) * 1e3 / (2 * mb)
         res["hwm_kib"] = proc_status_kib(pid, "VmHWM")
         res["rss_kib"] = proc_status_kib(pid, "VmRSS")
+        res["rss_anon_kib"] = proc_status_kib(pid, "RssAnon")
+        res["pss_kib"] = proc_smaps_kib(pid, "Pss")
     finally:
         client.close()
         dev.stop()
@@ -512,48 +557,66 @@ def measure_esptool(tmp: Path, image: bytes) -> dict:
             "--port", f"rfc2217://127.0.0.1:{port}", "-b", "921600",
             "write-flash", "0x10000", str(img),
         ])
-        out["via_serialhub_s"] = dt if r.returncode == 0 else None
-        out["via_serialhub_err"] = None if r.returncode == 0 else (r.stdout + r.stderr)[-800:]
     finally:
         hub.stop()
-    if out["via_serialhub_s"] is not None and not flash_holds(flash1, 0x10000, image):
-        out["via_serialhub_err"] = "flash file does not hold the image"
-        out["via_serialhub_s"] = None
+    record(out, "via_serialhub", dt, r, flash1, image)
 
     # 2. straight on the simulated chip's PTY
-    flash2 = tmp / "flash-direct.bin"
-    link = tmp / "ttySIM"
-    log_path = tmp / "sim.log"
-    with open(log_path, "wb") as log:
-        sim = subprocess.Popen(
-            [BIN, "sim", "--pty", str(link), "--bootloader", "--flash", str(flash2)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-        )
-    try:
-        def ready():
-            if sim.poll() is not None:
-                raise BenchError(f"serialhub sim exited {sim.returncode}: {log_path.read_text(errors='replace')[-500:]}")
-            return link.exists()
-
-        wait_for(ready, 10, "the sim's PTY link")
+    with SimPty(tmp, "direct") as sim:
         dt, r = esptool([
-            "--port", str(link), "--before", "no-reset", "--after", "no-reset", "-b", "921600",
+            "--port", str(sim.link), "--before", "no-reset", "--after", "no-reset", "-b", "921600",
             "write-flash", "0x10000", str(img),
         ])
-        out["direct_s"] = dt if r.returncode == 0 else None
-        out["direct_err"] = None if r.returncode == 0 else (r.stdout + r.stderr)[-800:]
-    finally:
-        if sim.poll() is None:
-            sim.send_signal(signal.SIGTERM)
-            try:
-                sim.wait(10)
-            except subprocess.TimeoutExpired:
-                sim.kill()
-                sim.wait()
-    if out["direct_s"] is not None and not flash_holds(flash2, 0x10000, image):
-        out["direct_err"] = "flash file does not hold the image"
-        out["direct_s"] = None
+        record(out, "direct", dt, r, sim.flash, image)
+
     return out
+
+
+def record(out: dict, key: str, dt: float, r: subprocess.CompletedProcess, flash: Path, image: bytes):
+    ok = r.returncode == 0
+    out[f"{key}_err"] = None if ok else (r.stdout + r.stderr)[-800:]
+    if ok and not flash_holds(flash, 0x10000, image):
+        out[f"{key}_err"] = "flash file does not hold the image"
+        ok = False
+    out[f"{key}_s"] = dt if ok else None
+
+
+class SimPty:
+    """`serialhub sim --pty LINK --bootloader --flash FILE` for the duration of a `with`."""
+
+    def __init__(self, tmp: Path, tag: str):
+        self.link = tmp / f"ttySIM-{tag}"
+        self.flash = tmp / f"flash-{tag}.bin"
+        self.log_path = tmp / f"sim-{tag}.log"
+
+    def __enter__(self):
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [BIN, "sim", "--pty", str(self.link), "--bootloader", "--flash", str(self.flash)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            )
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise BenchError(f"serialhub sim exited {self.proc.returncode}: "
+                                 f"{self.log_path.read_text(errors='replace')[-500:]}")
+            return self.link.exists()
+
+        try:
+            wait_for(ready, 10, "the sim's PTY link")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -626,11 +689,16 @@ def build_table(hub: dict, ref: dict | None, esp: dict | None) -> list[tuple[str
     hwm = hub.get("hwm_kib")
     rows.append(("peak RSS, VmHWM (KiB)", fmt(hwm, "d"), fmt(ref.get("hwm_kib"), "d"),
                  "< 2048 KiB (" + verdict(None if hwm is None else hwm < 2048) + ")"))
+    rows.append(("  of which anonymous (heap, stacks) (KiB)", fmt(hub.get("rss_anon_kib"), "d"),
+                 fmt(ref.get("rss_anon_kib"), "d"), ""))
+    rows.append(("  PSS, shared libraries split (KiB)", fmt(hub.get("pss_kib"), "d"),
+                 fmt(ref.get("pss_kib"), "d"), ""))
     rows.append(("RSS idle before the first client (KiB)", fmt(hub.get("idle_rss_kib"), "d"),
                  fmt(ref.get("idle_rss_kib"), "d"), ""))
     if esp is not None:
         rows.append(("esptool write-flash 1 MiB @921600 (s)", fmt(esp.get("via_serialhub_s"), ".1f"),
-                     "—", f"direct on the sim's PTY: {fmt(esp.get('direct_s'), '.1f')} s"))
+                     "—",
+                     f"direct on the sim's PTY: {fmt(esp.get('direct_s'), '.1f')} s"))
     return rows
 
 
@@ -661,10 +729,16 @@ def render_md(rows, notes, args, hub, ref, esp, errors, runtime) -> str:
         "(echo for round trips, sink/source for bulk). Both servers serve the same kind of PTY, one at a time.",
         "- Client: a minimal raw RFC 2217 socket client (`DO`/`WILL COM-PORT-OPTION`, then data with 0xFF "
         "doubled), TCP_NODELAY, on 127.0.0.1.",
-        f"- Round trips: {args.samples} samples each of 1-byte and 64-byte random messages after 30 warm-up echoes.",
+        f"- Round trips: {args.samples} samples each of 1-byte and 64-byte random messages after 30 warm-up echoes; "
+        "both servers run at the same time, each with its own PTY, and the samples alternate between them in "
+        "10 blocks, so background load on the machine hits both alike.",
+        "- Throughput is bounded by the Python client and the PTY (numbers are for comparison, not the "
+        "servers' limits); CPU per MB is the server's own cost.",
         f"- Bulk: {args.mib} MiB of random data of which ~30 % is 0xFF, each way, checked byte-exact (MD5).",
         "- CPU: utime+stime of the server process (all threads) from /proc/PID/stat around each bulk transfer, "
-        "per MB (10^6 bytes) of payload. Peak RSS: VmHWM from /proc/PID/status after the run.",
+        "per MB (10^6 bytes) of payload. Peak RSS: VmHWM from /proc/PID/status after the run; RssAnon "
+        "(status) and PSS (smaps_rollup) at the same moment show how much of it is file-backed, "
+        "shared pages of libc and the binary itself.",
         "- ser2net: Debian's package, foreground (`ser2net -n -u -c FILE`), YAML config "
         "`accepter: telnet(rfc2217),tcp,127.0.0.1,PORT`, `connector: serialdev,/dev/pts/N,115200n81,local`, "
         "options `chardelay: false`, `max-connections: 1`.",
@@ -714,38 +788,48 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="serialhub-bench-") as tmpdir:
         tmp = Path(tmpdir)
 
-        dev = PtyDevice()
-        hub = Serialhub([f"{dev.path}=0"], tmp)
+        targets: list[tuple[str, Server, PtyDevice]] = []
         try:
+            dev = PtyDevice()
+            hub = Serialhub([f"{dev.path}=0"], tmp)
+            targets.append(("serialhub", hub, dev))
             hub.wait_port(dev.path)
             hub.wait_log(r"opened " + re.escape(dev.path))
-            print(f"serialhub on 127.0.0.1:{hub.port} serving {dev.path} ...", flush=True)
-            hub_res = measure_server(hub, dev, bulk, args.samples)
-        except BenchError as e:
-            errors.append(f"serialhub: {e}")
-        finally:
-            hub.stop()
-            dev.close()
-            if hub.proc.returncode not in (0, None):
-                errors.append(f"serialhub exited {hub.proc.returncode} after SIGTERM")
-
-        if not args.no_ser2net:
-            problem = ensure_ser2net()
-            if problem:
-                errors.append(problem)
-            else:
-                dev = PtyDevice()
-                s2n = None
+            hub_res["idle_rss_kib"] = proc_status_kib(hub.proc.pid, "VmRSS")
+            print(f"serialhub on 127.0.0.1:{hub.port} serving {dev.path}", flush=True)
+            if not args.no_ser2net:
+                problem = ensure_ser2net()
+                if problem:
+                    errors.append(problem)
+                else:
+                    dev2 = PtyDevice()
+                    try:
+                        s2n = Ser2net(dev2.path, tmp)
+                    except BaseException:
+                        dev2.close()
+                        raise
+                    targets.append(("ser2net", s2n, dev2))
+                    ref_res = {"idle_rss_kib": proc_status_kib(s2n.proc.pid, "VmRSS")}
+                    print(f"ser2net on 127.0.0.1:{s2n.port} serving {dev2.path}", flush=True)
+            print(f"round trips: {args.samples} x 1 B and 64 B each, interleaved ...", flush=True)
+            lat = measure_latency(targets, args.samples)
+            hub_res.update(lat["serialhub"])
+            if ref_res is not None:
+                ref_res.update(lat["ser2net"])
+            for name, server, dev in targets:
+                print(f"bulk {args.mib} MiB each way through {name} ...", flush=True)
                 try:
-                    s2n = Ser2net(dev.path, tmp)
-                    print(f"ser2net on 127.0.0.1:{s2n.port} serving {dev.path} ...", flush=True)
-                    ref_res = measure_server(s2n, dev, bulk, args.samples)
+                    (hub_res if name == "serialhub" else ref_res).update(measure_bulk(server, dev, bulk))
                 except BenchError as e:
-                    errors.append(f"ser2net: {e}")
-                finally:
-                    if s2n:
-                        s2n.stop()
-                    dev.close()
+                    errors.append(f"{name} bulk: {e}")
+        except BenchError as e:
+            errors.append(str(e))
+        finally:
+            for name, server, dev in targets:
+                server.stop()
+                dev.close()
+                if name == "serialhub" and server.proc.returncode not in (0, None):
+                    errors.append(f"serialhub exited {server.proc.returncode} after SIGTERM")
 
         if not args.no_esptool:
             print("esptool write-flash 1 MiB at 921600 (through serialhub, then straight on the sim PTY) ...", flush=True)
