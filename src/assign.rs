@@ -219,7 +219,13 @@ impl Assignments {
             .ok_or_else(|| io::Error::other(format!("no free TCP port from {}", self.base)))?;
         self.ports.insert(key.clone(), port);
         info!("{key}: assigned port {port}");
-        self.save()?;
+        if let Err(e) = self.save() {
+            // Serving matters more than remembering: keep the assignment in memory.
+            warn!(
+                "cannot write {}: {e}; the assignment of port {port} to {key} will not survive a restart (check the directory's permissions, or pass --state FILE)",
+                self.file.display()
+            );
+        }
         Ok(port)
     }
 

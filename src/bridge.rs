@@ -6,9 +6,9 @@
 //! local reader); a fast client fills `to_device`, which stops us reading the socket.
 
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -17,9 +17,11 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{setsockopt, sockopt};
 
-use crate::config::{Config, DevicePath, DeviceSpec, ResetKind};
+use crate::assign::DeviceKey;
+use crate::config::{DevicePath, DeviceSpec, ResetKind};
 use crate::device::{Device, LineSettings, Lines, ModemStatus, Purge, Tty};
 use crate::lines::GpioWired;
+use crate::registry::{ClientInfo, DeviceState, Registry, Stats};
 use crate::reset::{Policy, ResetError, ResetTo, Resetter};
 use crate::session::{Port, Session};
 
@@ -33,6 +35,8 @@ const MODEM_POLL: Duration = Duration::from_secs(1);
 /// Re-open back-off for a device that cannot be opened (first try, then doubling).
 const REOPEN_MIN: Duration = Duration::from_millis(500);
 const REOPEN_MAX: Duration = Duration::from_secs(30);
+/// Re-open cadence while a vanished device may be re-enumerating.
+const REOPEN_LOST: Duration = Duration::from_millis(50);
 /// How long a settings change may wait for queued client data to reach the device first.
 const DRAIN_BEFORE_APPLY: Duration = Duration::from_secs(2);
 
@@ -46,6 +50,27 @@ pub enum BridgeCommand {
     Shutdown,
     /// Reset the chip through the device's reset policy; the result is sent back.
     Reset(ResetTo, mpsc::Sender<Result<(), ResetError>>),
+    /// The device is back under another node (USB re-enumeration): open that one.
+    Replace(DevicePath),
+    /// Try to open the device now (its node appeared or its permissions changed).
+    Retry,
+    /// Close the client, if any, with this reason.
+    Disconnect(String),
+    /// The device node was removed (the supervisor saw it go).
+    Gone,
+}
+
+/// What a bridge shares with the rest of the daemon.
+pub struct Shared {
+    pub registry: Arc<Registry>,
+    pub key: DeviceKey,
+    pub stats: Arc<Stats>,
+    /// How long a client outlives its vanished device (re-enumeration grace).
+    pub grace: Duration,
+    /// Do not open the device before this (driver settle delay after hotplug).
+    pub open_after: Instant,
+    /// The reset policy in force (from the config, or picked from the USB identity).
+    pub policy: Policy,
 }
 
 /// How another thread talks to a running bridge.
@@ -53,7 +78,7 @@ pub struct BridgeHandle {
     pub name: String,
     pub addr: SocketAddr,
     tx: mpsc::Sender<BridgeCommand>,
-    wake: std::sync::Arc<EventFd>,
+    wake: Arc<EventFd>,
     thread: thread::JoinHandle<()>,
 }
 
@@ -80,123 +105,15 @@ impl BridgeHandle {
     }
 }
 
-/// Run the daemon: bind every device's port, start one thread per device, and on SIGINT or
-/// SIGTERM restore the devices and exit.
-pub fn serve(config: Config) -> Result<(), String> {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGINT);
-    mask.add(Signal::SIGTERM);
-    // Block before spawning, so every bridge thread inherits the mask and only the main
-    // thread ever sees the signal (in `wait`).
-    mask.thread_block()
-        .map_err(|e| format!("cannot block signals: {e}"))?;
-
-    let listeners = bind_all(&config)?;
-    let mut handles = Vec::new();
-    for (spec, listener) in config.devices.iter().zip(listeners) {
-        handles.push(spawn(spec.clone(), listener).map_err(|e| e.to_string())?);
-    }
-    notify_systemd("READY=1");
-    let sig = mask
-        .wait()
-        .map_err(|e| format!("waiting for signals: {e}"))?;
-    info!("{sig:?}: restoring devices and exiting");
-    notify_systemd("STOPPING=1");
-    for h in &handles {
-        h.send(BridgeCommand::Shutdown);
-    }
-    for h in handles {
-        h.join();
-    }
-    Ok(())
-}
-
-/// Tell systemd (`Type=notify`) that every port is listening, so units ordered after us and
-/// `systemctl start` return only once clients can connect. A no-op outside systemd.
-fn notify_systemd(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(e) => return warn!("cannot notify systemd: {e}"),
-    };
-    let bytes = path.as_encoded_bytes();
-    let result = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
-            .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
-    } else {
-        sock.send_to(state.as_bytes(), &path)
-    };
-    if let Err(e) = result {
-        warn!("cannot notify systemd: {e}");
-    }
-}
-
-/// Bind every device's port up front, so a port conflict stops the daemon at start with a
-/// message rather than leaving a device silently unserved. Configured ports first; devices
-/// without one take the lowest free port from `base_port`.
-fn bind_all(config: &Config) -> Result<Vec<TcpListener>, String> {
-    let mut slots: Vec<Option<TcpListener>> = Vec::new();
-    for spec in &config.devices {
-        slots.push(match spec.port {
-            Some(p) => Some(bind(config.bind, p).map_err(|e| {
-                format!(
-                    "cannot listen on {}:{p} for {}: {e} (is another server using it? pick another `port`)",
-                    config.bind, spec.path
-                )
-            })?),
-            None => None,
-        });
-    }
-    let mut next = config.base_port;
-    for (spec, slot) in config.devices.iter().zip(slots.iter_mut()) {
-        if slot.is_some() {
-            continue;
-        }
-        loop {
-            let taken = config.devices.iter().any(|d| d.port == Some(next));
-            if !taken {
-                match bind(config.bind, next) {
-                    Ok(l) => {
-                        *slot = Some(l);
-                        next = next.saturating_add(1);
-                        break;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
-                    Err(e) => return Err(format!("cannot listen on {}:{next}: {e}", config.bind)),
-                }
-            }
-            if next == u16::MAX {
-                return Err(format!(
-                    "no free TCP port from {} for {}",
-                    config.base_port, spec.path
-                ));
-            }
-            next += 1;
-        }
-    }
-    Ok(slots.into_iter().flatten().collect())
-}
-
-fn bind(ip: IpAddr, port: u16) -> io::Result<TcpListener> {
-    // std sets SO_REUSEADDR on Unix, so a restart does not wait out TIME_WAIT.
-    let l = TcpListener::bind((ip, port))?;
-    l.set_nonblocking(true)?;
-    Ok(l)
-}
-
 /// Start a bridge thread for `spec` on an already bound listener.
-pub fn spawn(spec: DeviceSpec, listener: TcpListener) -> io::Result<BridgeHandle> {
+pub fn spawn(spec: DeviceSpec, listener: TcpListener, shared: Shared) -> io::Result<BridgeHandle> {
     let name = spec.display_name();
     let addr = listener.local_addr()?;
-    let wake = std::sync::Arc::new(EventFd::from_flags(
+    let wake = Arc::new(EventFd::from_flags(
         EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
     )?);
     let (tx, rx) = mpsc::channel();
-    let policy = policy_for(&spec);
+    let policy = shared.policy;
     info!(
         "{name} ({}) listening on {addr}, reset policy {policy:?}",
         spec.path
@@ -212,9 +129,12 @@ pub fn spawn(spec: DeviceSpec, listener: TcpListener) -> io::Result<BridgeHandle
         wake: wake.clone(),
         commands: rx,
         device: None,
-        lines: LineDriver::new(policy),
-        reopen_at: Instant::now(),
+        lines: LineDriver::new(policy, shared.stats.clone()),
+        reopen_at: shared.open_after,
         reopen_delay: REOPEN_MIN,
+        lost_since: None,
+        dropped_while_lost: 0,
+        shared,
         client: None,
         to_client: Vec::with_capacity(CLIENT_HIGH_WATER),
         to_device: Vec::with_capacity(DEVICE_HIGH_WATER),
@@ -248,8 +168,12 @@ struct Bridge {
     /// The settings the device has when no client is connected.
     configured: LineSettings,
     listener: TcpListener,
-    wake: std::sync::Arc<EventFd>,
+    wake: Arc<EventFd>,
     commands: mpsc::Receiver<BridgeCommand>,
+    shared: Shared,
+    /// The device vanished while a client was connected; the client waits for it.
+    lost_since: Option<Instant>,
+    dropped_while_lost: u64,
     device: Option<Box<dyn Device>>,
     /// The device's reset policy and any sequence in progress; outlives clients.
     lines: LineDriver,
@@ -295,14 +219,48 @@ impl Bridge {
             result = result.and_then(|d| Ok(Box::new(GpioWired::new(d, gpio, &consumer)?) as _));
         }
         match result {
-            Ok(d) => {
+            Ok(mut d) => {
                 info!(
                     "{}: opened {} at {}",
                     self.name, self.spec.path, self.configured
                 );
-                self.lines = LineDriver::new(self.lines.resetter.policy());
-                self.device = Some(d);
+                self.lines = LineDriver::new(self.lines.resetter.policy(), self.shared.stats.clone());
                 self.reopen_delay = REOPEN_MIN;
+                if let (Some(c), Some(since)) = (&self.client, self.lost_since.take()) {
+                    // Re-enumerated (a native-USB chip resetting): the client carries on.
+                    let s = c.session.settings();
+                    if s != self.configured {
+                        if let Err(e) = d.apply(&s) {
+                            warn!("{}: cannot re-apply {s}: {e}", self.name);
+                        }
+                    }
+                    info!(
+                        "{}: device is back after {:.2} s; client {} carries on at {s}{}",
+                        self.name,
+                        since.elapsed().as_secs_f32(),
+                        c.addr,
+                        if self.dropped_while_lost > 0 {
+                            format!(" ({} bytes it sent meanwhile were dropped)", self.dropped_while_lost)
+                        } else {
+                            String::new()
+                        }
+                    );
+                    self.dropped_while_lost = 0;
+                }
+                self.device = Some(d);
+                let state = if self.client.is_some() {
+                    DeviceState::Connected
+                } else {
+                    DeviceState::Idle
+                };
+                self.shared.registry.update(&self.shared.key, |e| {
+                    e.state = state;
+                    e.tty = self.spec.path.to_string();
+                });
+            }
+            Err(e) if self.lost_since.is_some() => {
+                debug!("{}: {} not back yet: {e}", self.name, self.spec.path);
+                self.reopen_at = Instant::now() + REOPEN_LOST;
             }
             Err(e) => {
                 error!(
@@ -310,6 +268,10 @@ impl Bridge {
                     self.name,
                     self.spec.path,
                     self.reopen_delay.as_secs_f32()
+                );
+                self.shared.registry.set_state(
+                    &self.shared.key,
+                    DeviceState::Error(format!("cannot open {}: {e}", self.spec.path)),
                 );
                 self.reopen_at = Instant::now() + self.reopen_delay;
                 self.reopen_delay = (self.reopen_delay * 2).min(REOPEN_MAX);
@@ -384,6 +346,15 @@ impl Bridge {
         }
         self.run_reset_steps();
         self.poll_modem();
+        if let Some(t) = self.lost_since {
+            if t.elapsed() >= self.shared.grace {
+                self.lost_since = None;
+                self.drop_client(&format!(
+                    "the device did not come back within {:.1} s",
+                    self.shared.grace.as_secs_f32()
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -397,6 +368,23 @@ impl Bridge {
                 };
                 let _ = reply.send(result);
             }
+            BridgeCommand::Replace(path) => {
+                info!("{}: device now at {path}", self.name);
+                self.spec.path = path;
+                self.device = None;
+                self.reopen_at = Instant::now();
+            }
+            BridgeCommand::Retry => {
+                if self.device.is_none() {
+                    self.reopen_at = self.reopen_at.min(Instant::now()).max(self.shared.open_after);
+                }
+            }
+            BridgeCommand::Disconnect(why) => self.drop_client(&why),
+            BridgeCommand::Gone => {
+                if self.device.is_some() {
+                    self.device_lost("unplugged".into());
+                }
+            }
         }
         Ok(())
     }
@@ -404,7 +392,8 @@ impl Bridge {
     fn next_deadline(&self) -> Option<Instant> {
         let reopen = self.device.is_none().then_some(self.reopen_at);
         let modem = self.client.as_ref().map(|c| c.next_modem_poll);
-        [reopen, modem, self.lines.resetter.deadline()]
+        let grace = self.lost_since.map(|t| t + self.shared.grace);
+        [reopen, modem, grace, self.lines.resetter.deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -458,6 +447,14 @@ impl Bridge {
             self.to_device.clear();
             session.start(&mut self.to_client);
             info!("{}: client {addr} connected", self.name);
+            Stats::add(&self.shared.stats.connects, 1);
+            self.shared.registry.update(&self.shared.key, |e| {
+                e.state = DeviceState::Connected;
+                e.client = Some(ClientInfo {
+                    addr,
+                    since: std::time::SystemTime::now(),
+                });
+            });
             self.client = Some(Client {
                 stream,
                 addr,
@@ -484,6 +481,7 @@ impl Bridge {
                 Ok(n) => {
                     if let Some(c) = &mut self.client {
                         c.bytes_out += n as u64;
+                        Stats::add(&self.shared.stats.bytes_to_client, n as u64);
                         c.session.device_data(&self.buf[..n], &mut self.to_client);
                         self.flush_client();
                     }
@@ -496,13 +494,33 @@ impl Bridge {
     }
 
     fn device_lost(&mut self, why: String) {
-        error!(
-            "{}: device {} failed: {why}; closing it and retrying",
-            self.name, self.spec.path
-        );
         self.device = None;
-        self.reopen_at = Instant::now() + self.reopen_delay;
-        self.drop_client("the device went away");
+        self.to_device.clear();
+        self.shared
+            .registry
+            .set_state(&self.shared.key, DeviceState::Starting);
+        match &self.client {
+            Some(c) if !self.shared.grace.is_zero() => {
+                // Native-USB chips vanish for a moment when they reset; keep the client.
+                warn!(
+                    "{}: device {} went away ({why}); keeping client {} for {:.1} s in case it comes back",
+                    self.name,
+                    self.spec.path,
+                    c.addr,
+                    self.shared.grace.as_secs_f32()
+                );
+                self.lost_since = Some(Instant::now());
+                self.reopen_at = Instant::now() + REOPEN_LOST;
+            }
+            _ => {
+                error!(
+                    "{}: device {} failed: {why}; closing it and retrying",
+                    self.name, self.spec.path
+                );
+                self.reopen_at = Instant::now() + self.reopen_delay;
+                self.drop_client("the device went away");
+            }
+        }
     }
 
     fn on_client(&mut self, ev: PollFlags) {
@@ -523,18 +541,28 @@ impl Bridge {
             Err(e) => return self.drop_client(&format!("connection error: {e}")),
         };
         c.bytes_in += n as u64;
-        let Some(dev) = self.device.as_deref_mut() else {
-            return self.drop_client("the device went away");
+        Stats::add(&self.shared.stats.bytes_to_device, n as u64);
+        let result = match self.device.as_deref_mut() {
+            Some(dev) => {
+                let mut port = BridgePort {
+                    device: dev,
+                    to_device: &mut self.to_device,
+                    lines: &mut self.lines,
+                    name: &self.name,
+                };
+                c.session
+                    .on_client_bytes(&self.buf[..n], &mut port, &mut self.to_client)
+            }
+            None => {
+                // The device is re-enumerating: answer the protocol, remember settings (they
+                // are re-applied when it is back), drop the data.
+                let mut port = LostPort {
+                    dropped: &mut self.dropped_while_lost,
+                };
+                c.session
+                    .on_client_bytes(&self.buf[..n], &mut port, &mut self.to_client)
+            }
         };
-        let mut port = BridgePort {
-            device: dev,
-            to_device: &mut self.to_device,
-            lines: &mut self.lines,
-            name: &self.name,
-        };
-        let result = c
-            .session
-            .on_client_bytes(&self.buf[..n], &mut port, &mut self.to_client);
         if let Err(e) = result {
             return self.drop_client(&format!("disconnected: {e}"));
         }
@@ -621,11 +649,21 @@ impl Bridge {
         if let Some(dev) = self.device.as_deref_mut() {
             self.lines.apply(&self.name, local, dev);
         }
+        self.lost_since = None;
+        let state = if self.device.is_some() {
+            DeviceState::Idle
+        } else {
+            DeviceState::Starting
+        };
+        self.shared.registry.update(&self.shared.key, |e| {
+            e.state = state;
+            e.client = None;
+        });
     }
 }
 
 /// The reset policy a device gets: its `reset` key, or for `auto` a guess from its USB ids.
-fn policy_for(spec: &DeviceSpec) -> Policy {
+pub fn policy_for(spec: &DeviceSpec, usb: Option<crate::identity::UsbId>) -> Policy {
     let esp = Policy::Esp {
         esp32r0: spec.esp32r0,
     };
@@ -640,7 +678,7 @@ fn policy_for(spec: &DeviceSpec) -> Policy {
                 crate::sim::SimBoard::UsbJtag => Policy::UsbJtag,
                 crate::sim::SimBoard::DevKit | crate::sim::SimBoard::Gpio => esp,
             },
-            DevicePath::Tty(p) => match crate::identity::usb_id(p, std::path::Path::new("/sys")) {
+            DevicePath::Tty(_) => match usb {
                 Some(id) if id.is_esp_usb_jtag() => Policy::UsbJtag,
                 Some(id) if id.is_uart_bridge() => esp,
                 _ => Policy::Passthrough,
@@ -671,13 +709,15 @@ fn open_sim(
 struct LineDriver {
     resetter: Resetter,
     trace: Option<(ResetTo, Instant, String)>,
+    stats: Arc<Stats>,
 }
 
 impl LineDriver {
-    fn new(policy: Policy) -> LineDriver {
+    fn new(policy: Policy, stats: Arc<Stats>) -> LineDriver {
         LineDriver {
             resetter: Resetter::new(policy),
             trace: None,
+            stats,
         }
     }
 
@@ -714,6 +754,7 @@ impl LineDriver {
         let local = self.resetter.client_lines(lines, now);
         if let (None, Some(to)) = (was_busy, self.resetter.busy()) {
             info!("{name}: client started a reset into {to:?}; playing it locally");
+            Stats::add(&self.stats.resets, 1);
             // A bootloader entry usually starts from an EN-low the client already caused:
             // the trace starts there, so the log shows how long EN was really held low.
             self.trace = Some(match en_low_since {
@@ -728,6 +769,7 @@ impl LineDriver {
         let now = Instant::now();
         let first = self.resetter.reset(to, now)?;
         info!("{name}: reset into {to:?} requested by the server");
+        Stats::add(&self.stats.resets, 1);
         self.trace = Some((to, now, String::new()));
         self.apply(name, first, dev);
         Ok(())
@@ -738,6 +780,33 @@ impl LineDriver {
         while let Some(lines) = self.resetter.due(now) {
             self.apply(name, Some(lines), dev);
         }
+    }
+}
+
+/// Stands in for the device while it re-enumerates: settings are accepted (the session keeps
+/// them and they are applied to the device when it is back), data is dropped and counted.
+struct LostPort<'a> {
+    dropped: &'a mut u64,
+}
+
+impl Port for LostPort<'_> {
+    fn write(&mut self, data: &[u8]) {
+        *self.dropped += data.len() as u64;
+    }
+    fn apply(&mut self, _: &LineSettings) -> io::Result<()> {
+        Ok(())
+    }
+    fn set_lines(&mut self, _: Lines) -> io::Result<()> {
+        Ok(())
+    }
+    fn set_break(&mut self, _: bool) -> io::Result<()> {
+        Ok(())
+    }
+    fn purge(&mut self, _: Purge) -> io::Result<()> {
+        Ok(())
+    }
+    fn modem_status(&mut self) -> io::Result<ModemStatus> {
+        Ok(ModemStatus::default())
     }
 }
 

@@ -16,6 +16,7 @@ serialhub — share serial ports over RFC 2217, ESP32-aware
 
 USAGE:
     serialhub serve [--config FILE] [--device PATH[=PORT]]... [--bind ADDR] [--demo]
+                    [--dev-dir DIR] [--sysfs DIR] [--state FILE] [--no-hotplug]
     serialhub sim --pty LINK [--flash FILE] [--bootloader]
     serialhub --help | --version
 
@@ -25,6 +26,10 @@ SERVE:
                          PATH `sim` (or `sim:FLASHFILE`) is the built-in simulated ESP32.
     --bind ADDR          address to listen on (default 0.0.0.0)
     --demo               also serve a simulated ESP32 on the first free port from base_port
+    --dev-dir DIR        watch DIR for hotplugged devices (default /dev; [hotplug] dir)
+    --sysfs DIR          read USB identities from DIR (default /sys; [hotplug] sysfs)
+    --state FILE         persisted port assignments (default /var/lib/serialhub/ports.json)
+    --no-hotplug         serve only the configured devices
 
 SIM:
     --pty LINK           create a pseudo-terminal and symlink its device at LINK
@@ -93,8 +98,16 @@ fn serve(mut parser: lexopt::Parser) -> Result<(), CliError> {
     let mut devices = Vec::new();
     let mut bind = None;
     let mut demo = false;
+    let mut dev_dir: Option<PathBuf> = None;
+    let mut sysfs: Option<PathBuf> = None;
+    let mut state: Option<PathBuf> = None;
+    let mut no_hotplug = false;
     while let Some(arg) = parser.next()? {
         match arg {
+            Long("dev-dir") => dev_dir = Some(parser.value()?.into()),
+            Long("sysfs") => sysfs = Some(parser.value()?.into()),
+            Long("state") => state = Some(parser.value()?.into()),
+            Long("no-hotplug") => no_hotplug = true,
             Long("config") => config_path = Some(parser.value()?.into()),
             Long("device") => {
                 let v = parser.value()?.string()?;
@@ -125,13 +138,25 @@ fn serve(mut parser: lexopt::Parser) -> Result<(), CliError> {
             .parse()
             .map_err(|_| CliError::Usage(format!("--bind: `{b}` is not an IP address")))?;
     }
-    if config.devices.is_empty() {
+    if let Some(d) = dev_dir {
+        config.hotplug.dir = d;
+    }
+    if let Some(d) = sysfs {
+        config.hotplug.sysfs = d;
+    }
+    if let Some(f) = state {
+        config.state_file = f;
+    }
+    if no_hotplug {
+        config.hotplug.enabled = false;
+    }
+    if config.devices.is_empty() && !config.hotplug.enabled {
         return Err(CliError::Usage(
-            "no devices to serve: give --device PATH, --demo, or [[device]] entries in the config"
+            "no devices to serve: give --device PATH, --demo, [[device]] entries in the config, or enable hotplug"
                 .into(),
         ));
     }
-    crate::bridge::serve(config).map_err(CliError::Runtime)
+    crate::supervisor::serve(config).map_err(CliError::Runtime)
 }
 
 fn sim(mut parser: lexopt::Parser) -> Result<(), CliError> {

@@ -22,6 +22,66 @@ pub struct Config {
     pub base_port: u16,
     #[serde(rename = "device")]
     pub devices: Vec<DeviceSpec>,
+    /// Where port assignments persist (JSON, written atomically).
+    pub state_file: PathBuf,
+    pub hotplug: Hotplug,
+}
+
+/// The `[hotplug]` table: which device nodes appear and vanish by themselves.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hotplug {
+    /// Watch `dir` for devices at all.
+    pub enabled: bool,
+    /// The device directory to watch (inotify).
+    pub dir: PathBuf,
+    /// Where USB identities are read from.
+    pub sysfs: PathBuf,
+    /// Node names to serve, `*` matching any run of characters.
+    pub patterns: Vec<String>,
+    /// Seconds to wait after a node appears before opening it, by pattern. `ttyACM*` waits
+    /// 1 s: cdc_acm asserts DTR/RTS on open, and native-USB chips need a moment after reset.
+    pub settle: std::collections::BTreeMap<String, f64>,
+    /// Seconds a client outlives its native-USB device while it re-enumerates (a USB-JTAG
+    /// chip vanishes and comes back when it resets).
+    pub grace: f64,
+    /// A device that appears more than `flap_count` times in `flap_window` seconds is left
+    /// alone for `flap_cooldown` seconds.
+    pub flap_count: usize,
+    pub flap_window: f64,
+    pub flap_cooldown: f64,
+    /// The old portal's port assignments, imported on first start.
+    pub legacy_devices_conf: PathBuf,
+}
+
+impl Default for Hotplug {
+    fn default() -> Self {
+        Hotplug {
+            enabled: true,
+            dir: "/dev".into(),
+            sysfs: "/sys".into(),
+            patterns: vec!["ttyUSB*".into(), "ttyACM*".into()],
+            settle: [("ttyUSB*".to_string(), 0.0), ("ttyACM*".to_string(), 1.0)].into(),
+            grace: 3.0,
+            flap_count: 6,
+            flap_window: 30.0,
+            flap_cooldown: 60.0,
+            legacy_devices_conf: "/etc/rfc2217/devices.conf".into(),
+        }
+    }
+}
+
+/// `*`-glob match of a node name.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, rest)) => {
+            let Some(tail) = name.strip_prefix(head) else {
+                return false;
+            };
+            (0..=tail.len()).any(|i| tail.is_char_boundary(i) && glob_match(rest, &tail[i..]))
+        }
+    }
 }
 
 impl Default for Config {
@@ -30,6 +90,8 @@ impl Default for Config {
             bind: IpAddr::from([0, 0, 0, 0]),
             base_port: DEFAULT_BASE_PORT,
             devices: Vec::new(),
+            state_file: "/var/lib/serialhub/ports.json".into(),
+            hotplug: Hotplug::default(),
         }
     }
 }
@@ -290,6 +352,25 @@ mod tests {
     fn wrong_type_names_line() {
         let (line, msg) = Config::parse("bind = \"127.0.0.1\"\nbase_port = \"x\"\n").unwrap_err();
         assert_eq!(line, 2, "{msg}");
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("ttyUSB*", "ttyUSB0"));
+        assert!(glob_match("ttyUSB*", "ttyUSB"));
+        assert!(!glob_match("ttyUSB*", "ttyACM0"));
+        assert!(glob_match("tty*0", "ttyAMA0"));
+        assert!(glob_match("ttyAMA0", "ttyAMA0"));
+        assert!(!glob_match("ttyAMA0", "ttyAMA01"));
+    }
+
+    #[test]
+    fn hotplug_table() {
+        let c = Config::parse("state_file = \"/tmp/p.json\"\n[hotplug]\ndir = \"/tmp/dev\"\ngrace = 0.5\n[hotplug.settle]\n\"ttyACM*\" = 2.0\n").unwrap();
+        assert_eq!(c.hotplug.dir, PathBuf::from("/tmp/dev"));
+        assert_eq!(c.hotplug.grace, 0.5);
+        assert_eq!(c.hotplug.settle["ttyACM*"], 2.0);
+        assert_eq!(c.hotplug.patterns, ["ttyUSB*", "ttyACM*"]);
     }
 
     #[test]

@@ -47,9 +47,16 @@ pub struct UsbInfo {
 /// followed) from the sysfs tree at `sysfs` (normally `/sys`). `None` for non-USB devices
 /// (a Pi UART, a PTY).
 pub fn usb_info(dev: &Path, sysfs: &Path) -> Option<UsbInfo> {
-    let real = std::fs::canonicalize(dev).unwrap_or_else(|_| dev.to_path_buf());
-    let name = real.file_name()?;
-    let start = std::fs::canonicalize(sysfs.join("class/tty").join(name).join("device")).ok()?;
+    // The node's own name first (/dev/ttyUSB0 is ttyUSB0 in sysfs); for a symlink such as
+    // /dev/serial/by-id/…, the name of what it points to.
+    let real = std::fs::canonicalize(dev).ok();
+    let start = [Some(dev), real.as_deref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.file_name())
+        .find_map(|name| {
+            std::fs::canonicalize(sysfs.join("class/tty").join(name).join("device")).ok()
+        })?;
     let mut info = UsbInfo::default();
     let mut dir: PathBuf = start;
     // Walk up from the tty's device: first the USB interface (bInterfaceNumber), then the USB

@@ -1,0 +1,177 @@
+//! The shared view of every device: identity, key, port, state, client, counters. The
+//! supervisor and the bridges write it; the portal only reads snapshots. One short-held
+//! mutex for the structure; the byte counters are atomics the bridges bump without locking.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+
+use crate::assign::DeviceKey;
+use crate::identity::UsbInfo;
+
+/// Where a device is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceState {
+    /// Known (it has a port) but not plugged in.
+    Absent,
+    /// Plugged in; waiting to settle or to become openable.
+    Starting,
+    /// Open and waiting for a client.
+    Idle,
+    /// A client is connected.
+    Connected,
+    /// Came and went too often; left alone until the cool-down ends.
+    Flapping,
+    /// Switched off in the config (`enabled = false`).
+    Disabled,
+    /// Cannot be served; the message says why and what to do.
+    Error(String),
+}
+
+impl DeviceState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeviceState::Absent => "absent",
+            DeviceState::Starting => "starting",
+            DeviceState::Idle => "idle",
+            DeviceState::Connected => "connected",
+            DeviceState::Flapping => "flapping",
+            DeviceState::Disabled => "disabled",
+            DeviceState::Error(_) => "error",
+        }
+    }
+}
+
+/// Counters a bridge bumps on its data path: atomics, so no lock is taken per read.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub bytes_to_device: AtomicU64,
+    pub bytes_to_client: AtomicU64,
+    pub connects: AtomicU64,
+    pub resets: AtomicU64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub addr: SocketAddr,
+    pub since: SystemTime,
+}
+
+/// One device as the registry knows it.
+#[derive(Clone, Debug)]
+pub struct DeviceEntry {
+    pub key: DeviceKey,
+    pub name: String,
+    /// The device node, e.g. `/dev/ttyUSB0` (the last one it had, when absent).
+    pub tty: String,
+    pub usb: Option<UsbInfo>,
+    pub port: u16,
+    pub state: DeviceState,
+    pub client: Option<ClientInfo>,
+    /// The reset policy in force, as configured or picked by `auto`.
+    pub reset: String,
+    pub stats: Arc<Stats>,
+}
+
+/// The registry, shared as `Arc<Registry>`.
+#[derive(Debug)]
+pub struct Registry {
+    started: Instant,
+    devices: Mutex<BTreeMap<DeviceKey, DeviceEntry>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            started: Instant::now(),
+            devices: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl Registry {
+    pub fn new() -> Arc<Registry> {
+        Arc::new(Registry::default())
+    }
+
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<DeviceKey, DeviceEntry>> {
+        // A panic while holding the lock cannot leave an entry half-written in a way that
+        // matters to readers; keep serving rather than propagate the poison.
+        self.devices.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Add or replace a device's entry; returns its counters (kept when the key was known).
+    pub fn upsert(&self, mut entry: DeviceEntry) -> Arc<Stats> {
+        let mut d = self.lock();
+        if let Some(old) = d.get(&entry.key) {
+            entry.stats = old.stats.clone();
+        }
+        let stats = entry.stats.clone();
+        d.insert(entry.key.clone(), entry);
+        stats
+    }
+
+    pub fn update(&self, key: &DeviceKey, f: impl FnOnce(&mut DeviceEntry)) {
+        if let Some(e) = self.lock().get_mut(key) {
+            f(e);
+        }
+    }
+
+    pub fn set_state(&self, key: &DeviceKey, state: DeviceState) {
+        self.update(key, |e| e.state = state);
+    }
+
+    pub fn get(&self, key: &DeviceKey) -> Option<DeviceEntry> {
+        self.lock().get(key).cloned()
+    }
+
+    /// A copy of every entry, in key order, taken under one short lock.
+    pub fn snapshot(&self) -> Vec<DeviceEntry> {
+        self.lock().values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_survive_replacement() {
+        let r = Registry::new();
+        let key = DeviceKey::name("ttyUSB0");
+        let entry = DeviceEntry {
+            key: key.clone(),
+            name: "a".into(),
+            tty: "/dev/ttyUSB0".into(),
+            usb: None,
+            port: 4001,
+            state: DeviceState::Starting,
+            client: None,
+            reset: "esp".into(),
+            stats: Arc::default(),
+        };
+        let stats = r.upsert(entry.clone());
+        Stats::add(&stats.connects, 2);
+        let again = r.upsert(entry);
+        assert_eq!(Stats::get(&again.connects), 2);
+        r.set_state(&key, DeviceState::Idle);
+        assert_eq!(r.get(&key).unwrap().state, DeviceState::Idle);
+        assert_eq!(r.snapshot().len(), 1);
+    }
+}

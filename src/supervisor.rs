@@ -1,0 +1,656 @@
+//! The supervisor: which devices are served, on which ports. Fixed devices (config, flags,
+//! the simulator) are started at once; hotplugged ones are found by a scan at start and then
+//! by inotify on the device directory — no udev, no polling loop. On add it waits for the
+//! driver to settle, gives the device its stable port and starts its bridge; on remove it
+//! stops the bridge (or, for a native-USB chip that re-enumerates when it resets, keeps the
+//! client for a grace period and hands the bridge the new node).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ffi::OsStr;
+use std::io;
+use std::net::{IpAddr, TcpListener};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use inotify::{EventMask, Inotify, WatchMask};
+use log::{debug, error, info, warn};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::assign::{Assignments, DeviceKey, KeyKind};
+use crate::bridge::{self, BridgeCommand, BridgeHandle, Shared};
+use crate::config::{glob_match, Config, DevicePath, DeviceSpec, Hotplug};
+use crate::identity::{self, UsbInfo};
+use crate::registry::{DeviceEntry, DeviceState, Registry};
+use crate::reset::Policy;
+
+/// Requests to the supervisor thread.
+enum Command {
+    Shutdown,
+}
+
+/// Run the daemon until SIGINT or SIGTERM: start the supervisor, report readiness to
+/// systemd, then restore every device and exit.
+pub fn serve(config: Config) -> Result<(), String> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGHUP);
+    // Block before spawning, so every thread inherits the mask and only the main thread
+    // ever sees the signals (in `wait`).
+    mask.thread_block()
+        .map_err(|e| format!("cannot block signals: {e}"))?;
+
+    let registry = Registry::new();
+    let mut sup = Supervisor::new(config, registry)?;
+    sup.start_fixed()?;
+    sup.start_hotplug();
+    let wake = Arc::new(
+        EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+            .map_err(|e| format!("eventfd: {e}"))?,
+    );
+    let (tx, rx) = mpsc::channel();
+    let thread_wake = wake.clone();
+    let thread = std::thread::Builder::new()
+        .name("supervisor".into())
+        .spawn(move || sup.run(rx, &thread_wake))
+        .map_err(|e| format!("cannot start the supervisor: {e}"))?;
+    notify_systemd("READY=1");
+    loop {
+        match mask.wait() {
+            Ok(Signal::SIGHUP) => warn!(
+                "SIGHUP: configuration reload is not implemented yet; restart the service to apply config changes"
+            ),
+            Ok(sig) => {
+                info!("{sig:?}: restoring devices and exiting");
+                break;
+            }
+            Err(e) => return Err(format!("waiting for signals: {e}")),
+        }
+    }
+    notify_systemd("STOPPING=1");
+    let _ = tx.send(Command::Shutdown);
+    let _ = wake.write(1);
+    let _ = thread.join();
+    Ok(())
+}
+
+/// A device node being served, or recently gone.
+struct Served {
+    handle: BridgeHandle,
+    /// The node's name in the watched directory; `None` for fixed devices.
+    node: Option<String>,
+    usb: Option<UsbInfo>,
+    /// When the node vanished; the bridge is stopped once the grace period has passed.
+    gone_at: Option<Instant>,
+    grace: Duration,
+}
+
+struct Watch {
+    inotify: Inotify,
+    cfg: Hotplug,
+}
+
+struct Supervisor {
+    config: Config,
+    registry: Arc<Registry>,
+    assignments: Assignments,
+    /// Ports configured explicitly; never handed out by assignment.
+    reserved: BTreeSet<u16>,
+    /// Canonical paths of fixed devices, so hotplug does not serve them twice.
+    fixed_paths: BTreeSet<PathBuf>,
+    watch: Option<Watch>,
+    served: BTreeMap<DeviceKey, Served>,
+    /// Node name in the watched directory → the key it was served under.
+    nodes: HashMap<String, DeviceKey>,
+    /// Recent appearances per key, for flap damping.
+    appearances: HashMap<DeviceKey, VecDeque<Instant>>,
+    flapping_until: HashMap<DeviceKey, Instant>,
+}
+
+impl Supervisor {
+    fn new(config: Config, registry: Arc<Registry>) -> Result<Supervisor, String> {
+        let legacy = config
+            .hotplug
+            .enabled
+            .then_some(config.hotplug.legacy_devices_conf.as_path());
+        let assignments = Assignments::load(&config.state_file, config.base_port, legacy);
+        let reserved = config.devices.iter().filter_map(|d| d.port).collect();
+        Ok(Supervisor {
+            config,
+            registry,
+            assignments,
+            reserved,
+            fixed_paths: BTreeSet::new(),
+            watch: None,
+            served: BTreeMap::new(),
+            nodes: HashMap::new(),
+            appearances: HashMap::new(),
+            flapping_until: HashMap::new(),
+        })
+    }
+
+    /// Devices from the config and the command line: bound up front, so a port conflict
+    /// stops the daemon at start with a message instead of leaving a device unserved.
+    fn start_fixed(&mut self) -> Result<(), String> {
+        let specs = self.config.devices.clone();
+        let mut sim_count = 0;
+        for spec in specs {
+            let (key, usb) = match &spec.path {
+                DevicePath::Tty(p) => {
+                    if let Ok(c) = std::fs::canonicalize(p) {
+                        self.fixed_paths.insert(c);
+                    }
+                    let usb = identity::usb_info(p, &self.config.hotplug.sysfs);
+                    let name = p.file_name().map_or_else(
+                        || p.display().to_string(),
+                        |n| n.to_string_lossy().into_owned(),
+                    );
+                    (DeviceKey::choose(&name, usb.as_ref(), 1), usb)
+                }
+                DevicePath::Sim { .. } => {
+                    sim_count += 1;
+                    let name = match sim_count {
+                        1 => "sim".to_string(),
+                        n => format!("sim-{n}"),
+                    };
+                    (DeviceKey::name(&name), None)
+                }
+            };
+            let key = self.unique(key);
+            let listener = match spec.port {
+                Some(p) => bind(self.config.bind, p).map_err(|e| {
+                    format!(
+                        "cannot listen on {}:{p} for {}: {e} (is another server using it? pick another `port`)",
+                        self.config.bind, spec.path
+                    )
+                })?,
+                // The simulator gets the first free port, never a persisted one.
+                None if matches!(spec.path, DevicePath::Sim { .. }) => self.bind_free()?,
+                None => self.bind_assigned(&key)?,
+            };
+            self.start(key, spec, listener, usb, None, Duration::ZERO)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Make a key unique among served devices (two fixed devices may share a name).
+    fn unique(&self, key: DeviceKey) -> DeviceKey {
+        if !self.served.contains_key(&key) {
+            return key;
+        }
+        (2..)
+            .map(|i| DeviceKey {
+                kind: key.kind,
+                value: format!("{}#{i}", key.value),
+            })
+            .find(|k| !self.served.contains_key(k))
+            .expect("an unused suffix exists")
+    }
+
+    fn bind_free(&self) -> Result<TcpListener, String> {
+        let used: BTreeSet<u16> = self.served.values().map(|s| s.handle.addr.port()).collect();
+        for port in self.config.base_port..=u16::MAX {
+            if used.contains(&port) || self.reserved.contains(&port) {
+                continue;
+            }
+            match bind(self.config.bind, port) {
+                Ok(l) => return Ok(l),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
+                Err(e) => return Err(format!("cannot listen on {}:{port}: {e}", self.config.bind)),
+            }
+        }
+        Err(format!("no free TCP port from {}", self.config.base_port))
+    }
+
+    fn bind_assigned(&mut self, key: &DeviceKey) -> Result<TcpListener, String> {
+        let port = self
+            .assignments
+            .assign(key, &self.reserved)
+            .map_err(|e| format!("{key}: {e}"))?;
+        bind(self.config.bind, port).map_err(|e| {
+            format!(
+                "cannot listen on {}:{port} for {key}: {e} (another program holds the port this device was assigned; free it, or pin the device to another port in the config)",
+                self.config.bind
+            )
+        })
+    }
+
+    fn start(
+        &mut self,
+        key: DeviceKey,
+        spec: DeviceSpec,
+        listener: TcpListener,
+        usb: Option<UsbInfo>,
+        node: Option<String>,
+        settle: Duration,
+    ) -> io::Result<()> {
+        let policy = bridge::policy_for(&spec, usb.as_ref().and_then(|u| u.id));
+        let grace = match policy {
+            Policy::UsbJtag => secs(self.config.hotplug.grace),
+            _ => Duration::ZERO,
+        };
+        let stats = self.registry.upsert(DeviceEntry {
+            key: key.clone(),
+            name: spec.display_name(),
+            tty: spec.path.to_string(),
+            usb: usb.clone(),
+            port: listener.local_addr()?.port(),
+            state: DeviceState::Starting,
+            client: None,
+            reset: format!("{policy:?}"),
+            stats: Arc::default(),
+        });
+        let shared = Shared {
+            registry: self.registry.clone(),
+            key: key.clone(),
+            stats,
+            grace,
+            open_after: Instant::now() + settle,
+            policy,
+        };
+        let handle = bridge::spawn(spec, listener, shared)?;
+        if let Some(n) = &node {
+            self.nodes.insert(n.clone(), key.clone());
+        }
+        self.served.insert(
+            key,
+            Served {
+                handle,
+                node,
+                usb,
+                gone_at: None,
+                grace,
+            },
+        );
+        Ok(())
+    }
+
+    /// Watch the device directory and serve what is already there.
+    fn start_hotplug(&mut self) {
+        let cfg = self.config.hotplug.clone();
+        if !cfg.enabled {
+            return;
+        }
+        let watched = Inotify::init().and_then(|ino| {
+            ino.watches().add(
+                &cfg.dir,
+                WatchMask::CREATE
+                    | WatchMask::DELETE
+                    | WatchMask::MOVED_TO
+                    | WatchMask::MOVED_FROM
+                    | WatchMask::ATTRIB,
+            )?;
+            Ok(ino)
+        });
+        match watched {
+            Ok(inotify) => {
+                info!(
+                    "watching {} for {}",
+                    cfg.dir.display(),
+                    cfg.patterns.join(", ")
+                );
+                self.watch = Some(Watch { inotify, cfg });
+                self.scan();
+            }
+            Err(e) => error!(
+                "cannot watch {} for devices: {e}; only configured devices are served",
+                cfg.dir.display()
+            ),
+        }
+    }
+
+    fn scan(&mut self) {
+        let Some(w) = &self.watch else { return };
+        let dir = w.cfg.dir.clone();
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| self.matches(n))
+            .collect();
+        names.sort();
+        // Identities first, so duplicate serial numbers among present boards are seen
+        // before any of them is keyed.
+        let found: Vec<(String, Option<UsbInfo>)> = names
+            .into_iter()
+            .map(|n| {
+                let usb = identity::usb_info(&dir.join(&n), &self.config.hotplug.sysfs);
+                (n, usb)
+            })
+            .collect();
+        for (name, usb) in &found {
+            let dupes = usb.as_ref().and_then(|u| u.serial.as_ref()).map_or(0, |s| {
+                found
+                    .iter()
+                    .filter(|(_, o)| o.as_ref().and_then(|u| u.serial.as_ref()) == Some(s))
+                    .count()
+            });
+            self.add(name, usb.clone(), dupes);
+        }
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        self.watch
+            .as_ref()
+            .is_some_and(|w| w.cfg.patterns.iter().any(|p| glob_match(p, name)))
+    }
+
+    fn settle_for(&self, name: &str) -> Duration {
+        self.watch
+            .as_ref()
+            .and_then(|w| {
+                w.cfg
+                    .settle
+                    .iter()
+                    .find(|(p, _)| glob_match(p, name))
+                    .map(|(_, &s)| secs(s))
+            })
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// A node appeared (or its attributes changed, e.g. udev set its group).
+    fn on_appear(&mut self, name: &str) {
+        if let Some(key) = self.nodes.get(name) {
+            if let Some(s) = self.served.get(key) {
+                s.handle.send(BridgeCommand::Retry);
+            }
+            return;
+        }
+        let Some(w) = &self.watch else { return };
+        let path = w.cfg.dir.join(name);
+        let usb = identity::usb_info(&path, &self.config.hotplug.sysfs);
+        let dupes = usb.as_ref().and_then(|u| u.serial.as_ref()).map_or(0, |s| {
+            1 + self
+                .served
+                .values()
+                .filter(|o| o.gone_at.is_none() && o.node.is_some())
+                .filter(|o| o.usb.as_ref().and_then(|u| u.serial.as_ref()) == Some(s))
+                .count()
+        });
+        self.add(name, usb, dupes);
+    }
+
+    /// Serve the node `name`. `dupes` = how many present devices report its serial number.
+    fn add(&mut self, name: &str, usb: Option<UsbInfo>, dupes: usize) {
+        let Some(w) = &self.watch else { return };
+        let path = w.cfg.dir.join(name);
+        if std::fs::canonicalize(&path).is_ok_and(|c| self.fixed_paths.contains(&c)) {
+            debug!("{name}: configured as a fixed device; not serving it twice");
+            return;
+        }
+        let key = DeviceKey::choose(name, usb.as_ref(), dupes);
+        if dupes > 1 && key.kind == KeyKind::UsbPath {
+            warn!(
+                "{name}: {dupes} devices report the USB serial number {:?}; keying {name} by its USB path {} instead (pin it in the config to name it)",
+                usb.as_ref().and_then(|u| u.serial.as_deref()).unwrap_or(""),
+                key.value
+            );
+        }
+        let now = Instant::now();
+        if self.flapping(&key, now) {
+            return;
+        }
+        // The same device back under a new node within its grace period: re-enumeration.
+        if let Some(s) = self.served.get_mut(&key) {
+            if s.gone_at.take().is_some() {
+                info!("{key}: back as {name}");
+                s.node = Some(name.to_string());
+                s.handle.send(BridgeCommand::Replace(DevicePath::Tty(path)));
+                self.nodes.insert(name.to_string(), key);
+                return;
+            }
+            warn!("{name}: {key} is already served; ignoring this second node");
+            return;
+        }
+        let listener = match self.bind_assigned(&key) {
+            Ok(l) => l,
+            Err(e) => {
+                error!("{name}: {e}");
+                return;
+            }
+        };
+        let mut spec = DeviceSpec::parse_flag(&path.to_string_lossy())
+            .expect("a non-empty path without '=' parses");
+        spec.name = Some(name.to_string());
+        let settle = self.settle_for(name);
+        if let Err(e) = self.start(key, spec, listener, usb, Some(name.to_string()), settle) {
+            error!("{name}: cannot start serving it: {e}");
+        }
+    }
+
+    /// Record an appearance; true (and the device is left alone) if it flaps.
+    fn flapping(&mut self, key: &DeviceKey, now: Instant) -> bool {
+        let cfg = &self.config.hotplug;
+        if let Some(&until) = self.flapping_until.get(key) {
+            if now < until {
+                debug!("{key}: flapping; ignored until the cool-down ends");
+                return true;
+            }
+            self.flapping_until.remove(key);
+        }
+        let window = secs(cfg.flap_window);
+        let seen = self.appearances.entry(key.clone()).or_default();
+        seen.push_back(now);
+        while seen
+            .front()
+            .is_some_and(|&t| now.duration_since(t) > window)
+        {
+            seen.pop_front();
+        }
+        if seen.len() <= cfg.flap_count {
+            return false;
+        }
+        let cooldown = secs(cfg.flap_cooldown);
+        warn!(
+            "{key}: appeared {} times in {:.0} s; leaving it alone for {:.0} s (check the cable, the hub, or the board's power)",
+            seen.len(),
+            window.as_secs_f64(),
+            cooldown.as_secs_f64()
+        );
+        seen.clear();
+        self.flapping_until.insert(key.clone(), now + cooldown);
+        if let Some(s) = self.served.remove(key) {
+            if let Some(n) = &s.node {
+                self.nodes.remove(n);
+            }
+            s.handle.send(BridgeCommand::Shutdown);
+            s.handle.join();
+        }
+        self.registry.set_state(key, DeviceState::Flapping);
+        true
+    }
+
+    /// A node vanished.
+    fn on_remove(&mut self, name: &str) {
+        let Some(key) = self.nodes.remove(name) else {
+            return;
+        };
+        let Some(s) = self.served.get_mut(&key) else {
+            return;
+        };
+        if s.grace.is_zero() {
+            info!("{name}: unplugged; stopping {key}");
+            self.stop(&key, "the device was unplugged");
+        } else {
+            info!(
+                "{name}: unplugged; {key} keeps its client for {:.1} s in case it comes back",
+                s.grace.as_secs_f32()
+            );
+            s.gone_at = Some(Instant::now());
+            s.handle.send(BridgeCommand::Gone);
+        }
+    }
+
+    fn stop(&mut self, key: &DeviceKey, why: &str) {
+        if let Some(s) = self.served.remove(key) {
+            s.handle.send(BridgeCommand::Disconnect(why.to_string()));
+            s.handle.send(BridgeCommand::Shutdown);
+            s.handle.join();
+        }
+        self.registry.update(key, |e| {
+            e.state = DeviceState::Absent;
+            e.client = None;
+        });
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let gone = self
+            .served
+            .values()
+            .filter_map(|s| s.gone_at.map(|t| t + s.grace));
+        let cool = self.flapping_until.values().copied();
+        gone.chain(cool).min()
+    }
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<DeviceKey> = self
+            .served
+            .iter()
+            .filter(|(_, s)| s.gone_at.is_some_and(|t| now >= t + s.grace))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            info!("{key}: did not come back; stopped");
+            self.stop(&key, "the device did not come back");
+        }
+        let cooled: Vec<DeviceKey> = self
+            .flapping_until
+            .iter()
+            .filter(|(_, &t)| now >= t)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !cooled.is_empty() {
+            for key in &cooled {
+                info!("{key}: cool-down over; serving it again if it is present");
+                self.flapping_until.remove(key);
+                self.appearances.remove(key);
+                self.registry.set_state(key, DeviceState::Absent);
+            }
+            self.scan();
+        }
+    }
+
+    fn run(&mut self, rx: mpsc::Receiver<Command>, wake: &EventFd) {
+        let mut buf = [0u8; 4096];
+        loop {
+            let timeout = self.next_deadline().map_or(PollTimeout::NONE, |d| {
+                let ms = d.saturating_duration_since(Instant::now()).as_millis();
+                PollTimeout::try_from(ms.min(60_000) as i32 + 1).unwrap_or(PollTimeout::MAX)
+            });
+            let (wake_ready, ino_ready) = {
+                let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
+                if let Some(w) = &self.watch {
+                    fds.push(PollFd::new(w.inotify.as_fd(), PollFlags::POLLIN));
+                }
+                match poll(&mut fds, timeout) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => {
+                        error!("supervisor: poll failed: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                let r = |i: usize| {
+                    fds.get(i)
+                        .and_then(|f| f.revents())
+                        .is_some_and(|r| !r.is_empty())
+                };
+                (r(0), r(1))
+            };
+            if wake_ready {
+                let _ = wake.read();
+                if let Ok(Command::Shutdown) = rx.try_recv() {
+                    break;
+                }
+            }
+            if ino_ready {
+                self.read_events(&mut buf);
+            }
+            self.on_timers();
+        }
+        for (_, s) in std::mem::take(&mut self.served) {
+            s.handle.send(BridgeCommand::Shutdown);
+            s.handle.join();
+        }
+    }
+
+    fn read_events(&mut self, buf: &mut [u8]) {
+        let Some(w) = &mut self.watch else { return };
+        let mut happened: Vec<(bool, String)> = Vec::new();
+        let mut overflow = false;
+        match w.inotify.read_events(buf) {
+            Ok(events) => {
+                for ev in events {
+                    if ev.mask.contains(EventMask::Q_OVERFLOW) {
+                        overflow = true;
+                        continue;
+                    }
+                    let Some(name) = ev.name.and_then(OsStr::to_str) else {
+                        continue;
+                    };
+                    let appeared = ev
+                        .mask
+                        .intersects(EventMask::CREATE | EventMask::MOVED_TO | EventMask::ATTRIB);
+                    happened.push((appeared, name.to_string()));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => error!("reading inotify events: {e}"),
+        }
+        for (appeared, name) in happened {
+            if !self.matches(&name) {
+                continue;
+            }
+            if appeared {
+                self.on_appear(&name);
+            } else {
+                self.on_remove(&name);
+            }
+        }
+        if overflow {
+            warn!("inotify queue overflowed; rescanning the device directory");
+            self.scan();
+        }
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO)
+}
+
+fn bind(ip: IpAddr, port: u16) -> io::Result<TcpListener> {
+    // std sets SO_REUSEADDR on Unix, so a restart does not wait out TIME_WAIT.
+    let l = TcpListener::bind((ip, port))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Tell systemd (`Type=notify`) that every port is listening, so `systemctl start` returns
+/// only once clients can connect. A no-op outside systemd.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => return warn!("cannot notify systemd: {e}"),
+    };
+    let bytes = path.as_encoded_bytes();
+    let result = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        sock.send_to(state.as_bytes(), Path::new(&path))
+    };
+    if let Err(e) = result {
+        warn!("cannot notify systemd: {e}");
+    }
+}
