@@ -224,7 +224,8 @@ impl Bridge {
                     "{}: opened {} at {}",
                     self.name, self.spec.path, self.configured
                 );
-                self.lines = LineDriver::new(self.lines.resetter.policy(), self.shared.stats.clone());
+                self.lines =
+                    LineDriver::new(self.lines.resetter.policy(), self.shared.stats.clone());
                 self.reopen_delay = REOPEN_MIN;
                 if let (Some(c), Some(since)) = (&self.client, self.lost_since.take()) {
                     // Re-enumerated (a native-USB chip resetting): the client carries on.
@@ -240,7 +241,10 @@ impl Bridge {
                         since.elapsed().as_secs_f32(),
                         c.addr,
                         if self.dropped_while_lost > 0 {
-                            format!(" ({} bytes it sent meanwhile were dropped)", self.dropped_while_lost)
+                            format!(
+                                " ({} bytes it sent meanwhile were dropped)",
+                                self.dropped_while_lost
+                            )
                         } else {
                             String::new()
                         }
@@ -376,7 +380,10 @@ impl Bridge {
             }
             BridgeCommand::Retry => {
                 if self.device.is_none() {
-                    self.reopen_at = self.reopen_at.min(Instant::now()).max(self.shared.open_after);
+                    self.reopen_at = self
+                        .reopen_at
+                        .min(Instant::now())
+                        .max(self.shared.open_after);
                 }
             }
             BridgeCommand::Disconnect(why) => self.drop_client(&why),
