@@ -308,10 +308,21 @@ impl Chip {
 
     /// A freshly powered chip on `board`; see [`Chip::new`].
     pub fn for_board(board: SimBoard, flash: Flash, download: bool, now: Duration) -> Chip {
+        Chip::labelled(board, flash, download, now, "")
+    }
+
+    /// [`Chip::for_board`], its log lines prefixed with `label` from the power-on boot on.
+    pub fn labelled(
+        board: SimBoard,
+        flash: Flash,
+        download: bool,
+        now: Duration,
+        label: &str,
+    ) -> Chip {
         let target = board.target();
         let mut core = Core {
             target,
-            label: String::new(),
+            label: label.to_owned(),
             mode: Mode::Reset,
             loader: Loader::Rom,
             strapped_download: download,

@@ -226,10 +226,14 @@ impl SimDevice {
         wake_rx.set_nonblocking(true)?;
 
         let epoch = Instant::now();
-        let mut chip = Chip::for_board(opts.board, flash, opts.start_in_bootloader, Duration::ZERO);
-        if let Some(name) = &opts.name {
-            chip.set_label(name);
-        }
+        let label = opts.name.as_deref().unwrap_or("");
+        let chip = Chip::labelled(
+            opts.board,
+            flash,
+            opts.start_in_bootloader,
+            Duration::ZERO,
+            label,
+        );
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 chip,
@@ -489,7 +493,7 @@ mod tests {
     use crate::sim::slip;
 
     /// Read from the device until `pred` holds for what arrived, or panic after `limit`.
-    fn read_until(dev: &mut SimDevice, limit: Duration, pred: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    fn read_until(dev: &mut dyn Device, limit: Duration, pred: impl Fn(&[u8]) -> bool) -> Vec<u8> {
         let start = Instant::now();
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
@@ -593,5 +597,58 @@ mod tests {
         drop(dev); // joins the thread
         assert!(start.elapsed() < Duration::from_secs(2));
         assert_eq!(Arc::strong_count(&handle.shared), 1);
+    }
+
+    #[test]
+    fn gpio_board_takes_dtr_rts_through_its_wiring_only() {
+        use crate::reset::{EN_LOW, IO0_LOW, RELEASED};
+        let (mut dev, handle) = open(SimOptions {
+            board: SimBoard::Gpio,
+            ..SimOptions::default()
+        })
+        .unwrap();
+        // The UART's own lines are not connected.
+        handle.set_lines(EN_LOW);
+        assert_eq!((handle.mode(), handle.boot_count()), (Mode::App, 1));
+        // The bridge's lines reach EN/IO0 through the transistor table.
+        dev.set_lines(EN_LOW).unwrap();
+        assert_eq!(handle.mode(), Mode::Reset);
+        assert_eq!(
+            handle.status().pins,
+            Pins {
+                en: false,
+                io0: true
+            }
+        );
+        dev.set_lines(IO0_LOW).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        dev.set_lines(RELEASED).unwrap();
+        assert_eq!((handle.mode(), handle.boot_count()), (Mode::Download, 2));
+        // The banner comes out without anyone else waking the sim thread.
+        read_until(dev.as_mut(), Duration::from_secs(5), |g| {
+            contains(g, b"waiting for download\r\n")
+        });
+        let boot = handle.last_boot().unwrap();
+        assert_eq!(boot.n, 2);
+        assert!(handle.inputs().len() >= 4);
+    }
+
+    #[test]
+    fn usb_board_talks_at_any_baud_rate() {
+        let mut dev = SimDevice::spawn(SimOptions {
+            board: SimBoard::UsbJtag,
+            start_in_bootloader: true,
+            ..SimOptions::default()
+        })
+        .unwrap();
+        dev.apply(&LineSettings {
+            baud: 1200,
+            ..LineSettings::default()
+        })
+        .unwrap();
+        let got = read_until(&mut dev, Duration::from_secs(5), |g| {
+            contains(g, b"waiting for download\r\n")
+        });
+        assert!(contains(&got, b"ESP-ROM:esp32c3"));
     }
 }

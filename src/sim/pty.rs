@@ -236,10 +236,14 @@ pub(super) fn run(link: &Path, opts: SimOptions) -> io::Result<()> {
     };
 
     let epoch = Instant::now();
-    let mut chip = Chip::for_board(opts.board, flash, opts.start_in_bootloader, Duration::ZERO);
-    if let Some(name) = &opts.name {
-        chip.set_label(name);
-    }
+    let label = opts.name.as_deref().unwrap_or("");
+    let mut chip = Chip::labelled(
+        opts.board,
+        flash,
+        opts.start_in_bootloader,
+        Duration::ZERO,
+        label,
+    );
     let mut uart = Uart::new(epoch);
     let mut line = LineSettings::default();
     eprintln!(
