@@ -289,11 +289,21 @@ impl Config {
     /// Parse TOML text; on error, the 1-based line and a one-line message naming the key.
     pub fn parse(text: &str) -> Result<Config, (usize, String)> {
         toml::from_str(text).map_err(|e: toml::de::Error| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
-                .unwrap_or(1);
-            (line, e.message().trim().to_string())
+            let start = e.span().map_or(0, |s| s.start.min(text.len()));
+            let line = text[..start].matches('\n').count() + 1;
+            let message = e.message().trim();
+            // toml names the key for unknown keys but not for a wrong value ("invalid type:
+            // string, expected u16"): take it from the `key = value` line the error points at.
+            let line_text = text.lines().nth(line - 1).unwrap_or("");
+            let key = line_text
+                .split_once('=')
+                .map(|(k, _)| k.trim().trim_matches('"'))
+                .filter(|k| !k.is_empty() && !message.contains(&format!("`{k}`")));
+            let message = match key {
+                Some(k) => format!("`{k}`: {message}"),
+                None => message.to_string(),
+            };
+            (line, message)
         })
     }
 }
@@ -352,6 +362,10 @@ mod tests {
     fn wrong_type_names_line() {
         let (line, msg) = Config::parse("bind = \"127.0.0.1\"\nbase_port = \"x\"\n").unwrap_err();
         assert_eq!(line, 2, "{msg}");
+        assert!(msg.contains("`base_port`"), "{msg}");
+        let (line, msg) = Config::parse("bind = \"localhost:80\"\n").unwrap_err();
+        assert_eq!(line, 1, "{msg}");
+        assert!(msg.contains("`bind`"), "{msg}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import termios
 import threading
 import time
@@ -142,7 +143,13 @@ def serialhub():
     started: list[Daemon] = []
 
     def start(*devices: str, extra: tuple[str, ...] = (), env: dict | None = None) -> Daemon:
+        # Hermetic by default: no watching of the machine's /dev, no state in /var/lib.
+        # Hotplug tests pass their own --dev-dir/--sysfs/--state in `extra`.
         args = ["serve", "--bind", "127.0.0.1"]
+        if not any(a.startswith("--dev-dir") for a in extra):
+            args.append("--no-hotplug")
+        if "--state" not in extra:
+            args += ["--state", os.path.join(tempfile.mkdtemp(prefix="serialhub-state-"), "ports.json")]
         for d in devices:
             args += ["--device", d]
         args += list(extra)
