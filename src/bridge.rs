@@ -21,7 +21,7 @@ use crate::assign::DeviceKey;
 use crate::config::{DevicePath, DeviceSpec, ResetKind};
 use crate::device::{Device, LineSettings, Lines, ModemStatus, Purge, Tty};
 use crate::lines::GpioWired;
-use crate::registry::{ClientInfo, DeviceState, Registry, Stats};
+use crate::registry::{ClientInfo, DeviceState, LogRing, Registry, Stats};
 use crate::reset::{Policy, ResetError, ResetTo, Resetter};
 use crate::session::{Port, Session};
 
@@ -65,6 +65,9 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     pub key: DeviceKey,
     pub stats: Arc<Stats>,
+    /// The device's recent output (the portal's boot log), fed whether or not a client is
+    /// connected.
+    pub log: Arc<std::sync::Mutex<LogRing>>,
     /// How long a client outlives its vanished device (re-enumeration grace).
     pub grace: Duration,
     /// Do not open the device before this (driver settle delay after hotplug).
@@ -486,6 +489,9 @@ impl Bridge {
             match dev.read(&mut self.buf) {
                 Ok(0) => self.device_lost("end of file".into()),
                 Ok(n) => {
+                    if let Ok(mut log) = self.shared.log.lock() {
+                        log.push(&self.buf[..n]);
+                    }
                     if let Some(c) = &mut self.client {
                         c.bytes_out += n as u64;
                         Stats::add(&self.shared.stats.bytes_to_client, n as u64);

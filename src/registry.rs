@@ -44,6 +44,54 @@ impl DeviceState {
     }
 }
 
+/// The last bytes a device printed, kept whether or not a client is connected, so a boot log
+/// or a crash dump is never lost. Offsets count every byte ever written, so a reader can
+/// follow it with a cursor (`since`).
+#[derive(Debug)]
+pub struct LogRing {
+    buf: Vec<u8>,
+    cap: usize,
+    /// Total bytes ever written; the ring holds `total - buf.len() .. total`.
+    total: u64,
+}
+
+/// How much of each device's output is kept.
+pub const LOG_RING_BYTES: usize = 64 * 1024;
+
+impl LogRing {
+    pub fn new(cap: usize) -> LogRing {
+        LogRing {
+            buf: Vec::new(),
+            cap,
+            total: 0,
+        }
+    }
+
+    /// Append device output; the oldest bytes fall off. Amortised: the buffer is compacted
+    /// only when it has grown to twice the capacity.
+    pub fn push(&mut self, data: &[u8]) {
+        self.total += data.len() as u64;
+        let data = &data[data.len().saturating_sub(self.cap)..];
+        if self.buf.len() + data.len() > 2 * self.cap {
+            let keep = self.cap.saturating_sub(data.len());
+            let drop = self.buf.len().saturating_sub(keep);
+            self.buf.drain(..drop);
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The kept bytes from offset `since` (clamped to what is kept) and the offset to pass
+    /// next time.
+    pub fn read_since(&self, since: u64) -> (Vec<u8>, u64) {
+        let kept = (self.buf.len()).min(self.cap);
+        let first = self.total - kept as u64;
+        let from = since.clamp(first, self.total);
+        let skip = (from - first) as usize;
+        let start = self.buf.len() - kept + skip;
+        (self.buf[start..].to_vec(), self.total)
+    }
+}
+
 /// Counters a bridge bumps on its data path: atomics, so no lock is taken per read.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -83,6 +131,7 @@ pub struct DeviceEntry {
     /// The reset policy in force, as configured or picked by `auto`.
     pub reset: String,
     pub stats: Arc<Stats>,
+    pub log: Arc<Mutex<LogRing>>,
 }
 
 /// The registry, shared as `Arc<Registry>`.
@@ -116,15 +165,16 @@ impl Registry {
         self.devices.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Add or replace a device's entry; returns its counters (kept when the key was known).
-    pub fn upsert(&self, mut entry: DeviceEntry) -> Arc<Stats> {
+    /// Add or replace a device's entry; returns it with its counters and log (kept when the
+    /// key was known).
+    pub fn upsert(&self, mut entry: DeviceEntry) -> DeviceEntry {
         let mut d = self.lock();
         if let Some(old) = d.get(&entry.key) {
             entry.stats = old.stats.clone();
+            entry.log = old.log.clone();
         }
-        let stats = entry.stats.clone();
-        d.insert(entry.key.clone(), entry);
-        stats
+        d.insert(entry.key.clone(), entry.clone());
+        entry
     }
 
     pub fn update(&self, key: &DeviceKey, f: impl FnOnce(&mut DeviceEntry)) {
@@ -165,13 +215,33 @@ mod tests {
             client: None,
             reset: "esp".into(),
             stats: Arc::default(),
+            log: Arc::new(Mutex::new(LogRing::new(16))),
         };
-        let stats = r.upsert(entry.clone());
-        Stats::add(&stats.connects, 2);
+        let first = r.upsert(entry.clone());
+        Stats::add(&first.stats.connects, 2);
         let again = r.upsert(entry);
-        assert_eq!(Stats::get(&again.connects), 2);
+        assert_eq!(Stats::get(&again.stats.connects), 2);
+        assert!(Arc::ptr_eq(&first.log, &again.log));
         r.set_state(&key, DeviceState::Idle);
         assert_eq!(r.get(&key).unwrap().state, DeviceState::Idle);
         assert_eq!(r.snapshot().len(), 1);
+    }
+
+    #[test]
+    fn log_ring_keeps_the_tail_and_follows_a_cursor() {
+        let mut l = LogRing::new(8);
+        l.push(b"hello ");
+        assert_eq!(l.read_since(0), (b"hello ".to_vec(), 6));
+        l.push(b"world!");
+        // 12 bytes written, 8 kept.
+        assert_eq!(l.read_since(0), (b"o world!".to_vec(), 12));
+        assert_eq!(l.read_since(10), (b"d!".to_vec(), 12));
+        assert_eq!(l.read_since(99), (Vec::new(), 12));
+        for _ in 0..100 {
+            l.push(b"0123456789abc");
+        }
+        let (tail, next) = l.read_since(0);
+        assert_eq!(tail, b"56789abc", "{:?}", String::from_utf8_lossy(&tail));
+        assert_eq!(next, 12 + 1300);
     }
 }

@@ -23,12 +23,65 @@ use crate::assign::{Assignments, DeviceKey, KeyKind};
 use crate::bridge::{self, BridgeCommand, BridgeHandle, Shared};
 use crate::config::{glob_match, Config, DevicePath, DeviceSpec, Hotplug};
 use crate::identity::{self, UsbInfo};
-use crate::registry::{DeviceEntry, DeviceState, Registry};
-use crate::reset::Policy;
+use crate::registry::{DeviceEntry, DeviceState, LogRing, Registry, LOG_RING_BYTES};
+use crate::reset::{Policy, ResetTo};
 
-/// Requests to the supervisor thread.
+/// What other threads (the portal) may ask of the supervisor.
+#[derive(Debug)]
+pub enum Request {
+    /// Serve a stopped device again, by its node (`/dev/ttyUSB0`).
+    Start(String),
+    /// Stop serving a device (its client is closed) until started again.
+    Stop(String),
+    StartAll,
+    StopAll,
+    Reset(DeviceKey, ResetTo),
+    Disconnect(DeviceKey),
+}
+
+/// A request's outcome: a message for the user, or why it failed.
+pub type Reply = Result<String, RequestError>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestError {
+    /// No such device (by node or key).
+    NotFound(String),
+    /// The device exists but cannot do this now.
+    Failed(String),
+}
+
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestError::NotFound(what) => write!(f, "no device {what}"),
+            RequestError::Failed(why) => write!(f, "{why}"),
+        }
+    }
+}
+
 enum Command {
     Shutdown,
+    Request(Request, mpsc::Sender<Reply>),
+}
+
+/// How other threads reach the supervisor: a channel plus its wake fd.
+#[derive(Clone)]
+pub struct SupervisorHandle {
+    tx: mpsc::Sender<Command>,
+    wake: Arc<EventFd>,
+}
+
+impl SupervisorHandle {
+    /// Ask and wait for the answer (a reset answers once its sequence has started).
+    pub fn request(&self, req: Request) -> Reply {
+        let (tx, rx) = mpsc::channel();
+        if self.tx.send(Command::Request(req, tx)).is_err() {
+            return Err(RequestError::Failed("the daemon is shutting down".into()));
+        }
+        let _ = self.wake.write(1);
+        rx.recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| Err(RequestError::Failed("the supervisor did not answer".into())))
+    }
 }
 
 /// Run the daemon until SIGINT or SIGTERM: start the supervisor, report readiness to
@@ -53,6 +106,11 @@ pub fn serve(config: Config) -> Result<(), String> {
             .map_err(|e| format!("eventfd: {e}"))?,
     );
     let (tx, rx) = mpsc::channel();
+    // The portal (and anything else that commands devices) talks through this.
+    let _handle = SupervisorHandle {
+        tx: tx.clone(),
+        wake: wake.clone(),
+    };
     let thread_wake = wake.clone();
     let thread = std::thread::Builder::new()
         .name("supervisor".into())
@@ -81,6 +139,7 @@ pub fn serve(config: Config) -> Result<(), String> {
 /// A device node being served, or recently gone.
 struct Served {
     handle: BridgeHandle,
+    spec: DeviceSpec,
     /// The node's name in the watched directory; `None` for fixed devices.
     node: Option<String>,
     usb: Option<UsbInfo>,
@@ -109,6 +168,8 @@ struct Supervisor {
     /// Recent appearances per key, for flap damping.
     appearances: HashMap<DeviceKey, VecDeque<Instant>>,
     flapping_until: HashMap<DeviceKey, Instant>,
+    /// Devices stopped on request, with what it takes to start them again.
+    stopped: BTreeMap<DeviceKey, (DeviceSpec, Option<String>, Option<UsbInfo>)>,
 }
 
 impl Supervisor {
@@ -130,6 +191,7 @@ impl Supervisor {
             nodes: HashMap::new(),
             appearances: HashMap::new(),
             flapping_until: HashMap::new(),
+            stopped: BTreeMap::new(),
         })
     }
 
@@ -234,7 +296,7 @@ impl Supervisor {
             Policy::UsbJtag => secs(self.config.hotplug.grace),
             _ => Duration::ZERO,
         };
-        let stats = self.registry.upsert(DeviceEntry {
+        let entry = self.registry.upsert(DeviceEntry {
             key: key.clone(),
             name: spec.display_name(),
             tty: spec.path.to_string(),
@@ -244,16 +306,18 @@ impl Supervisor {
             client: None,
             reset: format!("{policy:?}"),
             stats: Arc::default(),
+            log: Arc::new(std::sync::Mutex::new(LogRing::new(LOG_RING_BYTES))),
         });
         let shared = Shared {
             registry: self.registry.clone(),
             key: key.clone(),
-            stats,
+            stats: entry.stats,
+            log: entry.log,
             grace,
             open_after: Instant::now() + settle,
             policy,
         };
-        let handle = bridge::spawn(spec, listener, shared)?;
+        let handle = bridge::spawn(spec.clone(), listener, shared)?;
         if let Some(n) = &node {
             self.nodes.insert(n.clone(), key.clone());
         }
@@ -261,6 +325,7 @@ impl Supervisor {
             key,
             Served {
                 handle,
+                spec,
                 node,
                 usb,
                 gone_at: None,
@@ -393,6 +458,12 @@ impl Supervisor {
                 key.value
             );
         }
+        if let Some(stopped) = self.stopped.get_mut(&key) {
+            debug!("{name}: {key} is stopped; not serving it until started");
+            stopped.0.path = DevicePath::Tty(path);
+            stopped.1 = Some(name.to_string());
+            return;
+        }
         let now = Instant::now();
         if self.flapping(&key, now) {
             return;
@@ -500,6 +571,103 @@ impl Supervisor {
         });
     }
 
+    fn handle(&mut self, req: Request) -> Reply {
+        match req {
+            Request::Reset(key, to) => {
+                let s = self
+                    .served
+                    .get(&key)
+                    .ok_or_else(|| RequestError::NotFound(key.to_string()))?;
+                s.handle
+                    .reset(to)
+                    .map(|()| format!("{key}: reset into {to:?} started"))
+                    .map_err(RequestError::Failed)
+            }
+            Request::Disconnect(key) => {
+                let s = self
+                    .served
+                    .get(&key)
+                    .ok_or_else(|| RequestError::NotFound(key.to_string()))?;
+                s.handle
+                    .send(BridgeCommand::Disconnect("closed by the portal".into()));
+                Ok(format!("{key}: client disconnected"))
+            }
+            Request::Stop(tty) => {
+                let key = self.key_for_tty(&tty)?;
+                self.stop_by_request(&key)
+            }
+            Request::Start(tty) => {
+                let key = self.key_for_tty(&tty)?;
+                self.start_by_request(&key)
+            }
+            Request::StopAll => {
+                let keys: Vec<DeviceKey> = self.served.keys().cloned().collect();
+                let msgs: Vec<String> = keys
+                    .iter()
+                    .map(|k| self.stop_by_request(k).unwrap_or_else(|e| e.to_string()))
+                    .collect();
+                Ok(msgs.join("\n"))
+            }
+            Request::StartAll => {
+                let keys: Vec<DeviceKey> = self.stopped.keys().cloned().collect();
+                let msgs: Vec<String> = keys
+                    .iter()
+                    .map(|k| self.start_by_request(k).unwrap_or_else(|e| e.to_string()))
+                    .collect();
+                Ok(msgs.join("\n"))
+            }
+        }
+    }
+
+    /// The key of the device whose node is `tty` (served or stopped).
+    fn key_for_tty(&self, tty: &str) -> Result<DeviceKey, RequestError> {
+        self.registry
+            .snapshot()
+            .into_iter()
+            .find(|e| e.tty == tty || e.key.to_string() == tty)
+            .map(|e| e.key)
+            .ok_or_else(|| RequestError::NotFound(tty.to_string()))
+    }
+
+    fn stop_by_request(&mut self, key: &DeviceKey) -> Reply {
+        let Some(s) = self.served.remove(key) else {
+            return Ok(format!("{key}: already stopped"));
+        };
+        if let Some(n) = &s.node {
+            self.nodes.remove(n);
+        }
+        s.handle
+            .send(BridgeCommand::Disconnect("the device was stopped".into()));
+        s.handle.send(BridgeCommand::Shutdown);
+        let spec = s.spec.clone();
+        s.handle.join();
+        self.stopped.insert(key.clone(), (spec, s.node, s.usb));
+        self.registry.update(key, |e| {
+            e.state = DeviceState::Disabled;
+            e.client = None;
+        });
+        info!("{key}: stopped on request");
+        Ok(format!("{key}: stopped"))
+    }
+
+    fn start_by_request(&mut self, key: &DeviceKey) -> Reply {
+        if self.served.contains_key(key) {
+            return Ok(format!("{key}: already running"));
+        }
+        let Some((spec, node, usb)) = self.stopped.remove(key) else {
+            return Err(RequestError::Failed(format!("{key} is not present")));
+        };
+        let listener = match spec.port {
+            Some(p) => bind(self.config.bind, p),
+            None => self.bind_assigned(key).map_err(io::Error::other),
+        }
+        .map_err(|e| RequestError::Failed(e.to_string()))?;
+        self.start(key.clone(), spec, listener, usb, node, Duration::ZERO)
+            .map_err(|e| RequestError::Failed(e.to_string()))?;
+        info!("{key}: started on request");
+        Ok(format!("{key}: started"))
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
         let gone = self
             .served
@@ -566,7 +734,16 @@ impl Supervisor {
             };
             if wake_ready {
                 let _ = wake.read();
-                if let Ok(Command::Shutdown) = rx.try_recv() {
+                let mut shutdown = false;
+                while let Ok(cmd) = rx.try_recv() {
+                    match cmd {
+                        Command::Shutdown => shutdown = true,
+                        Command::Request(req, reply) => {
+                            let _ = reply.send(self.handle(req));
+                        }
+                    }
+                }
+                if shutdown {
                     break;
                 }
             }
