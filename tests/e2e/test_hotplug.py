@@ -67,10 +67,15 @@ class Lab:
         self.daemon = None
 
     def sysfs(self, board: str, tty: str | None = None):
+        """Create the board's sysfs entries (once: like the kernel's, they exist before the
+        device node appears and do not change while it is there)."""
         name, port, vid, pid, serial = BOARDS[board]
         tty = tty or name
         usb = self.sys / "devices/platform/3f980000.usb/usb1" / port
         intf = usb / f"{port}:1.0"
+        link = self.sys / "class/tty" / tty / "device"
+        if link.is_symlink() and link.resolve() == intf.resolve():
+            return
         intf.mkdir(parents=True, exist_ok=True)
         (intf / "bInterfaceNumber").write_text("00\n")
         (usb / "idVendor").write_text(vid + "\n")
@@ -79,9 +84,7 @@ class Lab:
         (usb / "manufacturer").write_text("Maker\n")
         if serial:
             (usb / "serial").write_text(serial + "\n")
-        cls = self.sys / "class/tty" / tty
-        cls.mkdir(parents=True, exist_ok=True)
-        link = cls / "device"
+        link.parent.mkdir(parents=True, exist_ok=True)
         if link.is_symlink():
             link.unlink()
         link.symlink_to(intf)
