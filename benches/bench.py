@@ -302,12 +302,26 @@ class Server:
                 self.proc.wait()
 
 
+def hermetic_flags(tmp: Path, tag: str) -> list[str]:
+    """Keep the daemon off the machine's /dev, /var/lib and port 8080, but with its parts running:
+    the portal stays on (loopback, OS-picked port) so CPU and memory include it."""
+    help_text = subprocess.run([BIN, "--help"], capture_output=True, text=True, timeout=10).stdout
+    flags = []
+    if "--no-hotplug" in help_text:
+        flags.append("--no-hotplug")
+    if "--state" in help_text:
+        flags += ["--state", str(tmp / f"{tag}-ports.json")]
+    if "--http" in help_text:
+        flags += ["--http", "127.0.0.1:0"]
+    return flags
+
+
 class Serialhub(Server):
     name = "serialhub"
 
     def __init__(self, devices: list[str], tmp: Path, tag: str = "serialhub"):
         self.log_path = tmp / f"{tag}.log"
-        args = [BIN, "serve", "--bind", "127.0.0.1"]
+        args = [BIN, "serve", "--bind", "127.0.0.1", *hermetic_flags(tmp, tag)]
         for d in devices:
             args += ["--device", d]
         env = dict(os.environ, RUST_LOG="info")
@@ -726,7 +740,7 @@ def render_md(rows, notes, args, hub, ref, esp, errors, runtime) -> str:
         "## Setup",
         "",
         "- One device: a PTY pair whose master end is driven by a forked child of the bench process "
-        "(echo for round trips, sink/source for bulk). Both servers serve the same kind of PTY, one at a time.",
+        "(echo for round trips, sink/source for bulk). Each server has its own PTY of the same kind.",
         "- Client: a minimal raw RFC 2217 socket client (`DO`/`WILL COM-PORT-OPTION`, then data with 0xFF "
         "doubled), TCP_NODELAY, on 127.0.0.1.",
         f"- Round trips: {args.samples} samples each of 1-byte and 64-byte random messages after 30 warm-up echoes; "
@@ -739,6 +753,8 @@ def render_md(rows, notes, args, hub, ref, esp, errors, runtime) -> str:
         "per MB (10^6 bytes) of payload. Peak RSS: VmHWM from /proc/PID/status after the run; RssAnon "
         "(status) and PSS (smaps_rollup) at the same moment show how much of it is file-backed, "
         "shared pages of libc and the binary itself.",
+        "- serialhub: `serialhub serve --bind 127.0.0.1 --no-hotplug --state TMP --http 127.0.0.1:0 "
+        "--device /dev/pts/N=0` (the portal thread runs, on loopback).",
         "- ser2net: Debian's package, foreground (`ser2net -n -u -c FILE`), YAML config "
         "`accepter: telnet(rfc2217),tcp,127.0.0.1,PORT`, `connector: serialdev,/dev/pts/N,115200n81,local`, "
         "options `chardelay: false`, `max-connections: 1`.",
