@@ -17,6 +17,7 @@ serialhub — share serial ports over RFC 2217, ESP32-aware
 USAGE:
     serialhub serve [--config FILE] [--device PATH[=PORT]]... [--bind ADDR] [--demo]
                     [--dev-dir DIR] [--sysfs DIR] [--state FILE] [--no-hotplug]
+                    [--http ADDR:PORT|off]
     serialhub sim --pty LINK [--flash FILE] [--bootloader]
     serialhub --help | --version
 
@@ -30,6 +31,8 @@ SERVE:
     --sysfs DIR          read USB identities from DIR (default /sys; [hotplug] sysfs)
     --state FILE         persisted port assignments (default /var/lib/serialhub/ports.json)
     --no-hotplug         serve only the configured devices
+    --http ADDR:PORT|off the portal: discovery API, metrics and web page (default 0.0.0.0:8080;
+                         `off` disables it; port 0 lets the OS pick, the log line says which)
 
 SIM:
     --pty LINK           create a pseudo-terminal and symlink its device at LINK
@@ -102,12 +105,14 @@ fn serve(mut parser: lexopt::Parser) -> Result<(), CliError> {
     let mut sysfs: Option<PathBuf> = None;
     let mut state: Option<PathBuf> = None;
     let mut no_hotplug = false;
+    let mut http: Option<String> = None;
     while let Some(arg) = parser.next()? {
         match arg {
             Long("dev-dir") => dev_dir = Some(parser.value()?.into()),
             Long("sysfs") => sysfs = Some(parser.value()?.into()),
             Long("state") => state = Some(parser.value()?.into()),
             Long("no-hotplug") => no_hotplug = true,
+            Long("http") => http = Some(parser.value()?.string()?),
             Long("config") => config_path = Some(parser.value()?.into()),
             Long("device") => {
                 let v = parser.value()?.string()?;
@@ -149,6 +154,10 @@ fn serve(mut parser: lexopt::Parser) -> Result<(), CliError> {
     }
     if no_hotplug {
         config.hotplug.enabled = false;
+    }
+    if let Some(h) = http {
+        config.http =
+            crate::config::parse_http(&h).map_err(|e| CliError::Usage(format!("--http: {e}")))?;
     }
     if config.devices.is_empty() && !config.hotplug.enabled {
         return Err(CliError::Usage(

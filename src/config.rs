@@ -25,6 +25,29 @@ pub struct Config {
     /// Where port assignments persist (JSON, written atomically).
     pub state_file: PathBuf,
     pub hotplug: Hotplug,
+    /// Where the portal (HTTP API and web page) listens; `None` (`"off"`) disables it.
+    #[serde(deserialize_with = "http_addr")]
+    pub http: Option<std::net::SocketAddr>,
+}
+
+/// The portal's default address (the old portal's port).
+pub const DEFAULT_HTTP: &str = "0.0.0.0:8080";
+
+/// `"ADDR:PORT"` or `"off"`, as in the config's `http` key and `--http`.
+pub fn parse_http(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| {
+        format!("`{s}` is not an address like \"0.0.0.0:8080\" or \"[::]:8080\", or \"off\"")
+    })
+}
+
+fn http_addr<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_http(&s).map_err(serde::de::Error::custom)
 }
 
 /// The `[hotplug]` table: which device nodes appear and vanish by themselves.
@@ -92,6 +115,7 @@ impl Default for Config {
             devices: Vec::new(),
             state_file: "/var/lib/serialhub/ports.json".into(),
             hotplug: Hotplug::default(),
+            http: parse_http(DEFAULT_HTTP).expect("the default parses"),
         }
     }
 }
@@ -366,6 +390,20 @@ mod tests {
         let (line, msg) = Config::parse("bind = \"localhost:80\"\n").unwrap_err();
         assert_eq!(line, 1, "{msg}");
         assert!(msg.contains("`bind`"), "{msg}");
+    }
+
+    #[test]
+    fn http_key() {
+        assert_eq!(
+            Config::default().http,
+            Some("0.0.0.0:8080".parse().unwrap())
+        );
+        let c = Config::parse("http = \"127.0.0.1:9000\"\n").unwrap();
+        assert_eq!(c.http, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(Config::parse("http = \"off\"\n").unwrap().http, None);
+        let (line, msg) = Config::parse("bind = \"0.0.0.0\"\nhttp = \"8080\"\n").unwrap_err();
+        assert_eq!(line, 2, "{msg}");
+        assert!(msg.contains("`http`") && msg.contains("off"), "{msg}");
     }
 
     #[test]

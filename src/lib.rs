@@ -16,6 +16,7 @@ pub mod config; // serialhub.toml and `--device` flags, with errors that name fi
 pub mod device; // device backends behind one trait: real tty, simulated ESP32
 pub mod identity; // USB identity of a tty from sysfs (vid, pid)
 pub mod lines; // DTR/RTS to GPIO lines (EN, IO0) for GPIO-wired boards
+pub mod portal; // HTTP: discovery API (old portal's shapes), metrics, web page
 pub mod registry; // the shared view of devices, ports, clients and counters
 pub mod reset; // reset policies: client DTR/RTS patterns to timed line changes (pure)
 pub mod rfc2217; // COM-PORT-OPTION (44) requests and replies as typed values (pure)

@@ -97,8 +97,16 @@ pub fn serve(config: Config) -> Result<(), String> {
     mask.thread_block()
         .map_err(|e| format!("cannot block signals: {e}"))?;
 
+    // The portal's port first: a busy one stops the daemon before any device is touched.
+    let http = match config.http {
+        Some(addr) => Some(crate::portal::bind(addr).map_err(|e| {
+            format!("cannot listen for HTTP on {addr}: {e} (is another portal running? set `http` or --http to another address, or \"off\")")
+        })?),
+        None => None,
+    };
+    let device_ip = config.bind;
     let registry = Registry::new();
-    let mut sup = Supervisor::new(config, registry)?;
+    let mut sup = Supervisor::new(config, registry.clone())?;
     sup.start_fixed()?;
     sup.start_hotplug();
     let wake = Arc::new(
@@ -107,10 +115,14 @@ pub fn serve(config: Config) -> Result<(), String> {
     );
     let (tx, rx) = mpsc::channel();
     // The portal (and anything else that commands devices) talks through this.
-    let _handle = SupervisorHandle {
+    let handle = SupervisorHandle {
         tx: tx.clone(),
         wake: wake.clone(),
     };
+    if let Some(listener) = http {
+        crate::portal::spawn(listener, device_ip, registry, handle)
+            .map_err(|e| format!("cannot start the portal: {e}"))?;
+    }
     let thread_wake = wake.clone();
     let thread = std::thread::Builder::new()
         .name("supervisor".into())

@@ -1,0 +1,1168 @@
+//! The portal: the discovery API, Prometheus metrics and a small web page, over HTTP.
+//!
+//! Compatible with the old Python portal (`/api/info`, `/api/devices`, `/api/discover`,
+//! `/api/start`, `/api/stop`, `/api/start-all`, `/api/stop-all`: same fields, same meanings,
+//! more fields added, none renamed), plus per-device endpoints (`/api/devices/{key}`, its
+//! `reset`, `disconnect` and `log`) and `/metrics`.
+//!
+//! It never blocks a bridge: it reads [`Registry::snapshot`] (one short lock) and sends
+//! commands to the supervisor, which passes them to the bridges through their wake fds.
+//! tiny_http reads request heads on its own connection threads; two portal threads answer.
+//! The routing ([`Portal::handle`]) takes a plain [`HttpRequest`] so it is tested without
+//! sockets.
+
+use std::fmt::Write as _;
+use std::io::{self, Read};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::{debug, error, info, warn};
+use serde_json::{json, Map, Value};
+
+use crate::registry::{DeviceEntry, DeviceState, Registry, Stats};
+use crate::reset::ResetTo;
+use crate::supervisor::{Reply, Request, RequestError, SupervisorHandle};
+
+/// Request bodies larger than this are refused with 413 (at most this + 1 bytes are read).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Threads answering requests (one may wait on a slow command while the other reads).
+const WORKERS: usize = 2;
+
+/// Requests whose body is still on the wire (larger than tiny_http buffers itself, chunked or
+/// `Expect: 100-continue`) are answered on a thread of their own, so a slow sender holds up
+/// nobody; at most this many at once, beyond that they wait their turn on a worker.
+const MAX_STREAMING: usize = 16;
+
+/// tiny_http 0.12 discards an unread body by allocating a buffer of the size the client
+/// claimed (`EqualReader::drop`), which aborts the process for an absurd `Content-Length`.
+/// Requests claiming more than this are answered 413 and their connection is abandoned (a
+/// socket and a tiny_http thread are leaked) rather than ever dropped.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+
+const PAGE: &str = include_str!("portal/index.html");
+
+/// What the portal asks of the daemon; the supervisor in production, a fake in tests.
+pub trait Commands: Send + Sync + 'static {
+    fn request(&self, req: Request) -> Reply;
+}
+
+impl Commands for SupervisorHandle {
+    fn request(&self, req: Request) -> Reply {
+        SupervisorHandle::request(self, req)
+    }
+}
+
+/// Bind the portal's address (done before any device is started, so a busy port stops the
+/// daemon at once).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+}
+
+/// Serve the portal on `listener` until the process exits. `device_ip` is the address the
+/// device ports listen on (the `bind` key): the URLs' host when it is a specific one.
+pub fn spawn(
+    listener: TcpListener,
+    device_ip: IpAddr,
+    registry: Arc<Registry>,
+    commands: impl Commands,
+) -> io::Result<JoinHandle<()>> {
+    let addr = listener.local_addr()?;
+    let server = tiny_http::Server::from_listener(listener, None).map_err(io::Error::other)?;
+    let server = Arc::new(server);
+    let portal = Arc::new(Portal::new(registry, Box::new(commands), device_ip));
+    info!("portal listening on http://{addr}");
+    for i in 1..WORKERS {
+        let (server, portal) = (server.clone(), portal.clone());
+        std::thread::Builder::new()
+            .name(format!("portal-{}", i + 1))
+            .spawn(move || work(&server, &portal))?;
+    }
+    std::thread::Builder::new()
+        .name("portal".into())
+        .spawn(move || work(&server, &portal))
+}
+
+fn work(server: &Arc<tiny_http::Server>, portal: &Arc<Portal>) {
+    loop {
+        match server.recv() {
+            Ok(rq) => portal.dispatch(rq),
+            Err(e) => {
+                error!("portal: stopped accepting connections: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// A request as the router sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpRequest<'a> {
+    pub method: &'a str,
+    /// Path and query, as sent (`/api/devices/serial%3A01/log?since=5`).
+    pub url: &'a str,
+    /// The `Host` header.
+    pub host: Option<&'a str>,
+    pub remote: Option<SocketAddr>,
+    pub body: &'a [u8],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    /// The `Allow` header of a 405.
+    pub allow: Option<&'static str>,
+}
+
+impl HttpResponse {
+    fn json(status: u16, v: &Value) -> HttpResponse {
+        let mut body = serde_json::to_vec(v).unwrap_or_default();
+        body.push(b'\n');
+        HttpResponse {
+            status,
+            content_type: "application/json",
+            body,
+            allow: None,
+        }
+    }
+
+    fn error(status: u16, msg: impl Into<String>) -> HttpResponse {
+        HttpResponse::json(status, &json!({ "error": msg.into() }))
+    }
+
+    /// The old portal's command answers: `success` plus `message`, and `error` on failure.
+    fn command(reply: Reply) -> HttpResponse {
+        match reply {
+            Ok(msg) => HttpResponse::json(200, &json!({ "success": true, "message": msg })),
+            Err(e) => {
+                let status = match e {
+                    RequestError::NotFound(_) => 404,
+                    RequestError::Failed(_) => 409,
+                };
+                let msg = e.to_string();
+                HttpResponse::json(
+                    status,
+                    &json!({ "success": false, "error": msg, "message": msg }),
+                )
+            }
+        }
+    }
+
+    fn method_not_allowed(allow: &'static str) -> HttpResponse {
+        let mut r = HttpResponse::error(405, format!("method not allowed; use {allow}"));
+        r.allow = Some(allow);
+        r
+    }
+}
+
+pub struct Portal {
+    registry: Arc<Registry>,
+    commands: Box<dyn Commands>,
+    device_ip: IpAddr,
+    streaming: AtomicUsize,
+}
+
+impl Portal {
+    pub fn new(registry: Arc<Registry>, commands: Box<dyn Commands>, device_ip: IpAddr) -> Portal {
+        Portal {
+            registry,
+            commands,
+            device_ip,
+            streaming: AtomicUsize::new(0),
+        }
+    }
+
+    /// Answer one tiny_http request: on this thread, or on a thread of its own when its body
+    /// has yet to arrive.
+    fn dispatch(self: &Arc<Self>, rq: tiny_http::Request) {
+        if let Some(n) = rq.body_length().filter(|&n| n > DRAIN_LIMIT) {
+            warn!(
+                "portal: {} claims a {n}-byte body; answering 413 and abandoning the connection",
+                rq.remote_addr()
+                    .map_or_else(|| "?".into(), |a| a.to_string())
+            );
+            let r = HttpResponse::error(
+                413,
+                format!("request body larger than {} KiB", MAX_BODY / 1024),
+            );
+            // `upgrade` sends the response and hands back the stream, whose drop would do the
+            // huge allocation: it is never dropped.
+            let stream = rq.upgrade("HTTP/1.1", tiny_response(r, false));
+            std::mem::forget(stream);
+            return;
+        }
+        let header = |name: &'static str| header(&rq, name);
+        // tiny_http reads bodies of up to 1 KiB itself before handing the request over.
+        let buffered = match rq.body_length() {
+            Some(n) => n <= 1024 && header("Expect").is_none(),
+            None => header("Transfer-Encoding").is_none(),
+        };
+        if !buffered && self.streaming.fetch_add(1, Ordering::AcqRel) < MAX_STREAMING {
+            let me = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("portal-body".into())
+                .spawn(move || {
+                    me.answer(rq);
+                    me.streaming.fetch_sub(1, Ordering::AcqRel);
+                });
+            if let Err(e) = spawned {
+                // The request went down with the closure; the client sees the connection close.
+                warn!("portal: cannot start a thread for a request: {e}");
+                self.streaming.fetch_sub(1, Ordering::AcqRel);
+            }
+            return;
+        }
+        if !buffered {
+            self.streaming.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.answer(rq);
+    }
+
+    fn answer(&self, mut rq: tiny_http::Request) {
+        let method = rq.method().as_str().to_ascii_uppercase();
+        let url = rq.url().to_string();
+        let host = header(&rq, "Host");
+        let remote = rq.remote_addr().copied();
+        let mut too_large = false;
+        let mut body = Vec::new();
+        if rq.body_length().is_some_and(|n| n > MAX_BODY) {
+            too_large = true;
+        } else if method == "POST" {
+            let reader = rq.as_reader();
+            match reader.take(MAX_BODY as u64 + 1).read_to_end(&mut body) {
+                Ok(_) => too_large = body.len() > MAX_BODY,
+                Err(e) => {
+                    debug!("portal: {method} {url}: reading the body: {e}");
+                    let r = HttpResponse::error(400, format!("cannot read the body: {e}"));
+                    return respond(rq, r, true);
+                }
+            }
+        }
+        let response = if too_large {
+            HttpResponse::error(
+                413,
+                format!("request body larger than {} KiB", MAX_BODY / 1024),
+            )
+        } else {
+            self.handle(&HttpRequest {
+                method: &method,
+                url: &url,
+                host: host.as_deref(),
+                remote,
+                body: &body,
+            })
+        };
+        debug!(
+            "portal: {} {method} {url} -> {}",
+            remote.map_or_else(|| "?".into(), |a| a.to_string()),
+            response.status
+        );
+        respond(rq, response, too_large);
+    }
+
+    /// Route one request.
+    pub fn handle(&self, req: &HttpRequest) -> HttpResponse {
+        let (path, query) = req.url.split_once('?').unwrap_or((req.url, ""));
+        let path = match path.strip_suffix('/') {
+            Some(p) if !p.is_empty() => p,
+            _ => path,
+        };
+        let get = matches!(req.method, "GET" | "HEAD");
+        let post = req.method == "POST";
+        let host = || self.url_host(req.host, req.remote);
+        match path {
+            "/" | "/index.html" => {
+                if !get {
+                    return HttpResponse::method_not_allowed("GET, HEAD");
+                }
+                return HttpResponse {
+                    status: 200,
+                    content_type: "text/html; charset=utf-8",
+                    body: self.page(&host(), req.host).into_bytes(),
+                    allow: None,
+                };
+            }
+            "/metrics" => {
+                if !get {
+                    return HttpResponse::method_not_allowed("GET, HEAD");
+                }
+                return HttpResponse {
+                    status: 200,
+                    content_type: "text/plain; version=0.0.4; charset=utf-8",
+                    body: self.metrics().into_bytes(),
+                    allow: None,
+                };
+            }
+            "/api/info" | "/api/devices" | "/api/discover" => {
+                if !get {
+                    return HttpResponse::method_not_allowed("GET, HEAD");
+                }
+                let v = match path {
+                    "/api/info" => self.info(&host()),
+                    "/api/devices" => self.devices(&host(), false),
+                    _ => self.devices(&host(), true),
+                };
+                return HttpResponse::json(200, &v);
+            }
+            "/api/start" | "/api/stop" => {
+                if !post {
+                    return HttpResponse::method_not_allowed("POST");
+                }
+                let tty = match json_body(req.body) {
+                    Ok(v) => v.get("tty").and_then(Value::as_str).map(str::to_string),
+                    Err(e) => return e,
+                };
+                let Some(tty) = tty.filter(|t| !t.is_empty()) else {
+                    return HttpResponse::json(
+                        400,
+                        &json!({ "success": false, "error": "Missing tty" }),
+                    );
+                };
+                let req = if path == "/api/start" {
+                    Request::Start(tty)
+                } else {
+                    Request::Stop(tty)
+                };
+                return HttpResponse::command(self.commands.request(req));
+            }
+            "/api/start-all" | "/api/stop-all" => {
+                if !post {
+                    return HttpResponse::method_not_allowed("POST");
+                }
+                let req = if path == "/api/start-all" {
+                    Request::StartAll
+                } else {
+                    Request::StopAll
+                };
+                return match self.commands.request(req) {
+                    Ok(msgs) => {
+                        let messages: Vec<&str> = msgs.lines().filter(|l| !l.is_empty()).collect();
+                        HttpResponse::json(200, &json!({ "success": true, "messages": messages }))
+                    }
+                    Err(e) => HttpResponse::command(Err(e)),
+                };
+            }
+            _ => {}
+        }
+        let Some(rest) = path.strip_prefix("/api/devices/") else {
+            return HttpResponse::error(404, "Not found");
+        };
+        let (raw_key, action) = match rest.split_once('/') {
+            Some((k, a)) => (k, Some(a)),
+            None => (rest, None),
+        };
+        let allow = match action {
+            None | Some("log") => "GET, HEAD",
+            Some("reset" | "disconnect") => "POST",
+            Some(_) => return HttpResponse::error(404, "Not found"),
+        };
+        if (allow == "POST" && !post) || (allow != "POST" && !get) {
+            return HttpResponse::method_not_allowed(allow);
+        }
+        let Some(key) = percent_decode(raw_key) else {
+            return HttpResponse::error(400, "bad percent-encoding in the device key");
+        };
+        let Some(entry) = self.find(&key) else {
+            return HttpResponse::error(404, format!("no device {key}"));
+        };
+        match action {
+            None => HttpResponse::json(200, &device_json(&entry, &host())),
+            Some("log") => match query_u64(query, "since") {
+                Ok(since) => HttpResponse::json(200, &log_json(&entry, since.unwrap_or(0))),
+                Err(e) => HttpResponse::error(400, e),
+            },
+            Some("reset") => {
+                let v = match json_body(req.body) {
+                    Ok(v) => v,
+                    Err(e) => return e,
+                };
+                let to = match v.get("to").and_then(Value::as_str) {
+                    Some("app") => ResetTo::App,
+                    Some("bootloader") => ResetTo::Bootloader,
+                    Some(other) => {
+                        return HttpResponse::error(
+                            400,
+                            format!("`to` must be \"app\" or \"bootloader\", not {other:?}"),
+                        )
+                    }
+                    None => {
+                        return HttpResponse::error(
+                            400,
+                            "missing field `to` (\"app\" or \"bootloader\")",
+                        )
+                    }
+                };
+                HttpResponse::command(self.commands.request(Request::Reset(entry.key, to)))
+            }
+            _ => HttpResponse::command(self.commands.request(Request::Disconnect(entry.key))),
+        }
+    }
+
+    /// A device by its key (`serial:0123`), its node (`/dev/ttyUSB0`) or its name.
+    fn find(&self, what: &str) -> Option<DeviceEntry> {
+        let all = self.registry.snapshot();
+        let pos = all
+            .iter()
+            .position(|e| e.key.to_string() == what)
+            .or_else(|| all.iter().position(|e| e.tty == what))
+            .or_else(|| all.iter().position(|e| e.name == what))?;
+        all.into_iter().nth(pos)
+    }
+
+    /// The host to put in device URLs: what the HTTP client used to reach us, unless that is
+    /// a loopback name while the client came from elsewhere (then it would point at the
+    /// client itself); else the devices' bind address, else this machine's first address.
+    pub fn url_host(&self, host_header: Option<&str>, remote: Option<SocketAddr>) -> String {
+        let remote_is_local = remote.is_none_or(|r| r.ip().is_loopback());
+        if let Some(h) = host_header.and_then(host_of) {
+            if remote_is_local || !is_loopback_name(&h) {
+                return h;
+            }
+        }
+        if !self.device_ip.is_unspecified() && (remote_is_local || !self.device_ip.is_loopback()) {
+            return url_ip(self.device_ip);
+        }
+        url_ip(IpAddr::V4(local_ipv4().unwrap_or(Ipv4Addr::LOCALHOST)))
+    }
+
+    fn info(&self, host: &str) -> Value {
+        let all = self.registry.snapshot();
+        let count = |f: &dyn Fn(&DeviceEntry) -> bool| all.iter().filter(|e| f(e)).count();
+        json!({
+            "ip": local_ipv4().unwrap_or(Ipv4Addr::LOCALHOST).to_string(),
+            "host": host,
+            "hostname": hostname(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime": self.registry.uptime().as_secs(),
+            "devices": all.len(),
+            "running": count(&|e| running(&e.state)),
+            "connected": count(&|e| e.client.is_some()),
+        })
+    }
+
+    fn devices(&self, host: &str, served_only: bool) -> Value {
+        let devices: Vec<Value> = self
+            .registry
+            .snapshot()
+            .iter()
+            .filter(|e| !served_only || running(&e.state))
+            .map(|e| device_json(e, host))
+            .collect();
+        json!({ "devices": devices })
+    }
+
+    fn metrics(&self) -> String {
+        let all = self.registry.snapshot();
+        let mut out = String::new();
+        let mut family =
+            |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = String>| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for r in rows {
+                    let _ = writeln!(out, "{name}{r}");
+                }
+            };
+        let labels = |e: &DeviceEntry| {
+            format!(
+                "key=\"{}\",name=\"{}\",tty=\"{}\",port=\"{}\"",
+                label(&e.key.to_string()),
+                label(&e.name),
+                label(&e.tty),
+                e.port
+            )
+        };
+        family(
+            "serialhub_uptime_seconds",
+            "gauge",
+            "Seconds since the daemon started.",
+            &mut std::iter::once(format!(" {}", self.registry.uptime().as_secs_f64())),
+        );
+        family(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the daemon (VmRSS).",
+            &mut rss_bytes().map(|b| format!(" {b}")).into_iter(),
+        );
+        family(
+            "serialhub_devices",
+            "gauge",
+            "Devices the daemon knows.",
+            &mut std::iter::once(format!(" {}", all.len())),
+        );
+        type Counter = fn(&Stats) -> u64;
+        let counters: [(&str, &str, Counter); 4] = [
+            (
+                "serialhub_device_bytes_to_device_total",
+                "Bytes from clients written to the device.",
+                |s| Stats::get(&s.bytes_to_device),
+            ),
+            (
+                "serialhub_device_bytes_to_client_total",
+                "Bytes from the device sent to clients.",
+                |s| Stats::get(&s.bytes_to_client),
+            ),
+            (
+                "serialhub_device_connects_total",
+                "Client connections accepted.",
+                |s| Stats::get(&s.connects),
+            ),
+            (
+                "serialhub_device_resets_total",
+                "Resets played (client-started and requested).",
+                |s| Stats::get(&s.resets),
+            ),
+        ];
+        for (name, help, get) in counters {
+            family(
+                name,
+                "counter",
+                help,
+                &mut all
+                    .iter()
+                    .map(|e| format!("{{{}}} {}", labels(e), get(&e.stats))),
+            );
+        }
+        family(
+            "serialhub_device_client_connected",
+            "gauge",
+            "1 while a client is connected.",
+            &mut all
+                .iter()
+                .map(|e| format!("{{{}}} {}", labels(e), u8::from(e.client.is_some()))),
+        );
+        const STATES: [&str; 7] = [
+            "absent",
+            "starting",
+            "idle",
+            "connected",
+            "flapping",
+            "disabled",
+            "error",
+        ];
+        family(
+            "serialhub_device_state",
+            "gauge",
+            "The device's state (1 for the current one).",
+            &mut all.iter().flat_map(|e| {
+                let l = labels(e);
+                let now = e.state.as_str();
+                STATES
+                    .iter()
+                    .map(move |s| format!("{{{l},state=\"{s}\"}} {}", u8::from(*s == now)))
+            }),
+        );
+        out
+    }
+
+    /// The web page, with the device table already filled in (it works without JavaScript;
+    /// the script then keeps it up to date and adds the buttons).
+    fn page(&self, host: &str, host_header: Option<&str>) -> String {
+        let mut rows = String::new();
+        let all = self.registry.snapshot();
+        for e in &all {
+            let d = device_json(e, host);
+            let s = |k: &str| html(d[k].as_str().unwrap_or(""));
+            let client = e
+                .client
+                .as_ref()
+                .map_or_else(|| "—".to_string(), |c| html(&c.addr.to_string()));
+            let _ = writeln!(
+                rows,
+                "<tr><td data-l=\"Name\">{}</td><td data-l=\"Product\">{}</td><td data-l=\"Serial\">{}</td>\
+                 <td data-l=\"Key\"><code>{}</code></td><td data-l=\"Port\">{}</td>\
+                 <td data-l=\"State\"><span class=\"st st-{}\">{}</span></td><td data-l=\"Client\">{}</td>\
+                 <td data-l=\"URL\"><code>{}</code></td></tr>",
+                s("name"),
+                s("product"),
+                s("serial"),
+                s("key"),
+                e.port,
+                e.state.as_str(),
+                e.state.as_str(),
+                client,
+                s("url"),
+            );
+        }
+        if all.is_empty() {
+            rows.push_str("<tr><td colspan=\"8\">No devices yet.</td></tr>\n");
+        }
+        PAGE.replace("{{ROWS}}", &rows)
+            .replace("{{HOST}}", &html(host))
+            .replace("{{HOSTNAME}}", &html(&hostname()))
+            .replace("{{PORTAL_PORT}}", &portal_port(host_header))
+            .replace("{{VERSION}}", env!("CARGO_PKG_VERSION"))
+    }
+}
+
+fn header(rq: &tiny_http::Request, name: &'static str) -> Option<String> {
+    rq.headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str().to_string())
+}
+
+fn respond(rq: tiny_http::Request, r: HttpResponse, close: bool) {
+    if let Err(e) = rq.respond(tiny_response(r, close)) {
+        debug!("portal: sending a response: {e}");
+    }
+}
+
+fn tiny_response(r: HttpResponse, close: bool) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
+    let mut resp = tiny_http::Response::from_data(r.body).with_status_code(r.status);
+    let mut add = |name: &str, value: &str| {
+        if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            resp.add_header(h);
+        }
+    };
+    add("Content-Type", r.content_type);
+    add("Cache-Control", "no-store");
+    add("X-Content-Type-Options", "nosniff");
+    if let Some(a) = r.allow {
+        add("Allow", a);
+    }
+    if close {
+        add("Connection", "close");
+    }
+    resp
+}
+
+fn json_body(body: &[u8]) -> Result<Value, HttpResponse> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(Map::new()));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err(HttpResponse::error(400, "the body must be a JSON object")),
+        Err(e) => Err(HttpResponse::error(400, format!("invalid JSON: {e}"))),
+    }
+}
+
+/// `name=N` from a query string; `Ok(None)` when absent.
+fn query_u64(query: &str, name: &str) -> Result<Option<u64>, String> {
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == name {
+            return v
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("`{name}` must be a byte offset (an integer), not {v:?}"));
+        }
+    }
+    Ok(None)
+}
+
+/// Decode `%XX` escapes; `None` for malformed ones or text that is not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Served: the device's port is listening (`running` in the old portal's terms).
+fn running(s: &DeviceState) -> bool {
+    matches!(
+        s,
+        DeviceState::Starting | DeviceState::Idle | DeviceState::Connected
+    )
+}
+
+/// `Esp { esp32r0: false }` → `esp`, `UsbJtag` → `usb-jtag` (the config's spelling).
+fn policy_name(debug: &str) -> String {
+    let head = debug.split([' ', '{', '(']).next().unwrap_or(debug);
+    let mut out = String::new();
+    for (i, c) in head.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('-');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+/// One device as JSON: the old portal's fields first, then ours.
+pub fn device_json(e: &DeviceEntry, host: &str) -> Value {
+    let usb = e.usb.as_ref();
+    let url = format!("rfc2217://{host}:{}", e.port);
+    let client = e.client.as_ref().map(|c| {
+        let since = c
+            .since
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let seconds = SystemTime::now()
+            .duration_since(c.since)
+            .map_or(0, |d| d.as_secs());
+        json!({ "addr": c.addr.to_string(), "since": since.floor(), "seconds": seconds })
+    });
+    let problem = match &e.state {
+        DeviceState::Error(m) => Some(m.as_str()),
+        _ => None,
+    };
+    json!({
+        "tty": e.tty,
+        "product": usb.and_then(|u| u.product.clone()).unwrap_or_else(|| e.name.clone()),
+        "serial": usb.and_then(|u| u.serial.clone()).unwrap_or_default(),
+        "port": e.port,
+        "running": running(&e.state),
+        "url": url,
+        "url_ign_set_control": format!("{url}?ign_set_control"),
+        "key": e.key.to_string(),
+        "key_kind": serde_json::to_value(e.key.kind).unwrap_or(Value::Null),
+        "name": e.name,
+        "vid": usb.and_then(|u| u.id).map(|id| format!("{:04x}", id.vid)),
+        "pid": usb.and_then(|u| u.id).map(|id| format!("{:04x}", id.pid)),
+        "manufacturer": usb.and_then(|u| u.manufacturer.clone()),
+        "usb_path": usb.and_then(|u| u.path.clone()),
+        "interface": usb.and_then(|u| u.interface),
+        "reset": policy_name(&e.reset),
+        "protocol": "rfc2217",
+        "state": e.state.as_str(),
+        "problem": problem,
+        "client": client,
+        "bytes_to_device": Stats::get(&e.stats.bytes_to_device),
+        "bytes_to_client": Stats::get(&e.stats.bytes_to_client),
+        "connects": Stats::get(&e.stats.connects),
+        "resets": Stats::get(&e.stats.resets),
+        "esptool": format!("esptool --port {url} chip-id"),
+        "idf": format!("ESPPORT={url} idf.py flash monitor"),
+        "platformio": format!("upload_port = {url}\nmonitor_port = {url}"),
+    })
+}
+
+/// The device's output from byte offset `since`: as text (invalid UTF-8 shown as U+FFFD), a
+/// character cut at the end is left for the next read. `from` is where `data` starts (later
+/// than `since` when older bytes were dropped), `next` the offset to ask for next.
+fn log_json(e: &DeviceEntry, since: u64) -> Value {
+    let (bytes, total) = match e.log.lock() {
+        Ok(l) => l.read_since(since),
+        Err(p) => p.into_inner().read_since(since),
+    };
+    let from = total - bytes.len() as u64;
+    let keep = complete_utf8_len(&bytes);
+    json!({
+        "data": String::from_utf8_lossy(&bytes[..keep]),
+        "from": from,
+        "next": from + keep as u64,
+        "total": total,
+    })
+}
+
+/// The length of `b` without a UTF-8 sequence cut off at its end.
+fn complete_utf8_len(b: &[u8]) -> usize {
+    for back in 1..=3.min(b.len()) {
+        let i = b.len() - back;
+        let c = b[i];
+        if c & 0xC0 == 0x80 {
+            continue; // a continuation byte: look further back for the lead
+        }
+        let need = match c {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => 1,
+        };
+        return if need > back { i } else { b.len() };
+    }
+    b.len()
+}
+
+/// The host part of a `Host` header (`name`, `1.2.3.4`, `[::1]`), if it is one we may
+/// echo into URLs and the page.
+fn host_of(header: &str) -> Option<String> {
+    let h = header.trim();
+    let host = if h.starts_with('[') {
+        &h[..=h.find(']')?]
+    } else {
+        match h.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|c| c.is_ascii_digit()) => name,
+            _ => h,
+        }
+    };
+    let ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b".-_:[]".contains(&c));
+    ok.then(|| host.to_string())
+}
+
+/// `:PORT` from a `Host` header, or nothing.
+fn portal_port(header: Option<&str>) -> String {
+    header
+        .and_then(|h| h.trim().rsplit_once(':'))
+        .filter(|(h, p)| {
+            !h.ends_with(':') && !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit())
+        })
+        .map_or_else(String::new, |(_, p)| format!(":{p}"))
+}
+
+fn is_loopback_name(host: &str) -> bool {
+    let h = host.trim_end_matches('.').to_ascii_lowercase();
+    if h == "localhost" || h.ends_with(".localhost") {
+        return true;
+    }
+    h.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+}
+
+fn url_ip(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+/// This machine's first non-loopback IPv4 address on an interface that is up (the old
+/// portal's `hostname -I`).
+pub fn local_ipv4() -> Option<Ipv4Addr> {
+    use nix::net::if_::InterfaceFlags;
+    nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter(|a| {
+            a.flags.contains(InterfaceFlags::IFF_UP)
+                && !a.flags.contains(InterfaceFlags::IFF_LOOPBACK)
+        })
+        .filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip()))
+        .find(|ip| !ip.is_loopback() && !ip.is_unspecified())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// VmRSS from /proc/self/status, in bytes.
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// A Prometheus label value.
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::assign::DeviceKey;
+    use crate::identity::{UsbId, UsbInfo};
+    use crate::registry::{ClientInfo, LogRing};
+    use std::sync::Mutex;
+
+    /// Records requests and answers them from a script.
+    #[derive(Default)]
+    struct Fake {
+        seen: Mutex<Vec<String>>,
+    }
+
+    impl Commands for Arc<Fake> {
+        fn request(&self, req: Request) -> Reply {
+            let text = format!("{req:?}");
+            self.seen.lock().unwrap().push(text.clone());
+            match req {
+                Request::Start(t) | Request::Stop(t) if t == "/dev/nope" => {
+                    Err(RequestError::NotFound(t))
+                }
+                Request::StartAll => Ok("a: started\nb: started".into()),
+                Request::StopAll => Ok(String::new()),
+                _ => Ok(text),
+            }
+        }
+    }
+
+    fn setup() -> (Portal, Arc<Fake>, Arc<Registry>) {
+        let reg = Registry::new();
+        let usb = UsbInfo {
+            id: Some(UsbId {
+                vid: 0x10c4,
+                pid: 0xea60,
+            }),
+            serial: Some("0001".into()),
+            manufacturer: Some("Silicon Labs".into()),
+            product: Some("CP2102 USB to UART".into()),
+            interface: Some(0),
+            path: Some("pci-0000:00:14.0-usb-0:1:1.0".into()),
+        };
+        let log = Arc::new(Mutex::new(LogRing::new(64 * 1024)));
+        log.lock().unwrap().push("boot #1\r\nh\u{e9}".as_bytes());
+        reg.upsert(DeviceEntry {
+            key: DeviceKey::serial("0001"),
+            name: "ttyUSB0".into(),
+            tty: "/dev/ttyUSB0".into(),
+            usb: Some(usb),
+            port: 4001,
+            state: DeviceState::Connected,
+            client: Some(ClientInfo {
+                addr: "192.168.1.9:50000".parse().unwrap(),
+                since: SystemTime::now(),
+            }),
+            reset: "Esp { esp32r0: false }".into(),
+            stats: Arc::default(),
+            log,
+        });
+        reg.upsert(DeviceEntry {
+            key: DeviceKey::name("sim#2"),
+            name: "sim".into(),
+            tty: "sim".into(),
+            usb: None,
+            port: 4002,
+            state: DeviceState::Disabled,
+            client: None,
+            reset: "UsbJtag".into(),
+            stats: Arc::default(),
+            log: Arc::new(Mutex::new(LogRing::new(16))),
+        });
+        let fake = Arc::new(Fake::default());
+        let p = Portal::new(
+            reg.clone(),
+            Box::new(fake.clone()),
+            IpAddr::from([0, 0, 0, 0]),
+        );
+        (p, fake, reg)
+    }
+
+    fn call(p: &Portal, method: &str, url: &str, body: &str) -> (u16, Value) {
+        let r = p.handle(&HttpRequest {
+            method,
+            url,
+            host: Some("pi.local:8080"),
+            remote: Some("192.168.1.9:40000".parse().unwrap()),
+            body: body.as_bytes(),
+        });
+        let v = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        (r.status, v)
+    }
+
+    #[test]
+    fn device_fields() {
+        let (p, _, _) = setup();
+        let (s, v) = call(&p, "GET", "/api/devices", "");
+        assert_eq!(s, 200);
+        let d = &v["devices"][0];
+        for k in ["tty", "product", "serial", "port", "running"] {
+            assert!(!d[k].is_null(), "{k}");
+        }
+        assert_eq!(d["url"], "rfc2217://pi.local:4001");
+        assert_eq!(
+            d["url_ign_set_control"],
+            "rfc2217://pi.local:4001?ign_set_control"
+        );
+        assert_eq!(d["key"], "serial:0001");
+        assert_eq!(d["key_kind"], "serial");
+        assert_eq!(
+            (d["vid"].as_str(), d["pid"].as_str()),
+            (Some("10c4"), Some("ea60"))
+        );
+        assert_eq!(d["reset"], "esp");
+        assert_eq!(d["state"], "connected");
+        assert_eq!(d["client"]["addr"], "192.168.1.9:50000");
+        assert_eq!(
+            d["platformio"],
+            "upload_port = rfc2217://pi.local:4001\nmonitor_port = rfc2217://pi.local:4001"
+        );
+        assert_eq!(v["devices"][1]["reset"], "usb-jtag");
+        assert_eq!(v["devices"][1]["running"], false);
+        let (_, v) = call(&p, "GET", "/api/discover", "");
+        assert_eq!(v["devices"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn per_device_endpoints_and_errors() {
+        let (p, fake, _) = setup();
+        assert_eq!(call(&p, "GET", "/api/devices/serial%3A0001", "").0, 200);
+        assert_eq!(
+            call(&p, "GET", "/api/devices/name:sim%232/", "").1["port"],
+            4002
+        );
+        assert_eq!(call(&p, "GET", "/api/devices/%2Fdev%2FttyUSB0", "").0, 200);
+        assert_eq!(call(&p, "GET", "/api/devices/nope", "").0, 404);
+        assert_eq!(call(&p, "GET", "/api/devices/%zz", "").0, 400);
+        assert_eq!(call(&p, "GET", "/api/devices/serial:0001/frob", "").0, 404);
+        assert_eq!(call(&p, "GET", "/api/devices/serial:0001/reset", "").0, 405);
+        let (s, v) = call(
+            &p,
+            "POST",
+            "/api/devices/serial:0001/reset",
+            "{\"to\":\"bootloader\"}",
+        );
+        assert_eq!((s, v["success"].as_bool()), (200, Some(true)));
+        assert_eq!(
+            call(&p, "POST", "/api/devices/serial:0001/reset", "{}").0,
+            400
+        );
+        assert_eq!(
+            call(&p, "POST", "/api/devices/serial:0001/reset", "{\"to\":1}").0,
+            400
+        );
+        assert_eq!(
+            call(&p, "POST", "/api/devices/serial:0001/reset", "{").0,
+            400
+        );
+        assert_eq!(
+            call(&p, "POST", "/api/devices/serial:0001/disconnect", "").0,
+            200
+        );
+        let seen = fake.seen.lock().unwrap().clone();
+        assert!(
+            seen[0].starts_with("Reset(") && seen[0].contains("Bootloader"),
+            "{seen:?}"
+        );
+        assert!(seen[1].starts_with("Disconnect("), "{seen:?}");
+        assert_eq!(call(&p, "GET", "/nope", "").1["error"], "Not found");
+        assert_eq!(call(&p, "DELETE", "/api/info", "").0, 405);
+        assert_eq!(call(&p, "POST", "/metrics", "").0, 405);
+    }
+
+    #[test]
+    fn compatible_commands() {
+        let (p, fake, _) = setup();
+        let (s, v) = call(&p, "POST", "/api/start", "{\"tty\":\"/dev/ttyUSB0\"}");
+        assert_eq!((s, v["success"].as_bool()), (200, Some(true)));
+        assert!(v["message"].is_string());
+        let (s, v) = call(&p, "POST", "/api/stop", "{\"tty\":\"/dev/nope\"}");
+        assert_eq!((s, v["success"].as_bool()), (404, Some(false)));
+        let (s, v) = call(&p, "POST", "/api/start", "{}");
+        assert_eq!((s, v["error"].as_str()), (400, Some("Missing tty")));
+        assert_eq!(call(&p, "POST", "/api/start", "[1]").0, 400);
+        let (s, v) = call(&p, "POST", "/api/start-all", "");
+        assert_eq!((s, v["messages"].as_array().unwrap().len()), (200, 2));
+        let (_, v) = call(&p, "POST", "/api/stop-all", "");
+        assert_eq!(v["messages"], json!([]));
+        assert_eq!(fake.seen.lock().unwrap().len(), 4);
+        assert_eq!(call(&p, "GET", "/api/start", "").0, 405);
+    }
+
+    #[test]
+    fn log_follows_a_cursor_and_keeps_characters_whole() {
+        let (p, _, reg) = setup();
+        let (_, v) = call(&p, "GET", "/api/devices/serial:0001/log", "");
+        // "boot #1\r\nh" + é (2 bytes): all whole.
+        assert_eq!(v["data"], "boot #1\r\nh\u{e9}");
+        assert_eq!(v["next"], 12);
+        let e = reg.get(&DeviceKey::serial("0001")).unwrap();
+        e.log.lock().unwrap().push(&[b'x', 0xE2, 0x82]); // "x" and 2 of €'s 3 bytes
+        let (_, v) = call(&p, "GET", "/api/devices/serial:0001/log?since=12", "");
+        assert_eq!(
+            (v["data"].as_str(), v["next"].as_u64()),
+            (Some("x"), Some(13))
+        );
+        e.log.lock().unwrap().push(&[0xAC]);
+        let (_, v) = call(&p, "GET", "/api/devices/serial:0001/log?since=13", "");
+        assert_eq!(
+            (v["data"].as_str(), v["next"].as_u64()),
+            (Some("€"), Some(16))
+        );
+        assert_eq!(
+            call(&p, "GET", "/api/devices/serial:0001/log?since=x", "").0,
+            400
+        );
+        assert_eq!(complete_utf8_len(&[0xFF]), 1);
+        assert_eq!(complete_utf8_len(&[b'a', 0xF0, 0x9F, 0x98]), 1);
+        assert_eq!(complete_utf8_len(&[0xF0, 0x9F, 0x98, 0x80]), 4);
+    }
+
+    #[test]
+    fn url_host_rules() {
+        let (p, _, _) = setup();
+        let lan: SocketAddr = "192.168.1.9:1".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(p.url_host(Some("pi.local:8080"), Some(lan)), "pi.local");
+        assert_eq!(p.url_host(Some("[::1]:8080"), Some(lo)), "[::1]");
+        assert_eq!(p.url_host(Some("localhost:8080"), Some(lo)), "localhost");
+        // A loopback name from elsewhere (an SSH tunnel, a proxy) is not used.
+        let h = p.url_host(Some("localhost:8080"), Some(lan));
+        assert_ne!(h, "localhost");
+        assert!(h.parse::<IpAddr>().is_ok(), "{h}");
+        // Anything odd in the header is not echoed.
+        assert_ne!(p.url_host(Some("x\"><script>"), Some(lan)), "x\"><script>");
+        let pinned = Portal::new(
+            Registry::new(),
+            Box::new(Arc::new(Fake::default())),
+            IpAddr::from([10, 0, 0, 5]),
+        );
+        assert_eq!(pinned.url_host(None, Some(lan)), "10.0.0.5");
+    }
+
+    #[test]
+    fn metrics_and_page() {
+        let (p, _, reg) = setup();
+        let e = reg.get(&DeviceKey::serial("0001")).unwrap();
+        Stats::add(&e.stats.bytes_to_client, 42);
+        let r = p.handle(&HttpRequest {
+            method: "GET",
+            url: "/metrics",
+            host: None,
+            remote: None,
+            body: b"",
+        });
+        let text = String::from_utf8(r.body).unwrap();
+        assert!(text.contains("serialhub_device_bytes_to_client_total{key=\"serial:0001\",name=\"ttyUSB0\",tty=\"/dev/ttyUSB0\",port=\"4001\"} 42\n"), "{text}");
+        assert!(text.contains("state=\"connected\"} 1\n"), "{text}");
+        assert!(
+            text.contains("serialhub_device_client_connected{"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE serialhub_uptime_seconds gauge"),
+            "{text}"
+        );
+        let r = p.handle(&HttpRequest {
+            method: "GET",
+            url: "/",
+            host: Some("pi.local:8080"),
+            remote: None,
+            body: b"",
+        });
+        let page = String::from_utf8(r.body).unwrap();
+        assert!(page.contains("<code>rfc2217://pi.local:4001</code>"));
+        assert!(page.contains("<code>name:sim#2</code>"));
+        assert!(!page.contains("{{"));
+    }
+
+    #[test]
+    fn policy_names() {
+        assert_eq!(policy_name("Esp { esp32r0: true }"), "esp");
+        assert_eq!(policy_name("UsbJtag"), "usb-jtag");
+        assert_eq!(policy_name("None"), "none");
+        assert_eq!(percent_decode("a%2Fb%3a"), Some("a/b:".into()));
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(host_of("[fe80::1]:80").as_deref(), Some("[fe80::1]"));
+        assert_eq!(host_of("pi"), Some("pi".into()));
+    }
+}
