@@ -44,6 +44,10 @@ pub const EN_LOW_HOLD: Duration = Duration::from_millis(100);
 pub const IO0_HOLD: Duration = Duration::from_millis(50);
 /// ESP32 revision 0 needs IO0 held much longer (esptool `--r0`: +500 ms).
 pub const IO0_HOLD_R0: Duration = Duration::from_millis(550);
+/// How long a client may sit in EN low reached by releasing DTR from both-asserted before it
+/// counts as holding the chip in reset: longer than a round trip plus pyserial's 100 ms
+/// `ign_set_control` pause, shorter than anything a person would call "holding".
+pub const EN_LOW_DEFER: Duration = Duration::from_millis(500);
 /// USB-Serial/JTAG steps are 100 ms apart (esptool's USBJTAGSerialReset).
 pub const USB_JTAG_STEP: Duration = Duration::from_millis(100);
 
@@ -105,6 +109,10 @@ pub struct Resetter {
     plan: VecDeque<(Instant, Lines)>,
     /// The sequence in progress, for logs.
     playing: Option<ResetTo>,
+    /// The state the client's lines were in when they last entered EN low.
+    en_low_from: Option<Lines>,
+    /// A client EN low that is not applied yet (see `client_lines`).
+    pending_en_low: Option<Instant>,
 }
 
 impl Resetter {
@@ -117,6 +125,8 @@ impl Resetter {
             en_low_since: None,
             plan: VecDeque::new(),
             playing: None,
+            en_low_from: None,
+            pending_en_low: None,
         }
     }
 
@@ -145,23 +155,45 @@ impl Resetter {
             Policy::None => None,
             Policy::Passthrough => self.set(new, now),
             Policy::Esp { .. } | Policy::UsbJtag => {
+                let en_low_from = std::mem::replace(&mut self.en_low_from, None);
+                if new == EN_LOW && prev != EN_LOW {
+                    self.en_low_from = Some(prev);
+                } else if new == EN_LOW {
+                    self.en_low_from = en_low_from;
+                }
                 // The start of a bootloader entry: EN was held low and DTR rises (esptool's
                 // ClassicReset, idf-monitor's to-bootloader). Passing (asserted, asserted)
                 // through now would release EN with IO0 still high and boot the app.
                 if prev == EN_LOW && new.dtr && !prev.dtr {
+                    self.pending_en_low = None;
                     return self.start(ResetTo::Bootloader, now);
                 }
+                // EN low reached by releasing DTR from both-asserted is how a monitor lets go
+                // of a port it opened (DTR, then RTS). On a local port the two changes are
+                // microseconds apart and EN's capacitor swallows the glitch; over a network
+                // they are a round trip apart. So it waits: DTR rising makes it a bootloader
+                // entry, RTS released makes it nothing, and only a client that stays there
+                // gets EN low.
+                let ambiguous = new == EN_LOW && self.en_low_from == Some(BOTH);
+                if new != EN_LOW {
+                    self.pending_en_low = None;
+                }
                 match self.policy {
-                    // EN low passes at once (the client means a reset; latency only
-                    // lengthens the pulse). Everything else leaves both lines high.
+                    Policy::Esp { .. } if ambiguous => {
+                        self.pending_en_low.get_or_insert(now);
+                        None
+                    }
+                    // EN low reached by asserting RTS is a reset (esptool's and idf-monitor's
+                    // hard reset): it passes at once; latency only lengthens the pulse.
+                    // Everything else leaves both lines high.
                     Policy::Esp { .. } => {
                         self.set(if new == EN_LOW { EN_LOW } else { RELEASED }, now)
                     }
                     // The USB peripheral re-enumerates on any reset, so nothing is applied
-                    // until the pattern is complete: EN released with IO0 high is a reset
-                    // into the application.
+                    // until the pattern is complete: a reset (EN low entered by asserting
+                    // RTS) released with IO0 high is a reset into the application.
                     _ => {
-                        if prev == EN_LOW && new == RELEASED {
+                        if prev == EN_LOW && new == RELEASED && en_low_from == Some(RELEASED) {
                             self.start(ResetTo::App, now)
                         } else {
                             None
@@ -181,14 +213,26 @@ impl Resetter {
         Ok(self.start(to, now))
     }
 
-    /// When the next step of a sequence is due.
+    /// When the next step of a sequence (or a deferred EN low) is due.
     pub fn deadline(&self) -> Option<Instant> {
-        self.plan.front().map(|&(at, _)| at)
+        let deferred = self.pending_en_low.map(|t| t + EN_LOW_DEFER);
+        [self.plan.front().map(|&(at, _)| at), deferred]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next step that is due at `now`, if any. Call until it returns `None`: every step
     /// must reach the device as its own line change, even when the caller woke up late.
     pub fn due(&mut self, now: Instant) -> Option<Lines> {
+        if let Some(t) = self.pending_en_low {
+            if now >= t + EN_LOW_DEFER {
+                self.pending_en_low = None;
+                if self.mirror == EN_LOW {
+                    return self.set(EN_LOW, now);
+                }
+            }
+        }
         let &(at, lines) = self.plan.front()?;
         if at > now {
             return None;
@@ -203,6 +247,8 @@ impl Resetter {
     /// The client left: its lines count as released. A sequence in progress finishes.
     pub fn client_left(&mut self, now: Instant) -> Option<Lines> {
         self.mirror = RELEASED;
+        self.pending_en_low = None;
+        self.en_low_from = None;
         if self.plan.is_empty() && self.policy != Policy::None {
             self.set(RELEASED, now)
         } else {
@@ -388,7 +434,23 @@ mod tests {
             client.push((2, IO0_LOW));
             client.push((3, RELEASED));
             assert_eq!(run(policy, &client, 50), vec![], "{policy:?}");
+            // ...or DTR first: EN low for a round trip (or ign_set_control's 100 ms).
+            for gap in [1, 100, 250, 450] {
+                let mut client = pyserial_open();
+                client.push((10, EN_LOW));
+                client.push((10 + gap, RELEASED));
+                assert_eq!(run(policy, &client, 1000), vec![], "{policy:?} gap {gap}");
+            }
         }
+    }
+
+    #[test]
+    fn holding_en_low_after_open_resets_after_the_defer_window() {
+        let mut client = pyserial_open();
+        client.push((10, EN_LOW));
+        client.push((1200, RELEASED));
+        let seen = run(ESP, &client, 1500);
+        assert_eq!(seen, vec![(510, EN_LOW), (1200, RELEASED)]);
     }
 
     #[test]

@@ -148,6 +148,8 @@ def serialhub():
         args = ["serve", "--bind", "127.0.0.1"]
         if not any(a.startswith("--dev-dir") for a in extra):
             args.append("--no-hotplug")
+        if "--http" not in extra:
+            args += ["--http", "off"]
         if "--state" not in extra:
             args += ["--state", os.path.join(tempfile.mkdtemp(prefix="serialhub-state-"), "ports.json")]
         for d in devices:
