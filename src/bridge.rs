@@ -18,7 +18,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::assign::DeviceKey;
-use crate::config::{DevicePath, DeviceSpec, ResetKind};
+use crate::config::{Busy, DevicePath, DeviceSpec, Protocol, ResetKind};
 use crate::device::{Device, LineSettings, Lines, ModemStatus, Purge, Tty};
 use crate::lines::GpioWired;
 use crate::registry::{ClientInfo, DeviceState, LogRing, Registry, Stats};
@@ -41,6 +41,7 @@ const REOPEN_LOST: Duration = Duration::from_millis(50);
 const DRAIN_BEFORE_APPLY: Duration = Duration::from_secs(2);
 
 const BUSY_MESSAGE: &[u8] = b"Port already in use\r\n";
+const KICKED_MESSAGE: &[u8] = b"kicked off, new user is coming\r\n";
 const NO_DEVICE_MESSAGE: &[u8] = b"Port's device is not available\r\n";
 
 /// Requests from other threads, delivered through the wake fd.
@@ -426,13 +427,18 @@ impl Bridge {
                     return;
                 }
             };
-            if let Some(c) = &self.client {
-                info!(
-                    "{}: refused {addr}: port in use by {} (one controlling client per device)",
-                    self.name, c.addr
-                );
-                let _ = stream.write(BUSY_MESSAGE);
-                continue;
+            if let Some(c) = &mut self.client {
+                if self.spec.busy == Busy::Reject {
+                    info!(
+                        "{}: refused {addr}: port in use by {} (one controlling client per device)",
+                        self.name, c.addr
+                    );
+                    let _ = stream.write(BUSY_MESSAGE);
+                    continue;
+                }
+                // Best effort: the kicked client gets the reason if its socket has room.
+                let _ = c.stream.write(KICKED_MESSAGE);
+                self.drop_client(&format!("kicked off by {addr} (busy = \"kick\")"));
             }
             if self.device.is_none() {
                 info!(
@@ -452,7 +458,10 @@ impl Bridge {
                 self.name,
                 self.spec.path
             );
-            let mut session = Session::new(&self.name, signature, settings);
+            let mut session = match self.spec.protocol {
+                Protocol::Rfc2217 => Session::new(&self.name, signature, settings),
+                Protocol::Raw => Session::raw(&self.name, settings),
+            };
             self.to_client.clear();
             self.to_device.clear();
             session.start(&mut self.to_client);

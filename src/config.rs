@@ -187,6 +187,34 @@ pub struct DeviceSpec {
     pub esp32r0: bool,
     /// GPIO lines wired to EN and IO0, for `reset = "gpio"`.
     pub gpio: Option<crate::lines::GpioConfig>,
+    /// How clients talk to this device's port.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// What a second client gets while one is connected.
+    #[serde(default)]
+    pub busy: Busy,
+}
+
+/// The `protocol` key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// RFC 2217 (Telnet COM-PORT-OPTION): pyserial's `rfc2217://`, esptool, idf.py.
+    #[default]
+    Rfc2217,
+    /// A plain TCP byte stream at the configured baud: `socket://`, netcat.
+    Raw,
+}
+
+/// The `busy` key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Busy {
+    /// The newcomer gets `Port already in use` and is closed.
+    #[default]
+    Reject,
+    /// The newcomer replaces the connected client, which gets `kicked off, new user is coming`.
+    Kick,
 }
 
 /// The `reset` key: how the client's DTR/RTS reach the board.
@@ -232,6 +260,8 @@ impl DeviceSpec {
             reset: ResetKind::Auto,
             esp32r0: false,
             gpio: None,
+            protocol: Protocol::default(),
+            busy: Busy::default(),
         })
     }
 
@@ -248,6 +278,8 @@ impl DeviceSpec {
             reset: ResetKind::Auto,
             esp32r0: false,
             gpio: None,
+            protocol: Protocol::default(),
+            busy: Busy::default(),
         }
     }
 

@@ -155,11 +155,14 @@ impl Resetter {
             Policy::None => None,
             Policy::Passthrough => self.set(new, now),
             Policy::Esp { .. } | Policy::UsbJtag => {
-                let en_low_from = std::mem::replace(&mut self.en_low_from, None);
-                if new == EN_LOW && prev != EN_LOW {
-                    self.en_low_from = Some(prev);
-                } else if new == EN_LOW {
-                    self.en_low_from = en_low_from;
+                // How the client got into EN low (kept while it stays there).
+                let en_low_from = self.en_low_from.take();
+                if new == EN_LOW {
+                    self.en_low_from = if prev == EN_LOW {
+                        en_low_from
+                    } else {
+                        Some(prev)
+                    };
                 }
                 // The start of a bootloader entry: EN was held low and DTR rises (esptool's
                 // ClassicReset, idf-monitor's to-bootloader). Passing (asserted, asserted)

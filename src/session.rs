@@ -71,6 +71,9 @@ pub struct Session {
     last_modem: u8,
     suspended: bool,
     lines_unsupported_logged: bool,
+    /// A plain byte stream (`protocol = "raw"`, `socket://` clients, netcat): no Telnet, no
+    /// escaping, the device's configured settings.
+    raw: bool,
 }
 
 impl Session {
@@ -92,12 +95,24 @@ impl Session {
             last_modem: 0,
             suspended: false,
             lines_unsupported_logged: false,
+            raw: false,
+        }
+    }
+
+    /// A session that passes bytes through untouched both ways.
+    pub fn raw(label: &str, settings: LineSettings) -> Session {
+        Session {
+            raw: true,
+            ..Session::new(label, String::new(), settings)
         }
     }
 
     /// Our opening offers, sent as soon as the client connects (as pyserial's own server
     /// does), so that a client waiting for `DO COM-PORT` never waits for a round trip.
     pub fn start(&mut self, to_client: &mut Vec<u8>) {
+        if self.raw {
+            return;
+        }
         for (i, &opt) in OURS.iter().enumerate() {
             self.ours[i].requested = true;
             telnet::negotiate(Verb::Will, opt, to_client);
@@ -131,6 +146,10 @@ impl Session {
         port: &mut dyn Port,
         to_client: &mut Vec<u8>,
     ) -> Result<(), SessionError> {
+        if self.raw {
+            port.write(input);
+            return Ok(());
+        }
         let mut decoder = std::mem::take(&mut self.decoder);
         let mut sink = SessionSink {
             session: self,
@@ -154,6 +173,10 @@ impl Session {
 
     /// Append device output for the client, Telnet-escaped.
     pub fn device_data(&self, data: &[u8], to_client: &mut Vec<u8>) {
+        if self.raw {
+            to_client.extend_from_slice(data);
+            return;
+        }
         telnet::escape_into(data, to_client);
     }
 
@@ -713,6 +736,20 @@ mod tests {
         let (dev, _) = feed(&mut s, &mut port, &wire);
         assert_eq!(dev, b"abcd");
         assert_eq!(port.applied_at, [2]);
+    }
+
+    #[test]
+    fn raw_sessions_pass_bytes_untouched() {
+        let mut s = Session::raw("test", LineSettings::default());
+        let mut port = Recorder::default();
+        let mut out = Vec::new();
+        s.start(&mut out);
+        assert!(out.is_empty());
+        let (dev, cli) = feed(&mut s, &mut port, &[IAC, 0xFD, 44, IAC, IAC]);
+        assert_eq!(dev, [IAC, 0xFD, 44, IAC, IAC]);
+        assert!(cli.is_empty() && port.applied.is_empty());
+        s.device_data(&[IAC, 1], &mut out);
+        assert_eq!(out, [IAC, 1]);
     }
 
     #[test]
