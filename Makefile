@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN_DEBUG := target/debug/serialhub
 BIN_RELEASE := target/release/serialhub
 
-.PHONY: help build run test unit e2e bench lint venv clean pi pi-check deb deb-armhf install cargo-deb
+.PHONY: help build run test unit e2e browser bench lint venv clean pi pi-check deb deb-armhf install cargo-deb
 
 PI_TARGET := arm-unknown-linux-musleabihf
 PI_BIN := target/$(PI_TARGET)/release/serialhub
@@ -34,7 +34,12 @@ test: unit e2e ## everything CI runs: unit tests, then real clients against the 
 unit: ## Rust unit and property tests
 	$(CARGO) test
 
-e2e: venv ## end-to-end tests: esptool, pyserial, esp-idf-monitor against the daemon
+browser: ## headless chromium and curl for the portal's end-to-end tests (Debian packages)
+	@command -v chromium >/dev/null && command -v curl >/dev/null || { \
+	  s=$$([ "$$(id -u)" = 0 ] || echo sudo); $$s apt-get update -q && \
+	  $$s apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends chromium curl; }
+
+e2e: venv browser ## end-to-end tests: esptool, pyserial, esp-idf-monitor, curl, chromium against the daemon
 	$(CARGO) build
 	SERIALHUB_BIN=$(abspath $(BIN_DEBUG)) $(PY) -m pytest -q tests/e2e
 
