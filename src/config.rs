@@ -20,8 +20,13 @@ pub struct Config {
     pub bind: IpAddr,
     /// Devices without a `port` get the lowest free port from here up.
     pub base_port: u16,
+    /// Fixed devices (`[[device]]` with a `path`).
     #[serde(rename = "device")]
     pub devices: Vec<DeviceSpec>,
+    /// Settings for hotplugged devices (`[[device]]` with `serial` or `usb_path`); split
+    /// from `devices` when the file is parsed.
+    #[serde(skip)]
+    pub rules: Vec<DeviceSpec>,
     /// Where port assignments persist (JSON, written atomically).
     pub state_file: PathBuf,
     pub hotplug: Hotplug,
@@ -113,6 +118,7 @@ impl Default for Config {
             bind: IpAddr::from([0, 0, 0, 0]),
             base_port: DEFAULT_BASE_PORT,
             devices: Vec::new(),
+            rules: Vec::new(),
             state_file: "/var/lib/serialhub/ports.json".into(),
             hotplug: Hotplug::default(),
             http: parse_http(DEFAULT_HTTP).expect("the default parses"),
@@ -134,6 +140,14 @@ pub enum DevicePath {
 }
 
 impl DevicePath {
+    fn unset() -> DevicePath {
+        DevicePath::Tty(PathBuf::new())
+    }
+
+    pub fn is_unset(&self) -> bool {
+        matches!(self, DevicePath::Tty(p) if p.as_os_str().is_empty())
+    }
+
     fn parse(s: &str) -> DevicePath {
         let (head, file) = match s.split_once(':') {
             Some((head, file)) => (head, Some(PathBuf::from(file))),
@@ -171,7 +185,20 @@ impl<'de> Deserialize<'de> for DevicePath {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceSpec {
+    /// The device node (a fixed device). Absent in a rule that matches hotplugged devices by
+    /// `serial` or `usb_path`; the matched node is filled in when one appears.
+    #[serde(default = "DevicePath::unset")]
     pub path: DevicePath,
+    /// Match a hotplugged device by its USB serial number (instead of `path`).
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// Match a hotplugged device by the USB socket it is plugged into, as in the registry's
+    /// `usb_path` (instead of `path`).
+    #[serde(default)]
+    pub usb_path: Option<String>,
+    /// `false`: known but not served.
+    #[serde(default = "yes")]
+    pub enabled: bool,
     /// TCP port; absent = next free from `base_port`; 0 = let the OS pick (tests).
     pub port: Option<u16>,
     /// A name for logs and the signature; defaults to the path's file name.
@@ -233,6 +260,10 @@ pub enum ResetKind {
     None,
 }
 
+fn yes() -> bool {
+    true
+}
+
 fn default_baud() -> u32 {
     115_200
 }
@@ -253,8 +284,16 @@ impl DeviceSpec {
             return Err(format!("--device {s}: missing device path"));
         }
         Ok(DeviceSpec {
-            path: DevicePath::parse(path),
             port,
+            ..DeviceSpec::new(DevicePath::parse(path))
+        })
+    }
+
+    /// A device at `path` with every setting at its default.
+    pub fn new(path: DevicePath) -> DeviceSpec {
+        DeviceSpec {
+            path,
+            port: None,
             name: None,
             baud: default_baud(),
             reset: ResetKind::Auto,
@@ -262,24 +301,20 @@ impl DeviceSpec {
             gpio: None,
             protocol: Protocol::default(),
             busy: Busy::default(),
-        })
+            serial: None,
+            usb_path: None,
+            enabled: true,
+        }
     }
 
     /// The device `--demo` adds: a simulated ESP32 on the next free port.
     pub fn demo() -> DeviceSpec {
         DeviceSpec {
-            path: DevicePath::Sim {
+            name: Some("demo-esp32".into()),
+            ..DeviceSpec::new(DevicePath::Sim {
                 board: SimBoard::DevKit,
                 flash_file: None,
-            },
-            port: None,
-            name: Some("demo-esp32".into()),
-            baud: default_baud(),
-            reset: ResetKind::Auto,
-            esp32r0: false,
-            gpio: None,
-            protocol: Protocol::default(),
-            busy: Busy::default(),
+            })
         }
     }
 
@@ -344,7 +379,7 @@ impl Config {
 
     /// Parse TOML text; on error, the 1-based line and a one-line message naming the key.
     pub fn parse(text: &str) -> Result<Config, (usize, String)> {
-        toml::from_str(text).map_err(|e: toml::de::Error| {
+        let mut config: Config = toml::from_str(text).map_err(|e: toml::de::Error| {
             let start = e.span().map_or(0, |s| s.start.min(text.len()));
             let line = text[..start].matches('\n').count() + 1;
             let message = e.message().trim();
@@ -360,7 +395,28 @@ impl Config {
                 None => message.to_string(),
             };
             (line, message)
-        })
+        })?;
+        // Each [[device]] is a fixed device (path) or a rule for hotplugged ones (serial or
+        // usb_path), never both.
+        let line_of = |i: usize| {
+            text.match_indices("[[device]]")
+                .nth(i)
+                .map_or(1, |(at, _)| text[..at].matches('\n').count() + 1)
+        };
+        for (i, d) in std::mem::take(&mut config.devices).into_iter().enumerate() {
+            let matchers = usize::from(d.serial.is_some()) + usize::from(d.usb_path.is_some());
+            match (d.path.is_unset(), matchers) {
+                (false, 0) => config.devices.push(d),
+                (true, 1) => config.rules.push(d),
+                _ => {
+                    return Err((
+                        line_of(i),
+                        "[[device]] needs exactly one of `path` (a fixed device), `serial` or `usb_path` (settings for a hotplugged one)".into(),
+                    ))
+                }
+            }
+        }
+        Ok(config)
     }
 }
 
@@ -436,6 +492,24 @@ mod tests {
         let (line, msg) = Config::parse("bind = \"0.0.0.0\"\nhttp = \"8080\"\n").unwrap_err();
         assert_eq!(line, 2, "{msg}");
         assert!(msg.contains("`http`") && msg.contains("off"), "{msg}");
+    }
+
+    #[test]
+    fn rules_for_hotplugged_devices() {
+        let c = Config::parse(
+            "[[device]]\npath = \"/dev/ttyAMA0\"\n[[device]]\nserial = \"0123\"\nname = \"bench\"\nport = 4100\n[[device]]\nusb_path = \"platform-x-usb-0:1.2:1.0\"\nenabled = false\n",
+        )
+        .unwrap();
+        assert_eq!(c.devices.len(), 1);
+        assert_eq!(c.rules.len(), 2);
+        assert_eq!(c.rules[0].serial.as_deref(), Some("0123"));
+        assert!(!c.rules[1].enabled);
+        let (line, msg) = Config::parse(
+            "bind = \"127.0.0.1\"\n[[device]]\npath = \"/dev/x\"\n\n[[device]]\nname = \"y\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(line, 5, "{msg}");
+        assert!(msg.contains("exactly one"), "{msg}");
     }
 
     #[test]

@@ -191,7 +191,12 @@ impl Supervisor {
             .enabled
             .then_some(config.hotplug.legacy_devices_conf.as_path());
         let assignments = Assignments::load(&config.state_file, config.base_port, legacy);
-        let reserved = config.devices.iter().filter_map(|d| d.port).collect();
+        let reserved = config
+            .devices
+            .iter()
+            .chain(&config.rules)
+            .filter_map(|d| d.port)
+            .collect();
         Ok(Supervisor {
             config,
             registry,
@@ -235,6 +240,11 @@ impl Supervisor {
                 }
             };
             let key = self.unique(key);
+            if !spec.enabled {
+                info!("{key}: disabled in the config (enabled = false); not serving it");
+                self.disable(key, spec, usb, None);
+                continue;
+            }
             let listener = match spec.port {
                 Some(p) => bind(self.config.bind, p).map_err(|e| {
                     format!(
@@ -294,6 +304,47 @@ impl Supervisor {
         })
     }
 
+    /// A registry entry for a device that is not (yet) served by a bridge.
+    fn entry(
+        &self,
+        key: &DeviceKey,
+        spec: &DeviceSpec,
+        usb: Option<&UsbInfo>,
+        port: u16,
+        state: DeviceState,
+    ) -> DeviceEntry {
+        let policy = bridge::policy_for(spec, usb.and_then(|u| u.id));
+        DeviceEntry {
+            key: key.clone(),
+            name: spec.display_name(),
+            tty: spec.path.to_string(),
+            usb: usb.cloned(),
+            port,
+            state,
+            client: None,
+            reset: format!("{policy:?}"),
+            stats: Arc::default(),
+            log: Arc::new(std::sync::Mutex::new(LogRing::new(LOG_RING_BYTES))),
+        }
+    }
+
+    /// Record a device that is configured off: visible in the registry, startable on request.
+    fn disable(
+        &mut self,
+        key: DeviceKey,
+        spec: DeviceSpec,
+        usb: Option<UsbInfo>,
+        node: Option<String>,
+    ) {
+        let port = spec
+            .port
+            .or_else(|| self.assignments.get(&key))
+            .unwrap_or(0);
+        self.registry
+            .upsert(self.entry(&key, &spec, usb.as_ref(), port, DeviceState::Disabled));
+        self.stopped.insert(key, (spec, node, usb));
+    }
+
     fn start(
         &mut self,
         key: DeviceKey,
@@ -308,18 +359,14 @@ impl Supervisor {
             Policy::UsbJtag => secs(self.config.hotplug.grace),
             _ => Duration::ZERO,
         };
-        let entry = self.registry.upsert(DeviceEntry {
-            key: key.clone(),
-            name: spec.display_name(),
-            tty: spec.path.to_string(),
-            usb: usb.clone(),
-            port: listener.local_addr()?.port(),
-            state: DeviceState::Starting,
-            client: None,
-            reset: format!("{policy:?}"),
-            stats: Arc::default(),
-            log: Arc::new(std::sync::Mutex::new(LogRing::new(LOG_RING_BYTES))),
-        });
+        let port = listener.local_addr()?.port();
+        let entry = self.registry.upsert(self.entry(
+            &key,
+            &spec,
+            usb.as_ref(),
+            port,
+            DeviceState::Starting,
+        ));
         let shared = Shared {
             registry: self.registry.clone(),
             key: key.clone(),
@@ -492,16 +539,47 @@ impl Supervisor {
             warn!("{name}: {key} is already served; ignoring this second node");
             return;
         }
-        let listener = match self.bind_assigned(&key) {
+        // Settings from a [[device]] rule that matches it, else the defaults.
+        let rule = usb.as_ref().and_then(|u| {
+            self.config.rules.iter().find(|r| {
+                (r.serial.is_some() && r.serial == u.serial)
+                    || (r.usb_path.is_some() && r.usb_path == u.path)
+            })
+        });
+        let mut spec = match rule {
+            Some(r) => r.clone(),
+            None => DeviceSpec::new(DevicePath::Tty(path.clone())),
+        };
+        spec.path = DevicePath::Tty(path);
+        spec.name.get_or_insert_with(|| name.to_string());
+        if !spec.enabled {
+            info!("{name}: {key} is disabled in the config (enabled = false); not serving it");
+            self.disable(key, spec, usb, Some(name.to_string()));
+            return;
+        }
+        let listener = match spec.port {
+            Some(p) => bind(self.config.bind, p).map_err(|e| {
+                format!(
+                    "cannot listen on {}:{p}: {e} (the port pinned in the config is taken)",
+                    self.config.bind
+                )
+            }),
+            None => self.bind_assigned(&key),
+        };
+        let listener = match listener {
             Ok(l) => l,
             Err(e) => {
                 error!("{name}: {e}");
+                self.registry.upsert(self.entry(
+                    &key,
+                    &spec,
+                    usb.as_ref(),
+                    0,
+                    DeviceState::Error(e),
+                ));
                 return;
             }
         };
-        let mut spec = DeviceSpec::parse_flag(&path.to_string_lossy())
-            .expect("a non-empty path without '=' parses");
-        spec.name = Some(name.to_string());
         let settle = self.settle_for(name);
         if let Err(e) = self.start(key, spec, listener, usb, Some(name.to_string()), settle) {
             error!("{name}: cannot start serving it: {e}");

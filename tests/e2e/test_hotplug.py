@@ -320,3 +320,51 @@ def test_state_file_survives_sigkill_mid_write(lab, tmp_path):
         # Start over so the next round writes again.
         if i % 3 == 2 and lab.state.exists():
             lab.state.unlink()
+
+
+def test_config_rules_match_hotplugged_devices(lab):
+    """[[device]] rules match by serial or USB path: name, pinned port, enabled, raw protocol."""
+    pinned = lab.base + 12
+    rules = (
+        f'[[device]]\nserial = "0123ABCD"\nname = "bench-cp2102"\nport = {pinned}\nprotocol = "raw"\n'
+        '[[device]]\nusb_path = "platform-3f980000.usb-usb-0:1.2:1.0"\nenabled = false\n'
+    )
+    cp = lab.plug("cp2102")
+    lab.plug("ch340a")
+    cfg = lab.config()
+    cfg.write_text(cfg.read_text() + rules)
+    lab.daemon = lab.serialhub(
+        extra=("--config", str(cfg), "--dev-dir", str(lab.dev), "--state", str(lab.state))
+    )
+    d = lab.daemon
+    m = d.wait_log(r"bench-cp2102 \(.*ttyUSB0\) listening on [0-9.]+:(\d+)")
+    assert int(m.group(1)) == pinned
+    d.wait_log(r"ttyUSB1: .* disabled in the config")
+    d.wait_log(r"opened .*ttyUSB0")
+    # protocol = "raw": plain bytes both ways, 0xFF not doubled, no negotiation.
+    s = socket.create_connection(("127.0.0.1", pinned), timeout=5)
+    s.sendall(b"\xff\xfd\x2c raw")
+    assert cp.read_exactly(8, 5) == b"\xff\xfd\x2c raw"
+    cp.write_all(b"\xff\xff back", 5)
+    got = b""
+    deadline = time.monotonic() + 5
+    while len(got) < 7 and time.monotonic() < deadline:
+        got += s.recv(100)
+    assert got == b"\xff\xff back"
+    s.close()
+
+
+def test_busy_kick(lab):
+    cfg = lab.config()
+    cfg.write_text(cfg.read_text() + '[[device]]\nserial = "0123ABCD"\nbusy = "kick"\n')
+    lab.plug("cp2102")
+    lab.daemon = lab.serialhub(
+        extra=("--config", str(cfg), "--dev-dir", str(lab.dev), "--state", str(lab.state))
+    )
+    port = lab.port("ttyUSB0")
+    lab.daemon.wait_log(r"opened .*ttyUSB0")
+    first = connect_rfc2217(port)
+    second = connect_rfc2217(port)
+    data, closed = recv_until_eof(first, 5)
+    assert closed and data.endswith(b"kicked off, new user is coming\r\n"), data
+    second.close()
