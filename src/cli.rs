@@ -96,30 +96,37 @@ fn run() -> Result<(), CliError> {
     }
 }
 
+/// `serve`'s flags: kept, so a SIGHUP reload re-reads the file and applies them again.
+#[derive(Clone, Default)]
+struct ServeFlags {
+    config_path: Option<PathBuf>,
+    devices: Vec<DeviceSpec>,
+    bind: Option<String>,
+    demo: bool,
+    dev_dir: Option<PathBuf>,
+    sysfs: Option<PathBuf>,
+    state: Option<PathBuf>,
+    no_hotplug: bool,
+    http: Option<String>,
+}
+
 fn serve(mut parser: lexopt::Parser) -> Result<(), CliError> {
-    let mut config_path: Option<PathBuf> = None;
-    let mut devices = Vec::new();
-    let mut bind = None;
-    let mut demo = false;
-    let mut dev_dir: Option<PathBuf> = None;
-    let mut sysfs: Option<PathBuf> = None;
-    let mut state: Option<PathBuf> = None;
-    let mut no_hotplug = false;
-    let mut http: Option<String> = None;
+    let mut f = ServeFlags::default();
     while let Some(arg) = parser.next()? {
         match arg {
-            Long("dev-dir") => dev_dir = Some(parser.value()?.into()),
-            Long("sysfs") => sysfs = Some(parser.value()?.into()),
-            Long("state") => state = Some(parser.value()?.into()),
-            Long("no-hotplug") => no_hotplug = true,
-            Long("http") => http = Some(parser.value()?.string()?),
-            Long("config") => config_path = Some(parser.value()?.into()),
+            Long("dev-dir") => f.dev_dir = Some(parser.value()?.into()),
+            Long("sysfs") => f.sysfs = Some(parser.value()?.into()),
+            Long("state") => f.state = Some(parser.value()?.into()),
+            Long("no-hotplug") => f.no_hotplug = true,
+            Long("http") => f.http = Some(parser.value()?.string()?),
+            Long("config") => f.config_path = Some(parser.value()?.into()),
             Long("device") => {
                 let v = parser.value()?.string()?;
-                devices.push(DeviceSpec::parse_flag(&v).map_err(CliError::Usage)?);
+                f.devices
+                    .push(DeviceSpec::parse_flag(&v).map_err(CliError::Usage)?);
             }
-            Long("bind") => bind = Some(parser.value()?.string()?),
-            Long("demo") => demo = true,
+            Long("bind") => f.bind = Some(parser.value()?.string()?),
+            Long("demo") => f.demo = true,
             Long("help") | Short('h') => {
                 print!("{HELP}");
                 return Ok(());
@@ -127,45 +134,61 @@ fn serve(mut parser: lexopt::Parser) -> Result<(), CliError> {
             _ => return Err(arg.unexpected().into()),
         }
     }
-    let mut config = match config_path {
-        Some(p) => Config::load(&p).map_err(CliError::Config)?,
-        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
-            Config::load(std::path::Path::new(DEFAULT_CONFIG)).map_err(CliError::Config)?
-        }
-        None => Config::default(),
-    };
-    config.devices.extend(devices);
-    if demo {
-        config.devices.push(DeviceSpec::demo());
-    }
-    if let Some(b) = bind {
-        config.bind = b
-            .parse()
-            .map_err(|_| CliError::Usage(format!("--bind: `{b}` is not an IP address")))?;
-    }
-    if let Some(d) = dev_dir {
-        config.hotplug.dir = d;
-    }
-    if let Some(d) = sysfs {
-        config.hotplug.sysfs = d;
-    }
-    if let Some(f) = state {
-        config.state_file = f;
-    }
-    if no_hotplug {
-        config.hotplug.enabled = false;
-    }
-    if let Some(h) = http {
-        config.http =
-            crate::config::parse_http(&h).map_err(|e| CliError::Usage(format!("--http: {e}")))?;
-    }
+    let config = build_config(&f)?;
     if config.devices.is_empty() && !config.hotplug.enabled {
         return Err(CliError::Usage(
             "no devices to serve: give --device PATH, --demo, [[device]] entries in the config, or enable hotplug"
                 .into(),
         ));
     }
-    crate::supervisor::serve(config).map_err(CliError::Runtime)
+    let reload = move || build_config(&f).map_err(|e| e.to_string());
+    crate::supervisor::serve(config, Box::new(reload)).map_err(CliError::Runtime)
+}
+
+/// The config file (or the defaults) with the command line's flags applied on top.
+fn build_config(f: &ServeFlags) -> Result<Config, CliError> {
+    let mut config = match &f.config_path {
+        Some(p) => Config::load(p).map_err(CliError::Config)?,
+        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
+            Config::load(std::path::Path::new(DEFAULT_CONFIG)).map_err(CliError::Config)?
+        }
+        None => Config::default(),
+    };
+    config.devices.extend(f.devices.iter().cloned());
+    if f.demo {
+        config.devices.push(DeviceSpec::demo());
+    }
+    if let Some(b) = &f.bind {
+        config.bind = b
+            .parse()
+            .map_err(|_| CliError::Usage(format!("--bind: `{b}` is not an IP address")))?;
+    }
+    if let Some(d) = &f.dev_dir {
+        config.hotplug.dir = d.clone();
+    }
+    if let Some(d) = &f.sysfs {
+        config.hotplug.sysfs = d.clone();
+    }
+    if let Some(s) = &f.state {
+        config.state_file = s.clone();
+    }
+    if f.no_hotplug {
+        config.hotplug.enabled = false;
+    }
+    if let Some(h) = &f.http {
+        config.http =
+            crate::config::parse_http(h).map_err(|e| CliError::Usage(format!("--http: {e}")))?;
+    }
+    Ok(config)
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Usage(m) | CliError::Runtime(m) => write!(f, "{m}"),
+            CliError::Config(e) => write!(f, "{e}"),
+        }
+    }
 }
 
 fn sim(mut parser: lexopt::Parser) -> Result<(), CliError> {

@@ -56,7 +56,7 @@ fn http_addr<'de, D: serde::Deserializer<'de>>(
 }
 
 /// The `[hotplug]` table: which device nodes appear and vanish by themselves.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Hotplug {
     /// Watch `dir` for devices at all.
@@ -182,7 +182,7 @@ impl<'de> Deserialize<'de> for DevicePath {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceSpec {
     /// The device node (a fixed device). Absent in a rule that matches hotplugged devices by

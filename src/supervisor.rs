@@ -61,6 +61,7 @@ impl std::fmt::Display for RequestError {
 
 enum Command {
     Shutdown,
+    Reload(Box<Config>),
     Request(Request, mpsc::Sender<Reply>),
 }
 
@@ -86,7 +87,10 @@ impl SupervisorHandle {
 
 /// Run the daemon until SIGINT or SIGTERM: start the supervisor, report readiness to
 /// systemd, then restore every device and exit.
-pub fn serve(config: Config) -> Result<(), String> {
+/// Re-reads the configuration (file plus command line) on SIGHUP.
+pub type Reload = Box<dyn Fn() -> Result<Config, String>>;
+
+pub fn serve(config: Config, reload: Reload) -> Result<(), String> {
     use nix::sys::signal::{SigSet, Signal};
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGINT);
@@ -131,9 +135,14 @@ pub fn serve(config: Config) -> Result<(), String> {
     notify_systemd("READY=1");
     loop {
         match mask.wait() {
-            Ok(Signal::SIGHUP) => warn!(
-                "SIGHUP: configuration reload is not implemented yet; restart the service to apply config changes"
-            ),
+            Ok(Signal::SIGHUP) => match reload() {
+                Ok(config) => {
+                    info!("SIGHUP: configuration re-read; applying changes");
+                    let _ = tx.send(Command::Reload(Box::new(config)));
+                    let _ = wake.write(1);
+                }
+                Err(e) => error!("SIGHUP: {e}; keeping the running configuration"),
+            },
             Ok(sig) => {
                 info!("{sig:?}: restoring devices and exiting");
                 break;
@@ -539,19 +548,7 @@ impl Supervisor {
             warn!("{name}: {key} is already served; ignoring this second node");
             return;
         }
-        // Settings from a [[device]] rule that matches it, else the defaults.
-        let rule = usb.as_ref().and_then(|u| {
-            self.config.rules.iter().find(|r| {
-                (r.serial.is_some() && r.serial == u.serial)
-                    || (r.usb_path.is_some() && r.usb_path == u.path)
-            })
-        });
-        let mut spec = match rule {
-            Some(r) => r.clone(),
-            None => DeviceSpec::new(DevicePath::Tty(path.clone())),
-        };
-        spec.path = DevicePath::Tty(path);
-        spec.name.get_or_insert_with(|| name.to_string());
+        let spec = self.spec_for(name, usb.as_ref());
         if !spec.enabled {
             info!("{name}: {key} is disabled in the config (enabled = false); not serving it");
             self.disable(key, spec, usb, Some(name.to_string()));
@@ -659,6 +656,98 @@ impl Supervisor {
             e.state = DeviceState::Absent;
             e.client = None;
         });
+    }
+
+    /// Apply a re-read configuration: devices whose settings changed are restarted (their
+    /// clients with them); unchanged devices and their clients are not touched. Settings that
+    /// need a restart of the daemon are named in the log.
+    fn reload(&mut self, new: Config) {
+        let old = std::mem::replace(&mut self.config, new);
+        for (what, changed) in [
+            ("bind", old.bind != self.config.bind),
+            ("base_port", old.base_port != self.config.base_port),
+            ("state_file", old.state_file != self.config.state_file),
+            ("http", old.http != self.config.http),
+            ("hotplug", old.hotplug != self.config.hotplug),
+        ] {
+            if changed {
+                warn!("SIGHUP: `{what}` changed; restart serialhub to apply it");
+            }
+        }
+        self.config.bind = old.bind;
+        self.config.hotplug = old.hotplug;
+        self.reserved = self
+            .config
+            .devices
+            .iter()
+            .chain(&self.config.rules)
+            .filter_map(|d| d.port)
+            .collect();
+        // Fixed devices, compared by their whole spec: a changed one is stopped and started
+        // again with the new settings.
+        let fixed = |served: &BTreeMap<DeviceKey, Served>| -> Vec<(DeviceKey, DeviceSpec)> {
+            served
+                .iter()
+                .filter(|(_, s)| s.node.is_none())
+                .map(|(k, s)| (k.clone(), s.spec.clone()))
+                .collect()
+        };
+        for (key, spec) in fixed(&self.served) {
+            if !self.config.devices.contains(&spec) {
+                info!("SIGHUP: {key} changed or was removed; stopping it");
+                self.stop(&key, "the configuration changed");
+            }
+        }
+        let running: Vec<DeviceSpec> = fixed(&self.served).into_iter().map(|(_, s)| s).collect();
+        let all = std::mem::take(&mut self.config.devices);
+        self.config.devices = all
+            .iter()
+            .filter(|s| !running.contains(s))
+            .cloned()
+            .collect();
+        if let Err(e) = self.start_fixed() {
+            error!("SIGHUP: {e}");
+        }
+        self.config.devices = all;
+        // Hotplugged devices: restart those whose matching rule changed.
+        let nodes: Vec<(String, DeviceKey)> = self
+            .nodes
+            .iter()
+            .map(|(n, k)| (n.clone(), k.clone()))
+            .collect();
+        for (node, key) in nodes {
+            let Some(s) = self.served.get(&key) else {
+                continue;
+            };
+            let wanted = self.spec_for(&node, s.usb.as_ref());
+            if wanted != s.spec {
+                info!("SIGHUP: settings for {key} changed; restarting it");
+                self.stop(&key, "the configuration changed");
+                self.nodes.remove(&node);
+                self.on_appear(&node);
+            }
+        }
+    }
+
+    /// The settings a hotplugged node gets: its matching [[device]] rule, else the defaults.
+    fn spec_for(&self, name: &str, usb: Option<&UsbInfo>) -> DeviceSpec {
+        let path = self
+            .watch
+            .as_ref()
+            .map_or_else(|| PathBuf::from(name), |w| w.cfg.dir.join(name));
+        let rule = usb.and_then(|u| {
+            self.config.rules.iter().find(|r| {
+                (r.serial.is_some() && r.serial == u.serial)
+                    || (r.usb_path.is_some() && r.usb_path == u.path)
+            })
+        });
+        let mut spec = match rule {
+            Some(r) => r.clone(),
+            None => DeviceSpec::new(DevicePath::Tty(path.clone())),
+        };
+        spec.path = DevicePath::Tty(path);
+        spec.name.get_or_insert_with(|| name.to_string());
+        spec
     }
 
     fn handle(&mut self, req: Request) -> Reply {
@@ -828,6 +917,7 @@ impl Supervisor {
                 while let Ok(cmd) = rx.try_recv() {
                     match cmd {
                         Command::Shutdown => shutdown = true,
+                        Command::Reload(config) => self.reload(*config),
                         Command::Request(req, reply) => {
                             let _ = reply.send(self.handle(req));
                         }

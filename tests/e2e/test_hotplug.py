@@ -368,3 +368,39 @@ def test_busy_kick(lab):
     data, closed = recv_until_eof(first, 5)
     assert closed and data.endswith(b"kicked off, new user is coming\r\n"), data
     second.close()
+
+
+def test_sighup_applies_changes_and_keeps_unchanged_clients(lab):
+    cfg = lab.config()
+    base = cfg.read_text()
+    p1, p2 = lab.base + 10, lab.base + 11
+    rule = '[[device]]\nserial = "0123ABCD"\nname = "{}"\nport = {}\n'
+    cfg.write_text(base + rule.format("first", p1))
+    lab.plug("cp2102")
+    other = lab.plug("ch340a")
+    lab.daemon = d = lab.serialhub(
+        extra=("--config", str(cfg), "--dev-dir", str(lab.dev), "--state", str(lab.state))
+    )
+    d.wait_log(rf"first \(.*ttyUSB0\) listening on [0-9.]+:{p1}")
+    port = lab.port("ttyUSB1")
+    d.wait_log(r"opened .*ttyUSB1")
+    s = connect_rfc2217(port)
+    n = len(d.lines)
+    cfg.write_text(base + rule.format("second", p2))
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_log(rf"second \(.*ttyUSB0\) listening on [0-9.]+:{p2}", start=n)
+    # The unchanged device's client was not touched.
+    os.write(other.master, b"still here")
+    got = b""
+    deadline = time.monotonic() + 5
+    while b"still here" not in got and time.monotonic() < deadline:
+        got += s.recv(4096)
+    assert b"still here" in got
+    assert not any("ttyUSB1: client" in l and "left" in l for l in d.lines[n:]), d.log
+    # A broken file is refused and the running configuration kept.
+    n = len(d.lines)
+    cfg.write_text(base + "[[device]]\nserial = 5\n")
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_log(r"SIGHUP: .*keeping the running configuration", start=n)
+    assert d.alive()
+    s.close()
