@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN_DEBUG := target/debug/serialhub
 BIN_RELEASE := target/release/serialhub
 
-.PHONY: help build run test unit e2e browser bench lint venv clean pi pi-check deb deb-armhf install cargo-deb
+.PHONY: help build run test unit e2e browser bench lint venv clean pi pi-check deb deb-armhf check-package install cargo-deb
 
 PI_TARGET := arm-unknown-linux-musleabihf
 PI_BIN := target/$(PI_TARGET)/release/serialhub
@@ -64,6 +64,9 @@ deb: build cargo-deb ## Debian package for this machine (amd64): target/debian/s
 
 deb-armhf: pi cargo-deb ## Debian package with the static ARMv6 binary (armhf, any Raspberry Pi OS 32-bit)
 	$(CARGO) deb --no-build --no-strip --target $(PI_TARGET)
+
+check-package: deb ## check the .deb: file list, conffile, scripts; install and purge in a scratch Debian root; systemd-analyze verify
+	packaging/check_package.sh $$(ls -t target/debian/serialhub_*_amd64.deb | head -1)
 
 install: build ## install binary, config (kept if present), unit and docs under $(DESTDIR)$(PREFIX)
 	install -D -m 755 $(BIN_RELEASE) $(DESTDIR)$(PREFIX)/bin/serialhub

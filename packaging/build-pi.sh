@@ -1,6 +1,8 @@
 #!/bin/sh
-# Build the static ARMv6 (Raspberry Pi Zero/1, arm1176jzf-s) binary of serialhub:
-#   target/arm-unknown-linux-musleabihf/release/serialhub
+# Build a static (musl) binary of serialhub, by default for ARMv6 (Raspberry Pi Zero/1,
+# arm1176jzf-s): target/arm-unknown-linux-musleabihf/release/serialhub.
+# `build-pi.sh x86_64-unknown-linux-musl` builds the same static binary for this machine
+# (what `make bench` measures memory on: no shared libc, like the Pi's binary).
 #
 # Two routes, the first that works:
 #  1. rustup with the arm-unknown-linux-musleabihf target installed (machines with internet).
@@ -8,7 +10,8 @@
 #     through cargo-zigbuild. Missing pieces are installed (apt, pip into .venv-pi).
 # Recipe and measurements: docs/pi.md.
 set -eu
-TARGET=arm-unknown-linux-musleabihf
+TARGET=${1:-arm-unknown-linux-musleabihf}
+T=$(echo "$TARGET" | tr 'a-z-' 'A-Z_')
 cd "$(dirname "$0")/.."
 
 if command -v rustup >/dev/null 2>&1 && rustup target list --installed 2>/dev/null | grep -qx "$TARGET" \
@@ -37,5 +40,7 @@ export CARGO=/usr/bin/cargo             # cargo-zigbuild calls back into this ca
 export RUSTC=/usr/bin/rustc             # Debian's 1.96, not the rustup proxy on PATH
 export RUSTC_BOOTSTRAP=1                # -Z build-std on a stable compiler
 # zig supplies crt1.o and libc.a for musl; tune for the Pi Zero's core.
-export CARGO_TARGET_ARM_UNKNOWN_LINUX_MUSLEABIHF_RUSTFLAGS="-C target-cpu=arm1176jzf-s -C link-self-contained=no"
+flags="-C link-self-contained=no"
+case "$TARGET" in arm-*) flags="$flags -C target-cpu=arm1176jzf-s";; esac
+export "CARGO_TARGET_${T}_RUSTFLAGS=$flags"
 exec /usr/bin/cargo zigbuild -Z build-std=std,panic_abort --target "$TARGET" --release

@@ -1,14 +1,16 @@
 """`make pi-check`: prove the ARMv6 binary works, not just that it links.
 
-Runs `serialhub serve` with the simulated ESP32 under `qemu-arm -cpu arm1176` (an ARMv7
-instruction anywhere raises SIGILL there), then from the host flashes a 256 KiB image with
-esptool through RFC 2217, verifies it, and checks the simulated flash. Prints the binary's size
-against the 1.5 MB budget. Exit status 0 only if everything holds.
+Runs `serialhub serve` with the simulated ESP32 and the HTTP portal under
+`qemu-arm -cpu arm1176` (an ARMv7 instruction anywhere raises SIGILL there), then from the host
+flashes a 256 KiB image with esptool through RFC 2217, verifies it, checks the simulated flash,
+and reads `/api/discover` with curl. Prints the binary's size against the 1.5 MB budget. Exit
+status 0 only if everything holds.
 """
 
 import os
 import random
 import re
+import json
 import signal
 import subprocess
 import sys
@@ -36,19 +38,25 @@ def main() -> int:
         env = dict(os.environ, RUST_LOG="info")
         proc = subprocess.Popen(
             ["qemu-arm", "-cpu", "arm1176", binary, "serve", "--bind", "127.0.0.1",
-             "--device", f"sim:{flash}=0"],
+             "--no-hotplug", "--state", os.path.join(tmp, "ports.json"),
+             "--http", "127.0.0.1:0", "--device", f"sim:{flash}=0"],
             stderr=subprocess.PIPE, text=True, env=env)
         port = None
+        portal = None
         lines = []
         found = threading.Event()
 
         def pump():
-            nonlocal port
+            nonlocal port, portal
             for line in proc.stderr:
                 lines.append(line)
-                m = re.search(r"listening on [0-9.]+:(\d+)", line)
+                m = re.search(r"portal listening on (http://[0-9.:]+)", line)
+                if m:
+                    portal = m.group(1)
+                m = re.search(r"\) listening on [0-9.]+:(\d+)", line)
                 if m and port is None:
                     port = int(m.group(1))
+                if port and portal:
                     found.set()
 
         threading.Thread(target=pump, daemon=True).start()
@@ -72,6 +80,14 @@ def main() -> int:
                     print("pi-check: FAIL: simulated flash differs from the image")
                     return 1
             print("pi-check: simulated flash holds the image")
+            r = subprocess.run(["curl", "-sf", f"{portal}/api/discover"], capture_output=True,
+                               text=True, timeout=60)
+            devices = json.loads(r.stdout or "{}").get("devices", []) if r.returncode == 0 else []
+            if not any(d.get("port") == port and d.get("url", "").startswith("rfc2217://")
+                       for d in devices):
+                print(f"pi-check: FAIL: curl {portal}/api/discover: rc {r.returncode}: {r.stdout!r}")
+                return 1
+            print(f"pi-check: curl /api/discover lists {devices[0]['url']}")
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
