@@ -34,6 +34,12 @@ const READ_CHUNK: usize = 16 * 1024;
 const MODEM_POLL: Duration = Duration::from_secs(1);
 /// Re-open back-off for a device that cannot be opened (first try, then doubling).
 const REOPEN_MIN: Duration = Duration::from_millis(500);
+/// Right after a device appears, udev may still be setting its group and mode: try often
+/// (and quietly) for a while, so it is served within a few hundred ms of becoming openable
+/// even when no inotify event says so.
+const REOPEN_EAGER: Duration = Duration::from_millis(25);
+const REOPEN_EAGER_CAP: Duration = Duration::from_millis(100);
+const REOPEN_EAGER_FOR: Duration = Duration::from_secs(5);
 const REOPEN_MAX: Duration = Duration::from_secs(30);
 /// Re-open cadence while a vanished device may be re-enumerating.
 const REOPEN_LOST: Duration = Duration::from_millis(50);
@@ -136,6 +142,8 @@ pub fn spawn(spec: DeviceSpec, listener: TcpListener, shared: Shared) -> io::Res
         lines: LineDriver::new(policy, shared.stats.clone()),
         reopen_at: shared.open_after,
         reopen_delay: REOPEN_MIN,
+        eager_delay: REOPEN_EAGER / 2,
+        ever_opened: false,
         lost_since: None,
         dropped_while_lost: 0,
         shared,
@@ -183,6 +191,9 @@ struct Bridge {
     lines: LineDriver,
     reopen_at: Instant,
     reopen_delay: Duration,
+    eager_delay: Duration,
+    /// The device has been open once; later failures are real problems, logged as such.
+    ever_opened: bool,
     client: Option<Client>,
     /// Telnet-escaped device output and session answers, not yet sent to the client.
     to_client: Vec<u8>,
@@ -231,6 +242,7 @@ impl Bridge {
                 self.lines =
                     LineDriver::new(self.lines.resetter.policy(), self.shared.stats.clone());
                 self.reopen_delay = REOPEN_MIN;
+                self.ever_opened = true;
                 if let (Some(c), Some(since)) = (&self.client, self.lost_since.take()) {
                     // Re-enumerated (a native-USB chip resetting): the client carries on.
                     let s = c.session.settings();
@@ -269,6 +281,18 @@ impl Bridge {
             Err(e) if self.lost_since.is_some() => {
                 debug!("{}: {} not back yet: {e}", self.name, self.spec.path);
                 self.reopen_at = Instant::now() + REOPEN_LOST;
+            }
+            Err(e) if self.shared.open_after.elapsed() < REOPEN_EAGER_FOR && !self.ever_opened => {
+                if self.eager_delay < REOPEN_EAGER {
+                    error!(
+                        "{}: cannot open {}: {e}; retrying (check that it is plugged in and that this user may open it)",
+                        self.name, self.spec.path
+                    );
+                } else {
+                    debug!("{}: {} not openable yet: {e}", self.name, self.spec.path);
+                }
+                self.eager_delay = (self.eager_delay * 2).min(REOPEN_EAGER_CAP);
+                self.reopen_at = Instant::now() + self.eager_delay;
             }
             Err(e) => {
                 error!(
