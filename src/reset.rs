@@ -241,6 +241,12 @@ impl Resetter {
             return None;
         }
         self.plan.pop_front();
+        // Holds are minimums: a step applied late pushes the rest back by as much, so IO0 is
+        // never held less than its time however late the caller woke up.
+        let lag = now.saturating_duration_since(at);
+        for step in &mut self.plan {
+            step.0 += lag;
+        }
         if self.plan.is_empty() {
             self.playing = None;
         }
@@ -514,6 +520,17 @@ mod tests {
         assert_eq!(r.busy(), None);
         let mut r = Resetter::new(Policy::None);
         assert_eq!(r.reset(ResetTo::App, t0), Err(ResetError::LinesDisabled));
+    }
+
+    #[test]
+    fn a_late_step_does_not_shorten_the_next_hold() {
+        let t0 = Instant::now();
+        let mut r = Resetter::new(ESP);
+        assert_eq!(r.reset(ResetTo::Bootloader, t0), Ok(Some(EN_LOW)));
+        let late = t0 + EN_LOW_HOLD + Duration::from_millis(7);
+        assert_eq!(r.due(late), Some(IO0_LOW));
+        assert_eq!(r.due(late + IO0_HOLD - Duration::from_millis(1)), None);
+        assert_eq!(r.due(late + IO0_HOLD), Some(RELEASED));
     }
 
     #[test]
