@@ -3,10 +3,13 @@
 //! The pure cores turn bytes and events into bytes and actions; the thin loops move them.
 //!
 //! ```text
-//!  client TCP ─▶ telnet (codec) ─▶ rfc2217 (typed verbs) ─▶ session (negotiation, mirrored lines)
-//!                                                               │ settings / lines / purge
-//!  bridge (one thread per device: poll over listener, client, device, wake fd) ◀┘
-//!        └─▶ device (tty | simulated ESP32)
+//!  inotify(/dev) ─▶ supervisor ─identity(sysfs)─▶ assign(port) ─▶ registry ◀─ portal (HTTP)
+//!                      │ spawn / stop / replace                       ▲
+//!                      ▼                                              │ state, counters, log
+//!  client TCP ─▶ bridge (one thread per device: poll over listener, client, device, wake fd)
+//!                 ├─ telnet (codec) ─▶ rfc2217 (typed verbs) ─▶ session (answers, settings)
+//!                 ├─ reset (policy: client DTR/RTS ─▶ timed line changes) ─▶ lines (GPIO)
+//!                 └─ device (tty | simulated ESP32)
 //! ```
 
 pub mod assign; // stable TCP port per device key, persisted atomically
@@ -14,7 +17,7 @@ pub mod bridge; // the per-device thread: poll loop, one controlling client
 pub mod cli; // command line: `serve`, `sim`, `--help`, `--version`
 pub mod config; // serialhub.toml and `--device` flags, with errors that name file/line/key
 pub mod device; // device backends behind one trait: real tty, simulated ESP32
-pub mod identity; // USB identity of a tty from sysfs (vid, pid)
+pub mod identity; // USB identity of a tty from sysfs: ids, serial, physical path
 pub mod lines; // DTR/RTS to GPIO lines (EN, IO0) for GPIO-wired boards
 pub mod portal; // HTTP: discovery API (old portal's shapes), metrics, web page
 pub mod registry; // the shared view of devices, ports, clients and counters
