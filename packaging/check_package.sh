@@ -29,7 +29,10 @@ if [ "$arch" != "$(dpkg --print-architecture)" ]; then
     ok "not installing a $arch package on $(dpkg --print-architecture)"; exit 0
 fi
 if [ ! -x "$root/usr/bin/dpkg" ]; then
-    command -v debootstrap >/dev/null || apt-get -o DPkg::Lock::Timeout=300 install -y -q debootstrap
+    command -v debootstrap >/dev/null || {
+        apt-get -o DPkg::Lock::Timeout=300 update -q >/dev/null
+        apt-get -o DPkg::Lock::Timeout=300 install -y -q debootstrap >/dev/null
+    }
     rm -rf "$root"
     debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian >/dev/null
 fi
