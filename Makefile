@@ -19,8 +19,8 @@ help: ## list the targets
 build: ## release build of the daemon (target/release/serialhub)
 	$(CARGO) build --release
 
-run: ## run the daemon with the simulated ESP32 on 127.0.0.1:4001 (esptool --port rfc2217://127.0.0.1:4001 chip-id)
-	$(CARGO) run --release -- serve --demo --bind 127.0.0.1
+run: ## the daemon with the simulated ESP32 on 127.0.0.1:4001 and the portal on http://127.0.0.1:8080
+	$(CARGO) run --release -- serve --demo --bind 127.0.0.1 --http 127.0.0.1:8080
 
 venv: $(VENV)/.installed ## Python venv with esptool, pyserial, esp-idf-monitor from PyPI
 
