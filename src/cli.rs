@@ -19,6 +19,7 @@ USAGE:
                     [--dev-dir DIR] [--sysfs DIR] [--state FILE] [--no-hotplug]
                     [--http ADDR:PORT|off]
     serialhub sim --pty LINK [--flash FILE] [--bootloader]
+    serialhub discover|url|monitor|pty …   the client side: `serialhub discover --help`
     serialhub --help | --version
 
 SERVE:
@@ -60,6 +61,7 @@ pub fn main() -> i32 {
             eprintln!("serialhub: {msg}");
             1
         }
+        Err(CliError::Exit(code)) => code,
     }
 }
 
@@ -67,6 +69,8 @@ enum CliError {
     Usage(String),
     Config(crate::config::ConfigError),
     Runtime(String),
+    /// A client command's exit code, its message already printed.
+    Exit(i32),
 }
 
 impl From<lexopt::Error> for CliError {
@@ -88,6 +92,16 @@ fn run() -> Result<(), CliError> {
         }
         Some(Value(cmd)) if cmd == "serve" => serve(parser),
         Some(Value(cmd)) if cmd == "sim" => sim(parser),
+        Some(Value(cmd))
+            if ["discover", "url", "monitor", "pty"]
+                .iter()
+                .any(|c| cmd == *c) =>
+        {
+            match crate::client::main(&cmd.to_string_lossy(), parser) {
+                0 => Ok(()),
+                code => Err(CliError::Exit(code)),
+            }
+        }
         Some(Value(cmd)) => Err(CliError::Usage(format!(
             "unknown command `{}`",
             cmd.to_string_lossy()
@@ -186,6 +200,7 @@ impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CliError::Usage(m) | CliError::Runtime(m) => write!(f, "{m}"),
+            CliError::Exit(code) => write!(f, "exit status {code}"),
             CliError::Config(e) => write!(f, "{e}"),
         }
     }

@@ -15,6 +15,7 @@
 pub mod assign; // stable TCP port per device key, persisted atomically
 pub mod bridge; // the per-device thread: poll loop, one controlling client
 pub mod cli; // command line: `serve`, `sim`, `--help`, `--version`
+pub mod client; // the client side: `discover`, `url`, `monitor`, `pty` (portal API, RFC 2217)
 pub mod config; // serialhub.toml and `--device` flags, with errors that name file/line/key
 pub mod device; // device backends behind one trait: real tty, simulated ESP32
 pub mod identity; // USB identity of a tty from sysfs: ids, serial, physical path
