@@ -25,7 +25,7 @@ USAGE:
     serialhub discover [HOST[:PORT]] [--json]
     serialhub url [HOST[:PORT]] [SELECTOR] [--ign-set-control]
     serialhub monitor [TARGET] [SELECTOR] [--baud B] [--raw] [--timestamps]
-    serialhub pty [TARGET] [SELECTOR] --link PATH [--baud B]
+    serialhub pty [TARGET] [SELECTOR] --link PATH [--baud B] [--format 8N1]
 
 HOST defaults to $SERIALHUB_HOST, then $PI_HOST; the portal's port to 8080.
 TARGET is an rfc2217://HOST:PORT URL, or a HOST whose portal picks the device; without one,
@@ -49,8 +49,10 @@ monitor              a serial monitor over RFC 2217; DTR/RTS stay released, so o
                      bootloader, Ctrl-T Ctrl-T sends Ctrl-T, Ctrl-T Ctrl-H help, Ctrl-] quits.
                      Reconnects (0.5 s doubling to 5 s) when the server or device goes away.
 pty                  a local pseudo-terminal, symlinked at PATH, bridged to the remote port:
-                     data both ways; baud, data bits, parity and stop bits a program sets on
-                     it are forwarded as RFC 2217 settings. A pty has no DTR/RTS, so programs
+                     data both ways; the baud and stop bits a program sets on it are
+                     forwarded as RFC 2217 settings (--baud: the rate until one does). Linux's
+                     pty driver forces 8 data bits and no parity, so those are fixed with
+                     --format (default 8N1). A pty has no DTR/RTS either, so programs
                      cannot reset the board through it: use `--before no-reset` with esptool
                      and reset with `serialhub monitor` (Ctrl-T Ctrl-P) or the portal:
                      curl -X POST http://HOST:8080/api/devices/KEY/reset -d '{\"to\":\"bootloader\"}'

@@ -310,3 +310,34 @@ def test_monitor_reconnects_after_a_daemon_restart(serialhub):
         out.wait(rb"sim: app tick \d+, boot #1\n", start=mark)
     finally:
         assert finish(p) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# pty
+
+
+def test_pty_forwards_baud_stop_bits_and_data_both_ways(pty_server, tmp_path):
+    import serial
+
+    _, dev, port = pty_server
+    link = tmp_path / "ttyESP32"
+    p, _, out, err = spawn("pty", f"rfc2217://127.0.0.1:{port}", "--link", str(link))
+    try:
+        err.wait(rb"bridged to rfc2217://127\.0\.0\.1:%d at 115200 baud" % port)
+        assert os.readlink(link).startswith("/dev/pts/")
+        ser = serial.Serial(str(link), 460800, timeout=5)
+        try:
+            wait_for(lambda: dev.ospeed() == 460800, 10, what="the remote port at 460800")
+            ser.write(b"hello \xff\x00 device")
+            assert dev.read_exactly(15, 10) == b"hello \xff\x00 device"
+            dev.write_all(b"hello \xff program", 5)
+            assert ser.read(15) == b"hello \xff program"
+            ser.stopbits = serial.STOPBITS_TWO
+            wait_for(lambda: dev.line_format() == (8, "N", 2), 10, what="8N2 on the remote port")
+            ser.baudrate = 74880
+            wait_for(lambda: dev.ospeed() == 74880, 10, what="the remote port at 74880")
+        finally:
+            ser.close()
+    finally:
+        assert finish(p) == 0
+    assert not link.exists() and not link.is_symlink()
