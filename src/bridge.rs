@@ -786,6 +786,7 @@ impl LineDriver {
         if let Err(e) = dev.set_lines(lines) {
             debug!("{name}: cannot set DTR/RTS: {e}");
         }
+        self.resetter.applied(now);
         if self.resetter.busy().is_none() {
             if let Some((to, _, steps)) = self.trace.take() {
                 info!("{name}: reset into {to:?} done, lines (D/R = asserted):{steps}");

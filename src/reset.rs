@@ -113,6 +113,8 @@ pub struct Resetter {
     en_low_from: Option<Lines>,
     /// A client EN low that is not applied yet (see `client_lines`).
     pending_en_low: Option<Instant>,
+    /// The time passed in with the line change returned last (see `applied`).
+    last_step: Option<Instant>,
 }
 
 impl Resetter {
@@ -127,6 +129,7 @@ impl Resetter {
             playing: None,
             en_low_from: None,
             pending_en_low: None,
+            last_step: None,
         }
     }
 
@@ -225,6 +228,21 @@ impl Resetter {
             .min()
     }
 
+    /// The caller applied the line change last returned (by `client_lines`, `reset` or `due`)
+    /// at `at`, which may be later than the time it passed in. The rest of the sequence moves
+    /// back by the difference, so every hold is measured from when its step really happened.
+    pub fn applied(&mut self, at: Instant) {
+        if let Some(planned) = self.last_step.take() {
+            let lag = at.saturating_duration_since(planned);
+            for step in &mut self.plan {
+                step.0 += lag;
+            }
+            if self.applied == EN_LOW {
+                self.en_low_since = Some(at);
+            }
+        }
+    }
+
     /// The next step that is due at `now`, if any. Call until it returns `None`: every step
     /// must reach the device as its own line change, even when the caller woke up late.
     pub fn due(&mut self, now: Instant) -> Option<Lines> {
@@ -269,6 +287,7 @@ impl Resetter {
         if lines == self.applied {
             return None;
         }
+        self.last_step = Some(now);
         if lines == EN_LOW {
             self.en_low_since = Some(now);
         } else if self.applied == EN_LOW {
@@ -531,6 +550,19 @@ mod tests {
         assert_eq!(r.due(late), Some(IO0_LOW));
         assert_eq!(r.due(late + IO0_HOLD - Duration::from_millis(1)), None);
         assert_eq!(r.due(late + IO0_HOLD), Some(RELEASED));
+    }
+
+    #[test]
+    fn a_step_applied_late_moves_the_rest_back() {
+        let t0 = Instant::now();
+        let mut r = Resetter::new(ESP);
+        assert_eq!(r.reset(ResetTo::Bootloader, t0), Ok(Some(EN_LOW)));
+        // The device got EN low 3 ms after the sequence was planned.
+        r.applied(t0 + Duration::from_millis(3));
+        assert_eq!(
+            r.deadline(),
+            Some(t0 + EN_LOW_HOLD + Duration::from_millis(3))
+        );
     }
 
     #[test]
