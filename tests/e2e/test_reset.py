@@ -201,7 +201,8 @@ def test_esptool_default_reset_at_latency(board, proxy, latency_ms, tmp_path):
     assert [s for s, _ in seq] == ["dR", "Dr", "dr"], seq
     (_, t_en), (_, t_io0), (_, t_rel) = seq
     assert t_io0 - t_en >= 100, seq
-    assert 50 <= t_rel - t_io0 < 90, seq
+    # (upper bound generous for a loaded CI machine; esp32r0 would hold 550 ms)
+    assert 50 <= t_rel - t_io0 < 250, seq
 
 
 def test_passthrough_fails_at_100ms(board, proxy):
