@@ -14,6 +14,7 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -341,3 +342,39 @@ def test_pty_forwards_baud_stop_bits_and_data_both_ways(pty_server, tmp_path):
     finally:
         assert finish(p) == 0
     assert not link.exists() and not link.is_symlink()
+
+
+def test_esptool_writes_and_verifies_1mib_through_the_pty_link(serialhub, tmp_path):
+    """A tool that insists on a device path: esptool on the local pty link (no reset lines,
+    so `--before no-reset` after the portal put the chip into its bootloader) writes and
+    verifies 1 MiB at 921600 — the baud change reaches the remote port through the pty."""
+    import urllib.request
+
+    flash = tmp_path / "flash.bin"
+    d = serialhub(f"sim:{flash}=0", extra=("--http", "127.0.0.1:0"))
+    host = portal_of(d)
+    port = d.port("sim")
+    req = urllib.request.Request(
+        f"http://{host}/api/devices/name:sim/reset",
+        data=b'{"to": "bootloader"}',
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert json.load(r)["success"]
+    d.wait_log(r"boot #\d+ into download mode")
+    link = tmp_path / "ttyESP32"
+    p, _, out, err = spawn("pty", f"rfc2217://127.0.0.1:{port}", "--link", str(link))
+    image = tmp_path / "img.bin"
+    data = os.urandom(1024 * 1024)
+    image.write_bytes(data)
+    try:
+        err.wait(rb"bridged to")
+        esptool = [sys.executable, "-m", "esptool", "--port", str(link), "--before", "no-reset",
+                   "--after", "no-reset", "-b", "921600"]
+        for args in (["write-flash", "0x10000", str(image)], ["verify-flash", "0x10000", str(image)]):
+            r = subprocess.run(esptool + args, capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        assert finish(p) == 0
+    assert flash.read_bytes()[0x10000 : 0x10000 + len(data)] == data
