@@ -295,6 +295,19 @@ pub struct Selector {
 }
 
 impl Selector {
+    /// The field a selector flag sets (`--serial`/`-s`, `--name`, `--key`, `--index`/`-i`),
+    /// if `arg` is one: the commands that pick a device share these flags.
+    pub fn flag(arg: &lexopt::Arg) -> Option<&'static str> {
+        use lexopt::Arg::{Long, Short};
+        match arg {
+            Long("serial") | Short('s') => Some("serial"),
+            Long("name") => Some("name"),
+            Long("key") => Some("key"),
+            Long("index") | Short('i') => Some("index"),
+            _ => None,
+        }
+    }
+
     /// Take the value of selector flag `flag` (`serial`, `name`, `key`, `index`).
     pub fn set(&mut self, flag: &str, parser: &mut lexopt::Parser) -> Result<(), ClientError> {
         let v = parser.value()?.string()?;
@@ -525,18 +538,16 @@ pub fn table(devices: &[Device]) -> String {
 }
 
 fn url(mut parser: lexopt::Parser) -> Result<(), ClientError> {
-    use lexopt::Arg::{Long, Short, Value};
+    use lexopt::Arg::{Long, Value};
     let mut host = None;
     let mut sel = Selector::default();
     let mut ign = false;
     while let Some(arg) = parser.next()? {
+        if let Some(field) = Selector::flag(&arg) {
+            sel.set(field, &mut parser)?;
+            continue;
+        }
         match arg {
-            Long(l @ ("serial" | "name" | "key" | "index")) => {
-                let l = l.to_string();
-                sel.set(&l, &mut parser)?;
-            }
-            Short('s') => sel.set("serial", &mut parser)?,
-            Short('i') => sel.set("index", &mut parser)?,
             Long("ign-set-control") => ign = true,
             Value(v) if host.is_none() => host = Some(v.string()?),
             a if help_requested(&a) => {

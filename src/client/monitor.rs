@@ -72,13 +72,11 @@ pub fn main(mut parser: lexopt::Parser) -> Result<(), ClientError> {
         ..Options::default()
     };
     while let Some(arg) = parser.next()? {
+        if let Some(field) = Selector::flag(&arg) {
+            sel.set(field, &mut parser)?;
+            continue;
+        }
         match arg {
-            Long(l @ ("serial" | "name" | "key" | "index")) => {
-                let l = l.to_string();
-                sel.set(&l, &mut parser)?;
-            }
-            Short('s') => sel.set("serial", &mut parser)?,
-            Short('i') => sel.set("index", &mut parser)?,
             Long("baud") | Short('b') => {
                 let v = parser.value()?.string()?;
                 opts.baud =

@@ -46,13 +46,11 @@ pub fn main(mut parser: lexopt::Parser) -> Result<(), ClientError> {
     let mut baud = DEFAULT_BAUD;
     let mut fixed = (DataBits::Eight, Parity::None);
     while let Some(arg) = parser.next()? {
+        if let Some(field) = Selector::flag(&arg) {
+            sel.set(field, &mut parser)?;
+            continue;
+        }
         match arg {
-            Long(l @ ("serial" | "name" | "key" | "index")) => {
-                let l = l.to_string();
-                sel.set(&l, &mut parser)?;
-            }
-            Short('s') => sel.set("serial", &mut parser)?,
-            Short('i') => sel.set("index", &mut parser)?,
             Long("link") | Short('l') => link = Some(parser.value()?.into()),
             Long("baud") | Short('b') => {
                 let v = parser.value()?.string()?;
