@@ -345,3 +345,33 @@ impl Device for Tty {
         Ok(())
     }
 }
+
+/// A new pseudo-terminal master (`posix_openpt` with `flags`, `grantpt`, `unlockpt`) and its
+/// slave's path. The simulator's `sim --pty` and the client's `pty` command both make one.
+pub fn open_pty_master(flags: libc::c_int) -> io::Result<(std::fs::File, std::path::PathBuf)> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let check = |rc: libc::c_int| {
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    };
+    // SAFETY: plain libc calls on an fd we own from here on; ptsname_r writes at most
+    // `buf.len()` bytes including the NUL.
+    unsafe {
+        let fd = check(libc::posix_openpt(flags))?;
+        let master = std::fs::File::from(OwnedFd::from_raw_fd(fd));
+        check(libc::grantpt(fd))?;
+        check(libc::unlockpt(fd))?;
+        let mut buf = [0 as libc::c_char; 128];
+        let rc = libc::ptsname_r(fd, buf.as_mut_ptr(), buf.len());
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        let name = std::ffi::CStr::from_ptr(buf.as_ptr())
+            .to_string_lossy()
+            .into_owned();
+        Ok((master, std::path::PathBuf::from(name)))
+    }
+}

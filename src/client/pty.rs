@@ -12,10 +12,9 @@
 //! A pty has no DTR/RTS: programs cannot reset the board through it (the portal's reset
 //! endpoint, or `serialhub monitor`'s Ctrl-T keys, can).
 
-use std::ffi::CStr;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -176,23 +175,8 @@ struct Pty {
 
 impl Pty {
     fn open(baud: u32, fixed: (DataBits, Parity)) -> io::Result<Pty> {
-        // SAFETY: plain libc calls on an fd we own from here on; ptsname_r writes at most
-        // `buf.len()` bytes including the NUL.
-        let (master, path) = unsafe {
-            let fd = check(libc::posix_openpt(
-                libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK,
-            ))?;
-            let master = File::from(OwnedFd::from_raw_fd(fd));
-            check(libc::grantpt(fd))?;
-            check(libc::unlockpt(fd))?;
-            let mut buf = [0 as libc::c_char; 128];
-            let rc = libc::ptsname_r(fd, buf.as_mut_ptr(), buf.len());
-            if rc != 0 {
-                return Err(io::Error::from_raw_os_error(rc));
-            }
-            let name = CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned();
-            (master, PathBuf::from(name))
-        };
+        let (master, path) =
+            crate::device::open_pty_master(libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK)?;
         let slave = OpenOptions::new()
             .read(true)
             .write(true)

@@ -6,10 +6,9 @@
 //! and garble like a real line. A PTY has no DTR/RTS, so nothing can reset this chip; it
 //! starts in download mode with `--bootloader`.
 
-use std::ffi::CStr;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,23 +58,9 @@ fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// A new PTY master (`posix_openpt`, `grantpt`, `unlockpt`) and its slave's path.
+/// A new PTY master and its slave's path.
 fn open_master() -> io::Result<(File, PathBuf)> {
-    // SAFETY: plain libc calls on an fd we own from here on; ptsname_r writes at most
-    // `buf.len()` bytes including the NUL.
-    unsafe {
-        let fd = check(libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY))?;
-        let master = File::from(OwnedFd::from_raw_fd(fd));
-        check(libc::grantpt(fd))?;
-        check(libc::unlockpt(fd))?;
-        let mut buf = [0 as libc::c_char; 128];
-        let rc = libc::ptsname_r(fd, buf.as_mut_ptr(), buf.len());
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        let name = CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned();
-        Ok((master, PathBuf::from(name)))
-    }
+    crate::device::open_pty_master(libc::O_RDWR | libc::O_NOCTTY)
 }
 
 fn set_nonblocking(fd: RawFd) -> io::Result<()> {
