@@ -18,7 +18,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::assign::DeviceKey;
-use crate::config::{Busy, DevicePath, DeviceSpec, Protocol, ResetKind};
+use crate::config::{After, Busy, DevicePath, DeviceSpec, Protocol, ResetKind};
 use crate::device::{Device, LineSettings, Lines, ModemStatus, Purge, Tty};
 use crate::lines::GpioWired;
 use crate::registry::{ClientInfo, DeviceState, LogRing, Registry, Stats};
@@ -315,7 +315,11 @@ impl Bridge {
     fn turn(&mut self) -> Result<(), Stop> {
         let suspended = self.client.as_ref().is_some_and(|c| c.session.suspended());
         let want_device_in = self.to_client.len() < CLIENT_HIGH_WATER && !suspended;
-        let want_client_in = self.to_device.len() < DEVICE_HIGH_WATER;
+        let paused = self
+            .client
+            .as_ref()
+            .is_some_and(|c| c.session.client_paused());
+        let want_client_in = self.to_device.len() < DEVICE_HIGH_WATER && !paused;
 
         // A fixed array, no allocation per round: absent slots poll the wake fd for nothing.
         let idle = || PollFd::new(self.wake.as_fd(), PollFlags::empty());
@@ -377,6 +381,7 @@ impl Bridge {
             self.accept();
         }
         self.run_reset_steps();
+        self.session_timer();
         self.poll_modem();
         if let Some(t) = self.lost_since {
             if t.elapsed() >= self.shared.grace {
@@ -428,17 +433,56 @@ impl Bridge {
         let reopen = self.device.is_none().then_some(self.reopen_at);
         let modem = self.client.as_ref().map(|c| c.next_modem_poll);
         let grace = self.lost_since.map(|t| t + self.shared.grace);
-        [reopen, modem, grace, self.lines.resetter.deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        let session = self.client.as_ref().and_then(|c| c.session.deadline());
+        [
+            reopen,
+            modem,
+            grace,
+            session,
+            self.lines.resetter.deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
-    /// Play the steps of a reset sequence that are due, each as its own line change.
+    /// Play the steps of a reset sequence that are due, each as its own line change; tell
+    /// the session when one has finished (an ESP raw session waits for its bootloader entry).
     fn run_reset_steps(&mut self) {
-        if let Some(dev) = self.device.as_deref_mut() {
-            self.lines.run_due(&self.name, dev);
+        let Some(dev) = self.device.as_deref_mut() else {
+            return;
+        };
+        self.lines.run_due(&self.name, dev);
+        if let (Some(to), Some(c)) = (self.lines.finished.take(), self.client.as_mut()) {
+            let mut port = BridgePort {
+                device: dev,
+                to_device: &mut self.to_device,
+                lines: &mut self.lines,
+                name: &self.name,
+            };
+            c.session.reset_done(to, &mut port);
+            self.flush_device();
         }
+    }
+
+    /// The session's own timers: protocol detection, the ESP watch's waits.
+    fn session_timer(&mut self) {
+        let now = Instant::now();
+        let (Some(c), Some(dev)) = (self.client.as_mut(), self.device.as_deref_mut()) else {
+            return;
+        };
+        if c.session.deadline().is_none_or(|t| t > now) {
+            return;
+        }
+        let mut port = BridgePort {
+            device: dev,
+            to_device: &mut self.to_device,
+            lines: &mut self.lines,
+            name: &self.name,
+        };
+        c.session.on_timer(now, &mut port, &mut self.to_client);
+        self.flush_device();
+        self.flush_client();
     }
 
     fn accept(&mut self) {
@@ -485,7 +529,13 @@ impl Bridge {
             let mut session = match self.spec.protocol {
                 Protocol::Rfc2217 => Session::new(&self.name, signature, settings),
                 Protocol::Raw => Session::raw(&self.name, settings),
+                Protocol::Auto => {
+                    Session::detect(&self.name, signature, settings, self.spec.detect_window)
+                }
             };
+            if self.lines.resetter.policy().is_esp() {
+                session = session.watch_esp(self.lines.in_loader);
+            }
             self.to_client.clear();
             self.to_device.clear();
             session.start(&mut self.to_client);
@@ -528,7 +578,19 @@ impl Bridge {
                     if let Some(c) = &mut self.client {
                         c.bytes_out += n as u64;
                         Stats::add(&self.shared.stats.bytes_to_client, n as u64);
-                        c.session.device_data(&self.buf[..n], &mut self.to_client);
+                        let mut port = BridgePort {
+                            device: dev.as_mut(),
+                            to_device: &mut self.to_device,
+                            lines: &mut self.lines,
+                            name: &self.name,
+                        };
+                        c.session.device_data(
+                            &self.buf[..n],
+                            Instant::now(),
+                            &mut port,
+                            &mut self.to_client,
+                        );
+                        self.flush_device();
                         self.flush_client();
                     }
                 }
@@ -588,6 +650,7 @@ impl Bridge {
         };
         c.bytes_in += n as u64;
         Stats::add(&self.shared.stats.bytes_to_device, n as u64);
+        let now = Instant::now();
         let result = match self.device.as_deref_mut() {
             Some(dev) => {
                 let mut port = BridgePort {
@@ -597,7 +660,7 @@ impl Bridge {
                     name: &self.name,
                 };
                 c.session
-                    .on_client_bytes(&self.buf[..n], &mut port, &mut self.to_client)
+                    .on_client_bytes(&self.buf[..n], now, &mut port, &mut self.to_client)
             }
             None => {
                 // The device is re-enumerating: answer the protocol, remember settings (they
@@ -606,7 +669,7 @@ impl Bridge {
                     dropped: &mut self.dropped_while_lost,
                 };
                 c.session
-                    .on_client_bytes(&self.buf[..n], &mut port, &mut self.to_client)
+                    .on_client_bytes(&self.buf[..n], now, &mut port, &mut self.to_client)
             }
         };
         if let Err(e) = result {
@@ -694,6 +757,20 @@ impl Bridge {
         let local = self.lines.resetter.client_left(Instant::now());
         if let Some(dev) = self.device.as_deref_mut() {
             self.lines.apply(&self.name, local, dev);
+            // An ESP raw session that entered the bootloader owes the chip what esptool's
+            // `--after hard-reset` would have done, which it cannot do over a socket.
+            if let Some((entered, in_loader)) = c.session.esp_state() {
+                if entered && self.spec.after == After::Reset {
+                    if let Err(e) = self.lines.reset(&self.name, ResetTo::App, dev) {
+                        warn!(
+                            "{}: cannot reset the chip into its application: {e}",
+                            self.name
+                        );
+                    }
+                } else {
+                    self.lines.in_loader = in_loader;
+                }
+            }
         }
         self.lost_since = None;
         let state = if self.device.is_some() {
@@ -756,6 +833,12 @@ struct LineDriver {
     resetter: Resetter,
     trace: Option<(ResetTo, Instant, String)>,
     stats: Arc<Stats>,
+    /// The sequence that has just finished, for the session to hear of.
+    finished: Option<ResetTo>,
+    /// The chip is known to be in its loader: a bootloader entry finished and no line has
+    /// moved since (or an ESP raw session left it there). The next raw session's SYNC then
+    /// needs no reset.
+    in_loader: bool,
 }
 
 impl LineDriver {
@@ -764,6 +847,8 @@ impl LineDriver {
             resetter: Resetter::new(policy),
             trace: None,
             stats,
+            finished: None,
+            in_loader: false,
         }
     }
 
@@ -787,9 +872,12 @@ impl LineDriver {
             debug!("{name}: cannot set DTR/RTS: {e}");
         }
         self.resetter.applied(now);
+        self.in_loader = false;
         if self.resetter.busy().is_none() {
             if let Some((to, _, steps)) = self.trace.take() {
                 info!("{name}: reset into {to:?} done, lines (D/R = asserted):{steps}");
+                self.finished = Some(to);
+                self.in_loader = to == ResetTo::Bootloader;
             }
         }
     }
@@ -854,6 +942,9 @@ impl Port for LostPort<'_> {
     }
     fn modem_status(&mut self) -> io::Result<ModemStatus> {
         Ok(ModemStatus::default())
+    }
+    fn reset(&mut self, _: ResetTo) -> Result<(), ResetError> {
+        Err(ResetError::NoDevice)
     }
 }
 
@@ -938,5 +1029,9 @@ impl Port for BridgePort<'_> {
 
     fn modem_status(&mut self) -> io::Result<ModemStatus> {
         self.device.modem_status()
+    }
+
+    fn reset(&mut self, to: ResetTo) -> Result<(), ResetError> {
+        self.lines.reset(self.name, to, self.device)
     }
 }

@@ -217,6 +217,13 @@ pub struct DeviceSpec {
     /// How clients talk to this device's port.
     #[serde(default)]
     pub protocol: Protocol,
+    /// `protocol = "auto"`: seconds a silent client may wait, while device output is
+    /// pending, before it is served raw.
+    #[serde(default = "default_detect_window", deserialize_with = "detect_window")]
+    pub detect_window: std::time::Duration,
+    /// Where an ESP raw session that entered the bootloader leaves the chip.
+    #[serde(default)]
+    pub after: After,
     /// What a second client gets while one is connected.
     #[serde(default)]
     pub busy: Busy,
@@ -226,11 +233,25 @@ pub struct DeviceSpec {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Protocol {
-    /// RFC 2217 (Telnet COM-PORT-OPTION): pyserial's `rfc2217://`, esptool, idf.py.
+    /// The client's first byte decides: IAC is RFC 2217, anything else (or silence while
+    /// device output waits) raw.
     #[default]
+    Auto,
+    /// RFC 2217 (Telnet COM-PORT-OPTION): pyserial's `rfc2217://`, esptool, idf.py.
     Rfc2217,
     /// A plain TCP byte stream at the configured baud: `socket://`, netcat.
     Raw,
+}
+
+/// The `after` key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum After {
+    /// Reset the chip into its application (esptool's default `--after hard-reset`).
+    #[default]
+    Reset,
+    /// Leave it in its loader (esptool's `--after no-reset`).
+    Stay,
 }
 
 /// The `busy` key.
@@ -268,6 +289,20 @@ fn default_baud() -> u32 {
     115_200
 }
 
+fn default_detect_window() -> std::time::Duration {
+    std::time::Duration::from_millis(300)
+}
+
+fn detect_window<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+    let s = f64::deserialize(d)?;
+    if !(0.0..=10.0).contains(&s) {
+        return Err(serde::de::Error::custom(format!(
+            "{s} is not a number of seconds from 0 to 10 (default 0.3)"
+        )));
+    }
+    Ok(std::time::Duration::from_secs_f64(s))
+}
+
 impl DeviceSpec {
     /// `--device PATH[=PORT]`.
     pub fn parse_flag(s: &str) -> Result<DeviceSpec, String> {
@@ -300,6 +335,8 @@ impl DeviceSpec {
             esp32r0: false,
             gpio: None,
             protocol: Protocol::default(),
+            detect_window: default_detect_window(),
+            after: After::default(),
             busy: Busy::default(),
             serial: None,
             usb_path: None,
@@ -527,6 +564,19 @@ mod tests {
         let c = Config::parse("state_file = \"/tmp/p.json\"\n[hotplug]\ndir = \"/tmp/dev\"\ngrace = 0.5\n[hotplug.settle]\n\"ttyACM*\" = 2.0\n").unwrap();
         assert_eq!(c.hotplug.dir, PathBuf::from("/tmp/dev"));
         assert_eq!(c.hotplug.grace, 0.5);
+        let d = Config::parse("[[device]]\npath = \"sim\"\nprotocol = \"auto\"\ndetect_window = 0.05\nafter = \"stay\"\n").unwrap();
+        assert_eq!(
+            d.devices[0].detect_window,
+            std::time::Duration::from_millis(50)
+        );
+        assert_eq!(d.devices[0].after, After::Stay);
+        let (line, msg) =
+            Config::parse("[[device]]\npath = \"sim\"\ndetect_window = -1\n").unwrap_err();
+        assert_eq!(line, 3);
+        assert!(
+            msg.contains("detect_window") && msg.contains("0 to 10"),
+            "{msg}"
+        );
         assert_eq!(c.hotplug.settle["ttyACM*"], 2.0);
         assert_eq!(c.hotplug.patterns, ["ttyUSB*", "ttyACM*"]);
     }

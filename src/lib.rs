@@ -17,7 +17,8 @@ pub mod bridge; // the per-device thread: poll loop, one controlling client
 pub mod cli; // command line: `serve`, `sim`, `--help`, `--version`
 pub mod client; // the client side: `discover`, `url`, `monitor`, `pty` (portal API, RFC 2217)
 pub mod config; // serialhub.toml and `--device` flags, with errors that name file/line/key
-pub mod device; // device backends behind one trait: real tty, simulated ESP32
+pub mod device;
+pub mod esp; // the ESP loader protocol as it passes a raw session: SYNC, CHANGE_BAUDRATE (pure) // device backends behind one trait: real tty, simulated ESP32
 pub mod identity; // USB identity of a tty from sysfs: ids, serial, physical path
 pub mod lines; // DTR/RTS to GPIO lines (EN, IO0) for GPIO-wired boards
 pub mod portal; // HTTP: discovery API (old portal's shapes), metrics, web page

@@ -64,6 +64,13 @@ pub enum Policy {
     None,
 }
 
+impl Policy {
+    /// The lines reset an Espressif chip (so the server can enter its loader by itself).
+    pub fn is_esp(self) -> bool {
+        matches!(self, Policy::Esp { .. } | Policy::UsbJtag)
+    }
+}
+
 /// Where a server-initiated reset should leave the chip.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResetTo {

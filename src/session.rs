@@ -8,12 +8,15 @@
 //! is answered without touching the UART.
 
 use std::io;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
 use crate::device::{FlowControl, LineSettings, Lines, ModemStatus, Purge};
+use crate::esp::{Action, EspWatch};
+use crate::reset::{ResetError, ResetTo};
 use crate::rfc2217::{self, Command, Control, DecodeError, Direction, Setting};
-use crate::telnet::{self, option, Event, Verb};
+use crate::telnet::{self, option, Event, Verb, IAC};
 
 /// What a session may do to the device. The bridge implements it over a [`crate::device::Device`]
 /// (plus its own buffers, for PURGE); tests implement it with a recorder.
@@ -25,7 +28,25 @@ pub trait Port {
     fn set_break(&mut self, on: bool) -> io::Result<()>;
     fn purge(&mut self, which: Purge) -> io::Result<()>;
     fn modem_status(&mut self) -> io::Result<ModemStatus>;
+    /// Reset the chip through the device's reset policy; the bridge calls
+    /// [`Session::reset_done`] when the sequence has played.
+    fn reset(&mut self, to: ResetTo) -> Result<(), ResetError>;
 }
+
+/// How this session's client talks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// `protocol = "auto"`, nothing from the client yet: its first byte decides (IAC: RFC
+    /// 2217), or, when device output has waited `window` for a silent client, raw.
+    Detect { window: Duration },
+    /// RFC 2217 over Telnet.
+    Telnet,
+    /// A plain byte stream (`socket://` clients, netcat): no Telnet, no escaping.
+    Raw,
+}
+
+/// Device output kept while the protocol is undecided (then the device is not read).
+const DETECT_HOLD_MAX: usize = 64 * 1024;
 
 /// Why a session must end.
 #[derive(Debug, PartialEq, Eq)]
@@ -71,9 +92,12 @@ pub struct Session {
     last_modem: u8,
     suspended: bool,
     lines_unsupported_logged: bool,
-    /// A plain byte stream (`protocol = "raw"`, `socket://` clients, netcat): no Telnet, no
-    /// escaping, the device's configured settings.
-    raw: bool,
+    mode: Mode,
+    /// Device output that arrived while the protocol was undecided, and since when.
+    held: Vec<u8>,
+    held_since: Option<Instant>,
+    /// Follows the ESP loader protocol on raw sessions (devices with an ESP reset policy).
+    esp: Option<EspWatch>,
 }
 
 impl Session {
@@ -95,22 +119,50 @@ impl Session {
             last_modem: 0,
             suspended: false,
             lines_unsupported_logged: false,
-            raw: false,
+            mode: Mode::Telnet,
+            held: Vec::new(),
+            held_since: None,
+            esp: None,
         }
     }
 
     /// A session that passes bytes through untouched both ways.
     pub fn raw(label: &str, settings: LineSettings) -> Session {
         Session {
-            raw: true,
+            mode: Mode::Raw,
             ..Session::new(label, String::new(), settings)
         }
     }
 
-    /// Our opening offers, sent as soon as the client connects (as pyserial's own server
-    /// does), so that a client waiting for `DO COM-PORT` never waits for a round trip.
+    /// A session whose client's first byte decides: IAC starts RFC 2217, anything else (or
+    /// silence for `window` while device output waits) a raw session. Nothing is lost or
+    /// reordered: device output is held until then.
+    pub fn detect(
+        label: &str,
+        signature: String,
+        settings: LineSettings,
+        window: Duration,
+    ) -> Session {
+        Session {
+            mode: Mode::Detect { window },
+            ..Session::new(label, signature, settings)
+        }
+    }
+
+    /// Follow the ESP loader protocol if the session is (or turns out) raw: enter the
+    /// bootloader on esptool's first SYNC unless the chip is known `in_loader`, and switch
+    /// the UART on CHANGE_BAUDRATE.
+    pub fn watch_esp(mut self, in_loader: bool) -> Session {
+        if self.mode != Mode::Telnet {
+            self.esp = Some(EspWatch::new(&self.label, in_loader));
+        }
+        self
+    }
+
+    /// Our opening offers, sent as soon as an RFC 2217 client connects (as pyserial's own
+    /// server does), so that a client waiting for `DO COM-PORT` never waits for a round trip.
     pub fn start(&mut self, to_client: &mut Vec<u8>) {
-        if self.raw {
+        if self.mode != Mode::Telnet {
             return;
         }
         for (i, &opt) in OURS.iter().enumerate() {
@@ -128,9 +180,116 @@ impl Session {
         self.settings
     }
 
-    /// The client asked us to stop sending it data (FLOWCONTROL-SUSPEND).
+    /// Stop reading the device: the client asked us to (FLOWCONTROL-SUSPEND), or output
+    /// held while the protocol is undecided reached its bound.
     pub fn suspended(&self) -> bool {
-        self.suspended
+        self.suspended || self.held.len() >= DETECT_HOLD_MAX
+    }
+
+    /// Stop reading the client: its bytes wait for a baud change to finish.
+    pub fn client_paused(&self) -> bool {
+        self.esp.as_ref().is_some_and(EspWatch::parked)
+    }
+
+    /// The protocol the client speaks, once known.
+    pub fn protocol(&self) -> Option<&'static str> {
+        match self.mode {
+            Mode::Detect { .. } => None,
+            Mode::Telnet => Some("rfc2217"),
+            Mode::Raw if self.esp.is_some() => Some("raw, esp-aware"),
+            Mode::Raw => Some("raw"),
+        }
+    }
+
+    /// The ESP watch's view at the end of a raw session: did it enter the bootloader, and
+    /// is the chip known to be in its loader now. `None` for other sessions.
+    pub fn esp_state(&self) -> Option<(bool, bool)> {
+        match self.mode {
+            Mode::Raw => self.esp.as_ref().map(|w| (w.entered(), w.in_loader())),
+            _ => None,
+        }
+    }
+
+    /// When [`Session::on_timer`] has something to do.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.mode {
+            Mode::Detect { window } => self.held_since.map(|t| t + window),
+            Mode::Raw => self.esp.as_ref().and_then(EspWatch::deadline),
+            Mode::Telnet => None,
+        }
+    }
+
+    /// Time passed: a silent client becomes raw, an ESP watch stops waiting.
+    pub fn on_timer(&mut self, now: Instant, port: &mut dyn Port, to_client: &mut Vec<u8>) {
+        match self.mode {
+            Mode::Detect { window } => {
+                if self.held_since.is_some_and(|t| now >= t + window) {
+                    info!(
+                        "{}: client sent nothing for {} ms while device output waited: raw session",
+                        self.label,
+                        window.as_millis()
+                    );
+                    self.decide(Mode::Raw, now, port, to_client);
+                }
+            }
+            Mode::Raw => {
+                if let Some(w) = &mut self.esp {
+                    let action = w.on_timer(now, &mut |b| port.write(b));
+                    self.act(action, now, port);
+                }
+            }
+            Mode::Telnet => {}
+        }
+    }
+
+    /// A reset sequence the session asked for (or any other) has played.
+    pub fn reset_done(&mut self, to: ResetTo, port: &mut dyn Port) {
+        if let (Mode::Raw, Some(w), ResetTo::Bootloader) = (self.mode, &mut self.esp, to) {
+            w.bootloader_entered(&mut |b| port.write(b));
+        }
+    }
+
+    /// The protocol is known: the held device output goes out in its form.
+    fn decide(&mut self, mode: Mode, now: Instant, port: &mut dyn Port, to_client: &mut Vec<u8>) {
+        self.mode = mode;
+        self.held_since = None;
+        if mode == Mode::Telnet {
+            self.esp = None;
+            self.start(to_client);
+        }
+        info!(
+            "{}: the client speaks {}",
+            self.label,
+            self.protocol().unwrap_or("?")
+        );
+        let held = std::mem::take(&mut self.held);
+        self.device_data(&held, now, port, to_client);
+    }
+
+    /// Carry out what the ESP watch asked for; releasing parked bytes may ask for more.
+    fn act(&mut self, mut action: Option<Action>, now: Instant, port: &mut dyn Port) {
+        while let Some(a) = action.take() {
+            match a {
+                Action::EnterBootloader => {
+                    if let Err(e) = port.reset(ResetTo::Bootloader) {
+                        warn!("{}: cannot enter the bootloader: {e}", self.label);
+                        if let Some(w) = &mut self.esp {
+                            w.bootloader_entered(&mut |b| port.write(b));
+                        }
+                    }
+                }
+                Action::BaudAnswered(rate) => {
+                    if let Some(baud) = rate {
+                        let mut s = self.settings;
+                        s.baud = baud;
+                        self.change(s, port);
+                    }
+                    if let Some(w) = &mut self.esp {
+                        action = w.baud_switched(now, &mut |b| port.write(b));
+                    }
+                }
+            }
+        }
     }
 
     /// DTR/RTS as the client last set them (pyserial sense: true = asserted).
@@ -143,12 +302,30 @@ impl Session {
     pub fn on_client_bytes(
         &mut self,
         input: &[u8],
+        now: Instant,
         port: &mut dyn Port,
         to_client: &mut Vec<u8>,
     ) -> Result<(), SessionError> {
-        if self.raw {
-            port.write(input);
-            return Ok(());
+        if let (Mode::Detect { .. }, Some(&first)) = (self.mode, input.first()) {
+            let mode = if first == IAC {
+                Mode::Telnet
+            } else {
+                Mode::Raw
+            };
+            self.decide(mode, now, port, to_client);
+        }
+        match (self.mode, &mut self.esp) {
+            (Mode::Detect { .. }, _) => return Ok(()),
+            (Mode::Raw, None) => {
+                port.write(input);
+                return Ok(());
+            }
+            (Mode::Raw, Some(w)) => {
+                let action = w.from_client(input, now, &mut |b| port.write(b));
+                self.act(action, now, port);
+                return Ok(());
+            }
+            (Mode::Telnet, _) => {}
         }
         let mut decoder = std::mem::take(&mut self.decoder);
         let mut sink = SessionSink {
@@ -171,13 +348,27 @@ impl Session {
         }
     }
 
-    /// Append device output for the client, Telnet-escaped.
-    pub fn device_data(&self, data: &[u8], to_client: &mut Vec<u8>) {
-        if self.raw {
-            to_client.extend_from_slice(data);
-            return;
+    /// Append device output for the client, in the session's form (Telnet-escaped, raw, or
+    /// held while the protocol is undecided).
+    pub fn device_data(
+        &mut self,
+        data: &[u8],
+        now: Instant,
+        port: &mut dyn Port,
+        to_client: &mut Vec<u8>,
+    ) {
+        match (self.mode, &mut self.esp) {
+            (Mode::Detect { .. }, _) => {
+                self.held.extend_from_slice(data);
+                self.held_since.get_or_insert(now);
+            }
+            (Mode::Telnet, _) => telnet::escape_into(data, to_client),
+            (Mode::Raw, None) => to_client.extend_from_slice(data),
+            (Mode::Raw, Some(w)) => {
+                let action = w.from_device(data, to_client);
+                self.act(action, now, port);
+            }
         }
-        telnet::escape_into(data, to_client);
     }
 
     fn on_event(
@@ -523,6 +714,7 @@ mod tests {
         purges: Vec<Purge>,
         modem: ModemStatus,
         refuse_baud_above: Option<u32>,
+        resets: Vec<ResetTo>,
     }
 
     impl Port for Recorder {
@@ -552,6 +744,10 @@ mod tests {
         fn modem_status(&mut self) -> io::Result<ModemStatus> {
             Ok(self.modem)
         }
+        fn reset(&mut self, to: ResetTo) -> Result<(), ResetError> {
+            self.resets.push(to);
+            Ok(())
+        }
     }
 
     fn sb(cmd: &[u8]) -> Vec<u8> {
@@ -567,7 +763,8 @@ mod tests {
     fn feed(s: &mut Session, port: &mut Recorder, input: &[u8]) -> (Vec<u8>, Vec<u8>) {
         let mut cli = Vec::new();
         port.written.clear();
-        s.on_client_bytes(input, port, &mut cli).unwrap();
+        s.on_client_bytes(input, Instant::now(), port, &mut cli)
+            .unwrap();
         (std::mem::take(&mut port.written), cli)
     }
 
@@ -748,8 +945,103 @@ mod tests {
         let (dev, cli) = feed(&mut s, &mut port, &[IAC, 0xFD, 44, IAC, IAC]);
         assert_eq!(dev, [IAC, 0xFD, 44, IAC, IAC]);
         assert!(cli.is_empty() && port.applied.is_empty());
-        s.device_data(&[IAC, 1], &mut out);
+        s.device_data(&[IAC, 1], Instant::now(), &mut port, &mut out);
         assert_eq!(out, [IAC, 1]);
+    }
+
+    fn detecting() -> Session {
+        let window = Duration::from_millis(300);
+        Session::detect("test", "sig".into(), LineSettings::default(), window)
+    }
+
+    #[test]
+    fn detection_iac_first_is_rfc2217_and_held_output_comes_escaped_after_the_offers() {
+        let mut s = detecting();
+        let mut port = Recorder::default();
+        let mut out = Vec::new();
+        s.start(&mut out);
+        assert!(out.is_empty(), "no offers before the client shows itself");
+        s.device_data(&[b'a', IAC], Instant::now(), &mut port, &mut out);
+        assert!(out.is_empty() && s.protocol().is_none());
+        let (_, cli) = feed(&mut s, &mut port, &PYSERIAL_OPEN);
+        assert_eq!(s.protocol(), Some("rfc2217"));
+        let mut offers = Vec::new();
+        session().start(&mut offers);
+        assert!(cli.starts_with(&offers), "{cli:02x?}");
+        assert!(cli.ends_with(&[b'a', IAC, IAC]) || cli.windows(3).any(|w| w == [b'a', IAC, IAC]));
+    }
+
+    #[test]
+    fn detection_other_first_byte_is_raw_and_nothing_is_reordered() {
+        let mut s = detecting();
+        let mut port = Recorder::default();
+        let mut out = Vec::new();
+        s.device_data(b"boot ", Instant::now(), &mut port, &mut out);
+        let (dev, cli) = feed(&mut s, &mut port, b"hi\xff");
+        assert_eq!(
+            (dev.as_slice(), cli.as_slice()),
+            (&b"hi\xff"[..], &b"boot "[..])
+        );
+        s.device_data(b"more", Instant::now(), &mut port, &mut out);
+        assert_eq!(out, b"more");
+        assert_eq!(s.protocol(), Some("raw"));
+    }
+
+    #[test]
+    fn detection_silent_client_turns_raw_after_the_window_only_if_output_waits() {
+        let mut s = detecting();
+        let mut port = Recorder::default();
+        let mut out = Vec::new();
+        assert_eq!(s.deadline(), None, "no output waiting, no hurry");
+        let t0 = Instant::now();
+        s.device_data(b"log line\r\n", t0, &mut port, &mut out);
+        let at = s.deadline().unwrap();
+        assert_eq!(at, t0 + Duration::from_millis(300));
+        s.on_timer(at - Duration::from_millis(1), &mut port, &mut out);
+        assert!(out.is_empty() && s.protocol().is_none());
+        s.on_timer(at, &mut port, &mut out);
+        assert_eq!(out, b"log line\r\n");
+        assert_eq!(s.protocol(), Some("raw"));
+    }
+
+    #[test]
+    fn esp_raw_session_resets_on_sync_and_switches_baud_after_the_answer() {
+        let mut s = detecting().watch_esp(false);
+        let mut port = Recorder::default();
+        let mut sync = vec![0xC0, 0, 0x08, 0x24, 0, 0, 0, 0, 0, 7, 7, 0x12, 0x20];
+        sync.extend_from_slice(&[0x55; 32]);
+        sync.push(0xC0);
+        let (dev, _) = feed(&mut s, &mut port, &sync);
+        assert_eq!(port.resets, [ResetTo::Bootloader]);
+        assert_eq!(dev, [0xC0, 0xC0]);
+        s.reset_done(ResetTo::Bootloader, &mut port);
+        assert_eq!(port.written, sync, "the swallowed SYNC is replayed");
+        port.written.clear();
+
+        // Stub form: (921600, 115200); bytes after it wait for the chip's answer.
+        let mut req = vec![0xC0, 0, 0x0F, 8, 0, 0, 0, 0, 0];
+        req.extend_from_slice(&921_600u32.to_le_bytes());
+        req.extend_from_slice(&115_200u32.to_le_bytes());
+        req.push(0xC0);
+        let (dev, _) = feed(&mut s, &mut port, &[&req[..], b"\xc0next\xc0"].concat());
+        assert_eq!(dev, req);
+        assert!(s.client_paused() && port.applied.is_empty());
+        let mut out = Vec::new();
+        let answer = [0xC0, 1, 0x0F, 2, 0, 0, 0, 0, 0, 0, 0, 0xC0];
+        s.device_data(&answer, Instant::now(), &mut port, &mut out);
+        assert_eq!(out, answer);
+        assert_eq!(
+            port.applied.iter().map(|a| a.baud).collect::<Vec<_>>(),
+            [921_600]
+        );
+        assert_eq!(
+            port.applied_at,
+            [0],
+            "switched before the parked bytes went out"
+        );
+        assert_eq!(port.written, b"\xc0next\xc0");
+        assert_eq!(s.settings().baud, 921_600);
+        assert_eq!(s.esp_state(), Some((true, true)));
     }
 
     #[test]
@@ -760,7 +1052,7 @@ mod tests {
         wire.resize(2000, 1);
         let mut c = Vec::new();
         assert!(matches!(
-            s.on_client_bytes(&wire, &mut port, &mut c),
+            s.on_client_bytes(&wire, Instant::now(), &mut port, &mut c),
             Err(SessionError::Garbage(_))
         ));
     }
