@@ -243,6 +243,16 @@ pub enum Protocol {
     Raw,
 }
 
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Auto => "auto",
+            Protocol::Rfc2217 => "rfc2217",
+            Protocol::Raw => "raw",
+        }
+    }
+}
+
 /// The `after` key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]

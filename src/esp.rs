@@ -11,10 +11,11 @@
 //! - a CHANGE_BAUDRATE request parks later client bytes until the chip has answered at the
 //!   old rate; then the UART switches to the rate the client meant, and they are released.
 //!
-//! Everything else passes untouched, malformed frames included. Only the first
-//! [`HEAD`] decoded bytes of a frame are ever looked at; the rest of a frame is skipped with
-//! one `memchr` for its end, so a chunk in which nothing matches costs a scan and no copy
-//! beyond the one into the outgoing buffer that every session makes.
+//! Everything else passes untouched: a frame is a SYNC only if it decodes to exactly
+//! esptool's SYNC request, and malformed frames pass as they came. Only the first few decoded
+//! bytes of a frame are ever looked at; the rest of a frame is skipped with one `memchr` for
+//! its end, so a chunk in which nothing matches costs a scan and no copy beyond the one into
+//! the outgoing buffer that every session makes.
 
 use std::time::{Duration, Instant};
 
@@ -30,9 +31,12 @@ const ESC_ESC: u8 = 0xDD;
 const REQUEST: u8 = 0x00;
 const RESPONSE: u8 = 0x01;
 
-/// How many decoded bytes of a frame are kept: a request's header (direction, opcode, size,
-/// checksum: 8 bytes) plus CHANGE_BAUDRATE's two words.
-pub const HEAD: usize = 16;
+/// A request's header (direction, opcode, size, checksum: 8 bytes) plus CHANGE_BAUDRATE's
+/// two words: the frames the watch acts on other than SYNC.
+const HEAD: usize = 16;
+/// How many decoded bytes of a frame are kept: enough to recognise a whole SYNC and to tell
+/// that a frame is longer than one.
+const LOOK: usize = SYNC_BODY.len() + 1;
 
 /// The loader commands the watch acts on (esptool's `ESP_CMDS`); the rest pass unread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,14 +46,13 @@ pub enum Op {
     ChangeBaudrate = 0x0F,
 }
 
-/// esptool's SYNC request (fixed by the protocol), replayed once the chip is ready.
-pub const SYNC_FRAME: [u8; 46] = {
-    let mut f = [0x55u8; 46];
+/// esptool's SYNC request, decoded (fixed by the protocol: 36 data bytes, checksum 0).
+const SYNC_BODY: [u8; 44] = {
+    let mut b = [0x55u8; 44];
     let head = [
-        END,
         REQUEST,
         Op::Sync as u8,
-        0x24,
+        36,
         0,
         0,
         0,
@@ -62,10 +65,21 @@ pub const SYNC_FRAME: [u8; 46] = {
     ];
     let mut i = 0;
     while i < head.len() {
-        f[i] = head[i];
+        b[i] = head[i];
         i += 1;
     }
-    f[45] = END;
+    b
+};
+
+/// The SYNC request on the wire (nothing in it needs escaping), replayed once the chip is
+/// ready.
+pub const SYNC_FRAME: [u8; 46] = {
+    let mut f = [END; 46];
+    let mut i = 0;
+    while i < SYNC_BODY.len() {
+        f[i + 1] = SYNC_BODY[i];
+        i += 1;
+    }
     f
 };
 
@@ -111,15 +125,26 @@ enum Chip {
 }
 
 /// Follows SLIP frame boundaries in one direction and decodes the start of each frame.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Framer {
     /// An END has been seen: the bytes that follow are a frame's content.
     in_frame: bool,
     /// The last content byte was ESC.
     esc: bool,
-    head: [u8; HEAD],
-    /// Decoded bytes of the current frame, counted up to `HEAD`.
+    head: [u8; LOOK],
+    /// Decoded bytes of the current frame, counted up to `LOOK`.
     len: usize,
+}
+
+impl Default for Framer {
+    fn default() -> Framer {
+        Framer {
+            in_frame: false,
+            esc: false,
+            head: [0; LOOK],
+            len: 0,
+        }
+    }
 }
 
 impl Framer {
@@ -179,10 +204,10 @@ pub struct EspWatch {
     entered: bool,
     up: Framer,
     down: Framer,
-    /// Up: what to do with the current frame once its opcode is known.
-    verdict: Verdict,
-    /// Up: raw bytes of the current frame held until its opcode is known (at most 4).
-    held: [u8; 4],
+    /// Up: the current frame may still be a SYNC; its raw bytes wait in `held` until its
+    /// end says whether it is.
+    candidate: bool,
+    held: [u8; SYNC_FRAME.len()],
     held_len: usize,
     /// A SYNC was swallowed while the chip reset: replay one when it is ready.
     replay: bool,
@@ -194,13 +219,6 @@ pub struct EspWatch {
     parked: Vec<u8>,
     /// Drop device output until the chip's first frame (its boot messages).
     discard: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Verdict {
-    Undecided,
-    Pass,
-    Swallow,
 }
 
 impl EspWatch {
@@ -217,8 +235,8 @@ impl EspWatch {
             entered: false,
             up: Framer::default(),
             down: Framer::default(),
-            verdict: Verdict::Pass,
-            held: [0; 4],
+            candidate: false,
+            held: [0; SYNC_FRAME.len()],
             held_len: 0,
             replay: false,
             unanswered: 0,
@@ -273,10 +291,10 @@ impl EspWatch {
                 Some(k) => (&rest[..k], true),
                 None => (rest, false),
             };
-            self.client_content(content, now, out, &mut action);
+            self.client_content(content, out);
             rest = &rest[content.len()..];
             if end {
-                self.client_frame_end(now, out);
+                self.client_frame_end(now, out, &mut action);
                 rest = &rest[1..];
             }
         }
@@ -284,45 +302,31 @@ impl EspWatch {
     }
 
     /// Bytes between two ENDs (or up to the end of the chunk), client to chip.
-    fn client_content(
-        &mut self,
-        content: &[u8],
-        now: Instant,
-        out: &mut dyn FnMut(&[u8]),
-        action: &mut Option<Action>,
-    ) {
+    fn client_content(&mut self, content: &[u8], out: &mut dyn FnMut(&[u8])) {
         if !self.up.in_frame {
             return out(content);
         }
-        match self.verdict {
-            Verdict::Swallow => return,
-            Verdict::Pass => {
-                self.up.decode(content, HEAD);
-                return out(content);
+        if self.candidate {
+            self.up.decode(content, LOOK);
+            let n = self.up.len;
+            let fits = self.held_len + content.len() <= self.held.len();
+            if fits && n <= SYNC_BODY.len() && self.up.head[..n] == SYNC_BODY[..n] {
+                self.held[self.held_len..][..content.len()].copy_from_slice(content);
+                self.held_len += content.len();
+                return;
             }
-            Verdict::Undecided => {}
-        }
-        let used = self.up.decode(content, 2);
-        if self.up.len < 2 {
-            // Direction and opcode not known yet: hold these few bytes.
-            self.held[self.held_len..self.held_len + used].copy_from_slice(&content[..used]);
-            self.held_len += used;
-            return;
-        }
-        if self.up.is(REQUEST, Op::Sync) && self.sync_held_back(now, action) {
-            self.verdict = Verdict::Swallow;
+            // Not a SYNC: what was held goes first.
+            self.candidate = false;
+            out(&self.held[..self.held_len]);
+            self.held_len = 0;
         } else {
-            self.verdict = Verdict::Pass;
-            if self.held_len > 0 {
-                out(&self.held[..self.held_len]);
-            }
-            self.up.decode(&content[used..], HEAD);
-            out(content);
+            self.up.decode(content, LOOK);
         }
-        self.held_len = 0;
+        out(content);
     }
 
-    /// A SYNC request starts: does it wait for the chip (and does the chip need a reset)?
+    /// A whole SYNC request arrived: does it wait for the chip (and does the chip need a
+    /// reset)?
     fn sync_held_back(&mut self, now: Instant, action: &mut Option<Action>) -> bool {
         match self.chip {
             Chip::Entering { .. } => {
@@ -350,22 +354,31 @@ impl EspWatch {
                 self.replay = true;
                 self.unanswered = 0;
                 self.discard = true;
+                self.down = Framer::default();
                 *action = Some(Action::EnterBootloader);
                 true
             }
         }
     }
 
-    fn client_frame_end(&mut self, now: Instant, out: &mut dyn FnMut(&[u8])) {
-        if self.held_len > 0 {
-            // A frame too short to have an opcode: it passes as it came.
+    fn client_frame_end(
+        &mut self,
+        now: Instant,
+        out: &mut dyn FnMut(&[u8]),
+        action: &mut Option<Action>,
+    ) {
+        let sync = self.candidate && self.up.len == SYNC_BODY.len() && !self.up.esc;
+        if !(sync && self.sync_held_back(now, action)) {
             out(&self.held[..self.held_len]);
-            self.held_len = 0;
         }
+        self.held_len = 0;
         out(&[END]);
-        if self.verdict == Verdict::Pass
-            && self.up.len >= HEAD
+        // Only a chip in its loader answers CHANGE_BAUDRATE; anything else must not stall
+        // the client waiting for an answer that never comes.
+        if self.chip == Chip::Loader
+            && self.up.len == HEAD
             && self.up.is(REQUEST, Op::ChangeBaudrate)
+            && self.up.head[2..4] == [8, 0]
         {
             let (new, old) = (self.up.word(8), self.up.word(12));
             let rate = if old == 0 { snap_rom_rate(new) } else { new };
@@ -376,7 +389,7 @@ impl EspWatch {
             self.baud = Some((rate, now + BAUD_ANSWER_WAIT));
         }
         self.up.restart();
-        self.verdict = Verdict::Undecided;
+        self.candidate = true;
     }
 
     /// Device bytes: what the client may see is appended to `out`.
@@ -704,6 +717,11 @@ mod tests {
         let mut garbage = b"hello\xc0\xdb\xc0\x00\x08\xdb\x01\xc0\xc0\xc0\x00".to_vec();
         garbage.extend(request(0x02, &[END, ESC, 1, 2]));
         garbage.extend(request(0x0F, &[1, 2, 3])); // too short to be a baud change
+        garbage.extend(&sync()[..20]); // a SYNC cut short...
+        garbage.push(END);
+        let mut longer = sync();
+        longer.insert(45, 0x55); // ...and one byte too long
+        garbage.extend(longer);
         garbage.extend_from_slice(&[ESC, ESC, END, 0x01, 0x0F, END]);
         garbage.extend((0..=255u8).cycle().take(3000));
         for chunk in [1, 2, 5, 17, 4096] {

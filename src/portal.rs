@@ -22,6 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use log::{debug, error, info, warn};
 use serde_json::{json, Map, Value};
 
+use crate::config::Protocol;
 use crate::registry::{DeviceEntry, DeviceState, Registry, Stats};
 use crate::reset::ResetTo;
 use crate::supervisor::{Reply, Request, RequestError, SupervisorHandle};
@@ -697,7 +698,18 @@ fn policy_name(debug: &str) -> String {
 /// One device as JSON: the old portal's fields first, then ours.
 pub fn device_json(e: &DeviceEntry, host: &str) -> Value {
     let usb = e.usb.as_ref();
-    let url = format!("rfc2217://{host}:{}", e.port);
+    let rfc2217 = format!("rfc2217://{host}:{}", e.port);
+    let socket = format!("socket://{host}:{}", e.port);
+    // `url` is what works for every tool on this port; `socket_url` the fast path for
+    // esptool (the server resets and changes baud for it on ESP devices).
+    let (url, socket_url) = match e.protocol {
+        Protocol::Auto => (rfc2217.as_str(), Some(socket.as_str())),
+        Protocol::Rfc2217 => (rfc2217.as_str(), None),
+        Protocol::Raw => (socket.as_str(), Some(socket.as_str())),
+    };
+    let reset = policy_name(&e.reset);
+    let esp = matches!(reset.as_str(), "esp" | "usb-jtag");
+    let flash_url = socket_url.filter(|_| esp).unwrap_or(url);
     let client = e.client.as_ref().map(|c| {
         let since = c
             .since
@@ -719,7 +731,8 @@ pub fn device_json(e: &DeviceEntry, host: &str) -> Value {
         "port": e.port,
         "running": running(&e.state),
         "url": url,
-        "url_ign_set_control": format!("{url}?ign_set_control"),
+        "url_ign_set_control": format!("{rfc2217}?ign_set_control"),
+        "socket_url": socket_url,
         "key": e.key.to_string(),
         "key_kind": serde_json::to_value(e.key.kind).unwrap_or(Value::Null),
         "name": e.name,
@@ -728,8 +741,8 @@ pub fn device_json(e: &DeviceEntry, host: &str) -> Value {
         "manufacturer": usb.and_then(|u| u.manufacturer.clone()),
         "usb_path": usb.and_then(|u| u.path.clone()),
         "interface": usb.and_then(|u| u.interface),
-        "reset": policy_name(&e.reset),
-        "protocol": "rfc2217",
+        "reset": reset,
+        "protocol": e.protocol.as_str(),
         "state": e.state.as_str(),
         "problem": problem,
         "client": client,
@@ -737,9 +750,13 @@ pub fn device_json(e: &DeviceEntry, host: &str) -> Value {
         "bytes_to_client": Stats::get(&e.stats.bytes_to_client),
         "connects": Stats::get(&e.stats.connects),
         "resets": Stats::get(&e.stats.resets),
-        "esptool": format!("esptool --port {url} chip-id"),
-        "idf": format!("ESPPORT={url} idf.py flash monitor"),
-        "platformio": format!("upload_port = {url}\nmonitor_port = {url}"),
+        "esptool": format!("esptool --port {flash_url} -b 921600 write-flash 0x10000 app.bin"),
+        "idf": if flash_url == url {
+            format!("idf.py -p {url} flash monitor")
+        } else {
+            format!("idf.py -p {flash_url} -b 921600 flash && idf.py -p {url} monitor")
+        },
+        "platformio": format!("upload_port = {flash_url}\nupload_speed = 921600\nmonitor_port = {url}"),
     })
 }
 
@@ -933,6 +950,7 @@ mod tests {
                 since: SystemTime::now(),
             }),
             reset: "Esp { esp32r0: false }".into(),
+            protocol: Protocol::Auto,
             stats: Arc::default(),
             log,
         });
@@ -945,6 +963,7 @@ mod tests {
             state: DeviceState::Disabled,
             client: None,
             reset: "UsbJtag".into(),
+            protocol: Protocol::Rfc2217,
             stats: Arc::default(),
             log: Arc::new(Mutex::new(LogRing::new(16))),
         });
@@ -992,11 +1011,19 @@ mod tests {
         assert_eq!(d["reset"], "esp");
         assert_eq!(d["state"], "connected");
         assert_eq!(d["client"]["addr"], "192.168.1.9:50000");
+        assert_eq!(d["protocol"], "auto");
+        assert_eq!(d["socket_url"], "socket://pi.local:4001");
         assert_eq!(
             d["platformio"],
-            "upload_port = rfc2217://pi.local:4001\nmonitor_port = rfc2217://pi.local:4001"
+            "upload_port = socket://pi.local:4001\nupload_speed = 921600\nmonitor_port = rfc2217://pi.local:4001"
+        );
+        assert_eq!(
+            d["esptool"],
+            "esptool --port socket://pi.local:4001 -b 921600 write-flash 0x10000 app.bin"
         );
         assert_eq!(v["devices"][1]["reset"], "usb-jtag");
+        assert_eq!(v["devices"][1]["protocol"], "rfc2217");
+        assert_eq!(v["devices"][1]["socket_url"], Value::Null);
         assert_eq!(v["devices"][1]["running"], false);
         let (_, v) = call(&p, "GET", "/api/discover", "");
         assert_eq!(v["devices"].as_array().unwrap().len(), 1);

@@ -130,6 +130,8 @@ pub struct DeviceEntry {
     pub client: Option<ClientInfo>,
     /// The reset policy in force, as configured or picked by `auto`.
     pub reset: String,
+    /// How clients talk to its port (`auto`: both RFC 2217 and raw).
+    pub protocol: crate::config::Protocol,
     pub stats: Arc<Stats>,
     pub log: Arc<Mutex<LogRing>>,
 }
@@ -214,6 +216,7 @@ mod tests {
             state: DeviceState::Starting,
             client: None,
             reset: "esp".into(),
+            protocol: Default::default(),
             stats: Arc::default(),
             log: Arc::new(Mutex::new(LogRing::new(16))),
         };

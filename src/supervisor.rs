@@ -332,6 +332,7 @@ impl Supervisor {
             state,
             client: None,
             reset: format!("{policy:?}"),
+            protocol: spec.protocol,
             stats: Arc::default(),
             log: Arc::new(std::sync::Mutex::new(LogRing::new(LOG_RING_BYTES))),
         }

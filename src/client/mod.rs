@@ -23,7 +23,7 @@ serialhub client commands — use a serialhub (or the old portal) from another m
 
 USAGE:
     serialhub discover [HOST[:PORT]] [--json]
-    serialhub url [HOST[:PORT]] [SELECTOR] [--ign-set-control]
+    serialhub url [HOST[:PORT]] [SELECTOR] [--socket | --ign-set-control]
     serialhub monitor [TARGET] [SELECTOR] [--baud B] [--raw] [--timestamps]
     serialhub pty [TARGET] [SELECTOR] --link PATH [--baud B] [--format 8N1]
 
@@ -41,6 +41,8 @@ must serve exactly one device):
 discover             list the served devices: name, product, serial, port, state, URL;
                      --json prints the portal's JSON
 url                  print exactly one device URL (for ESPPORT=$(serialhub url …));
+                     --socket prints the socket:// URL, esptool's fastest path (the
+                     server resets ESP chips and changes the baud for it);
                      --ign-set-control adds ?ign_set_control (never needed with serialhub)
 monitor              a serial monitor over RFC 2217; DTR/RTS stay released, so opening it
                      resets nothing. --baud (default 115200), --raw passes bytes through
@@ -232,6 +234,8 @@ impl Portal {
 pub struct Device {
     pub url: String,
     pub url_ign_set_control: String,
+    /// `socket://` (raw) URL, when the port serves raw clients (empty from the old portal).
+    pub socket_url: String,
     pub port: u64,
     pub product: String,
     pub serial: String,
@@ -250,6 +254,7 @@ impl Device {
                 u if u.is_empty() && !url.is_empty() => format!("{url}?ign_set_control"),
                 u => u,
             },
+            socket_url: s("socket_url"),
             url,
             port: v.get("port").and_then(Value::as_u64).unwrap_or(0),
             product: s("product"),
@@ -542,6 +547,7 @@ fn url(mut parser: lexopt::Parser) -> Result<(), ClientError> {
     let mut host = None;
     let mut sel = Selector::default();
     let mut ign = false;
+    let mut socket = false;
     while let Some(arg) = parser.next()? {
         if let Some(field) = Selector::flag(&arg) {
             sel.set(field, &mut parser)?;
@@ -549,6 +555,7 @@ fn url(mut parser: lexopt::Parser) -> Result<(), ClientError> {
         }
         match arg {
             Long("ign-set-control") => ign = true,
+            Long("socket") => socket = true,
             Value(v) if host.is_none() => host = Some(v.string()?),
             a if help_requested(&a) => {
                 print!("{HELP}");
@@ -561,6 +568,16 @@ fn url(mut parser: lexopt::Parser) -> Result<(), ClientError> {
     let sel = sel.or_env()?;
     let (_, devices) = portal.discover()?;
     let d = sel.pick(&devices, &portal.authority)?;
+    if socket {
+        if d.socket_url.is_empty() {
+            return Err(ClientError::Select(format!(
+                "{} on {} serves RFC 2217 only (its protocol setting); use {}",
+                d.name, portal.authority, d.url
+            )));
+        }
+        println!("{}", d.socket_url);
+        return Ok(());
+    }
     println!("{}", if ign { &d.url_ign_set_control } else { &d.url });
     Ok(())
 }

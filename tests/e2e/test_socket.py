@@ -1,0 +1,237 @@
+"""Issue 8: one port, both protocols, and esptool's `socket://` path with the server doing the
+resets and baud changes esptool cannot do over a socket.
+
+The simulated chip starts running its application; over `socket://` serialhub must enter the
+bootloader by itself on esptool's first SYNC, switch the UART on CHANGE_BAUDRATE (stub and ROM
+forms), and reset the chip into its application when the session ends. Raw clients that are
+not esptool (netcat, a silent reader) see the device's bytes exactly, and an RFC 2217 client on
+the same port is served as before (the rest of the suite runs on this default `auto` port too).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import serial
+
+from conftest import SERIALHUB_BIN, wait_for
+from test_esptool import SIM_MAC, assert_flash_holds
+
+TICK_RE = re.compile(rb"sim: app tick (\d+), boot #(\d+)")
+DOWNLOAD_BOOT = r"sim: boot #(\d+) into download mode"
+APP_BOOT = r"sim: boot #(\d+) into the application"
+
+
+def esptool_socket(port: int, *args: str, timeout: float = 120) -> str:
+    cmd = [sys.executable, "-m", "esptool", "--port", f"socket://127.0.0.1:{port}", *args]
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, f"{' '.join(cmd[3:])} exited {r.returncode} after {time.monotonic() - t0:.1f} s:\n{out}"
+    return out
+
+
+def running_app_boot(port: int, timeout: float = 5) -> int:
+    """Connect as a silent raw reader (a netcat that only listens) and return the boot number
+    of the application ticking on the chip: proves the app runs, and which boot it is."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        buf = bytearray()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            s.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = s.recv(4096)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            buf += chunk
+            ticks = TICK_RE.findall(buf)
+            if len(ticks) >= 2:
+                assert b"\xff" not in buf, "a raw reader got Telnet negotiation"
+                return int(ticks[-1][1])
+    raise AssertionError(f"no application ticks within {timeout} s; got {bytes(buf[-300:])!r}")
+
+
+def boots(d, pattern: str) -> list[int]:
+    return [int(m) for m in re.findall(pattern, d.log)]
+
+
+@pytest.fixture
+def sim(serialhub, tmp_path):
+    flash = tmp_path / "flash.bin"
+    d = serialhub(f"sim:{flash}=0")
+    port = d.port("sim")
+    d.wait_log(r"opened sim", timeout=10)
+    return d, port, flash
+
+
+@pytest.mark.parametrize("stub", [True, False], ids=["stub", "rom"])
+def test_esptool_over_socket_from_a_running_app(sim, tmp_path, stub):
+    d, port, flash = sim
+    assert running_app_boot(port) == 1
+    no_stub = () if stub else ("--no-stub",)
+    image = random.Random(8 + stub).randbytes((256 if stub else 64) * 1024)
+    img = tmp_path / "img.bin"
+    img.write_bytes(image)
+
+    out = esptool_socket(port, *no_stub, "-b", "921600", "chip-id")
+    assert SIM_MAC in out.lower(), out
+    out = esptool_socket(port, *no_stub, "-b", "921600", "flash-id")
+    assert re.search(r"flash size: 4MB", out, re.I), out
+    out = esptool_socket(port, *no_stub, "-b", "921600", "write-flash", "0x10000", str(img))
+    assert ("running stub" in out.lower()) == stub, out
+    assert_flash_holds(flash, 0x10000, image)
+    out = esptool_socket(port, *no_stub, "-b", "921600", "verify-flash", "0x10000", str(img))
+    assert "verification successful" in out.lower(), out
+
+    # Each esptool run: the server entered the bootloader once, switched the UART to 921600
+    # after the chip's answer (the ROM form too, which esptool scales by the crystal
+    # estimate), and reset the chip into its application at the end, back at 115200.
+    wait_for(lambda: len(boots(d, APP_BOOT)) >= 5, 10, what="the reset into the app after the 4th run")
+    assert len(boots(d, DOWNLOAD_BOOT)) == 4, d.log
+    assert len(re.findall(r"entering the bootloader", d.log)) == 4, d.log
+    assert len(re.findall(r"baud 115200 -> 921600", d.log)) == 4, d.log
+    assert len(re.findall(r"the client speaks raw, esp-aware", d.log)) >= 4, d.log
+    assert running_app_boot(port) == max(boots(d, APP_BOOT)) == 9
+
+
+def test_after_stay_keeps_the_loader_and_never_resets_twice(serialhub, tmp_path):
+    """`after = "stay"`: the chip stays in its loader after the session, so the next esptool
+    run (as with `--before no-reset` on a local port) finds it there: no second reset."""
+    flash = tmp_path / "flash.bin"
+    cfg = tmp_path / "serialhub.toml"
+    cfg.write_text(f'[[device]]\npath = "sim:{flash}"\nport = 0\nafter = "stay"\n')
+    d = serialhub(extra=("--config", str(cfg)))
+    port = d.port("sim")
+    d.wait_log(r"opened sim")
+    for _ in range(2):
+        out = esptool_socket(port, "--no-stub", "chip-id")
+        assert SIM_MAC in out.lower(), out
+    assert len(boots(d, DOWNLOAD_BOOT)) == 1, d.log
+    assert boots(d, APP_BOOT) == [1], d.log
+
+
+@pytest.mark.parametrize("board", ["sim-usb", "sim-gpio"])
+def test_other_esp_boards_over_socket(serialhub, tmp_path, board):
+    """ESP32-C3 on its USB-Serial/JTAG port (the entry re-enumerates the device) and a
+    GPIO-wired ESP32: the server enters the bootloader through each board's own policy."""
+    flash = tmp_path / "flash.bin"
+    d = serialhub(f"{board}:{flash}=0")
+    port = d.port(board)
+    d.wait_log(r"opened " + board)
+    image = random.Random(3).randbytes(32 * 1024)
+    img = tmp_path / "img.bin"
+    img.write_bytes(image)
+    out = esptool_socket(port, "write-flash", "0x10000", str(img))
+    assert "hash of data verified" in out.lower(), out
+    assert_flash_holds(flash, 0x10000, image)
+    wait_for(lambda: boots(d, DOWNLOAD_BOOT) and len(boots(d, APP_BOOT)) >= 2, 10,
+             what="bootloader entry, then the app again")
+
+
+# ---------------------------------------------------------------------------------------------
+# Not esptool: raw bytes, silent readers, RFC 2217 on the same port, malformed SLIP
+
+
+def test_raw_client_bytes_are_exact_both_ways(pty_server):
+    d, pty, port = pty_server
+    every_byte = bytes(range(256)) * 8
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"hello \xff\xc0\xdb" + every_byte)  # first byte not IAC: raw
+        assert pty.read_exactly(9 + len(every_byte), 5) == b"hello \xff\xc0\xdb" + every_byte
+        pty.write_all(every_byte, 5)
+        got = bytearray()
+        deadline = time.monotonic() + 5
+        while len(got) < len(every_byte) and time.monotonic() < deadline:
+            got += s.recv(65536)
+        assert bytes(got) == every_byte
+    d.wait_log(r"the client speaks raw")
+
+
+def test_silent_client_gets_held_output_raw_after_the_window(pty_server):
+    """A reader that never sends: device output waits 300 ms (the detection window), then
+    arrives exactly, without Telnet negotiation, and in order with what follows."""
+    d, pty, port = pty_server
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        d.wait_log(r"client 127\.0\.0\.1:\d+ connected")
+        t0 = time.monotonic()
+        pty.write_all(b"\xff\xfb\x2c boot log \xc0", 5)
+        s.settimeout(5)
+        first = s.recv(65536)
+        waited = time.monotonic() - t0
+        pty.write_all(b" and more", 5)
+        got = bytearray(first)
+        deadline = time.monotonic() + 5
+        while len(got) < 21 and time.monotonic() < deadline:
+            got += s.recv(65536)
+        assert bytes(got) == b"\xff\xfb\x2c boot log \xc0 and more"
+        assert waited >= 0.25, f"output came {waited:.3f} s after it was written: before the window"
+    d.wait_log(r"client sent nothing for 300 ms while device output waited: raw session")
+
+
+def test_rfc2217_client_on_the_same_port_is_unaffected(sim):
+    """pyserial's rfc2217:// on the auto port: negotiation, settings, and no reset on open."""
+    d, port, _ = sim
+    with serial.serial_for_url(f"rfc2217://127.0.0.1:{port}", baudrate=115200, timeout=0.5) as ser:
+        buf = bytearray()
+        deadline = time.monotonic() + 5
+        while len(TICK_RE.findall(buf)) < 2 and time.monotonic() < deadline:
+            buf += ser.read(ser.in_waiting or 1)
+        ticks = TICK_RE.findall(buf)
+        assert len(ticks) >= 2 and int(ticks[-1][1]) == 1, bytes(buf[-200:])
+    d.wait_log(r"the client speaks rfc2217")
+    assert boots(d, APP_BOOT) == [1] and not boots(d, DOWNLOAD_BOOT)
+
+
+def test_malformed_slip_passes_unchanged_on_an_esp_device(serialhub, pty_device, tmp_path):
+    """An ESP-aware raw session on a PTY (reset = "esp"): frames that do not parse as loader
+    requests or answers, bad escapes, truncated frames and noise pass untouched both ways."""
+    pty = pty_device()
+    cfg = tmp_path / "serialhub.toml"
+    cfg.write_text(f'[[device]]\npath = "{pty.path}"\nport = 0\nreset = "esp"\n')
+    d = serialhub(extra=("--config", str(cfg)))
+    port = d.port(pty.path)
+    d.wait_log(r"reset policy Esp")
+    d.wait_log(re.escape(pty.path) + r" at 115200 8N1")
+    garbage = (
+        b"noise\xc0\xdb\xc0\x00\x08\xdb\x01\xc0\xc0"       # bad escape inside a SYNC-like start
+        + b"\xc0\x00\x02\x03\x00\x00\x00\x00\x00\xdb\xdc\xdb\xdd\x07\xc0"  # another opcode, escapes
+        + b"\xc0\x00\x0f\x03\x00\x00\x00\x00\x00\x01\x02\x03\xc0"         # CHANGE_BAUDRATE too short
+        + b"\xc0\x01\x08\x02\x00\x00\x00\x00\x00\x00\x00\xc0"             # an answer, from the client
+        + b"\xdb\xdb\xc0\xc0\xc0" + bytes(range(256)) * 4
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(garbage)
+        assert pty.read_exactly(len(garbage), 5) == garbage
+        pty.write_all(garbage, 5)
+        got = bytearray()
+        deadline = time.monotonic() + 5
+        while len(got) < len(garbage) and time.monotonic() < deadline:
+            got += s.recv(65536)
+        assert bytes(got) == garbage
+    d.wait_log(r"the client speaks raw, esp-aware")
+    assert "entering the bootloader" not in d.log
+
+
+def test_socket_url_from_the_portal_and_the_cli(serialhub):
+    d = serialhub("sim=0", extra=("--http", "127.0.0.1:0"))
+    host = d.wait_log(r"portal listening on http://(127\.0\.0\.1:\d+)").group(1)
+    port = d.port("sim")
+    with urllib.request.urlopen(f"http://{host}/api/discover", timeout=5) as r:
+        dev = json.load(r)["devices"][0]
+    assert dev["protocol"] == "auto"
+    assert dev["url"] == f"rfc2217://127.0.0.1:{port}"
+    assert dev["socket_url"] == f"socket://127.0.0.1:{port}"
+    assert dev["esptool"].startswith(f"esptool --port socket://127.0.0.1:{port} -b 921600 write-flash")
+    r = subprocess.run([SERIALHUB_BIN, "url", host, "--socket"], capture_output=True, text=True, timeout=20)
+    assert (r.returncode, r.stdout) == (0, f"socket://127.0.0.1:{port}\n"), r.stderr
