@@ -43,8 +43,16 @@ e2e: venv browser ## end-to-end tests: esptool, pyserial, esp-idf-monitor, curl,
 	$(CARGO) build
 	SERIALHUB_BIN=$(abspath $(BIN_DEBUG)) $(PY) -m pytest -q tests/e2e
 
-bench: venv build ## benchmarks (latency, throughput, CPU, RSS vs ser2net; esptool flash times)
-	SERIALHUB_BIN=$(abspath $(BIN_RELEASE)) $(PY) benches/bench.py
+# BENCH_ARGS: a part of the run while developing, e.g.
+#   make bench BENCH_ARGS="--only matrix --matrix-kib 64 --bauds 921600 --out /tmp/bench.md"
+BENCH_ARGS ?=
+
+bench: venv build $(VENV)/.bench-installed ## benchmarks vs ser2net, hotplug, esptool matrix (socket://, rfc2217://, esp_rfc2217_server, ser2net) -> docs/benchmarks.md
+	SERIALHUB_BIN=$(abspath $(BIN_RELEASE)) $(PY) benches/bench.py $(BENCH_ARGS)
+
+$(VENV)/.bench-installed: benches/requirements.txt $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r benches/requirements.txt
+	touch $@
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check

@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """serialhub benchmark: latency, throughput, CPU and memory against ser2net, the memory of the
 static (musl) build that ships to the Pi, hotplug latency (device node openable -> port accepting
-RFC 2217 clients), plus esptool flash times through serialhub versus straight on the simulated
-chip's PTY.
+RFC 2217 clients), and the esptool matrix: write-flash of a random image at 115200, 460800 and
+921600 plus chip-id and flash-id, straight on the simulated chip's PTY, through serialhub's
+socket:// and rfc2217:// (with and without ?ign_set_control), and through esp_rfc2217_server and
+ser2net (rfc2217://, with and without ?ign_set_control); table and chart (PNG).
 
 Run with `make bench` (SERIALHUB_BIN=target/release/serialhub). Prints a table and writes
-docs/benchmarks.md. Not a test: it reports numbers against targets, it does not fail on them
-(exit status is non-zero only if a measurement could not be taken or data came back wrong).
+docs/benchmarks.md and docs/esptool-paths.png. Not a test: it reports numbers against targets, it
+does not fail on them (exit status is non-zero only if a measurement could not be taken, an esptool
+cell failed, or data came back wrong). A quick part while developing, e.g.:
+
+    .venv/bin/python benches/bench.py --only matrix --matrix-kib 64 --bauds 921600 --out /tmp/b.md
 
 Everything runs on 127.0.0.1; every wait has a deadline; loops are bounded.
 """
@@ -363,12 +368,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def tcp_listening(port: int) -> bool:
+    """Something listens on TCP `port` (any address), read from /proc/net/tcp{,6}: no connection
+    is made, so a server that opens its device per client (ser2net) is not disturbed."""
+    suffix = f":{port:04X}"
+    try:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 3 and fields[1].endswith(suffix) and fields[3] == "0A":  # LISTEN
+                        return True
+        return False
+    except OSError:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+
 class Ser2net(Server):
     name = "ser2net"
 
-    def __init__(self, device: str, tmp: Path):
+    def __init__(self, device: str, tmp: Path, tag: str = "ser2net", env: dict | None = None):
         self.port = free_port()
-        cfg = tmp / "ser2net.yaml"
+        cfg = tmp / f"{tag}.yaml"
         cfg.write_text(
             "%YAML 1.1\n---\n"
             "connection: &bench\n"
@@ -380,26 +406,27 @@ class Ser2net(Server):
             "    max-connections: 1\n"
             "    kickolduser: false\n"
         )
-        self.log_path = tmp / "ser2net.log"
+        self.log_path = tmp / f"{tag}.log"
         exe = shutil.which("ser2net") or "/usr/sbin/ser2net"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [exe, "-n", "-u", "-c", str(cfg), "-P", str(tmp / "ser2net.pid")],
+                [exe, "-n", "-u", "-c", str(cfg), "-P", str(tmp / f"{tag}.pid")],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                env=env,
             )
 
         def listening():
             if self.proc.poll() is not None:
                 raise BenchError(f"ser2net exited {self.proc.returncode}:\n{self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return True
-            except OSError:
-                return False
+            return tcp_listening(self.port)
 
-        wait_for(listening, 10, "ser2net to listen")
+        try:
+            wait_for(listening, 10, "ser2net to listen")
+        except BaseException:
+            self.stop()
+            raise
 
 
 def ensure_ser2net() -> str | None:
@@ -867,45 +894,6 @@ def flash_holds(path: Path, offset: int, image: bytes, timeout: float = 10) -> b
         return False
 
 
-def measure_esptool(tmp: Path, image: bytes) -> dict:
-    img = tmp / "img.bin"
-    img.write_bytes(image)
-    out: dict = {}
-
-    # 1. through serialhub's RFC 2217 port (built-in simulated chip, auto-reset via DTR/RTS)
-    flash1 = tmp / "flash-serialhub.bin"
-    hub = Serialhub([f"sim:{flash1}=0"], tmp, tag="serialhub-sim")
-    try:
-        port = hub.wait_port("sim")
-        hub.wait_log(r"opened sim", 10)
-        dt, r = esptool([
-            "--port", f"rfc2217://127.0.0.1:{port}", "-b", "921600",
-            "write-flash", "0x10000", str(img),
-        ])
-    finally:
-        hub.stop()
-    record(out, "via_serialhub", dt, r, flash1, image)
-
-    # 2. straight on the simulated chip's PTY
-    with SimPty(tmp, "direct") as sim:
-        dt, r = esptool([
-            "--port", str(sim.link), "--before", "no-reset", "--after", "no-reset", "-b", "921600",
-            "write-flash", "0x10000", str(img),
-        ])
-        record(out, "direct", dt, r, sim.flash, image)
-
-    return out
-
-
-def record(out: dict, key: str, dt: float, r: subprocess.CompletedProcess, flash: Path, image: bytes):
-    ok = r.returncode == 0
-    out[f"{key}_err"] = None if ok else (r.stdout + r.stderr)[-800:]
-    if ok and not flash_holds(flash, 0x10000, image):
-        out[f"{key}_err"] = "flash file does not hold the image"
-        ok = False
-    out[f"{key}_s"] = dt if ok else None
-
-
 class SimPty:
     """`serialhub sim --pty LINK --bootloader --flash FILE` for the duration of a `with`."""
 
@@ -942,6 +930,430 @@ class SimPty:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# The esptool matrix (issue 8, point 3): the same esptool commands through every path to the same
+# simulated chip, side by side in one run. Every run gets a fresh chip (and a fresh server in
+# front of it), so no run inherits a stub flasher, a baud rate or flash contents from another.
+
+MATRIX_BAUDS = (115200, 460800, 921600)
+MATRIX_IDS = ("chip-id", "flash-id")
+FLASH_OFFSET = 0x10000
+NO_RESET = ["--before", "no-reset", "--after", "no-reset"]
+
+
+class MatrixPath:
+    def __init__(self, key: str, server: str, url: str, short: str, label: str, expect_fail: str = ""):
+        self.expect_fail = expect_fail  # why this path cannot work (its failures are not problems)
+        self.key = key          # --paths name
+        self.server = server    # local | serialhub | esp_rfc2217_server | ser2net
+        self.url = url          # template: {link} (the sim's PTY) or {port}
+        self.short = short      # chart tick label
+        self.label = label      # table row
+
+    @property
+    def on_pty(self) -> bool:
+        """Served from `serialhub sim --pty --bootloader`: no modem lines, no reset."""
+        return self.server != "serialhub"
+
+
+MATRIX_PATHS = [
+    MatrixPath("local", "local", "{link}", "local PTY", "local: esptool straight on the sim's PTY (the physical limit)"),
+    MatrixPath("hub-socket", "serialhub", "socket://127.0.0.1:{port}", "serialhub\nsocket://", "serialhub `socket://`"),
+    MatrixPath("hub-rfc2217", "serialhub", "rfc2217://127.0.0.1:{port}", "serialhub\nrfc2217://", "serialhub `rfc2217://`"),
+    MatrixPath("hub-rfc2217-ign", "serialhub", "rfc2217://127.0.0.1:{port}?ign_set_control",
+               "serialhub\nrfc2217 ?ign", "serialhub `rfc2217://…?ign_set_control`"),
+    MatrixPath("esp-rfc2217", "esp_rfc2217_server", "rfc2217://127.0.0.1:{port}",
+               "esp_rfc2217\n_server", "esp_rfc2217_server `rfc2217://`",
+               expect_fail="esp_rfc2217_server never acknowledges SET-CONTROL; its users need ?ign_set_control"),
+    MatrixPath("esp-rfc2217-ign", "esp_rfc2217_server", "rfc2217://127.0.0.1:{port}?ign_set_control",
+               "esp_rfc2217\n_server ?ign", "esp_rfc2217_server `rfc2217://…?ign_set_control`"),
+    MatrixPath("ser2net-rfc2217", "ser2net", "rfc2217://127.0.0.1:{port}", "ser2net\nrfc2217://", "ser2net `rfc2217://`"),
+    MatrixPath("ser2net-rfc2217-ign", "ser2net", "rfc2217://127.0.0.1:{port}?ign_set_control",
+               "ser2net\nrfc2217 ?ign", "ser2net `rfc2217://…?ign_set_control`"),
+]
+
+# esp_rfc2217_server (pyserial) on a PTY: the modem-line ioctls that the PTY refuses (ENOTTY)
+# succeed on lines kept in memory, as on a UART whose DTR/RTS are wired to nothing. Without this,
+# its `ser.rts = True` on every connect raises and it drops the client at once.
+ESP_SERVER_WRAPPER = '''\
+import errno, fcntl, struct, sys, termios
+_real_ioctl = fcntl.ioctl
+_LINE_IOCTLS = (termios.TIOCMGET, termios.TIOCMSET, termios.TIOCMBIS, termios.TIOCMBIC)
+_lines = {}
+def _ioctl(fd, request, arg=0, *more):
+    try:
+        return _real_ioctl(fd, request, arg, *more)
+    except OSError as e:
+        if (request not in _LINE_IOCTLS or e.errno not in (errno.ENOTTY, errno.EINVAL)
+                or not isinstance(arg, (bytes, bytearray)) or len(arg) < 4):
+            raise
+    key = fd if isinstance(fd, int) else fd.fileno()
+    value = struct.unpack("I", bytes(arg[:4]))[0]
+    state = _lines.get(key, 0)
+    if request == termios.TIOCMGET:
+        value = state
+    elif request == termios.TIOCMSET:
+        state = value
+    elif request == termios.TIOCMBIS:
+        state |= value
+    else:
+        state &= ~value
+    _lines[key] = state
+    out = struct.pack("I", value & 0xFFFFFFFF) + bytes(arg[4:])
+    if isinstance(arg, bytearray):
+        arg[:] = out
+        return 0
+    return out
+fcntl.ioctl = _ioctl
+sys.argv[0] = "esp_rfc2217_server"
+from esp_rfc2217_server import main
+main(sys.argv[1:])
+'''
+
+# The same for ser2net (C, gensio): an LD_PRELOAD shim. Without it ser2net never answers
+# SET-CONTROL on a PTY, so a URL without ?ign_set_control times out waiting for 'control'.
+PTY_LINES_SHIM_C = r'''
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <sys/ioctl.h>
+static int lines[4096];
+int ioctl(int fd, unsigned long request, ...) {
+    static int (*real)(int, unsigned long, ...);
+    va_list ap;
+    va_start(ap, request);
+    void *arg = va_arg(ap, void *);
+    va_end(ap);
+    if (!real) real = (int (*)(int, unsigned long, ...))dlsym(RTLD_NEXT, "ioctl");
+    int r = real(fd, request, arg);
+    if (r == -1 && (errno == ENOTTY || errno == EINVAL) && fd >= 0 && fd < 4096 && arg) {
+        int *v = arg;
+        switch (request) {
+        case TIOCMGET: *v = lines[fd]; return 0;
+        case TIOCMSET: lines[fd] = *v; return 0;
+        case TIOCMBIS: lines[fd] |= *v; return 0;
+        case TIOCMBIC: lines[fd] &= ~*v; return 0;
+        }
+    }
+    return r;
+}
+'''
+
+
+def build_pty_lines_shim(tmp: Path) -> tuple[Path | None, str]:
+    """Compile the LD_PRELOAD shim (a second's work for cc); None and why if that fails."""
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        return None, "no C compiler (cc) to build the PTY modem-line shim"
+    src, lib = tmp / "ptylines.c", tmp / "ptylines.so"
+    src.write_text(PTY_LINES_SHIM_C)
+    r = None
+    for extra in (["-ldl"], []):
+        r = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(lib), str(src), *extra],
+                           capture_output=True, text=True, timeout=120)
+        if r.returncode == 0:
+            return lib, "ok"
+    return None, f"cc failed to build the PTY modem-line shim: {(r.stderr or '').strip()[-300:]}"
+
+
+class EspRfc2217Server(Server):
+    """esptool's esp_rfc2217_server (from the venv) on the sim's PTY, through ESP_SERVER_WRAPPER."""
+    name = "esp_rfc2217_server"
+
+    def __init__(self, device: str, tmp: Path, tag: str, wrapper: Path):
+        self.port = free_port()
+        self.log_path = tmp / f"{tag}.log"
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, str(wrapper), "-p", str(self.port), device],
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+
+        def listening():
+            if self.proc.poll() is not None:
+                raise BenchError(f"esp_rfc2217_server exited {self.proc.returncode}:\n{self.log()[-1500:]}")
+            return tcp_listening(self.port)
+
+        try:
+            wait_for(listening, 30, "esp_rfc2217_server to listen")
+        except BaseException:
+            self.stop()
+            raise
+
+
+def wait_binary(timeout: float = 600) -> os.stat_result:
+    """The release binary, once it exists and has not changed for 2 s (it may be being rebuilt)."""
+    deadline = time.monotonic() + timeout
+    said = False
+    while True:
+        try:
+            st = os.stat(BIN)
+            if os.access(BIN, os.X_OK) and time.time() - st.st_mtime > 2:
+                return st
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            raise BenchError(f"{BIN} missing or changing for {timeout:.0f} s")
+        if not said:
+            print(f"  waiting for {BIN} (being rebuilt?) ...", flush=True)
+            said = True
+        time.sleep(1)
+
+
+class Rig:
+    """One matrix path set up for one esptool run: the chip, the server in front of it, the URL.
+    `with Rig(...) as rig:` ... the flash file is checked after the exit (everything stopped)."""
+
+    def __init__(self, path: MatrixPath, tmp: Path, tag: str, tools: dict):
+        self.path, self.tmp, self.tag, self.tools = path, tmp, tag, tools
+        self.sim: SimPty | None = None
+        self.server: Server | None = None
+        self.flash = tmp / f"flash-{tag}.bin"
+        self.url = ""
+
+    def __enter__(self):
+        try:
+            wait_binary()
+            if self.path.server == "serialhub":
+                hub = Serialhub([f"sim:{self.flash}=0"], self.tmp, tag=f"hub-{self.tag}")
+                self.server = hub
+                port = hub.wait_port("sim")
+                hub.wait_log(r"opened sim", 10)
+                self.url = self.path.url.format(port=port)
+                return self
+            self.sim = SimPty(self.tmp, self.tag).__enter__()
+            self.flash = self.sim.flash
+            if self.path.server == "local":
+                self.url = self.path.url.format(link=self.sim.link)
+            elif self.path.server == "esp_rfc2217_server":
+                self.server = EspRfc2217Server(str(self.sim.link), self.tmp, f"esp-{self.tag}",
+                                               self.tools["esp_wrapper"])
+                self.url = self.path.url.format(port=self.server.port)
+            elif self.path.server == "ser2net":
+                env = None
+                if self.tools.get("shim"):
+                    env = dict(os.environ, LD_PRELOAD=str(self.tools["shim"]))
+                self.server = Ser2net(os.path.realpath(self.sim.link), self.tmp, tag=f"ser2net-{self.tag}", env=env)
+                self.url = self.path.url.format(port=self.server.port)
+            return self
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc):
+        if self.server is not None:
+            self.server.stop()
+        if self.sim is not None:
+            self.sim.__exit__()
+
+
+def esptool_timeout(op: str, kib: int, baud: int) -> float:
+    """Generous bound: 3x the bare UART time, 2 s per 16 KiB block, 2 min for start and reset."""
+    if op != "write-flash":
+        return 120
+    return 120 + 3 * kib * 1024 * 10 / baud + 2 * kib / 16
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def esptool_tail(out: str, lines: int = 4) -> str:
+    """The last lines that say something (esptool's fatal error is there)."""
+    keep = [ln.strip() for ln in ANSI.sub("", out).splitlines() if ln.strip()]
+    return " / ".join(keep[-lines:])[-600:]
+
+
+def run_matrix_cell(path: MatrixPath, op: str, baud: int | None, tmp: Path, tag: str, tools: dict,
+                    img: Path, image: bytes) -> dict:
+    """One esptool run on a fresh rig: {"s": seconds or None, "err": text or None, "load": 1-min load}."""
+    cell: dict = {"s": None, "err": None, "load": os.getloadavg()[0]}
+    kib = len(image) // 1024
+    args = []
+    if op == "write-flash":
+        args = ["-b", str(baud), "write-flash", hex(FLASH_OFFSET), str(img)]
+    else:
+        args = [op]
+    try:
+        with Rig(path, tmp, tag, tools) as rig:
+            if path.server == "serialhub":
+                cell["bin"] = (os.stat(BIN).st_mtime_ns, os.stat(BIN).st_size)
+            limit = esptool_timeout(op, kib, baud or 115200)
+            pre = ["--port", rig.url, *(NO_RESET if path.on_pty else [])]
+            try:
+                dt, r = esptool([*pre, *args], timeout=limit)
+            except subprocess.TimeoutExpired as e:
+                out = e.stdout or b""
+                out = out.decode(errors="replace") if isinstance(out, bytes) else out
+                cell["err"] = f"timed out after {limit:.0f} s: {esptool_tail(out)}"
+                return cell
+            if r.returncode != 0:
+                cell["err"] = f"exit {r.returncode}: {esptool_tail(r.stdout + r.stderr)}"
+                return cell
+        if op == "write-flash" and not flash_holds(rig.flash, FLASH_OFFSET, image):
+            cell["err"] = "esptool succeeded but the flash file does not hold the image"
+            return cell
+        cell["s"] = dt
+        return cell
+    except (BenchError, OSError, subprocess.SubprocessError) as e:
+        cell["err"] = f"setup failed: {str(e).strip()[-600:]}"
+        return cell
+    finally:
+        for f in (tmp / f"flash-{tag}.bin",):
+            try:
+                f.unlink()
+            except OSError:
+                pass
+
+
+def matrix_ops(bauds: list[int], ids: bool) -> list[tuple[str, int | None]]:
+    return [("write-flash", b) for b in bauds] + ([(op, None) for op in MATRIX_IDS] if ids else [])
+
+
+def op_key(op: str, baud: int | None) -> str:
+    return f"write-flash@{baud}" if op == "write-flash" else op
+
+
+def measure_matrix(tmp: Path, paths: list[MatrixPath], bauds: list[int], ids: bool, kib: int,
+                   reps: int, tools: dict) -> dict:
+    """Every (path, command) cell `reps` times; the cell's time is the median of its runs (a cell
+    with a failed run is failed, with that run's error)."""
+    image = random.Random(32).randbytes(kib * 1024)
+    img = tmp / "matrix-img.bin"
+    img.write_bytes(image)
+    ops = matrix_ops(bauds, ids)
+    res: dict = {"kib": kib, "bauds": bauds, "ids": ids, "reps": reps, "paths": [p.key for p in paths],
+                 "cells": {}, "loads": [], "bins": set()}
+    n = 0
+    for rep in range(reps):
+        for op, baud in ops:
+            for path in paths:
+                n += 1
+                what = f"{op}" + (f" @{baud}" if baud else "")
+                print(f"  [{rep + 1}/{reps}] {path.label.replace('`', '')}: {what} ...", end=" ", flush=True)
+                cell = run_matrix_cell(path, op, baud, tmp, f"m{n}-{path.key}", tools, img, image)
+                res["loads"].append(cell["load"])
+                if "bin" in cell:
+                    res["bins"].add(cell["bin"])
+                print(f"{cell['s']:.2f} s" if cell["s"] is not None else f"FAILED: {cell['err']}", flush=True)
+                runs = res["cells"].setdefault((path.key, op_key(op, baud)), [])
+                runs.append(cell)
+    for key, runs in list(res["cells"].items()):
+        bad = [c for c in runs if c["s"] is None]
+        res["cells"][key] = {
+            "s": None if bad else statistics.median(c["s"] for c in runs),
+            "err": bad[0]["err"] if bad else None,
+            "runs": [c["s"] for c in runs],
+        }
+    return res
+
+
+def matrix_goals(m: dict) -> dict:
+    """Issue 8's goals for serialhub's socket://: write-flash within 5 % of local at every baud,
+    chip-id and flash-id within 0.3 s of local. Per goal: ok = True (met), False (missed: over,
+    or socket:// failed), None (not judged: a cell not measured, or local failed); and the worst
+    difference seen."""
+    cells = m["cells"]
+
+    def judge(keys, diff, limit):
+        verdicts, worst = [], None
+        for key in keys:
+            loc, sock = cells.get(("local", key)), cells.get(("hub-socket", key))
+            if loc is None or sock is None or loc["s"] is None:
+                verdicts.append(None)
+            elif sock["s"] is None:
+                verdicts.append(False)
+            else:
+                d = diff(sock["s"], loc["s"])
+                worst = d if worst is None else max(worst, d)
+                verdicts.append(d <= limit)
+        if False in verdicts:
+            return False, worst
+        if not verdicts or None in verdicts:
+            return None, worst
+        return True, worst
+
+    write_ok, write_worst = judge([op_key("write-flash", b) for b in m["bauds"]],
+                                  lambda x, ref: (x - ref) / ref * 100, 5.0)
+    ids_ok, ids_worst = judge(list(MATRIX_IDS) if m["ids"] else [], lambda x, ref: x - ref, 0.3)
+    return {"write_ok": write_ok, "write_worst_pct": write_worst, "ids_ok": ids_ok, "ids_worst_s": ids_worst}
+
+
+PATH_STYLE = {
+    "local": ("#555555", ""),
+    "hub-socket": ("#08519c", ""),
+    "hub-rfc2217": ("#4292c6", ""),
+    "hub-rfc2217-ign": ("#9ecae1", "//"),
+    "esp-rfc2217": ("#d94801", ""),
+    "esp-rfc2217-ign": ("#fdae6b", "//"),
+    "ser2net-rfc2217": ("#238b45", ""),
+    "ser2net-rfc2217-ign": ("#a1d99b", "//"),
+}
+
+
+def draw_matrix_chart(m: dict, out: Path, title: str) -> None:
+    """One panel per command (write-flash at each baud, chip-id, flash-id), one bar per path, its
+    own y scale; the dashed line is the goal for socket:// (local +5 %, local +0.3 s)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = [p for p in MATRIX_PATHS if p.key in m["paths"]]
+    ops = matrix_ops(m["bauds"], m["ids"])
+    fig, axes = plt.subplots(1, len(ops), figsize=(max(7.0, 2.9 * len(ops)), 4.8), squeeze=False)
+    for ax, (op, baud) in zip(axes[0], ops):
+        key = op_key(op, baud)
+        xs = range(len(paths))
+        vals = [m["cells"].get((p.key, key), {}).get("s") for p in paths]
+        top = max([v for v in vals if v is not None], default=1.0)
+        for x, p, v in zip(xs, paths, vals):
+            color, hatch = PATH_STYLE.get(p.key, ("#999999", ""))
+            if v is None:
+                ax.text(x, top * 0.02, "failed", rotation=90, ha="center", va="bottom", fontsize=7, color="#b00000")
+                continue
+            ax.bar(x, v, 0.75, color=color, hatch=hatch, edgecolor="#333333", linewidth=0.4)
+            ax.text(x, v + top * 0.01, f"{v:.{0 if v >= 100 else 1 if v >= 10 else 2}f}", ha="center",
+                    va="bottom", fontsize=6)
+        loc = m["cells"].get(("local", key), {}).get("s")
+        if loc is not None and any(p.key == "hub-socket" for p in paths):
+            goal = loc * 1.05 if op == "write-flash" else loc + 0.3
+            ax.axhline(goal, color="#08519c", linestyle="--", linewidth=0.8)
+        ax.set_title(f"write-flash @{baud}" if op == "write-flash" else op, fontsize=9)
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels([p.short for p in paths], rotation=90, fontsize=6.5)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_ylim(0, top * 1.15)
+        ax.grid(axis="y", linewidth=0.3, alpha=0.6)
+        ax.set_axisbelow(True)
+    axes[0][0].set_ylabel("seconds (lower is better)", fontsize=8)
+    import textwrap
+    width = int(fig.get_figwidth() * 14)
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in title.splitlines()), fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+
+
+def ensure_bench_python_packages() -> str | None:
+    """esp_rfc2217_server (in esptool) and matplotlib, from PyPI into this venv if missing."""
+    import importlib.util
+    missing = [m for m in ("esp_rfc2217_server", "matplotlib") if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    req = REPO / "benches" / "requirements.txt"
+    print(f"installing {', '.join(missing)} into {sys.prefix} (pip install -r {os.path.relpath(req, REPO)}) ...",
+          flush=True)
+    try:
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                            "-r", str(req)], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"cannot install {', '.join(missing)}: {e}"
+    if r.returncode != 0:
+        return f"cannot install {', '.join(missing)}: {r.stderr.strip()[-300:]}"
+    importlib.invalidate_caches()
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -998,8 +1410,12 @@ def fmt(v, spec=".0f"):
     return "n/a" if v is None else format(v, spec)
 
 
-def build_table(hub: dict, ref: dict | None, esp: dict | None, static: dict | None = None,
-                hot: dict | None = None) -> list[tuple[str, str, str, str]]:
+def size_label(kib: int) -> str:
+    return f"{kib // 1024} MiB" if kib % 1024 == 0 else f"{kib} KiB"
+
+
+def build_table(hub: dict, ref: dict | None, matrix: dict | None, static: dict | None = None,
+                hot: dict | None = None, core: bool = True) -> list[tuple[str, str, str, str]]:
     ref = ref or {}
     rows: list[tuple[str, str, str, str]] = []
 
@@ -1012,28 +1428,29 @@ def build_table(hub: dict, ref: dict | None, esp: dict | None, static: dict | No
     def both(key):
         return hub.get(key) is not None and ref.get(key) is not None
 
-    row("round trip 1 B, median (µs)", "rtt1_median_us", ".0f", "≤ ser2net",
-        both("rtt1_median_us") and hub["rtt1_median_us"] <= ref["rtt1_median_us"] if both("rtt1_median_us") else None)
-    row("round trip 1 B, p99 (µs)", "rtt1_p99_us", ".0f")
-    row("round trip 64 B, median (µs)", "rtt64_median_us", ".0f", "≤ ser2net",
-        hub["rtt64_median_us"] <= ref["rtt64_median_us"] if both("rtt64_median_us") else None)
-    row("round trip 64 B, p99 (µs)", "rtt64_p99_us", ".0f")
-    row("throughput client→device (MB/s)", "up_MBps", ".1f")
-    row("throughput device→client (MB/s)", "down_MBps", ".1f")
-    row("CPU client→device (ms per MB)", "up_cpu_ms_per_MB", ".1f")
-    row("CPU device→client (ms per MB)", "down_cpu_ms_per_MB", ".1f")
-    row("CPU both ways (ms per MB)", "cpu_ms_per_MB", ".1f", "≤ 1/3 of ser2net",
-        hub["cpu_ms_per_MB"] <= ref["cpu_ms_per_MB"] / 3 if both("cpu_ms_per_MB") else None)
-    hwm = hub.get("hwm_kib")
-    rows.append(("peak RSS, VmHWM (KiB)", fmt(hwm, "d"), fmt(ref.get("hwm_kib"), "d"),
-                 "< 2048 KiB, judged on the static build below (this build: "
-                 + ("n/a" if hwm is None else ("under" if hwm < 2048 else "over")) + ")"))
-    rows.append(("  of which anonymous (heap, stacks) (KiB)", fmt(hub.get("rss_anon_kib"), "d"),
-                 fmt(ref.get("rss_anon_kib"), "d"), ""))
-    rows.append(("  PSS, shared libraries split (KiB)", fmt(hub.get("pss_kib"), "d"),
-                 fmt(ref.get("pss_kib"), "d"), ""))
-    rows.append(("RSS idle before the first client (KiB)", fmt(hub.get("idle_rss_kib"), "d"),
-                 fmt(ref.get("idle_rss_kib"), "d"), ""))
+    if core:
+        row("round trip 1 B, median (µs)", "rtt1_median_us", ".0f", "≤ ser2net",
+            both("rtt1_median_us") and hub["rtt1_median_us"] <= ref["rtt1_median_us"] if both("rtt1_median_us") else None)
+        row("round trip 1 B, p99 (µs)", "rtt1_p99_us", ".0f")
+        row("round trip 64 B, median (µs)", "rtt64_median_us", ".0f", "≤ ser2net",
+            hub["rtt64_median_us"] <= ref["rtt64_median_us"] if both("rtt64_median_us") else None)
+        row("round trip 64 B, p99 (µs)", "rtt64_p99_us", ".0f")
+        row("throughput client→device (MB/s)", "up_MBps", ".1f")
+        row("throughput device→client (MB/s)", "down_MBps", ".1f")
+        row("CPU client→device (ms per MB)", "up_cpu_ms_per_MB", ".1f")
+        row("CPU device→client (ms per MB)", "down_cpu_ms_per_MB", ".1f")
+        row("CPU both ways (ms per MB)", "cpu_ms_per_MB", ".1f", "≤ 1/3 of ser2net",
+            hub["cpu_ms_per_MB"] <= ref["cpu_ms_per_MB"] / 3 if both("cpu_ms_per_MB") else None)
+        hwm = hub.get("hwm_kib")
+        rows.append(("peak RSS, VmHWM (KiB)", fmt(hwm, "d"), fmt(ref.get("hwm_kib"), "d"),
+                     "< 2048 KiB, judged on the static build below (this build: "
+                     + ("n/a" if hwm is None else ("under" if hwm < 2048 else "over")) + ")"))
+        rows.append(("  of which anonymous (heap, stacks) (KiB)", fmt(hub.get("rss_anon_kib"), "d"),
+                     fmt(ref.get("rss_anon_kib"), "d"), ""))
+        rows.append(("  PSS, shared libraries split (KiB)", fmt(hub.get("pss_kib"), "d"),
+                     fmt(ref.get("pss_kib"), "d"), ""))
+        rows.append(("RSS idle before the first client (KiB)", fmt(hub.get("idle_rss_kib"), "d"),
+                     fmt(ref.get("idle_rss_kib"), "d"), ""))
     if static is not None:
         if static.get("hwm_kib") is None:
             rows.append(("static musl build: peak RSS, VmHWM (KiB)", "skipped", "—",
@@ -1059,10 +1476,20 @@ def build_table(hub: dict, ref: dict | None, esp: dict | None, static: dict | No
                 continue
             cell = f"{r['median_ms']:.0f} / {r['p90_ms']:.0f} / {r['max_ms']:.0f}"
             rows.append((label, cell, "—", f"≤ 300 ms, every plug (max: {verdict(r['max_ms'] <= 300)})"))
-    if esp is not None:
-        rows.append(("esptool write-flash 1 MiB @921600 (s)", fmt(esp.get("via_serialhub_s"), ".1f"),
-                     "—",
-                     f"direct on the sim's PTY: {fmt(esp.get('direct_s'), '.1f')} s"))
+    if matrix is not None and 921600 in matrix["bauds"]:
+        key = op_key("write-flash", 921600)
+
+        def cell(path):
+            c = matrix["cells"].get((path, key))
+            return "—" if c is None else ("failed" if c["s"] is None else f"{c['s']:.1f}")
+
+        local = matrix["cells"].get(("local", key), {}).get("s")
+        sock = matrix["cells"].get(("hub-socket", key))
+        ok = None if local is None or sock is None else (sock["s"] is not None and sock["s"] <= local * 1.05)
+        what = f"esptool write-flash {size_label(matrix['kib'])} @921600"
+        rows.append((f"{what}, socket:// (s)", cell("hub-socket"), "—",
+                     f"≤ local PTY + 5 % ({fmt(local, '.1f')} s) ({verdict(ok)}); all paths: esptool matrix below"))
+        rows.append((f"{what}, rfc2217:// (s)", cell("hub-rfc2217"), cell("ser2net-rfc2217"), ""))
     return rows
 
 
@@ -1076,7 +1503,120 @@ def render_text(rows) -> str:
     return "\n".join(lines)
 
 
-def render_md(rows, notes, args, hub, ref, esp, errors, runtime) -> str:
+def render_matrix_md(m: dict, chart: str | None, tools: dict) -> list[str]:
+    paths = [p for p in MATRIX_PATHS if p.key in m["paths"]]
+    ops = matrix_ops(m["bauds"], m["ids"])
+    size = size_label(m["kib"])
+    notes: dict[str, int] = {}
+
+    def note(path: MatrixPath, err: str) -> int:
+        text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", err)
+        text = re.sub(r"/tmp/serialhub-bench-[^/\s]+/\S+", "TMP/…", text)
+        text = re.sub(r"/dev/pts/\d+", "/dev/pts/N", text)
+        text = f"{path.label}: {text}" + (f" (expected: {path.expect_fail})" if path.expect_fail else "")
+        return notes.setdefault(text, len(notes) + 1)
+
+    head = ["path", *[f"write-flash @{b}" if op == "write-flash" else op for op, b in ops]]
+    table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in paths:
+        cells = [p.label]
+        for op, b in ops:
+            key = op_key(op, b)
+            c = m["cells"].get((p.key, key))
+            loc = m["cells"].get(("local", key), {}).get("s")
+            if c is None:
+                cells.append("—")
+            elif c["s"] is None:
+                cells.append(f"failed [{note(p, c['err'])}]")
+            elif p.key == "local" or loc is None:
+                cells.append(f"{c['s']:.2f} s")
+            elif op == "write-flash":
+                pct = (c['s'] - loc) / loc * 100
+                cells.append(f"{c['s']:.2f} s ({pct:+.{0 if abs(pct) >= 100 else 1}f} %)")
+            else:
+                cells.append(f"{c['s']:.2f} s ({c['s'] - loc:+.2f} s)")
+        table.append("| " + " | ".join(cells) + " |")
+
+    g = matrix_goals(m)
+
+    def verdict(ok, worst, unit):
+        w = "" if worst is None else f", worst {worst:+.1f} %" if unit == "%" else f", worst {worst:+.2f} s"
+        return ("not judged (a cell is missing)" if ok is None else "**met**" if ok else "**MISSED**") + w
+
+    loads = m["loads"]
+    reps = m["reps"]
+    out = [
+        "## esptool paths (issue 8)",
+        "",
+        f"The same esptool commands through every path to the same simulated chip, in one run: `write-flash "
+        f"0x10000` of {size} of random bytes at each baud (default stub flasher; random data does not compress, "
+        "so the whole image crosses the UART), and `chip-id` and `flash-id` at esptool's default 115200. "
+        "Each cell is the wall time of one `python -m esptool …` process, start to exit (Python's start-up, "
+        "connect, stub upload, the command, and for serialhub the resets)"
+        + (f", median of {reps} runs" if reps > 1 else "") + "; in brackets the difference to the local PTY, "
+        "the physical limit (the simulated chip throttles to the UART byte time at the current baud).",
+        "",
+    ]
+    if chart:
+        out += [f"![esptool times per path: write-flash at each baud, chip-id, flash-id]({chart})", ""]
+    out += table + [""]
+    goals = []
+    if m["bauds"]:
+        goals.append("write-flash within 5 % of local at every baud — "
+                     + verdict(g["write_ok"], g["write_worst_pct"], "%"))
+    if m["ids"]:
+        goals.append("`chip-id`/`flash-id` within 0.3 s of local — " + verdict(g["ids_ok"], g["ids_worst_s"], "s"))
+    if goals and any(p.key == "hub-socket" for p in paths):
+        out += ["Goals for serialhub `socket://`: " + "; ".join(goals) + ".", ""]
+    if notes:
+        out += ["Failed cells (the last lines esptool printed, or why the run could not start):", ""]
+        out += [f"{n}. {text}" for text, n in notes.items()] + [""]
+    shim = tools.get("shim_note", "")
+    out += [
+        "How each path was run (every run on a fresh chip, and a fresh server in front of it; every "
+        "write-flash is checked afterwards: the chip's flash file holds the image at 0x10000):",
+        "",
+        "- **local**: `serialhub sim --pty LINK --bootloader --flash FILE` (the simulated chip on a PTY, "
+        "started in download mode), then `esptool --port LINK --before no-reset --after no-reset …`. A PTY "
+        "has no DTR/RTS, so nothing is reset; the chip is restarted for every run instead (after "
+        "`--after no-reset` the stub would still be running, at the last baud).",
+        "- **serialhub**: `serialhub serve --bind 127.0.0.1 --no-hotplug --state TMP --http 127.0.0.1:0 "
+        "--device sim:FILE=0`, the built-in simulated chip, which has DTR/RTS and starts in its application. "
+        "esptool runs with its defaults (`--before default-reset --after hard-reset`): **the serialhub rows "
+        "include a real reset into the bootloader** (on `rfc2217://` serialhub recognises esptool's DTR/RTS "
+        "sequence and plays it locally; on `socket://` serialhub resets the chip itself at esptool's first "
+        "SYNC and back into its application when the session ends) and, on `rfc2217://`, the hard reset at "
+        "the end, **while the PTY rows (local, esp_rfc2217_server, ser2net) use `--before no-reset "
+        "--after no-reset`**. With `?ign_set_control` pyserial sleeps 100 ms after each of those DTR/RTS "
+        "changes instead of waiting for the acknowledgement.",
+        "- **esp_rfc2217_server** (from the esptool package in the venv) on the same kind of PTY chip: "
+        "`esp_rfc2217_server -p PORT LINK`, started through a small Python wrapper that makes the "
+        "modem-line ioctls a PTY refuses with ENOTTY (TIOCMGET/TIOCMSET/TIOCMBIS/TIOCMBIC) succeed on line "
+        "states kept in memory — as on a UART whose DTR/RTS are wired to nothing. Unwrapped, its "
+        "`ser.rts = True` on every connect raises ENOTTY and it drops the client before esptool can say "
+        "anything. Its reset emulation (the ESP reset sequences on DTR/RTS) runs but reaches no chip; esptool "
+        "uses `--before no-reset --after no-reset`. It never acknowledges SET-CONTROL (by design), so "
+        "without `?ign_set_control` pyserial gives up at open (\"timeout while waiting for option 'control'\").",
+        "- **ser2net** (Debian's package, as in the table above: `telnet(rfc2217)` accepter, `serialdev,"
+        "/dev/pts/N,115200n81,local`) on the same kind of PTY chip, with an LD_PRELOAD shim (a few lines of "
+        "C compiled by the bench with `cc`) that does the same for its `ioctl` calls: unshimmed, ser2net "
+        "does not answer SET-CONTROL on a PTY (its TIOCMBIS fails), so a URL without `?ign_set_control` times "
+        "out at open; on a real UART it answers. esptool uses `--before no-reset --after no-reset`."
+        + (f" This run: {shim}." if shim and shim != "ok" else ""),
+        f"- Timeouts: every esptool run is bounded (write-flash: 120 s + 3× the bare UART time + 2 s per "
+        "16 KiB block; chip-id/flash-id: 120 s); a run that hits it counts as failed.",
+    ]
+    if loads:
+        out.append(f"- 1-minute load average at the start of the runs: {min(loads):.2f} … {max(loads):.2f} "
+                   "(2 logical CPUs, shared machine: compare cells of one run, not across runs).")
+    if len(m.get("bins", ())) > 1:
+        out.append("- **The serialhub binary changed during the run** (it was rebuilt): the serialhub cells "
+                   "do not all measure the same build.")
+    out.append("")
+    return out
+
+
+def render_md(rows, notes, args, sections, matrix, chart, tools, errors, runtime) -> str:
     out = [
         "# serialhub benchmarks",
         "",
@@ -1085,91 +1625,157 @@ def render_md(rows, notes, args, hub, ref, esp, errors, runtime) -> str:
         "",
         "```",
         "packaging/build-pi.sh x86_64-unknown-linux-musl   # the static build (optional: its rows are skipped without it)",
-        "make bench    # = cargo build --release && SERIALHUB_BIN=$PWD/target/release/serialhub .venv/bin/python benches/bench.py",
+        "make bench    # = cargo build --release && .venv/bin/pip install -r benches/requirements.txt &&",
+        "              #   SERIALHUB_BIN=$PWD/target/release/serialhub .venv/bin/python benches/bench.py",
         "```",
         "",
-        "## Setup",
-        "",
-        "- One device: a PTY pair whose master end is driven by a forked child of the bench process "
-        "(echo for round trips, sink/source for bulk). Each server has its own PTY of the same kind.",
-        "- Client: a minimal raw RFC 2217 socket client (`DO`/`WILL COM-PORT-OPTION`, then data with 0xFF "
-        "doubled), TCP_NODELAY, on 127.0.0.1.",
-        f"- Round trips: {args.samples} samples each of 1-byte and 64-byte random messages after 30 warm-up echoes; "
-        "both servers run at the same time, each with its own PTY, and the samples alternate between them in "
-        "10 blocks, so background load on the machine hits both alike.",
-        "- Throughput is bounded by the Python client and the PTY (numbers are for comparison, not the "
-        "servers' limits); CPU per MB is the server's own cost.",
-        f"- Bulk: {args.mib} MiB of random data of which ~30 % is 0xFF, each way, checked byte-exact (MD5).",
-        "- CPU: utime+stime of the server process (all threads) from /proc/PID/stat around each bulk transfer, "
-        "per MB (10^6 bytes) of payload. Peak RSS: VmHWM from /proc/PID/status after the run; RssAnon "
-        "(status) and PSS (smaps_rollup) at the same moment show how much of it is file-backed, "
-        "shared pages of libc and the binary itself.",
-        "- serialhub: `serialhub serve --bind 127.0.0.1 --no-hotplug --state TMP --http 127.0.0.1:0 "
-        "--device /dev/pts/N=0` (the portal thread runs, on loopback).",
-        "- ser2net: Debian's package, foreground (`ser2net -n -u -c FILE`), YAML config "
-        "`accepter: telnet(rfc2217),tcp,127.0.0.1,PORT`, `connector: serialdev,/dev/pts/N,115200n81,local`, "
-        "options `chardelay: false`, `max-connections: 1`.",
-        "- esptool: `write-flash 0x10000` of 1 MiB of random bytes at `-b 921600` (default stub flasher), "
-        "(a) `--port rfc2217://127.0.0.1:PORT` against `serialhub serve --device sim:FILE=0` (reset by DTR/RTS "
-        "through the server), (b) straight on `serialhub sim --pty LINK --bootloader --flash FILE` with "
-        "`--before no-reset --after no-reset`. Both check the flash file afterwards. The simulated chip "
-        "throttles to the UART byte time, so (b) is the floor for (a).",
-        "- Static build: the memory target (peak RSS < 2 MiB with one device) is judged on the static musl "
-        "binary, which is what ships to the Pi (no shared libc: everything it maps is its own). "
-        "`packaging/build-pi.sh x86_64-unknown-linux-musl` builds the same static binary for this machine "
-        "(`target/x86_64-unknown-linux-musl/release/serialhub`); it goes through the same run as the glibc "
-        "build (same flags, one PTY device, portal on, the same round trips and bulk transfers) and its "
-        "VmHWM/RssAnon/PSS are read at the same point. The glibc build's numbers include the pages of the "
-        "shared libc it maps. Without the static binary its rows say `skipped` and the bench does not fail.",
-        f"- Hotplug: the release binary as `serialhub serve --config FILE --dev-dir TMP/dev --sysfs TMP/sys "
-        "--state TMP/ports.json --http off`, config `base_port` = a free range, `[hotplug.settle] \"ttyUSB*\" = 0.0`, "
-        "defaults otherwise. Each plug is a new CP2102-like board (own serial number, own port): its fake sysfs "
-        "entry is created first, then its node `TMP/dev/ttyUSBn`, a symlink. The clock starts when the node "
-        "becomes openable; the bench then reads the daemon's log for `(TMP/dev/ttyUSBn) listening on "
-        "127.0.0.1:PORT` and tries a raw RFC 2217 client on PORT every 2 ms (a turned-away attempt — "
-        "nothing listening, or `Port's device is not available` and close — is retried) until one gets the "
-        "server's `IAC DO COM-PORT` (FF FD 2C); the clock stops there. After each plug the node is removed "
-        f"and the bench waits for the daemon's `unplugged` line. {args.hotplug_reps} plugs per case:",
-        "  - *openable at once*: the node is created as a symlink to a fresh PTY slave; the clock starts "
-        "right after `symlink()`.",
-        "  - *unopenable first, no event*: the node is created as a symlink to a name outside the watched "
-        "directory that does not exist yet; once the daemon has logged that it cannot open it, and a delay "
-        "D after the node appeared (D evenly spread over 50 ms … 1 s, shuffled), that name is created as a "
-        "symlink to a fresh PTY slave and the clock starts. inotify on the device directory sees nothing "
-        "at that moment, so only the daemon's re-open back-off (first retry after 0.5 s, then doubling) "
-        "finds it: the numbers measure that schedule against D.",
-        "  - *unopenable first, then IN_ATTRIB*: as before, and right after the target appears the node's "
-        "timestamps are touched (`utimensat` on the link), so the watched directory reports IN_ATTRIB for "
-        "it — what udev's chmod/chgrp of a freshly created node produces on a real system, where the node "
-        "is unopenable for a non-root daemon until udev has set its group.",
+    ]
+    if sys.argv[1:]:
+        out += [f"This run: `benches/bench.py {' '.join(sys.argv[1:])}`.", ""]
+    out += ["## Setup", ""]
+    if "core" in sections:
+        out += [
+            "- One device: a PTY pair whose master end is driven by a forked child of the bench process "
+            "(echo for round trips, sink/source for bulk). Each server has its own PTY of the same kind.",
+            "- Client: a minimal raw RFC 2217 socket client (`DO`/`WILL COM-PORT-OPTION`, then data with 0xFF "
+            "doubled), TCP_NODELAY, on 127.0.0.1.",
+            f"- Round trips: {args.samples} samples each of 1-byte and 64-byte random messages after 30 warm-up echoes; "
+            "both servers run at the same time, each with its own PTY, and the samples alternate between them in "
+            "10 blocks, so background load on the machine hits both alike.",
+            "- Throughput is bounded by the Python client and the PTY (numbers are for comparison, not the "
+            "servers' limits); CPU per MB is the server's own cost.",
+            f"- Bulk: {args.mib} MiB of random data of which ~30 % is 0xFF, each way, checked byte-exact (MD5).",
+            "- CPU: utime+stime of the server process (all threads) from /proc/PID/stat around each bulk transfer, "
+            "per MB (10^6 bytes) of payload. Peak RSS: VmHWM from /proc/PID/status after the run; RssAnon "
+            "(status) and PSS (smaps_rollup) at the same moment show how much of it is file-backed, "
+            "shared pages of libc and the binary itself.",
+            "- serialhub: `serialhub serve --bind 127.0.0.1 --no-hotplug --state TMP --http 127.0.0.1:0 "
+            "--device /dev/pts/N=0` (the portal thread runs, on loopback).",
+            "- ser2net: Debian's package, foreground (`ser2net -n -u -c FILE`), YAML config "
+            "`accepter: telnet(rfc2217),tcp,127.0.0.1,PORT`, `connector: serialdev,/dev/pts/N,115200n81,local`, "
+            "options `chardelay: false`, `max-connections: 1`.",
+        ]
+    if "matrix" in sections:
+        out.append("- esptool: the esptool matrix below; its 921600 write-flash figures for serialhub are "
+                   "repeated in the table.")
+    if "static" in sections:
+        out.append(
+            "- Static build: the memory target (peak RSS < 2 MiB with one device) is judged on the static musl "
+            "binary, which is what ships to the Pi (no shared libc: everything it maps is its own). "
+            "`packaging/build-pi.sh x86_64-unknown-linux-musl` builds the same static binary for this machine "
+            "(`target/x86_64-unknown-linux-musl/release/serialhub`); it goes through the same run as the glibc "
+            "build (same flags, one PTY device, portal on, the same round trips and bulk transfers) and its "
+            "VmHWM/RssAnon/PSS are read at the same point. The glibc build's numbers include the pages of the "
+            "shared libc it maps. Without the static binary its rows say `skipped` and the bench does not fail.")
+    if "hotplug" in sections:
+        out += [
+            "- Hotplug: the release binary as `serialhub serve --config FILE --dev-dir TMP/dev --sysfs TMP/sys "
+            "--state TMP/ports.json --http off`, config `base_port` = a free range, `[hotplug.settle] \"ttyUSB*\" = 0.0`, "
+            "defaults otherwise. Each plug is a new CP2102-like board (own serial number, own port): its fake sysfs "
+            "entry is created first, then its node `TMP/dev/ttyUSBn`, a symlink. The clock starts when the node "
+            "becomes openable; the bench then reads the daemon's log for `(TMP/dev/ttyUSBn) listening on "
+            "127.0.0.1:PORT` and tries a raw RFC 2217 client on PORT every 2 ms (a turned-away attempt — "
+            "nothing listening, or `Port's device is not available` and close — is retried) until one gets the "
+            "server's `IAC DO COM-PORT` (FF FD 2C); the clock stops there. After each plug the node is removed "
+            f"and the bench waits for the daemon's `unplugged` line. {args.hotplug_reps} plugs per case:",
+            "  - *openable at once*: the node is created as a symlink to a fresh PTY slave; the clock starts "
+            "right after `symlink()`.",
+            "  - *unopenable first, no event*: the node is created as a symlink to a name outside the watched "
+            "directory that does not exist yet; once the daemon has logged that it cannot open it, and a delay "
+            "D after the node appeared (D evenly spread over 50 ms … 1 s, shuffled), that name is created as a "
+            "symlink to a fresh PTY slave and the clock starts. inotify on the device directory sees nothing "
+            "at that moment, so only the daemon's re-open back-off (first retry after 0.5 s, then doubling) "
+            "finds it: the numbers measure that schedule against D.",
+            "  - *unopenable first, then IN_ATTRIB*: as before, and right after the target appears the node's "
+            "timestamps are touched (`utimensat` on the link), so the watched directory reports IN_ATTRIB for "
+            "it — what udev's chmod/chgrp of a freshly created node produces on a real system, where the node "
+            "is unopenable for a non-root daemon until udev has set its group.",
+        ]
+    out += [
         "",
         "## Machine",
         "",
         *[f"- {n}" for n in notes],
         "- Shared machine: other builds may have been running; latency percentiles are the noisiest numbers.",
         "",
-        "## Results",
-        "",
-        "| measure | serialhub | ser2net | target |",
-        "|---|---|---|---|",
-        *[f"| {' | '.join(str(c) for c in r)} |" for r in rows],
-        "",
     ]
+    if rows:
+        out += [
+            "## Results",
+            "",
+            "| measure | serialhub | ser2net | target |",
+            "|---|---|---|---|",
+            *[f"| {' | '.join(str(c) for c in r)} |" for r in rows],
+            "",
+        ]
+    if matrix is not None:
+        out += render_matrix_md(matrix, chart, tools)
     if errors:
         out += ["## Problems during this run", "", *[f"- {e}" for e in errors], ""]
     return "\n".join(out)
 
 
+SECTIONS = ("core", "static", "hotplug", "matrix")
+
+
+def csv_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip() and x.strip().lower() != "none"]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default=",".join(SECTIONS),
+                    help="comma-separated parts to run: core (round trips, bulk, CPU, RSS vs ser2net), "
+                         "static (the musl build's memory), hotplug, matrix (the esptool matrix); default all")
     ap.add_argument("--samples", type=int, default=500, help="round trips per message size")
     ap.add_argument("--mib", type=int, default=16, help="MiB per bulk direction")
-    ap.add_argument("--no-esptool", action="store_true", help="skip the esptool flash timings")
-    ap.add_argument("--no-ser2net", action="store_true", help="skip the ser2net reference")
+    ap.add_argument("--no-esptool", action="store_true", help="skip the esptool matrix")
+    ap.add_argument("--no-ser2net", action="store_true", help="skip the ser2net reference (and its matrix rows)")
     ap.add_argument("--no-static", action="store_true", help="skip the static (musl) build's memory")
     ap.add_argument("--hotplug-reps", type=int, default=20, help="plugs per hotplug case (0 = skip)")
-    ap.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown report ('-' = none)")
+    ap.add_argument("--matrix-kib", type=int, default=1024, help="esptool matrix: image size in KiB (default 1024)")
+    ap.add_argument("--bauds", default=",".join(str(b) for b in MATRIX_BAUDS),
+                    help="esptool matrix: write-flash bauds, comma-separated ('none' = no write-flash cells)")
+    ap.add_argument("--no-ids", action="store_true", help="esptool matrix: skip the chip-id / flash-id cells")
+    ap.add_argument("--paths", default=",".join(p.key for p in MATRIX_PATHS),
+                    help="esptool matrix: paths, comma-separated (default all: "
+                         + ", ".join(p.key for p in MATRIX_PATHS) + ")")
+    ap.add_argument("--matrix-reps", type=int, default=1, help="esptool matrix: runs per cell (median)")
+    ap.add_argument("--out", default=None,
+                    help="markdown report ('-' = none). Default: docs/benchmarks.md for the full run; a partial "
+                         "run (any option above that narrows it) writes no report unless given --out")
+    ap.add_argument("--chart", default=None,
+                    help="the esptool matrix chart (PNG); default esptool-paths.png beside the report")
     args = ap.parse_args()
+
+    sections = csv_list(args.only)
+    bad = [x for x in sections if x not in SECTIONS]
+    path_keys = csv_list(args.paths)
+    bad += [f"path {x}" for x in path_keys if x not in {p.key for p in MATRIX_PATHS}]
+    try:
+        bauds = [int(b) for b in csv_list(args.bauds)]
+    except ValueError:
+        bad.append(f"bauds {args.bauds}")
+        bauds = []
+    if bad or args.matrix_kib < 1 or args.matrix_reps < 1:
+        ap.error(f"unknown or bad: {', '.join(bad) or 'matrix size/reps'}")
+    if args.no_esptool and "matrix" in sections:
+        sections.remove("matrix")
+    if args.no_static and "static" in sections:
+        sections.remove("static")
+    if args.hotplug_reps <= 0 and "hotplug" in sections:
+        sections.remove("hotplug")
+    paths = [p for p in MATRIX_PATHS if p.key in path_keys and not (args.no_ser2net and p.server == "ser2net")]
+    full = (sections == list(SECTIONS) and not args.no_ser2net and args.matrix_kib == 1024
+            and bauds == list(MATRIX_BAUDS) and not args.no_ids and len(paths) == len(MATRIX_PATHS)
+            and args.samples == 500 and args.mib == 16 and args.hotplug_reps == 20)
+    if args.out is None:
+        args.out = str(REPO / "docs" / "benchmarks.md") if full else "-"
+        if not full:
+            print("bench: partial run, no report written (pass --out FILE for one)", flush=True)
+    chart_path = Path(args.chart) if args.chart else (
+        None if args.out == "-" else Path(args.out).parent / "esptool-paths.png")
+
     if not os.access(BIN, os.X_OK):
         print(f"bench: {BIN} is not an executable (build it: cargo build --release)", file=sys.stderr)
         return 2
@@ -1178,66 +1784,68 @@ def main() -> int:
     git_revision()  # the revision as the run starts
     notes = machine_notes()
     errors: list[str] = []
-    bulk = ff_heavy(args.mib * MIB, seed=2217)
     hub_res: dict = {}
     ref_res: dict | None = None
-    esp_res: dict | None = None
     static_res: dict | None = None
     hot_res: dict | None = None
+    matrix_res: dict | None = None
+    tools: dict = {}
 
     with tempfile.TemporaryDirectory(prefix="serialhub-bench-") as tmpdir:
         tmp = Path(tmpdir)
 
-        targets: list[tuple[str, Server, PtyDevice]] = []
-        try:
-            dev = PtyDevice()
-            hub = Serialhub([f"{dev.path}=0"], tmp)
-            targets.append(("serialhub", hub, dev))
-            hub.wait_port(dev.path)
-            hub.wait_log(r"opened " + re.escape(dev.path))
-            hub_res["idle_rss_kib"] = proc_status_kib(hub.proc.pid, "VmRSS")
-            print(f"serialhub on 127.0.0.1:{hub.port} serving {dev.path}", flush=True)
-            if not args.no_ser2net:
-                problem = ensure_ser2net()
-                if problem:
-                    errors.append(problem)
-                else:
-                    dev2 = PtyDevice()
+        if "core" in sections:
+            bulk = ff_heavy(args.mib * MIB, seed=2217)
+            targets: list[tuple[str, Server, PtyDevice]] = []
+            try:
+                dev = PtyDevice()
+                hub = Serialhub([f"{dev.path}=0"], tmp)
+                targets.append(("serialhub", hub, dev))
+                hub.wait_port(dev.path)
+                hub.wait_log(r"opened " + re.escape(dev.path))
+                hub_res["idle_rss_kib"] = proc_status_kib(hub.proc.pid, "VmRSS")
+                print(f"serialhub on 127.0.0.1:{hub.port} serving {dev.path}", flush=True)
+                if not args.no_ser2net:
+                    problem = ensure_ser2net()
+                    if problem:
+                        errors.append(problem)
+                    else:
+                        dev2 = PtyDevice()
+                        try:
+                            s2n = Ser2net(dev2.path, tmp)
+                        except BaseException:
+                            dev2.close()
+                            raise
+                        targets.append(("ser2net", s2n, dev2))
+                        ref_res = {"idle_rss_kib": proc_status_kib(s2n.proc.pid, "VmRSS")}
+                        print(f"ser2net on 127.0.0.1:{s2n.port} serving {dev2.path}", flush=True)
+                print(f"round trips: {args.samples} x 1 B and 64 B each, interleaved ...", flush=True)
+                lat = measure_latency(targets, args.samples)
+                hub_res.update(lat["serialhub"])
+                if ref_res is not None:
+                    ref_res.update(lat["ser2net"])
+                for name, server, dev in targets:
+                    print(f"bulk {args.mib} MiB each way through {name} ...", flush=True)
                     try:
-                        s2n = Ser2net(dev2.path, tmp)
-                    except BaseException:
-                        dev2.close()
-                        raise
-                    targets.append(("ser2net", s2n, dev2))
-                    ref_res = {"idle_rss_kib": proc_status_kib(s2n.proc.pid, "VmRSS")}
-                    print(f"ser2net on 127.0.0.1:{s2n.port} serving {dev2.path}", flush=True)
-            print(f"round trips: {args.samples} x 1 B and 64 B each, interleaved ...", flush=True)
-            lat = measure_latency(targets, args.samples)
-            hub_res.update(lat["serialhub"])
-            if ref_res is not None:
-                ref_res.update(lat["ser2net"])
-            for name, server, dev in targets:
-                print(f"bulk {args.mib} MiB each way through {name} ...", flush=True)
-                try:
-                    (hub_res if name == "serialhub" else ref_res).update(measure_bulk(server, dev, bulk))
-                except BenchError as e:
-                    errors.append(f"{name} bulk: {e}")
-        except BenchError as e:
-            errors.append(str(e))
-        finally:
-            for name, server, dev in targets:
-                server.stop()
-                dev.close()
-                if name == "serialhub" and server.proc.returncode not in (0, None):
-                    errors.append(f"serialhub exited {server.proc.returncode} after SIGTERM")
+                        (hub_res if name == "serialhub" else ref_res).update(measure_bulk(server, dev, bulk))
+                    except BenchError as e:
+                        errors.append(f"{name} bulk: {e}")
+            except BenchError as e:
+                errors.append(str(e))
+            finally:
+                for name, server, dev in targets:
+                    server.stop()
+                    dev.close()
+                    if name == "serialhub" and server.proc.returncode not in (0, None):
+                        errors.append(f"serialhub exited {server.proc.returncode} after SIGTERM")
 
-        if not args.no_static:
+        if "static" in sections:
             static_bin, note = static_binary()
             notes.append(note)
             static_res = {"why": "see Machine"}
             if static_bin is not None:
                 try:
-                    static_res = measure_static(tmp, static_bin, args.samples, bulk)
+                    static_res = measure_static(tmp, static_bin, args.samples, ff_heavy(args.mib * MIB, seed=2217))
                 except BenchError as e:
                     errors.append(f"static build: {e}")
                     static_res = {"why": "measurement failed"}
@@ -1245,7 +1853,7 @@ def main() -> int:
                 print(note, flush=True)
                 static_res = {"why": "binary missing" if "does not exist" in note else "binary unusable"}
 
-        if args.hotplug_reps > 0:
+        if "hotplug" in sections:
             print(f"hotplug: {args.hotplug_reps} plugs each: openable at once, unopenable first "
                   "(no event), unopenable first then IN_ATTRIB ...", flush=True)
             try:
@@ -1256,26 +1864,67 @@ def main() -> int:
                 errors.append(f"hotplug: {e}")
                 hot_res = {}
 
-        if not args.no_esptool:
-            print("esptool write-flash 1 MiB at 921600 (through serialhub, then straight on the sim PTY) ...", flush=True)
+        if "matrix" in sections and paths:
+            problem = ensure_bench_python_packages()
+            if problem:
+                errors.append(problem)
+            if any(p.server == "ser2net" for p in paths):
+                problem = ensure_ser2net()
+                if problem:
+                    errors.append(problem)
+                shim, why = build_pty_lines_shim(tmp)
+                tools["shim"], tools["shim_note"] = shim, why
+                if shim is None:
+                    errors.append(f"ser2net runs without its PTY modem-line shim: {why}")
+            tools["esp_wrapper"] = tmp / "esp_rfc2217_server_pty.py"
+            tools["esp_wrapper"].write_text(ESP_SERVER_WRAPPER)
+            ops = matrix_ops(bauds, not args.no_ids)
+            print(f"esptool matrix: {len(paths)} paths x {len(ops)} commands x {args.matrix_reps}, "
+                  f"write-flash {size_label(args.matrix_kib)} at {', '.join(map(str, bauds)) or '-'} ...", flush=True)
+            matrix_res = measure_matrix(tmp, paths, bauds, not args.no_ids, args.matrix_kib,
+                                        args.matrix_reps, tools)
+            expected = {p.key for p in paths if p.expect_fail}
+            failed = [k for k, c in matrix_res["cells"].items() if c["s"] is None and k[0] not in expected]
+            if failed:
+                errors.append(f"esptool matrix: {len(failed)} of {len(matrix_res['cells'])} cells failed: "
+                              + ", ".join(f"{p} {op}" for p, op in failed))
+            if len(matrix_res["bins"]) > 1:
+                errors.append("the serialhub binary changed during the esptool matrix (rebuilt)")
             try:
-                esp_res = measure_esptool(tmp, random.Random(32).randbytes(MIB))
-                for k in ("via_serialhub_err", "direct_err"):
-                    if esp_res.get(k):
-                        errors.append(f"esptool {k[:-4]}: {esp_res[k].strip()}")
-            except (BenchError, subprocess.TimeoutExpired) as e:
-                errors.append(f"esptool: {e}")
-                esp_res = {}
+                notes.append("esp_rfc2217_server: from the esptool package in the venv; "
+                             "matplotlib " + __import__("importlib.metadata").metadata.version("matplotlib"))
+            except Exception:  # noqa: BLE001 - a note only
+                pass
 
     runtime = time.monotonic() - started
-    rows = build_table(hub_res, ref_res, esp_res, static_res, hot_res)
+    rows = build_table(hub_res, ref_res, matrix_res, static_res, hot_res, core="core" in sections)
     print()
-    print(render_text(rows))
+    if rows:
+        print(render_text(rows))
+    if matrix_res is not None:
+        print()
+        md = render_matrix_md(matrix_res, None, tools)
+        print("\n".join(ln for ln in md if ln.startswith(("|", "Goals")) or re.match(r"\d+\. ", ln)))
+    chart_rel = None
+    if matrix_res is not None and chart_path is not None:
+        try:
+            cmds = ([f"write-flash {size_label(matrix_res['kib'])} of random bytes"] if matrix_res["bauds"] else []) \
+                + (list(MATRIX_IDS) if matrix_res["ids"] else [])
+            title = (f"esptool through each path to the simulated ESP32: {', '.join(cmds)} "
+                     f"(serialhub git {git_revision().split()[0]})\n"
+                     "dashed line: the goal for serialhub socket:// (local + 5 %; local + 0.3 s)")
+            draw_matrix_chart(matrix_res, chart_path, title)
+            print(f"wrote {os.path.relpath(chart_path)}")
+            chart_rel = (os.path.relpath(chart_path, Path(args.out).parent) if args.out != "-" else str(chart_path))
+        except ImportError as e:
+            errors.append(f"chart not drawn: {e} (pip install -r benches/requirements.txt)")
+        except Exception as e:  # noqa: BLE001 - the figures matter more than the picture
+            errors.append(f"chart not drawn: {type(e).__name__}: {e}")
     for e in errors:
         print(f"problem: {e}", file=sys.stderr)
     if args.out != "-":
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(render_md(rows, notes, args, hub_res, ref_res, esp_res, errors, runtime))
+        Path(args.out).write_text(render_md(rows, notes, args, sections, matrix_res, chart_rel, tools, errors, runtime))
         print(f"\nwrote {os.path.relpath(args.out)} ({runtime:.0f} s)")
     return 1 if errors else 0
 
