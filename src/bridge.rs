@@ -460,7 +460,7 @@ impl Bridge {
                 lines: &mut self.lines,
                 name: &self.name,
             };
-            c.session.reset_done(to, &mut port);
+            c.session.reset_done(to, Instant::now(), &mut port);
             self.flush_device();
         }
     }

@@ -6,7 +6,8 @@
 //!
 //! - the first SYNC of a session, to a chip not known to be in its loader, asks for a
 //!   bootloader entry (the device's reset policy) and is held back; SYNCs arriving while
-//!   the chip resets are swallowed, one is replayed the moment it is ready, and what the chip
+//!   the chip resets are swallowed, one that esptool still waits on is replayed the moment the
+//!   chip is ready, and what the chip
 //!   printed while booting is dropped, so esptool's retries meet a chip that answers;
 //! - a CHANGE_BAUDRATE request parks later client bytes until the chip has answered at the
 //!   old rate; then the UART switches to the rate the client meant, and they are released.
@@ -98,6 +99,8 @@ const BAUD_ANSWER_WAIT: Duration = Duration::from_secs(3);
 /// How long a bootloader entry may take before SYNCs pass again regardless (a sequence that
 /// was cut short, by a USB re-enumeration for instance, must not leave SYNCs swallowed).
 const ENTRY_WAIT: Duration = Duration::from_secs(2);
+/// How long esptool waits for the answer to a SYNC (its `SYNC_TIMEOUT`).
+const SYNC_ANSWER_WAIT: Duration = Duration::from_millis(100);
 /// SYNCs a chip believed to be in its loader may leave unanswered before it is reset anyway
 /// (a replayed SYNC and esptool's own may both be in flight before the first answer).
 const UNANSWERED_SYNCS: u8 = 3;
@@ -209,8 +212,10 @@ pub struct EspWatch {
     candidate: bool,
     held: [u8; SYNC_FRAME.len()],
     held_len: usize,
-    /// A SYNC was swallowed while the chip reset: replay one when it is ready.
-    replay: bool,
+    /// A SYNC was swallowed while the chip reset: until when esptool waits for its answer
+    /// (a SYNC it no longer waits on is not replayed: its answers would only be read, and
+    /// skipped, by the next command).
+    replay_until: Option<Instant>,
     /// SYNCs passed to a chip believed in its loader without an answer since.
     unanswered: u8,
     /// CHANGE_BAUDRATE went to the chip: the rate it asked for and when we stop waiting.
@@ -238,7 +243,7 @@ impl EspWatch {
             candidate: false,
             held: [0; SYNC_FRAME.len()],
             held_len: 0,
-            replay: false,
+            replay_until: None,
             unanswered: 0,
             baud: None,
             parked: Vec::new(),
@@ -330,7 +335,7 @@ impl EspWatch {
     fn sync_held_back(&mut self, now: Instant, action: &mut Option<Action>) -> bool {
         match self.chip {
             Chip::Entering { .. } => {
-                self.replay = true;
+                self.replay_until = Some(now + SYNC_ANSWER_WAIT);
                 true
             }
             Chip::Loader if self.unanswered < UNANSWERED_SYNCS => {
@@ -351,7 +356,7 @@ impl EspWatch {
                 }
                 self.chip = Chip::Entering { since: now };
                 self.entered = true;
-                self.replay = true;
+                self.replay_until = Some(now + SYNC_ANSWER_WAIT);
                 self.unanswered = 0;
                 self.discard = true;
                 self.down = Framer::default();
@@ -449,13 +454,13 @@ impl EspWatch {
     }
 
     /// The bootloader entry asked for is done (or could not be done): SYNCs pass again,
-    /// and one swallowed meanwhile goes to the chip now.
-    pub fn bootloader_entered(&mut self, out: &mut dyn FnMut(&[u8])) {
+    /// and one swallowed meanwhile that esptool still waits on goes to the chip now.
+    pub fn bootloader_entered(&mut self, now: Instant, out: &mut dyn FnMut(&[u8])) {
         if !matches!(self.chip, Chip::Entering { .. }) {
             return;
         }
         self.chip = Chip::Loader;
-        if std::mem::take(&mut self.replay) {
+        if self.replay_until.take().is_some_and(|t| now < t) {
             self.unanswered = 1;
             out(&SYNC_FRAME);
         }
@@ -483,7 +488,7 @@ impl EspWatch {
                     self.label,
                     ENTRY_WAIT.as_secs_f32()
                 );
-                self.bootloader_entered(out);
+                self.bootloader_entered(now, out);
             }
         }
         match self.baud {
@@ -592,13 +597,23 @@ mod tests {
             // Only the frame delimiters reach the chip while it resets.
             assert!(out.iter().all(|&b| b == END), "chunk {chunk}: {out:02x?}");
             let mut replay = Vec::new();
-            w.bootloader_entered(&mut |b| replay.extend_from_slice(b));
+            w.bootloader_entered(Instant::now(), &mut |b| replay.extend_from_slice(b));
             assert_eq!(replay, SYNC_FRAME.to_vec());
             assert!(w.entered() && w.in_loader());
             // Later SYNCs pass untouched.
             let (out, actions) = up(&mut w, &sync(), chunk);
             assert_eq!((out, actions), (sync(), vec![]));
         }
+    }
+
+    #[test]
+    fn a_sync_esptool_no_longer_waits_on_is_not_replayed() {
+        let mut w = EspWatch::new("t", false);
+        let t0 = Instant::now();
+        w.from_client(&sync(), t0, &mut |_| {});
+        let mut out = Vec::new();
+        w.bootloader_entered(t0 + SYNC_ANSWER_WAIT, &mut |b| out.extend_from_slice(b));
+        assert!(out.is_empty() && w.in_loader());
     }
 
     #[test]
@@ -707,8 +722,10 @@ mod tests {
         let at = w.deadline().unwrap();
         let mut out = Vec::new();
         w.on_timer(at, &mut |b| out.extend_from_slice(b));
-        assert_eq!(out, SYNC_FRAME.to_vec());
-        assert!(w.deadline().is_none());
+        assert!(out.is_empty(), "that SYNC is long stale");
+        assert!(w.deadline().is_none() && w.in_loader());
+        let (out, actions) = up(&mut w, &sync(), 64);
+        assert_eq!((out, actions), (sync(), vec![]));
     }
 
     #[test]

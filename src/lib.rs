@@ -1,4 +1,4 @@
-//! serialhub: share a small Linux box's serial ports over RFC 2217, ESP32-aware.
+//! serialhub: share a small Linux box's serial ports over RFC 2217 and raw TCP, ESP32-aware.
 //!
 //! The pure cores turn bytes and events into bytes and actions; the thin loops move them.
 //!
@@ -7,7 +7,8 @@
 //!                      │ spawn / stop / replace                       ▲
 //!                      ▼                                              │ state, counters, log
 //!  client TCP ─▶ bridge (one thread per device: poll over listener, client, device, wake fd)
-//!                 ├─ telnet (codec) ─▶ rfc2217 (typed verbs) ─▶ session (answers, settings)
+//!                 ├─ session: first byte IAC? ─▶ telnet (codec) ─▶ rfc2217 (typed verbs)
+//!                 │           otherwise raw ─▶ esp (loader protocol: SYNC, CHANGE_BAUDRATE)
 //!                 ├─ reset (policy: client DTR/RTS ─▶ timed line changes) ─▶ lines (GPIO)
 //!                 └─ device (tty | simulated ESP32)
 //! ```

@@ -243,9 +243,9 @@ impl Session {
     }
 
     /// A reset sequence the session asked for (or any other) has played.
-    pub fn reset_done(&mut self, to: ResetTo, port: &mut dyn Port) {
+    pub fn reset_done(&mut self, to: ResetTo, now: Instant, port: &mut dyn Port) {
         if let (Mode::Raw, Some(w), ResetTo::Bootloader) = (self.mode, &mut self.esp, to) {
-            w.bootloader_entered(&mut |b| port.write(b));
+            w.bootloader_entered(now, &mut |b| port.write(b));
         }
     }
 
@@ -274,7 +274,7 @@ impl Session {
                     if let Err(e) = port.reset(ResetTo::Bootloader) {
                         warn!("{}: cannot enter the bootloader: {e}", self.label);
                         if let Some(w) = &mut self.esp {
-                            w.bootloader_entered(&mut |b| port.write(b));
+                            w.bootloader_entered(now, &mut |b| port.write(b));
                         }
                     }
                 }
@@ -1014,7 +1014,7 @@ mod tests {
         let (dev, _) = feed(&mut s, &mut port, &sync);
         assert_eq!(port.resets, [ResetTo::Bootloader]);
         assert_eq!(dev, [0xC0, 0xC0]);
-        s.reset_done(ResetTo::Bootloader, &mut port);
+        s.reset_done(ResetTo::Bootloader, Instant::now(), &mut port);
         assert_eq!(port.written, sync, "the swallowed SYNC is replayed");
         port.written.clear();
 

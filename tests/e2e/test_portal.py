@@ -35,7 +35,7 @@ OLD_DISCOVER_FIELDS = {"url", "port", "product", "serial", "tty"}
 NEW_DEVICE_FIELDS = {
     "key", "key_kind", "name", "vid", "pid", "manufacturer", "usb_path", "reset", "protocol",
     "state", "client", "bytes_to_device", "bytes_to_client", "connects", "resets", "url",
-    "url_ign_set_control", "esptool", "idf", "platformio",
+    "url_ign_set_control", "socket_url", "esptool", "idf", "platformio",
 }
 SIM_KEY = "name:sim"
 
@@ -130,12 +130,14 @@ def test_devices_and_discover_keep_the_old_shapes(portal):
         assert NEW_DEVICE_FIELDS <= set(d), NEW_DEVICE_FIELDS - set(d)
         assert isinstance(d["port"], int) and d["running"] is True
         assert isinstance(d["product"], str) and isinstance(d["serial"], str)
-        assert d["protocol"] == "rfc2217"
+        assert d["protocol"] == "auto"
         assert d["url"] == f"rfc2217://127.0.0.1:{d['port']}", d["url"]
         assert d["url_ign_set_control"] == d["url"] + "?ign_set_control"
-        assert d["esptool"] == f"esptool --port {d['url']} chip-id"
-        assert d["idf"] == f"ESPPORT={d['url']} idf.py flash monitor"
-        assert d["platformio"] == f"upload_port = {d['url']}\nmonitor_port = {d['url']}"
+        assert d["socket_url"] == f"socket://127.0.0.1:{d['port']}", d["socket_url"]
+        # Flashing goes over socket:// where the server can reset the chip (ESP policies).
+        flash = d["socket_url"] if d["reset"] in ("esp", "usb-jtag") else d["url"]
+        assert d["esptool"] == f"esptool --port {flash} -b 921600 write-flash 0x10000 app.bin"
+        assert d["platformio"] == f"upload_port = {flash}\nupload_speed = 921600\nmonitor_port = {d['url']}"
     by_tty = {d["tty"]: d for d in devs["devices"]}
     sim, pty = by_tty["sim"], by_tty[portal.pty.path]
     assert (sim["port"], pty["port"]) == (portal.sim_port, portal.pty_port)
