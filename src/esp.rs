@@ -520,21 +520,21 @@ pub fn snap_rom_rate(value: u32) -> u32 {
 mod tests {
     use super::*;
 
-    /// SLIP-encode a loader request.
-    fn request(op: u8, data: &[u8]) -> Vec<u8> {
-        let mut raw = vec![REQUEST, op];
+    /// A loader packet (checksum/value 0), SLIP-encoded.
+    fn packet(dir: u8, op: u8, data: &[u8]) -> Vec<u8> {
+        let mut raw = vec![dir, op];
         raw.extend_from_slice(&(data.len() as u16).to_le_bytes());
         raw.extend_from_slice(&[0; 4]);
         raw.extend_from_slice(data);
         slip(&raw)
     }
 
+    fn request(op: u8, data: &[u8]) -> Vec<u8> {
+        packet(REQUEST, op, data)
+    }
+
     fn response(op: u8, data: &[u8]) -> Vec<u8> {
-        let mut raw = vec![RESPONSE, op];
-        raw.extend_from_slice(&(data.len() as u16).to_le_bytes());
-        raw.extend_from_slice(&[0; 4]);
-        raw.extend_from_slice(data);
-        slip(&raw)
+        packet(RESPONSE, op, data)
     }
 
     fn slip(raw: &[u8]) -> Vec<u8> {

@@ -24,7 +24,7 @@ import pytest
 import serial
 
 from conftest import SERIALHUB_BIN, wait_for
-from test_esptool import SIM_MAC, assert_flash_holds
+from test_esptool import SIM_MAC, assert_flash_holds, sim  # noqa: F401 (sim: a fixture)
 
 TICK_RE = re.compile(rb"sim: app tick (\d+), boot #(\d+)")
 DOWNLOAD_BOOT = r"sim: boot #(\d+) into download mode"
@@ -62,17 +62,20 @@ def running_app_boot(port: int, timeout: float = 5) -> int:
     raise AssertionError(f"no application ticks within {timeout} s; got {bytes(buf[-300:])!r}")
 
 
+def recv_exactly(s: socket.socket, n: int, timeout: float = 5) -> bytes:
+    got = bytearray()
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        s.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
 def boots(d, pattern: str) -> list[int]:
     return [int(m) for m in re.findall(pattern, d.log)]
-
-
-@pytest.fixture
-def sim(serialhub, tmp_path):
-    flash = tmp_path / "flash.bin"
-    d = serialhub(f"sim:{flash}=0")
-    port = d.port("sim")
-    d.wait_log(r"opened sim", timeout=10)
-    return d, port, flash
 
 
 @pytest.mark.parametrize("stub", [True, False], ids=["stub", "rom"])
@@ -150,11 +153,7 @@ def test_raw_client_bytes_are_exact_both_ways(pty_server):
         s.sendall(b"hello \xff\xc0\xdb" + every_byte)  # first byte not IAC: raw
         assert pty.read_exactly(9 + len(every_byte), 5) == b"hello \xff\xc0\xdb" + every_byte
         pty.write_all(every_byte, 5)
-        got = bytearray()
-        deadline = time.monotonic() + 5
-        while len(got) < len(every_byte) and time.monotonic() < deadline:
-            got += s.recv(65536)
-        assert bytes(got) == every_byte
+        assert recv_exactly(s, len(every_byte)) == every_byte
     d.wait_log(r"the client speaks raw")
 
 
@@ -170,11 +169,8 @@ def test_silent_client_gets_held_output_raw_after_the_window(pty_server):
         first = s.recv(65536)
         waited = time.monotonic() - t0
         pty.write_all(b" and more", 5)
-        got = bytearray(first)
-        deadline = time.monotonic() + 5
-        while len(got) < 21 and time.monotonic() < deadline:
-            got += s.recv(65536)
-        assert bytes(got) == b"\xff\xfb\x2c boot log \xc0 and more"
+        expected = b"\xff\xfb\x2c boot log \xc0 and more"
+        assert first + recv_exactly(s, len(expected) - len(first)) == expected
         assert waited >= 0.25, f"output came {waited:.3f} s after it was written: before the window"
     d.wait_log(r"client sent nothing for 300 ms while device output waited: raw session")
 
@@ -214,11 +210,7 @@ def test_malformed_slip_passes_unchanged_on_an_esp_device(serialhub, pty_device,
         s.sendall(garbage)
         assert pty.read_exactly(len(garbage), 5) == garbage
         pty.write_all(garbage, 5)
-        got = bytearray()
-        deadline = time.monotonic() + 5
-        while len(got) < len(garbage) and time.monotonic() < deadline:
-            got += s.recv(65536)
-        assert bytes(got) == garbage
+        assert recv_exactly(s, len(garbage)) == garbage
     d.wait_log(r"the client speaks raw, esp-aware")
     assert "entering the bootloader" not in d.log
 
