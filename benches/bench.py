@@ -1616,7 +1616,7 @@ def render_matrix_md(m: dict, chart: str | None, tools: dict) -> list[str]:
         "include a real reset into the bootloader** (on `rfc2217://` serialhub recognises esptool's DTR/RTS "
         "sequence and plays it locally; on `socket://` serialhub resets the chip itself at esptool's first "
         "SYNC and back into its application when the session ends) and, on `rfc2217://`, the hard reset at "
-        "the end, **while the PTY rows (local, esp_rfc2217_server, ser2net) use `--before no-reset "
+        "the end, **while the esp_rfc2217_server and ser2net rows (on a PTY chip) use `--before no-reset "
         "--after no-reset`**. With `?ign_set_control` pyserial sleeps 100 ms after each of those DTR/RTS "
         "changes instead of waiting for the acknowledgement.",
         "- **esp_rfc2217_server** (from the esptool package in the venv) on the same kind of PTY chip: "
