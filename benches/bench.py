@@ -304,6 +304,20 @@ class Server:
         except OSError:
             return ""
 
+    def wait_listening(self, timeout: float):
+        """Until the server listens on `port` (read from /proc/net/tcp: a test connection would
+        count as a client); stopped and raised if it exits or does not get there."""
+        def listening():
+            if self.proc.poll() is not None:
+                raise BenchError(f"{self.name} exited {self.proc.returncode}:\n{self.log()[-1500:]}")
+            return tcp_listening(self.port)
+
+        try:
+            wait_for(listening, timeout, f"{self.name} to listen")
+        except BaseException:
+            self.stop()
+            raise
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -416,17 +430,7 @@ class Ser2net(Server):
                 stderr=log,
                 env=env,
             )
-
-        def listening():
-            if self.proc.poll() is not None:
-                raise BenchError(f"ser2net exited {self.proc.returncode}:\n{self.log()}")
-            return tcp_listening(self.port)
-
-        try:
-            wait_for(listening, 10, "ser2net to listen")
-        except BaseException:
-            self.stop()
-            raise
+        self.wait_listening(10)
 
 
 def ensure_ser2net() -> str | None:
@@ -1081,17 +1085,7 @@ class EspRfc2217Server(Server):
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen([sys.executable, str(wrapper), "-p", str(self.port), device],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
-
-        def listening():
-            if self.proc.poll() is not None:
-                raise BenchError(f"esp_rfc2217_server exited {self.proc.returncode}:\n{self.log()[-1500:]}")
-            return tcp_listening(self.port)
-
-        try:
-            wait_for(listening, 30, "esp_rfc2217_server to listen")
-        except BaseException:
-            self.stop()
-            raise
+        self.wait_listening(30)
 
 
 def wait_binary(timeout: float = 600) -> os.stat_result:
