@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use lexopt::prelude::*;
 
-use crate::config::{Config, DeviceSpec};
+use crate::daemon::config::{Config, DeviceSpec};
 use crate::sim::SimOptions;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -67,7 +67,7 @@ pub fn main() -> i32 {
 
 enum CliError {
     Usage(String),
-    Config(crate::config::ConfigError),
+    Config(crate::daemon::config::ConfigError),
     Runtime(String),
     /// A client command's exit code, its message already printed.
     Exit(i32),
@@ -156,7 +156,7 @@ fn serve(mut parser: lexopt::Parser) -> Result<(), CliError> {
         ));
     }
     let reload = move || build_config(&f).map_err(|e| e.to_string());
-    crate::supervisor::serve(config, Box::new(reload)).map_err(CliError::Runtime)
+    crate::daemon::supervisor::serve(config, Box::new(reload)).map_err(CliError::Runtime)
 }
 
 /// The config file (or the defaults) with the command line's flags applied on top.
@@ -190,8 +190,8 @@ fn build_config(f: &ServeFlags) -> Result<Config, CliError> {
         config.hotplug.enabled = false;
     }
     if let Some(h) = &f.http {
-        config.http =
-            crate::config::parse_http(h).map_err(|e| CliError::Usage(format!("--http: {e}")))?;
+        config.http = crate::daemon::config::parse_http(h)
+            .map_err(|e| CliError::Usage(format!("--http: {e}")))?;
     }
     Ok(config)
 }

@@ -14,7 +14,7 @@ const MAX_RESPONSE: u64 = 16 << 20;
 
 /// Why a request failed.
 #[derive(Debug)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     /// No TCP connection (name not resolved, refused, timed out): the host is unreachable.
     Connect(String),
     /// Connected, but the exchange failed or the answer is not HTTP.
@@ -30,13 +30,13 @@ impl std::fmt::Display for HttpError {
 }
 
 /// A response: status code and body.
-pub struct Response {
-    pub status: u16,
-    pub body: Vec<u8>,
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
 }
 
 /// `host:port` to a connected stream, trying every address the name resolves to.
-pub fn connect(authority: &str, timeout: Duration) -> Result<TcpStream, HttpError> {
+pub(crate) fn connect(authority: &str, timeout: Duration) -> Result<TcpStream, HttpError> {
     let addrs = authority
         .to_socket_addrs()
         .map_err(|e| HttpError::Connect(format!("cannot resolve {authority}: {e}")))?;
@@ -54,7 +54,7 @@ pub fn connect(authority: &str, timeout: Duration) -> Result<TcpStream, HttpErro
 }
 
 /// One request to `authority` (`host:port`); `body` is sent as JSON.
-pub fn request(
+pub(crate) fn request(
     authority: &str,
     method: &str,
     path: &str,
@@ -87,7 +87,7 @@ pub fn request(
 }
 
 /// Parse a complete response (the server closed the connection after it).
-pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
+pub(crate) fn parse_response(raw: &[u8]) -> Result<Response, String> {
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -153,7 +153,7 @@ fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// Percent-encode a path segment (keys contain `:` and `/`).
-pub fn encode_segment(s: &str) -> String {
+pub(crate) fn encode_segment(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

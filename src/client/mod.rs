@@ -7,18 +7,18 @@
 //! Exit codes: 0 ok, 1 no such device / several match / runtime failure, 2 usage error or
 //! host unreachable.
 
-pub mod http;
-pub mod monitor;
-pub mod pty;
-pub mod rfc;
+pub(crate) mod http;
+pub(crate) mod monitor;
+pub(crate) mod pty;
+pub(crate) mod rfc;
 
 use lexopt::ValueExt;
 use serde_json::Value;
 
 /// The portal's default port (the old portal's too).
-pub const PORTAL_PORT: u16 = 8080;
+pub(crate) const PORTAL_PORT: u16 = 8080;
 
-pub const HELP: &str = "\
+pub(crate) const HELP: &str = "\
 serialhub client commands — use a serialhub (or the old portal) from another machine
 
 USAGE:
@@ -65,7 +65,7 @@ line, or the host is unreachable.
 
 /// Why a client command failed; each maps to an exit code.
 #[derive(Debug)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     Usage(String),
     /// No device or several devices match (exit 1).
     Select(String),
@@ -75,7 +75,7 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    pub fn exit_code(&self) -> i32 {
+    pub(crate) fn exit_code(&self) -> i32 {
         match self {
             ClientError::Usage(_) | ClientError::Unreachable(_) => 2,
             ClientError::Select(_) | ClientError::Runtime(_) => 1,
@@ -101,7 +101,7 @@ impl From<lexopt::Error> for ClientError {
 }
 
 /// Run one client command; returns the exit code (messages already printed).
-pub fn main(cmd: &str, parser: lexopt::Parser) -> i32 {
+pub(crate) fn main(cmd: &str, parser: lexopt::Parser) -> i32 {
     let r = match cmd {
         "discover" => discover(parser),
         "url" => url(parser),
@@ -123,14 +123,14 @@ pub fn main(cmd: &str, parser: lexopt::Parser) -> i32 {
 
 /// A portal's address.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Portal {
+pub(crate) struct Portal {
     /// `host:port`, as connected to and sent in `Host`.
-    pub authority: String,
+    pub(crate) authority: String,
 }
 
 impl Portal {
     /// `HOST`, `HOST:PORT`, `[v6]:PORT` or `http://HOST[:PORT][/]`.
-    pub fn parse(s: &str) -> Result<Portal, ClientError> {
+    pub(crate) fn parse(s: &str) -> Result<Portal, ClientError> {
         let s = s.trim();
         let s = s.strip_prefix("http://").unwrap_or(s);
         let s = s.trim_end_matches('/');
@@ -156,7 +156,7 @@ impl Portal {
     }
 
     /// From the command line, else `$SERIALHUB_HOST`, else `$PI_HOST`.
-    pub fn from_arg_or_env(arg: Option<&str>) -> Result<Portal, ClientError> {
+    pub(crate) fn from_arg_or_env(arg: Option<&str>) -> Result<Portal, ClientError> {
         if let Some(a) = arg {
             return Portal::parse(a);
         }
@@ -194,7 +194,7 @@ impl Portal {
     }
 
     /// The served devices and the whole answer.
-    pub fn discover(&self) -> Result<(Value, Vec<Device>), ClientError> {
+    pub(crate) fn discover(&self) -> Result<(Value, Vec<Device>), ClientError> {
         let v = self.get_json("/api/discover")?;
         let devices = v
             .get("devices")
@@ -212,7 +212,7 @@ impl Portal {
     }
 
     /// `POST /api/devices/{key}/reset` with `{"to": to}`; Ok(message) on success.
-    pub fn reset(&self, key: &str, to: &str) -> Result<String, String> {
+    pub(crate) fn reset(&self, key: &str, to: &str) -> Result<String, String> {
         let path = format!("/api/devices/{}/reset", http::encode_segment(key));
         let body = serde_json::json!({ "to": to }).to_string();
         let r = http::request(&self.authority, "POST", &path, Some(body.as_bytes()))
@@ -231,22 +231,22 @@ impl Portal {
 
 /// One device as the portal describes it (old portal: only url, port, product, serial, tty).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Device {
-    pub url: String,
-    pub url_ign_set_control: String,
+pub(crate) struct Device {
+    pub(crate) url: String,
+    pub(crate) url_ign_set_control: String,
     /// `socket://` (raw) URL, when the port serves raw clients (empty from the old portal).
-    pub socket_url: String,
-    pub port: u64,
-    pub product: String,
-    pub serial: String,
-    pub tty: String,
-    pub name: String,
-    pub key: String,
-    pub state: String,
+    pub(crate) socket_url: String,
+    pub(crate) port: u64,
+    pub(crate) product: String,
+    pub(crate) serial: String,
+    pub(crate) tty: String,
+    pub(crate) name: String,
+    pub(crate) key: String,
+    pub(crate) state: String,
 }
 
 impl Device {
-    pub fn from_json(v: &Value) -> Device {
+    pub(crate) fn from_json(v: &Value) -> Device {
         let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
         let url = s("url");
         let mut d = Device {
@@ -277,7 +277,7 @@ impl Device {
     }
 
     /// One line naming the device, for messages.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut s = self.name.clone();
         if !self.product.is_empty() && self.product != self.name {
             s.push_str(&format!(" ({})", self.product));
@@ -292,17 +292,17 @@ impl Device {
 
 /// Which device: at most one selector.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Selector {
-    pub serial: Option<String>,
-    pub name: Option<String>,
-    pub key: Option<String>,
-    pub index: Option<usize>,
+pub(crate) struct Selector {
+    pub(crate) serial: Option<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) key: Option<String>,
+    pub(crate) index: Option<usize>,
 }
 
 impl Selector {
     /// The field a selector flag sets (`--serial`/`-s`, `--name`, `--key`, `--index`/`-i`),
     /// if `arg` is one: the commands that pick a device share these flags.
-    pub fn flag(arg: &lexopt::Arg) -> Option<&'static str> {
+    pub(crate) fn flag(arg: &lexopt::Arg) -> Option<&'static str> {
         use lexopt::Arg::{Long, Short};
         match arg {
             Long("serial") | Short('s') => Some("serial"),
@@ -314,7 +314,11 @@ impl Selector {
     }
 
     /// Take the value of selector flag `flag` (`serial`, `name`, `key`, `index`).
-    pub fn set(&mut self, flag: &str, parser: &mut lexopt::Parser) -> Result<(), ClientError> {
+    pub(crate) fn set(
+        &mut self,
+        flag: &str,
+        parser: &mut lexopt::Parser,
+    ) -> Result<(), ClientError> {
         let v = parser.value()?.string()?;
         match flag {
             "serial" => self.serial = Some(v),
@@ -341,12 +345,12 @@ impl Selector {
         Ok(())
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         *self == Selector::default()
     }
 
     /// With no selector given: `$ESP32_SERIAL`, then `$ESP32_INDEX` (the old helpers').
-    pub fn or_env(self) -> Result<Selector, ClientError> {
+    pub(crate) fn or_env(self) -> Result<Selector, ClientError> {
         if !self.is_empty() {
             return Ok(self);
         }
@@ -383,7 +387,11 @@ impl Selector {
     }
 
     /// The one device this selects.
-    pub fn pick<'a>(&self, devices: &'a [Device], host: &str) -> Result<&'a Device, ClientError> {
+    pub(crate) fn pick<'a>(
+        &self,
+        devices: &'a [Device],
+        host: &str,
+    ) -> Result<&'a Device, ClientError> {
         let matches: Vec<&Device> = match self {
             Selector {
                 serial: Some(s), ..
@@ -491,7 +499,7 @@ fn discover(mut parser: lexopt::Parser) -> Result<(), ClientError> {
 }
 
 /// The readable listing: one row per device, columns padded to fit.
-pub fn table(devices: &[Device]) -> String {
+pub(crate) fn table(devices: &[Device]) -> String {
     let head = ["#", "NAME", "PRODUCT", "SERIAL", "PORT", "STATE", "URL"];
     let dash = |s: &str| {
         if s.is_empty() {
@@ -585,22 +593,22 @@ fn url(mut parser: lexopt::Parser) -> Result<(), ClientError> {
 /// Where `monitor` and `pty` connect: a fixed URL, or a device a portal picks (re-resolved
 /// on every reconnect, and the way to reset the board).
 #[derive(Clone, Debug)]
-pub enum Target {
+pub(crate) enum Target {
     Url(String),
     Portal(Portal, Selector),
 }
 
 /// A resolved target: the RFC 2217 server and, if known, the portal and the device's key.
-pub struct Resolved {
-    pub authority: String,
-    pub url: String,
-    pub portal: Option<(Portal, String)>,
+pub(crate) struct Resolved {
+    pub(crate) authority: String,
+    pub(crate) url: String,
+    pub(crate) portal: Option<(Portal, String)>,
 }
 
 impl Target {
     /// From TARGET (URL or HOST) and selectors; without TARGET, `$ESP32_PORT`, then the
     /// default host.
-    pub fn from_args(target: Option<&str>, sel: Selector) -> Result<Target, ClientError> {
+    pub(crate) fn from_args(target: Option<&str>, sel: Selector) -> Result<Target, ClientError> {
         let env_url = std::env::var("ESP32_PORT")
             .ok()
             .filter(|v| !v.trim().is_empty());
@@ -630,7 +638,7 @@ impl Target {
         }
     }
 
-    pub fn resolve(&self) -> Result<Resolved, ClientError> {
+    pub(crate) fn resolve(&self) -> Result<Resolved, ClientError> {
         match self {
             Target::Url(u) => Ok(Resolved {
                 authority: url_authority(u)?,
@@ -656,7 +664,7 @@ impl Target {
 }
 
 /// `rfc2217://host:port[/][?options]` to `host:port`.
-pub fn url_authority(url: &str) -> Result<String, ClientError> {
+pub(crate) fn url_authority(url: &str) -> Result<String, ClientError> {
     let rest = url
         .strip_prefix("rfc2217://")
         .ok_or_else(|| ClientError::Usage(format!("`{url}` is not an rfc2217:// URL")))?;

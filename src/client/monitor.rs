@@ -16,7 +16,7 @@ use nix::sys::termios::{self, SetArg, Termios};
 use super::rfc::Conn;
 use super::{ClientError, Resolved, Selector, Target};
 
-pub const DEFAULT_BAUD: u32 = 115_200;
+pub(crate) const DEFAULT_BAUD: u32 = 115_200;
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A partial line is shown after this long without more output (interactive only).
@@ -63,7 +63,7 @@ struct Options {
     timestamps: bool,
 }
 
-pub fn main(mut parser: lexopt::Parser) -> Result<(), ClientError> {
+pub(crate) fn main(mut parser: lexopt::Parser) -> Result<(), ClientError> {
     use lexopt::Arg::{Long, Short, Value};
     let mut target = None;
     let mut sel = Selector::default();

@@ -26,7 +26,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use super::monitor::{install_signal_handlers, stopped, DEFAULT_BAUD};
 use super::rfc::Conn;
 use super::{ClientError, Selector, Target};
-use crate::device::{DataBits, Parity, StopBits};
+use crate::protocol::line::{DataBits, Parity, StopBits};
 
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -37,7 +37,7 @@ const TIOCPKT_IOCTL: u8 = 64;
 /// `CMSPAR` (mark/space parity), the generic Linux value.
 const CMSPAR: libc::tcflag_t = 0o10000000000;
 
-pub fn main(mut parser: lexopt::Parser) -> Result<(), ClientError> {
+pub(crate) fn main(mut parser: lexopt::Parser) -> Result<(), ClientError> {
     use lexopt::Arg::{Long, Short, Value};
     let mut target = None;
     let mut sel = Selector::default();
@@ -430,7 +430,7 @@ fn bridge(pty: &Pty, conn: &mut Conn, mut sent: Format, pending: &mut Vec<u8>) -
 
 /// Send what changed between `old` and `new`.
 fn forward(conn: &mut Conn, old: Format, new: Format) -> io::Result<()> {
-    use crate::rfc2217::{Command, Setting};
+    use crate::protocol::rfc2217::{Command, Setting};
     if new == old {
         return Ok(());
     }

@@ -1,5 +1,5 @@
-//! The client side of RFC 2217 over the project's own codecs ([`crate::telnet`],
-//! [`crate::rfc2217`]): option negotiation, COM-PORT settings, DTR/RTS, data both ways.
+//! The client side of RFC 2217 over the project's own codecs ([`crate::protocol::telnet`],
+//! [`crate::protocol::rfc2217`]): option negotiation, COM-PORT settings, DTR/RTS, data both ways.
 //!
 //! Blocking writes, reads driven by the caller's poll loop ([`Conn::read`]).
 
@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use log::debug;
 
-use crate::device::{DataBits, Parity, StopBits};
-use crate::rfc2217::{self, Command, Control, Direction, Setting};
-use crate::telnet::{self, option, Event, Sink, Verb};
+use crate::protocol::line::{DataBits, Parity, StopBits};
+use crate::protocol::rfc2217::{self, Command, Control, Direction, Setting};
+use crate::protocol::telnet::{self, option, Event, Sink, Verb};
 
 /// How long to wait for the server to agree to COM-PORT and to answer SET-BAUD.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -23,7 +23,7 @@ const OURS: [u8; 3] = [option::BINARY, option::SGA, option::COM_PORT];
 const THEIRS: [u8; 2] = [option::BINARY, option::SGA];
 
 /// One RFC 2217 connection.
-pub struct Conn {
+pub(crate) struct Conn {
     sock: TcpStream,
     decoder: telnet::Decoder,
     /// Options we asked for (WILL/DO sent) or agreed to: never answer an answer twice.
@@ -32,7 +32,7 @@ pub struct Conn {
     refused: Vec<(Verb, u8)>,
     com_port: bool,
     /// The last baud the server reported.
-    pub baud: Option<u32>,
+    pub(crate) baud: Option<u32>,
     /// Data received while waiting for an answer, delivered by the next [`Conn::read`].
     held: Vec<u8>,
 }
@@ -56,7 +56,7 @@ impl Sink for ReadSink<'_> {
 impl Conn {
     /// Connect to `host:port`, negotiate COM-PORT, set `baud` (waiting for the server's
     /// answer) and release DTR and RTS, so opening resets nothing.
-    pub fn open(authority: &str, baud: u32) -> io::Result<Conn> {
+    pub(crate) fn open(authority: &str, baud: u32) -> io::Result<Conn> {
         let sock = super::http::connect(authority, CONNECT_TIMEOUT)
             .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e.to_string()))?;
         sock.set_nodelay(true)?;
@@ -88,12 +88,12 @@ impl Conn {
         Ok(c)
     }
 
-    pub fn fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
     }
 
     /// Set the baud and wait for the server to confirm it.
-    pub fn set_baud_wait(&mut self, baud: u32) -> io::Result<()> {
+    pub(crate) fn set_baud_wait(&mut self, baud: u32) -> io::Result<()> {
         self.baud = None;
         self.command(Command::SetBaud(Setting::Value(baud)))?;
         let deadline = Instant::now() + ANSWER_TIMEOUT;
@@ -140,13 +140,13 @@ impl Conn {
 
     /// Read what the socket has (call when poll says readable): device data is appended to
     /// `data`. Returns false at end of stream.
-    pub fn read(&mut self, data: &mut Vec<u8>) -> io::Result<bool> {
+    pub(crate) fn read(&mut self, data: &mut Vec<u8>) -> io::Result<bool> {
         data.append(&mut self.held);
         self.read_some(data)
     }
 
     /// Data that arrived while waiting for answers.
-    pub fn take_held(&mut self, data: &mut Vec<u8>) {
+    pub(crate) fn take_held(&mut self, data: &mut Vec<u8>) {
         data.append(&mut self.held);
     }
 
@@ -231,7 +231,7 @@ impl Conn {
     }
 
     /// Send one COM-PORT command.
-    pub fn command(&mut self, cmd: Command) -> io::Result<()> {
+    pub(crate) fn command(&mut self, cmd: Command) -> io::Result<()> {
         let mut payload = Vec::new();
         rfc2217::encode(Direction::ClientToServer, &cmd, &mut payload);
         let mut out = Vec::new();
@@ -240,28 +240,33 @@ impl Conn {
     }
 
     /// DTR and RTS (pyserial's sense: true = asserted), RTS first.
-    pub fn set_lines(&mut self, dtr: bool, rts: bool) -> io::Result<()> {
+    pub(crate) fn set_lines(&mut self, dtr: bool, rts: bool) -> io::Result<()> {
         self.command(Command::SetControl(Control::Rts(rts)))?;
         self.command(Command::SetControl(Control::Dtr(dtr)))
     }
 
-    pub fn set_rts(&mut self, rts: bool) -> io::Result<()> {
+    pub(crate) fn set_rts(&mut self, rts: bool) -> io::Result<()> {
         self.command(Command::SetControl(Control::Rts(rts)))
     }
 
-    pub fn set_dtr(&mut self, dtr: bool) -> io::Result<()> {
+    pub(crate) fn set_dtr(&mut self, dtr: bool) -> io::Result<()> {
         self.command(Command::SetControl(Control::Dtr(dtr)))
     }
 
     /// Line format (no waiting for the answers).
-    pub fn set_format(&mut self, bits: DataBits, parity: Parity, stop: StopBits) -> io::Result<()> {
+    pub(crate) fn set_format(
+        &mut self,
+        bits: DataBits,
+        parity: Parity,
+        stop: StopBits,
+    ) -> io::Result<()> {
         self.command(Command::SetDataSize(Setting::Value(bits)))?;
         self.command(Command::SetParity(Setting::Value(parity)))?;
         self.command(Command::SetStopSize(Setting::Value(stop)))
     }
 
     /// Data for the device, Telnet-escaped.
-    pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
+    pub(crate) fn write(&mut self, data: &[u8]) -> io::Result<()> {
         let mut out = Vec::with_capacity(data.len() + 8);
         telnet::escape_into(data, &mut out);
         self.sock.write_all(&out)

@@ -3,18 +3,18 @@
 //! boots), which tests read to check a reset policy against the board it serves.
 //!
 //! ```text
-//!  DevKit   DTR/RTS ─▶ two transistors (crate::lines::levels) ─▶ EN (RC, ~1 ms) / IO0   ESP32
+//!  DevKit   DTR/RTS ─▶ two transistors (crate::protocol::reset::levels) ─▶ EN (RC, ~1 ms) / IO0   ESP32
 //!  UsbJtag  DTR/RTS ─▶ USB-Serial/JTAG logic: entering (released, asserted) resets   ESP32-C3
 //!  Gpio     DTR/RTS ─▶ nothing;  GPIO lines ─▶ EN (RC) / IO0 (`SimHandle::set_pins`)  ESP32
 //! ```
 
 use std::time::Duration;
 
-use crate::device::Lines;
+use crate::protocol::line::Lines;
 
 /// The board variant, selected by the device path (`sim`, `sim-usb`, `sim-gpio`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum SimBoard {
+pub(crate) enum SimBoard {
     /// ESP32 DevKit: a USB-UART bridge whose DTR/RTS drive EN/IO0 through the two-transistor
     /// auto-reset circuit, with the RC delay on EN.
     #[default]
@@ -28,10 +28,10 @@ pub enum SimBoard {
 }
 
 impl SimBoard {
-    pub const ALL: [SimBoard; 3] = [SimBoard::DevKit, SimBoard::UsbJtag, SimBoard::Gpio];
+    pub(crate) const ALL: [SimBoard; 3] = [SimBoard::DevKit, SimBoard::UsbJtag, SimBoard::Gpio];
 
     /// The device path naming this board (before an optional `:FLASHFILE`).
-    pub fn path_name(self) -> &'static str {
+    pub(crate) fn path_name(self) -> &'static str {
         match self {
             SimBoard::DevKit => "sim",
             SimBoard::UsbJtag => "sim-usb",
@@ -39,12 +39,12 @@ impl SimBoard {
         }
     }
 
-    pub fn from_path_name(s: &str) -> Option<SimBoard> {
+    pub(crate) fn from_path_name(s: &str) -> Option<SimBoard> {
         SimBoard::ALL.into_iter().find(|b| b.path_name() == s)
     }
 
     /// The chip on the board.
-    pub fn target(self) -> Target {
+    pub(crate) fn target(self) -> Target {
         match self {
             SimBoard::DevKit | SimBoard::Gpio => Target::Esp32,
             SimBoard::UsbJtag => Target::Esp32c3,
@@ -52,7 +52,7 @@ impl SimBoard {
     }
 
     /// The host talks to the chip over USB CDC: no baud rate, no garbling.
-    pub fn usb_cdc(self) -> bool {
+    pub(crate) fn usb_cdc(self) -> bool {
         self == SimBoard::UsbJtag
     }
 }
@@ -65,7 +65,7 @@ impl std::fmt::Display for SimBoard {
 
 /// The chip model: what esptool reads when it identifies the chip.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     /// ESP32-D0WD-V3 (see `esp32`).
     Esp32,
     /// ESP32-C3 revision v0.4 (see `esp32c3`).
@@ -74,7 +74,7 @@ pub enum Target {
 
 /// Lines after which the USB-Serial/JTAG peripheral resets the chip: DTR released, RTS
 /// asserted (pyserial sense).
-pub const USB_RESET_LINES: Lines = Lines {
+pub(crate) const USB_RESET_LINES: Lines = Lines {
     dtr: false,
     rts: true,
 };
@@ -83,24 +83,24 @@ pub const USB_RESET_LINES: Lines = Lines {
 /// resets the chip, into the ROM download mode iff the lines were (asserted, asserted) just
 /// before (which is why esptool's USBJTAGSerialReset goes through (1,1), not (0,0)).
 /// `Some(download)` when `prev` → `new` resets.
-pub fn usb_jtag_reset(prev: Lines, new: Lines) -> Option<bool> {
+pub(crate) fn usb_jtag_reset(prev: Lines, new: Lines) -> Option<bool> {
     (new == USB_RESET_LINES && prev != USB_RESET_LINES).then_some(prev.dtr && prev.rts)
 }
 
 /// The RC on a dev board's EN: its rising edge reaches the chip this long after the line
 /// (transistor or GPIO) lets go, and IO0 is sampled then. A falling edge acts at once.
-pub const EN_RC_DELAY: Duration = Duration::from_millis(1);
+pub(crate) const EN_RC_DELAY: Duration = Duration::from_millis(1);
 
 /// Levels of the two strapping-relevant pins; `true` = high.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Pins {
-    pub en: bool,
-    pub io0: bool,
+pub(crate) struct Pins {
+    pub(crate) en: bool,
+    pub(crate) io0: bool,
 }
 
 impl Pins {
     /// Both pulled up: the chip runs, and boots its application on the next reset.
-    pub const HIGH: Pins = Pins {
+    pub(crate) const HIGH: Pins = Pins {
         en: true,
         io0: true,
     };
@@ -108,33 +108,34 @@ impl Pins {
 
 /// Something that reached the chip's reset inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Input {
+pub(crate) enum Input {
     /// The host's DTR/RTS (pyserial sense: true = asserted), on every board (on `Gpio` they
     /// go nowhere).
     Lines(Lines),
     /// EN/IO0 levels set directly (GPIO wiring).
     Pins(Pins),
     /// The EN button, with BOOT held if `download`.
+    #[cfg(test)]
     Button { download: bool },
 }
 
 /// One input change; `at` is the simulator's time (since the device was created).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InputRecord {
-    pub at: Duration,
-    pub input: Input,
+pub(crate) struct InputRecord {
+    pub(crate) at: Duration,
+    pub(crate) input: Input,
 }
 
 /// Where a boot went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BootMode {
+pub(crate) enum BootMode {
     App,
     Download,
 }
 
 impl BootMode {
     /// `app` / `download`, as in the debug log line.
-    pub fn short(self) -> &'static str {
+    pub(crate) fn short(self) -> &'static str {
         match self {
             BootMode::App => "app",
             BootMode::Download => "download",
@@ -144,7 +145,7 @@ impl BootMode {
 
 /// What reset the chip.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ResetCause {
+pub(crate) enum ResetCause {
     /// The simulator was created.
     PowerOn,
     /// EN rose (after its RC delay).
@@ -154,20 +155,21 @@ pub enum ResetCause {
     /// A software reset (loader FLASH_END asking for a reboot): keeps the latched straps.
     Software,
     /// The EN button.
+    #[cfg(test)]
     Button,
 }
 
 /// One boot; `n` is the boot number (power-on is 1), `at` the simulator's time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BootRecord {
-    pub n: u32,
-    pub at: Duration,
-    pub mode: BootMode,
-    pub cause: ResetCause,
+pub(crate) struct BootRecord {
+    pub(crate) n: u32,
+    pub(crate) at: Duration,
+    pub(crate) mode: BootMode,
+    pub(crate) cause: ResetCause,
 }
 
 /// How many input changes and boots the chip remembers (the oldest go first).
-pub const RECORD_LEN: usize = 256;
+pub(crate) const RECORD_LEN: usize = 256;
 
 #[cfg(test)]
 mod tests {

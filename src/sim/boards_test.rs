@@ -9,8 +9,8 @@ use super::chip::{Chip, Mode, APP_TICK};
 use super::esp32c3;
 use super::flash::Flash;
 use super::slip;
-use crate::device::Lines;
-use crate::reset::{Policy, Resetter, BOTH, EN_LOW, IO0_LOW, RELEASED};
+use crate::protocol::line::Lines;
+use crate::protocol::reset::{Policy, Resetter, BOTH, EN_LOW, IO0_LOW, RELEASED};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -44,7 +44,7 @@ fn drain(chip: &mut Chip, now: Duration) -> String {
 fn wire(board: SimBoard, chip: &mut Chip, lines: Lines, at: Duration) {
     match board {
         SimBoard::Gpio => {
-            let (en, io0) = crate::lines::levels(lines);
+            let (en, io0) = crate::protocol::reset::levels(lines);
             chip.set_pins(Pins { en, io0 }, at);
         }
         _ => chip.set_lines(lines, at),
@@ -258,7 +258,7 @@ fn usb_jtag_resets_on_its_own_pattern() {
 #[test]
 fn usb_jtag_ignores_the_baud_rate() {
     use super::uart::Uart;
-    use crate::device::LineSettings;
+    use crate::protocol::line::LineSettings;
     use std::collections::VecDeque;
     use std::io::{self, Read, Write};
 

@@ -24,16 +24,16 @@ use super::board::{
     usb_jtag_reset, BootMode, BootRecord, Input, InputRecord, SimBoard, Target, EN_RC_DELAY,
     RECORD_LEN,
 };
-pub use super::board::{Pins, ResetCause};
+pub(crate) use super::board::{Pins, ResetCause};
 use super::flash::{Flash, SECTOR_SIZE};
 use super::md5::{self, Md5};
 use super::slip;
 use super::spi::{self, SpiController};
 use super::{esp32, esp32c3};
-use crate::device::Lines;
+use crate::protocol::line::Lines;
 
 /// The rate the ROM talks at after every reset.
-pub const ROM_BAUD: u32 = 115_200;
+pub(crate) const ROM_BAUD: u32 = 115_200;
 
 /// Largest block esptool's stub dialect sends (`FLASH_WRITE_SIZE` of the stub).
 const STUB_MAX_BLOCK: u32 = 0x4000;
@@ -52,13 +52,13 @@ const ROM_SYNC_VALUE: u32 = 0x2012_0707;
 /// The application's log is dropped rather than queued beyond this (nobody listening).
 const APP_TX_LIMIT: usize = 4096;
 /// How often the application prints its tick line.
-pub const APP_TICK: Duration = Duration::from_millis(100);
+pub(crate) const APP_TICK: Duration = Duration::from_millis(100);
 /// The application catches up on at most this many missed tick lines (a caller that let
 /// more time pass gets the latest one; the numbers show the gap).
 const APP_MAX_CATCH_UP: u32 = 10;
 /// The rate a USB CDC link moves bytes at, as a baud rate (8N1): about USB full speed's
 /// practical bulk throughput, whatever rate the host sets.
-pub const USB_CDC_BAUD: u32 = 4_000_000;
+pub(crate) const USB_CDC_BAUD: u32 = 4_000_000;
 /// Bound on distinct registers a host may write (WRITE_REG to random addresses).
 const MAX_SCRATCH_REGS: usize = 1024;
 
@@ -68,7 +68,7 @@ const C3_ROM_BANNER: &str = "ESP-ROM:esp32c3-api1-20210207\r\nBuild:Feb  7 2021\
 /// Loader commands (`ESP_CMDS` in esptool).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Command {
+pub(crate) enum Command {
     FlashBegin = 0x02,
     FlashData = 0x03,
     FlashEnd = 0x04,
@@ -94,7 +94,7 @@ pub enum Command {
 }
 
 impl Command {
-    pub fn from_byte(b: u8) -> Option<Command> {
+    pub(crate) fn from_byte(b: u8) -> Option<Command> {
         use Command::*;
         Some(match b {
             0x02 => FlashBegin,
@@ -139,7 +139,7 @@ impl Command {
 
 /// Why a command failed; each dialect encodes it its own way (see `status_bytes`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fail {
+pub(crate) enum Fail {
     BadDataLen,
     BadChecksum,
     BadBlockSize,
@@ -155,7 +155,7 @@ pub enum Fail {
 
 /// Which program answers on the UART while in download mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Loader {
+pub(crate) enum Loader {
     /// The mask ROM loader: 4 status bytes, ROM semantics.
     Rom,
     /// esptool's flasher stub, uploaded to RAM: 2 status bytes, extra commands.
@@ -164,7 +164,7 @@ pub enum Loader {
 
 /// What the chip is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// EN held low: silent, input ignored.
     Reset,
     /// Running the application from flash (prints a tick line every 100 ms).
@@ -187,9 +187,9 @@ fn reset_banner(target: Target, cause: ResetCause) -> &'static str {
 /// The two-transistor auto-reset circuit of ESP32 dev boards, fed by the host's DTR/RTS
 /// (pyserial sense: `true` = asserted). Each transistor only conducts when its base line is
 /// asserted and its emitter line is not, so asserting both (what pyserial does on open)
-/// changes nothing. The truth table is `crate::lines::levels`, shared with GPIO wiring.
-pub fn auto_reset_circuit(lines: Lines) -> Pins {
-    let (en, io0) = crate::lines::levels(lines);
+/// changes nothing. The truth table is `crate::protocol::reset::levels`, shared with GPIO wiring.
+pub(crate) fn auto_reset_circuit(lines: Lines) -> Pins {
+    let (en, io0) = crate::protocol::reset::levels(lines);
     Pins { en, io0 }
 }
 
@@ -274,7 +274,7 @@ struct Core {
 }
 
 /// The simulated ESP32 (or ESP32-C3) on its board.
-pub struct Chip {
+pub(crate) struct Chip {
     rx: slip::Decoder,
     core: Core,
     board: SimBoard,
@@ -302,17 +302,19 @@ impl std::fmt::Debug for Chip {
 impl Chip {
     /// An ESP32 DevKit that has just been powered: it boots at `now` into the application,
     /// or into download mode when `download` (BOOT held at power-on).
-    pub fn new(flash: Flash, download: bool, now: Duration) -> Chip {
+    #[cfg(test)]
+    pub(crate) fn new(flash: Flash, download: bool, now: Duration) -> Chip {
         Chip::for_board(SimBoard::DevKit, flash, download, now)
     }
 
+    #[cfg(test)]
     /// A freshly powered chip on `board`; see [`Chip::new`].
-    pub fn for_board(board: SimBoard, flash: Flash, download: bool, now: Duration) -> Chip {
+    pub(crate) fn for_board(board: SimBoard, flash: Flash, download: bool, now: Duration) -> Chip {
         Chip::labelled(board, flash, download, now, "")
     }
 
     /// [`Chip::for_board`], its log lines prefixed with `label` from the power-on boot on.
-    pub fn labelled(
+    pub(crate) fn labelled(
         board: SimBoard,
         flash: Flash,
         download: bool,
@@ -358,43 +360,36 @@ impl Chip {
         }
     }
 
-    /// Name the chip in its log lines (`NAME: sim: boot #N ...`).
-    pub fn set_label(&mut self, label: &str) {
-        self.core.label = label.to_owned();
-    }
-
-    pub fn board(&self) -> SimBoard {
+    pub(crate) fn board(&self) -> SimBoard {
         self.board
     }
 
-    pub fn target(&self) -> Target {
-        self.core.target
-    }
-
     /// The host's DTR/RTS as last set.
-    pub fn lines(&self) -> Lines {
+    pub(crate) fn lines(&self) -> Lines {
         self.lines
     }
 
+    #[cfg(test)]
     /// The last [`RECORD_LEN`] line, pin and button changes, oldest first.
-    pub fn inputs(&self) -> &VecDeque<InputRecord> {
+    pub(crate) fn inputs(&self) -> &VecDeque<InputRecord> {
         &self.inputs
     }
 
+    #[cfg(test)]
     /// The last [`RECORD_LEN`] boots, oldest first (power-on included).
-    pub fn boots(&self) -> &VecDeque<BootRecord> {
+    pub(crate) fn boots(&self) -> &VecDeque<BootRecord> {
         &self.core.boots
     }
 
     /// The host talks to this chip over USB CDC: the line's baud rate and format are
     /// ignored (nothing is garbled), bytes move at [`USB_CDC_BAUD`].
-    pub fn usb_cdc(&self) -> bool {
+    pub(crate) fn usb_cdc(&self) -> bool {
         self.board.usb_cdc()
     }
 
     /// The rate bytes move at between host and chip: [`Chip::expected_baud`] on a UART,
     /// [`USB_CDC_BAUD`] over USB.
-    pub fn wire_baud(&self) -> u32 {
+    pub(crate) fn wire_baud(&self) -> u32 {
         if self.usb_cdc() {
             USB_CDC_BAUD
         } else {
@@ -402,40 +397,41 @@ impl Chip {
         }
     }
 
-    pub fn mode(&self) -> Mode {
+    pub(crate) fn mode(&self) -> Mode {
         self.core.mode
     }
 
-    pub fn loader(&self) -> Loader {
+    pub(crate) fn loader(&self) -> Loader {
         self.core.loader
     }
 
     /// Boots since creation (power-on counts as the first).
-    pub fn boot_count(&self) -> u32 {
+    pub(crate) fn boot_count(&self) -> u32 {
         self.core.boot_count
     }
 
     /// The rate the chip's UART runs at: 115200 after reset, then what CHANGE_BAUDRATE set.
-    pub fn expected_baud(&self) -> u32 {
+    pub(crate) fn expected_baud(&self) -> u32 {
         self.core.expected_baud
     }
 
     /// EN/IO0 as the board drives them (EN before its RC delay).
-    pub fn pins(&self) -> Pins {
+    pub(crate) fn pins(&self) -> Pins {
         self.pins
     }
 
-    pub fn flash(&self) -> &Flash {
+    #[cfg(test)]
+    pub(crate) fn flash(&self) -> &Flash {
         &self.core.flash
     }
 
-    pub fn flash_mut(&mut self) -> &mut Flash {
+    pub(crate) fn flash_mut(&mut self) -> &mut Flash {
         &mut self.core.flash
     }
 
     /// The host's DTR/RTS changed. DevKit: through the auto-reset circuit to EN/IO0.
     /// UsbJtag: the peripheral's reset logic ([`usb_jtag_reset`]). Gpio: not connected.
-    pub fn set_lines(&mut self, lines: Lines, now: Duration) {
+    pub(crate) fn set_lines(&mut self, lines: Lines, now: Duration) {
         self.advance(now);
         self.record(Input::Lines(lines), now);
         let prev = std::mem::replace(&mut self.lines, lines);
@@ -457,7 +453,7 @@ impl Chip {
     /// Drive EN/IO0 directly (GPIO wiring, or a test's fingers). EN low holds the chip in
     /// reset at once; when EN lets go the chip boots [`EN_RC_DELAY`] later, sampling IO0
     /// then.
-    pub fn set_pins(&mut self, pins: Pins, now: Duration) {
+    pub(crate) fn set_pins(&mut self, pins: Pins, now: Duration) {
         self.advance(now);
         self.record(Input::Pins(pins), now);
         self.drive_pins(pins, now);
@@ -481,10 +477,11 @@ impl Chip {
         self.inputs.push_back(InputRecord { at, input });
     }
 
+    #[cfg(test)]
     /// Press EN like a person would, holding BOOT (IO0 low) if `download` until the chip
     /// is up; afterwards the pins are the board's again. Does nothing while the board
     /// holds EN low.
-    pub fn press_reset(&mut self, download: bool, now: Duration) {
+    pub(crate) fn press_reset(&mut self, download: bool, now: Duration) {
         self.advance(now);
         self.record(Input::Button { download }, now);
         if !self.pins.en {
@@ -496,7 +493,7 @@ impl Chip {
     }
 
     /// Bytes the chip's UART received (already garbled by the caller if the rates differ).
-    pub fn receive(&mut self, bytes: &[u8], now: Duration) {
+    pub(crate) fn receive(&mut self, bytes: &[u8], now: Duration) {
         self.advance(now);
         if self.core.mode != Mode::Download {
             return; // in reset nothing listens; the application ignores its console
@@ -515,7 +512,7 @@ impl Chip {
 
     /// Let time pass: EN's delayed rising edge boots the chip, the application prints its
     /// tick lines.
-    pub fn advance(&mut self, now: Duration) {
+    pub(crate) fn advance(&mut self, now: Duration) {
         if let Some(at) = self.en_rise_at.filter(|&at| at <= now) {
             // IO0 as it was at `at`: every pin change first advances to its own time.
             self.en_rise_at = None;
@@ -528,7 +525,7 @@ impl Chip {
     }
 
     /// When `advance` next has something to do (EN rising, the application's next line).
-    pub fn next_deadline(&self) -> Option<Duration> {
+    pub(crate) fn next_deadline(&self) -> Option<Duration> {
         let app = (self.core.mode == Mode::App).then(|| self.core.next_tick_at());
         match (app, self.en_rise_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -537,12 +534,12 @@ impl Chip {
     }
 
     /// Bytes queued in the UART (a stub READ_FLASH may queue more once they are out).
-    pub fn tx_len(&self) -> usize {
+    pub(crate) fn tx_len(&self) -> usize {
         self.core.tx.len()
     }
 
     /// Whether the UART has something to send right now.
-    pub fn tx_ready(&mut self) -> bool {
+    pub(crate) fn tx_ready(&mut self) -> bool {
         self.core.pump();
         !self.core.tx.is_empty()
     }
@@ -550,7 +547,7 @@ impl Chip {
     /// Take up to `out.len()` bytes the UART sends (the caller paces them). Returns early
     /// when a deferred action (baud change, reboot) took effect, so the caller re-reads
     /// `expected_baud` before taking more.
-    pub fn take_tx(&mut self, out: &mut [u8], now: Duration) -> usize {
+    pub(crate) fn take_tx(&mut self, out: &mut [u8], now: Duration) -> usize {
         self.advance(now);
         let core = &mut self.core;
         let mut n = 0;

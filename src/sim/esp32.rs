@@ -7,27 +7,27 @@
 //! requested rate.
 
 /// `CHIP_DETECT_MAGIC_REG_ADDR`: the first word of the ROM; esptool identifies chips by it.
-pub const CHIP_DETECT_MAGIC_REG: u32 = 0x4000_1000;
+pub(crate) const CHIP_DETECT_MAGIC_REG: u32 = 0x4000_1000;
 /// What an ESP32 has there.
-pub const ESP32_MAGIC: u32 = 0x00F0_1D83;
+pub(crate) const ESP32_MAGIC: u32 = 0x00F0_1D83;
 
 /// eFuse block 0 read registers.
-pub const EFUSE_RD_BASE: u32 = 0x3FF5_A000;
+pub(crate) const EFUSE_RD_BASE: u32 = 0x3FF5_A000;
 /// APB_CTL_DATE: bit 31 is the third chip-revision bit.
-pub const APB_CTL_DATE: u32 = 0x3FF6_607C;
+pub(crate) const APB_CTL_DATE: u32 = 0x3FF6_607C;
 /// RTC calibration result the ROM leaves behind; esptool derives the crystal from it.
-pub const RTCCALICFG1: u32 = 0x3FF5_F06C;
+pub(crate) const RTCCALICFG1: u32 = 0x3FF5_F06C;
 /// UART0 clock divider: esptool multiplies it by the line baud to guess the crystal.
-pub const UART_CLKDIV: u32 = 0x3FF4_0014;
+pub(crate) const UART_CLKDIV: u32 = 0x3FF4_0014;
 /// Latched strapping pins (`boot:0x..` in the ROM banner).
-pub const GPIO_STRAP: u32 = 0x3FF4_4038;
+pub(crate) const GPIO_STRAP: u32 = 0x3FF4_4038;
 
 /// SPI1 (the flash controller) register block, as esptool addresses it on an ESP32.
-pub const SPI_BASE: u32 = 0x3FF4_2000;
-pub const SPI_BLOCK_LEN: u32 = 0x100;
+pub(crate) const SPI_BASE: u32 = 0x3FF4_2000;
+pub(crate) const SPI_BLOCK_LEN: u32 = 0x100;
 
 /// The base MAC, Espressif OUI 24:0A:C4.
-pub const MAC: [u8; 6] = [0x24, 0x0A, 0xC4, 0x5E, 0x1A, 0x70];
+pub(crate) const MAC: [u8; 6] = [0x24, 0x0A, 0xC4, 0x5E, 0x1A, 0x70];
 
 /// CK8M frequency eFuse (word 4, bits 0..8) and RTC calibration value, picked so that
 /// `cali * 15625 * ck8m / 40` is exactly 40 MHz.
@@ -36,8 +36,8 @@ const RTC_CALI_VALUE: u32 = 2048;
 const XTAL_HZ: u32 = 40_000_000;
 
 /// Strapping values as the ROM banner prints them.
-pub const STRAP_DOWNLOAD: u32 = 0x03;
-pub const STRAP_SPI_BOOT: u32 = 0x13;
+pub(crate) const STRAP_DOWNLOAD: u32 = 0x03;
+pub(crate) const STRAP_SPI_BOOT: u32 = 0x13;
 
 /// The CRC-8 the MAC eFuse word carries (polynomial 0x07 reflected, as ESP-IDF's
 /// `esp_crc8`), so tools that check it (espefuse) see a consistent MAC.
@@ -58,7 +58,7 @@ fn mac_crc8(mac: &[u8; 6]) -> u8 {
 }
 
 /// eFuse block 0 word `n` (esptool's `read_efuse(n)`).
-pub fn efuse_word(n: u32) -> u32 {
+pub(crate) fn efuse_word(n: u32) -> u32 {
     match n {
         // MAC bytes 2..6, big-endian, as esptool's `read_mac` reassembles them.
         1 => u32::from_be_bytes([MAC[2], MAC[3], MAC[4], MAC[5]]),
@@ -78,7 +78,7 @@ pub fn efuse_word(n: u32) -> u32 {
 /// Registers that describe the chip; `None` for everything else.
 /// `uart_baud` is the rate the UART is programmed for (the divider follows it) and
 /// `apb_hz` the bus clock (40 MHz under the ROM, 80 MHz under the stub).
-pub fn identity_reg(addr: u32, uart_baud: u32, apb_hz: u32, download: bool) -> Option<u32> {
+pub(crate) fn identity_reg(addr: u32, uart_baud: u32, apb_hz: u32, download: bool) -> Option<u32> {
     Some(match addr {
         CHIP_DETECT_MAGIC_REG => ESP32_MAGIC,
         APB_CTL_DATE => 1 << 31 | 0x1604_2000,
@@ -99,9 +99,9 @@ pub fn identity_reg(addr: u32, uart_baud: u32, apb_hz: u32, download: bool) -> O
 }
 
 /// APB clock under the ROM loader (the crystal).
-pub const APB_ROM_HZ: u32 = XTAL_HZ;
+pub(crate) const APB_ROM_HZ: u32 = XTAL_HZ;
 /// APB clock once the stub has switched to the PLL.
-pub const APB_STUB_HZ: u32 = 80_000_000;
+pub(crate) const APB_STUB_HZ: u32 = 80_000_000;
 
 #[cfg(test)]
 mod tests {

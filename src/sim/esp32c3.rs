@@ -3,42 +3,42 @@
 //! to identify it (`targets/esp32c3.py`: chip id 5, no secure boot or encryption).
 
 /// eFuse controller; block 1 (MAC, package, revision) starts at +0x44.
-pub const EFUSE_BASE: u32 = 0x6000_8800;
-pub const EFUSE_BLOCK1: u32 = EFUSE_BASE + 0x044;
+pub(crate) const EFUSE_BASE: u32 = 0x6000_8800;
+pub(crate) const EFUSE_BLOCK1: u32 = EFUSE_BASE + 0x044;
 /// Everything of the eFuse block esptool may read (keys, purposes, security flags).
 const EFUSE_LEN: u32 = 0x200;
 
 /// SPI1 (the flash controller) register block, C3 layout (see `spi::ESP32C3_LAYOUT`).
-pub const SPI_BASE: u32 = 0x6000_2000;
-pub const SPI_BLOCK_LEN: u32 = 0x100;
+pub(crate) const SPI_BASE: u32 = 0x6000_2000;
+pub(crate) const SPI_BLOCK_LEN: u32 = 0x100;
 
 /// UART0 clock divider and date registers.
-pub const UART_CLKDIV: u32 = 0x6000_0014;
-pub const UART_DATE: u32 = 0x6000_007C;
+pub(crate) const UART_CLKDIV: u32 = 0x6000_0014;
+pub(crate) const UART_DATE: u32 = 0x6000_007C;
 /// Latched strapping pins (`boot:0x..` in the ROM banner).
-pub const GPIO_STRAP: u32 = 0x6000_4038;
+pub(crate) const GPIO_STRAP: u32 = 0x6000_4038;
 /// The first word of the ROM (`CHIP_DETECT_MAGIC_REG_ADDR`): esptool only reads it when
 /// GET_SECURITY_INFO fails; this is one of the C3 values it knows.
-pub const CHIP_DETECT_MAGIC_REG: u32 = 0x4000_1000;
-pub const ESP32C3_MAGIC: u32 = 0x1B31_506F;
+pub(crate) const CHIP_DETECT_MAGIC_REG: u32 = 0x4000_1000;
+pub(crate) const ESP32C3_MAGIC: u32 = 0x1B31_506F;
 
 /// `IMAGE_CHIP_ID` of the ESP32-C3: what GET_SECURITY_INFO reports as the chip id.
-pub const CHIP_ID: u32 = 5;
+pub(crate) const CHIP_ID: u32 = 5;
 /// The ROM API version GET_SECURITY_INFO reports (ECO3 and later).
-pub const API_VERSION: u32 = 3;
+pub(crate) const API_VERSION: u32 = 3;
 
 /// The base MAC, Espressif OUI 34:85:18.
-pub const MAC: [u8; 6] = [0x34, 0x85, 0x18, 0x0C, 0x3A, 0x5E];
+pub(crate) const MAC: [u8; 6] = [0x34, 0x85, 0x18, 0x0C, 0x3A, 0x5E];
 
 /// Strapping values as the ROM banner prints them.
-pub const STRAP_DOWNLOAD: u32 = 0x07;
-pub const STRAP_SPI_BOOT: u32 = 0x0C;
+pub(crate) const STRAP_DOWNLOAD: u32 = 0x07;
+pub(crate) const STRAP_SPI_BOOT: u32 = 0x0C;
 
 /// APB clock under the ROM and the stub (the UART divider follows it).
-pub const APB_HZ: u32 = 40_000_000;
+pub(crate) const APB_HZ: u32 = 40_000_000;
 
 /// eFuse block 1 word `n` (esptool reads `EFUSE_BLOCK1_ADDR + 4 * n`).
-pub fn block1_word(n: u32) -> u32 {
+pub(crate) fn block1_word(n: u32) -> u32 {
     match n {
         // MAC bytes 2..6, big-endian, as `read_mac` reassembles them ...
         0 => u32::from_be_bytes([MAC[2], MAC[3], MAC[4], MAC[5]]),
@@ -53,7 +53,7 @@ pub fn block1_word(n: u32) -> u32 {
 }
 
 /// Registers that describe the chip; `None` for everything else.
-pub fn identity_reg(addr: u32, uart_baud: u32, download: bool) -> Option<u32> {
+pub(crate) fn identity_reg(addr: u32, uart_baud: u32, download: bool) -> Option<u32> {
     Some(match addr {
         CHIP_DETECT_MAGIC_REG => ESP32C3_MAGIC,
         UART_CLKDIV => (APB_HZ / uart_baud.max(1)) & 0xF_FFFF,
@@ -76,7 +76,7 @@ pub fn identity_reg(addr: u32, uart_baud: u32, download: bool) -> Option<u32> {
 
 /// The GET_SECURITY_INFO answer: flags, flash_crypt_cnt, 7 key purposes, chip id, API
 /// version (`<IBBBBBBBBII`).
-pub fn security_info() -> [u8; 20] {
+pub(crate) fn security_info() -> [u8; 20] {
     let mut out = [0u8; 20];
     out[12..16].copy_from_slice(&CHIP_ID.to_le_bytes());
     out[16..20].copy_from_slice(&API_VERSION.to_le_bytes());

@@ -7,19 +7,19 @@
 use std::ops::Range;
 
 /// Total size: what the simulated W25Q32 reports in its JEDEC id.
-pub const FLASH_SIZE: usize = 4 * 1024 * 1024;
+pub(crate) const FLASH_SIZE: usize = 4 * 1024 * 1024;
 /// Smallest erasable unit.
-pub const SECTOR_SIZE: usize = 4 * 1024;
+pub(crate) const SECTOR_SIZE: usize = 4 * 1024;
 /// Large erase unit (command 0xD8 on real parts).
-pub const BLOCK_SIZE: usize = 64 * 1024;
+pub(crate) const BLOCK_SIZE: usize = 64 * 1024;
 
 /// An address range that does not fit the chip, or an erase that is not aligned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OutOfRange;
+pub(crate) struct OutOfRange;
 
 /// The flash array plus the range changed since the last `take_dirty`.
 #[derive(Clone)]
-pub struct Flash {
+pub(crate) struct Flash {
     data: Vec<u8>,
     dirty: Option<Range<usize>>,
 }
@@ -41,7 +41,7 @@ impl Default for Flash {
 
 impl Flash {
     /// A fully erased chip.
-    pub fn new() -> Flash {
+    pub(crate) fn new() -> Flash {
         Flash {
             data: vec![0xFF; FLASH_SIZE],
             dirty: None,
@@ -49,28 +49,28 @@ impl Flash {
     }
 
     /// A chip holding `image` (shorter images are padded with erased bytes, longer ones cut).
-    pub fn from_image(image: &[u8]) -> Flash {
+    pub(crate) fn from_image(image: &[u8]) -> Flash {
         let mut flash = Flash::new();
         let n = image.len().min(FLASH_SIZE);
         flash.data[..n].copy_from_slice(&image[..n]);
         flash
     }
 
-    pub fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         self.data.len()
     }
 
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.data
     }
 
     /// `len` bytes at `addr`, or `None` when the range leaves the chip.
-    pub fn read(&self, addr: u32, len: u32) -> Option<&[u8]> {
+    pub(crate) fn read(&self, addr: u32, len: u32) -> Option<&[u8]> {
         self.range(addr, len).ok().map(|r| &self.data[r])
     }
 
     /// Page program: every byte is ANDed into what is there.
-    pub fn program(&mut self, addr: u32, bytes: &[u8]) -> Result<(), OutOfRange> {
+    pub(crate) fn program(&mut self, addr: u32, bytes: &[u8]) -> Result<(), OutOfRange> {
         let len = u32::try_from(bytes.len()).map_err(|_| OutOfRange)?;
         let r = self.range(addr, len)?;
         for (cell, &b) in self.data[r.clone()].iter_mut().zip(bytes) {
@@ -80,19 +80,21 @@ impl Flash {
         Ok(())
     }
 
+    #[cfg(test)]
     /// Erase the 4 KiB sector that starts at `addr` (must be aligned).
-    pub fn erase_sector(&mut self, addr: u32) -> Result<(), OutOfRange> {
+    pub(crate) fn erase_sector(&mut self, addr: u32) -> Result<(), OutOfRange> {
         self.erase_aligned(addr, SECTOR_SIZE)
     }
 
+    #[cfg(test)]
     /// Erase the 64 KiB block that starts at `addr` (must be aligned).
-    pub fn erase_block(&mut self, addr: u32) -> Result<(), OutOfRange> {
+    pub(crate) fn erase_block(&mut self, addr: u32) -> Result<(), OutOfRange> {
         self.erase_aligned(addr, BLOCK_SIZE)
     }
 
     /// Erase every sector that overlaps `[addr, addr + len)`, the way the loaders do before
     /// writing: whole sectors, using 64 KiB block erases where they fit.
-    pub fn erase_covering(&mut self, addr: u32, len: u32) -> Result<(), OutOfRange> {
+    pub(crate) fn erase_covering(&mut self, addr: u32, len: u32) -> Result<(), OutOfRange> {
         if len == 0 {
             return Ok(());
         }
@@ -111,15 +113,16 @@ impl Flash {
         Ok(())
     }
 
-    pub fn erase_all(&mut self) {
+    pub(crate) fn erase_all(&mut self) {
         self.fill_erased(0..self.data.len());
     }
 
     /// The byte range written since the last call, for persisting it.
-    pub fn take_dirty(&mut self) -> Option<Range<usize>> {
+    pub(crate) fn take_dirty(&mut self) -> Option<Range<usize>> {
         self.dirty.take()
     }
 
+    #[cfg(test)]
     fn erase_aligned(&mut self, addr: u32, unit: usize) -> Result<(), OutOfRange> {
         let start = addr as usize;
         if start % unit != 0 {

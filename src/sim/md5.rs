@@ -23,7 +23,7 @@ const K: [u32; 64] = [
 
 /// Streaming MD5 context.
 #[derive(Clone, Debug)]
-pub struct Md5 {
+pub(crate) struct Md5 {
     state: [u32; 4],
     block: [u8; 64],
     block_len: usize,
@@ -37,7 +37,7 @@ impl Default for Md5 {
 }
 
 impl Md5 {
-    pub fn new() -> Md5 {
+    pub(crate) fn new() -> Md5 {
         Md5 {
             state: [0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476],
             block: [0; 64],
@@ -46,7 +46,7 @@ impl Md5 {
         }
     }
 
-    pub fn update(&mut self, mut data: &[u8]) {
+    pub(crate) fn update(&mut self, mut data: &[u8]) {
         self.total_len = self.total_len.wrapping_add(data.len() as u64);
         if self.block_len > 0 {
             let take = (64 - self.block_len).min(data.len());
@@ -71,7 +71,7 @@ impl Md5 {
         self.block_len = rest.len();
     }
 
-    pub fn finalize(mut self) -> [u8; 16] {
+    pub(crate) fn finalize(mut self) -> [u8; 16] {
         let bit_len = self.total_len.wrapping_mul(8);
         let mut pad = [0u8; 72];
         pad[0] = 0x80;
@@ -122,14 +122,14 @@ impl Md5 {
 }
 
 /// One-shot MD5 of `data`.
-pub fn digest(data: &[u8]) -> [u8; 16] {
+pub(crate) fn digest(data: &[u8]) -> [u8; 16] {
     let mut ctx = Md5::new();
     ctx.update(data);
     ctx.finalize()
 }
 
 /// Lower-case hex of a digest, as the ROM sends it (32 ASCII characters).
-pub fn to_hex(digest: &[u8; 16]) -> [u8; 32] {
+pub(crate) fn to_hex(digest: &[u8; 16]) -> [u8; 32] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; 32];
     for (i, b) in digest.iter().enumerate() {

@@ -15,46 +15,45 @@
 //! bytes, line changes and a time in, bytes out. `uart` paces the wire; `port` (in-process
 //! `Device`) and `pty` (standalone) are the thin I/O around it.
 
-pub mod board;
+pub(crate) mod board;
 #[cfg(test)]
 mod boards_test;
-pub mod chip;
-pub mod esp32;
-pub mod esp32c3;
-pub mod flash;
-pub mod md5;
+pub(crate) mod chip;
+pub(crate) mod esp32;
+pub(crate) mod esp32c3;
+pub(crate) mod flash;
+pub(crate) mod md5;
 mod port;
 mod pty;
-pub mod slip;
-pub mod spi;
-pub mod uart;
+pub(crate) mod slip;
+pub(crate) mod spi;
+pub(crate) mod uart;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-pub use board::{BootMode, BootRecord, Input, InputRecord, ResetCause, SimBoard, Target};
-pub use chip::{auto_reset_circuit, Chip, Loader, Mode, Pins};
-pub use flash::Flash;
-pub use port::{open, SimDevice, SimGpioWired, SimHandle, SimStatus};
+pub(crate) use board::SimBoard;
+pub(crate) use flash::Flash;
+pub(crate) use port::open;
 
 /// How the standalone `serialhub sim` and the in-process device are set up.
 #[derive(Clone, Debug, Default)]
-pub struct SimOptions {
+pub(crate) struct SimOptions {
     /// Keep the 4 MiB flash image in this file (created if missing), so tests can read it.
-    pub flash_file: Option<PathBuf>,
+    pub(crate) flash_file: Option<PathBuf>,
     /// Start in the ROM download mode instead of running the application.
-    pub start_in_bootloader: bool,
+    pub(crate) start_in_bootloader: bool,
     /// Which board (and chip) to simulate.
-    pub board: SimBoard,
+    pub(crate) board: SimBoard,
     /// The device's name, prefixed to the simulator's log lines (`NAME: sim: boot #N ...`).
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
 }
 
 /// `serialhub sim --pty LINK`: serve the simulated chip on a pseudo-terminal until
 /// SIGINT/SIGTERM.
-pub fn run_pty(link: &Path, opts: SimOptions) -> io::Result<()> {
+pub(crate) fn run_pty(link: &Path, opts: SimOptions) -> io::Result<()> {
     pty::run(link, opts)
 }
 

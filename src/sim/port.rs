@@ -18,12 +18,15 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{setsockopt, sockopt};
 
-use super::board::{BootRecord, InputRecord, Pins, SimBoard};
+#[cfg(test)]
+use super::board::{BootRecord, InputRecord};
+use super::board::{Pins, SimBoard};
 use super::chip::{Chip, Loader, Mode};
 use super::flash::Flash;
 use super::uart::Uart;
 use super::{FlashStore, SimOptions};
-use crate::device::{Device, LineSettings, Lines, ModemStatus, Purge};
+use crate::device::Device;
+use crate::protocol::line::{LineSettings, Lines, ModemStatus, Purge};
 
 /// Socket buffer per direction: about what a USB-UART driver buffers, so a writer that
 /// outruns the line is held back instead of queueing megabytes.
@@ -33,18 +36,18 @@ const MAX_SLEEP: Duration = Duration::from_millis(500);
 
 /// A snapshot of the chip's state for tests and the portal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SimStatus {
-    pub mode: Mode,
-    pub loader: Loader,
+pub(crate) struct SimStatus {
+    pub(crate) mode: Mode,
+    pub(crate) loader: Loader,
     /// Boots since the simulator started; power-on is boot 1. Grows on every reset.
-    pub boot_count: u32,
+    pub(crate) boot_count: u32,
     /// The UART rate the chip expects right now.
-    pub expected_baud: u32,
-    pub board: SimBoard,
+    pub(crate) expected_baud: u32,
+    pub(crate) board: SimBoard,
     /// The host's DTR/RTS as last set on the UART.
-    pub lines: Lines,
+    pub(crate) lines: Lines,
     /// EN/IO0 as the board drives them.
-    pub pins: Pins,
+    pub(crate) pins: Pins,
 }
 
 struct State {
@@ -82,7 +85,7 @@ impl Shared {
 /// Cheap, cloneable view of a running simulator: read its state and flash from tests, the
 /// portal or the daemon while the bridge owns the `SimDevice`.
 #[derive(Clone)]
-pub struct SimHandle {
+pub(crate) struct SimHandle {
     shared: Arc<Shared>,
 }
 
@@ -93,7 +96,7 @@ impl std::fmt::Debug for SimHandle {
 }
 
 impl SimHandle {
-    pub fn status(&self) -> SimStatus {
+    pub(crate) fn status(&self) -> SimStatus {
         let st = self.shared.lock();
         SimStatus {
             mode: st.chip.mode(),
@@ -106,61 +109,31 @@ impl SimHandle {
         }
     }
 
-    pub fn board(&self) -> SimBoard {
-        self.shared.lock().chip.board()
-    }
-
-    /// The instant the simulator's time counts from: a record's `at` is `epoch() + at`.
-    pub fn epoch(&self) -> Instant {
-        self.shared.epoch
-    }
-
-    /// The simulator's time now.
-    pub fn now(&self) -> Duration {
-        self.shared.now()
-    }
-
+    #[cfg(test)]
     /// The last 256 DTR/RTS, pin and button changes the chip saw, oldest first.
-    pub fn inputs(&self) -> Vec<InputRecord> {
+    pub(crate) fn inputs(&self) -> Vec<InputRecord> {
         self.shared.lock().chip.inputs().iter().copied().collect()
     }
 
-    /// The last 256 boots (power-on is boot 1), oldest first.
-    pub fn boots(&self) -> Vec<BootRecord> {
-        self.shared.lock().chip.boots().iter().copied().collect()
-    }
-
+    #[cfg(test)]
     /// The most recent boot.
-    pub fn last_boot(&self) -> Option<BootRecord> {
+    pub(crate) fn last_boot(&self) -> Option<BootRecord> {
         self.shared.lock().chip.boots().back().copied()
     }
 
-    pub fn boot_count(&self) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn boot_count(&self) -> u32 {
         self.shared.lock().chip.boot_count()
     }
 
-    pub fn mode(&self) -> Mode {
+    #[cfg(test)]
+    pub(crate) fn mode(&self) -> Mode {
         self.shared.lock().chip.mode()
-    }
-
-    /// A copy of the whole 4 MiB flash.
-    pub fn flash_contents(&self) -> Vec<u8> {
-        self.shared.lock().chip.flash().as_bytes().to_vec()
-    }
-
-    /// A copy of `len` flash bytes at `addr`; `None` past the end of the chip.
-    pub fn read_flash(&self, addr: u32, len: u32) -> Option<Vec<u8>> {
-        self.shared
-            .lock()
-            .chip
-            .flash()
-            .read(addr, len)
-            .map(<[u8]>::to_vec)
     }
 
     /// Set the UART's DTR/RTS (as the bridge would): into the board's reset inputs on a
     /// DevKit or USB-JTAG board, nowhere on a GPIO board.
-    pub fn set_lines(&self, lines: Lines) {
+    pub(crate) fn set_lines(&self, lines: Lines) {
         let now = self.shared.now();
         self.shared.lock().chip.set_lines(lines, now);
         self.shared.poke();
@@ -168,27 +141,15 @@ impl SimHandle {
 
     /// Drive EN/IO0 directly, as GPIO lines wired to them would (EN rises after its RC
     /// delay, IO0 is sampled then).
-    pub fn set_pins(&self, pins: Pins) {
+    pub(crate) fn set_pins(&self, pins: Pins) {
         let now = self.shared.now();
         self.shared.lock().chip.set_pins(pins, now);
         self.shared.poke();
     }
-
-    /// Press the board's EN button (with BOOT held if `download`).
-    pub fn press_reset(&self, download: bool) {
-        let now = self.shared.now();
-        self.shared.lock().chip.press_reset(download, now);
-        self.shared.poke();
-    }
-
-    /// Anything else: run `f` on the chip under the lock (keep it short).
-    pub fn with_chip<R>(&self, f: impl FnOnce(&mut Chip) -> R) -> R {
-        f(&mut self.shared.lock().chip)
-    }
 }
 
 /// The simulated ESP32 behind the `Device` trait.
-pub struct SimDevice {
+pub(crate) struct SimDevice {
     stream: UnixStream,
     handle: SimHandle,
     thread: Option<JoinHandle<()>>,
@@ -206,7 +167,7 @@ impl SimDevice {
     /// Power up a simulated ESP32: running its application, or in the ROM download mode
     /// with `opts.start_in_bootloader`. With `opts.flash_file` the flash lives in that file
     /// (created erased if missing) and every change is written back.
-    pub fn spawn(opts: SimOptions) -> io::Result<SimDevice> {
+    pub(crate) fn spawn(opts: SimOptions) -> io::Result<SimDevice> {
         let (flash, store) = match &opts.flash_file {
             Some(path) => {
                 let (store, flash) = FlashStore::open(path)?;
@@ -258,7 +219,7 @@ impl SimDevice {
     }
 
     /// A handle that stays valid after the device is moved into a bridge.
-    pub fn handle(&self) -> SimHandle {
+    pub(crate) fn handle(&self) -> SimHandle {
         self.handle.clone()
     }
 
@@ -337,20 +298,16 @@ impl Device for SimDevice {
 }
 
 /// A `sim-gpio` board as the bridge sees it: DTR/RTS become EN/IO0 levels through the same
-/// transistor table as real GPIO wiring (`crate::lines::levels`, as `GpioWired` does), so
+/// transistor table as real GPIO wiring (`crate::protocol::reset::levels`, as `GpioWired` does), so
 /// pyserial's both-asserted open holds nothing in reset. Everything else is the UART's.
 #[derive(Debug)]
-pub struct SimGpioWired {
+pub(crate) struct SimGpioWired {
     sim: SimDevice,
 }
 
 impl SimGpioWired {
-    pub fn new(sim: SimDevice) -> SimGpioWired {
+    pub(crate) fn new(sim: SimDevice) -> SimGpioWired {
         SimGpioWired { sim }
-    }
-
-    pub fn handle(&self) -> SimHandle {
-        self.sim.handle()
     }
 }
 
@@ -369,7 +326,7 @@ impl Device for SimGpioWired {
     }
     /// Both pins in one change, like one SET_VALUES ioctl.
     fn set_lines(&mut self, lines: Lines) -> io::Result<()> {
-        let (en, io0) = crate::lines::levels(lines);
+        let (en, io0) = crate::protocol::reset::levels(lines);
         self.sim.handle.set_pins(Pins { en, io0 });
         Ok(())
     }
@@ -386,7 +343,7 @@ impl Device for SimGpioWired {
 
 /// The simulated board `opts.board` as a bridge device (a `sim-gpio` board with its GPIO
 /// wiring), and a handle to watch it.
-pub fn open(opts: SimOptions) -> io::Result<(Box<dyn Device>, SimHandle)> {
+pub(crate) fn open(opts: SimOptions) -> io::Result<(Box<dyn Device>, SimHandle)> {
     let gpio = opts.board == SimBoard::Gpio;
     let sim = SimDevice::spawn(opts)?;
     let handle = sim.handle();
@@ -601,7 +558,7 @@ mod tests {
 
     #[test]
     fn gpio_board_takes_dtr_rts_through_its_wiring_only() {
-        use crate::reset::{EN_LOW, IO0_LOW, RELEASED};
+        use crate::protocol::reset::{EN_LOW, IO0_LOW, RELEASED};
         let (mut dev, handle) = open(SimOptions {
             board: SimBoard::Gpio,
             ..SimOptions::default()

@@ -20,7 +20,7 @@ use super::chip::Chip;
 use super::flash::Flash;
 use super::uart::Uart;
 use super::{FlashStore, SimOptions};
-use crate::device::{DataBits, FlowControl, LineSettings, Parity, StopBits};
+use crate::protocol::line::{DataBits, FlowControl, LineSettings, Parity, StopBits};
 
 /// Longest sleep: bounds how late a signal that slipped in before `poll` is noticed.
 const MAX_SLEEP: Duration = Duration::from_millis(200);

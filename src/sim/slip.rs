@@ -4,13 +4,13 @@
 //! Pure: the decoder takes bytes and yields whole frames, the encoder appends to a buffer.
 
 /// Frame delimiter.
-pub const END: u8 = 0xC0;
+pub(crate) const END: u8 = 0xC0;
 /// Escape introducer.
-pub const ESC: u8 = 0xDB;
+pub(crate) const ESC: u8 = 0xDB;
 /// `ESC ESC_END` stands for a literal `END`.
-pub const ESC_END: u8 = 0xDC;
+pub(crate) const ESC_END: u8 = 0xDC;
 /// `ESC ESC_ESC` stands for a literal `ESC`.
-pub const ESC_ESC: u8 = 0xDD;
+pub(crate) const ESC_ESC: u8 = 0xDD;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -27,7 +27,7 @@ enum State {
 
 /// Incremental SLIP decoder with one reusable buffer (no allocation per byte or per frame).
 #[derive(Debug)]
-pub struct Decoder {
+pub(crate) struct Decoder {
     buf: Vec<u8>,
     max_len: usize,
     state: State,
@@ -38,7 +38,7 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder that drops frames longer than `max_len` decoded bytes (a corrupted stream
     /// must not make it grow without bound).
-    pub fn new(max_len: usize) -> Decoder {
+    pub(crate) fn new(max_len: usize) -> Decoder {
         Decoder {
             buf: Vec::with_capacity(max_len.min(64 * 1024)),
             max_len,
@@ -48,7 +48,7 @@ impl Decoder {
     }
 
     /// Forget any partial frame (after a reset of the receiving side).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.buf.clear();
         self.state = State::Idle;
         self.complete = false;
@@ -56,7 +56,7 @@ impl Decoder {
 
     /// Feed one byte; returns the decoded frame when this byte completed one.
     /// The slice is valid until the next call.
-    pub fn push(&mut self, byte: u8) -> Option<&[u8]> {
+    pub(crate) fn push(&mut self, byte: u8) -> Option<&[u8]> {
         if self.complete {
             self.complete = false;
             self.buf.clear();
@@ -114,7 +114,7 @@ impl Decoder {
 }
 
 /// Something a SLIP frame can be appended to without intermediate allocations.
-pub trait Sink {
+pub(crate) trait Sink {
     fn put(&mut self, b: u8);
     fn put_slice(&mut self, bytes: &[u8]) {
         for &b in bytes {
@@ -142,7 +142,7 @@ impl Sink for std::collections::VecDeque<u8> {
 }
 
 /// Appends escaped `bytes` (no delimiters): lets a frame be built from several parts.
-pub fn encode_body(out: &mut impl Sink, bytes: &[u8]) {
+pub(crate) fn encode_body(out: &mut impl Sink, bytes: &[u8]) {
     let mut rest = bytes;
     while let Some(pos) = rest.iter().position(|&b| b == END || b == ESC) {
         out.put_slice(&rest[..pos]);
@@ -154,7 +154,7 @@ pub fn encode_body(out: &mut impl Sink, bytes: &[u8]) {
 }
 
 /// Appends one complete frame: `END`, escaped parts, `END`.
-pub fn encode_frame(out: &mut impl Sink, parts: &[&[u8]]) {
+pub(crate) fn encode_frame(out: &mut impl Sink, parts: &[&[u8]]) {
     out.put(END);
     for part in parts {
         encode_body(out, part);

@@ -16,17 +16,17 @@ const ADDR: u32 = 0x04;
 /// Where a chip keeps the user-command registers (esptool's `SPI_*_OFFS`), and whether
 /// `SPI_ADDR_REG` holds the address MSB-aligned (`SPI_ADDR_REG_MSB`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SpiLayout {
-    pub usr: u32,
-    pub usr1: u32,
-    pub usr2: u32,
-    pub mosi_dlen: u32,
-    pub miso_dlen: u32,
-    pub w0: u32,
-    pub addr_msb: bool,
+pub(crate) struct SpiLayout {
+    pub(crate) usr: u32,
+    pub(crate) usr1: u32,
+    pub(crate) usr2: u32,
+    pub(crate) mosi_dlen: u32,
+    pub(crate) miso_dlen: u32,
+    pub(crate) w0: u32,
+    pub(crate) addr_msb: bool,
 }
 
-pub const ESP32_LAYOUT: SpiLayout = SpiLayout {
+pub(crate) const ESP32_LAYOUT: SpiLayout = SpiLayout {
     usr: 0x1C,
     usr1: 0x20,
     usr2: 0x24,
@@ -36,7 +36,7 @@ pub const ESP32_LAYOUT: SpiLayout = SpiLayout {
     addr_msb: true,
 };
 
-pub const ESP32C3_LAYOUT: SpiLayout = SpiLayout {
+pub(crate) const ESP32C3_LAYOUT: SpiLayout = SpiLayout {
     usr: 0x18,
     usr1: 0x1C,
     usr2: 0x20,
@@ -86,7 +86,7 @@ const USR_MISO: u32 = 1 << 28;
 const USR_MOSI: u32 = 1 << 27;
 
 /// Winbond W25Q32 (4 MiB): manufacturer, memory type, capacity (2^0x16 bytes).
-pub const JEDEC_ID: [u8; 3] = [0xEF, 0x40, 0x16];
+pub(crate) const JEDEC_ID: [u8; 3] = [0xEF, 0x40, 0x16];
 
 /// SPI NOR opcodes the model answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,7 +140,7 @@ const SFDP: [u8; 24] = [
 
 /// Register file of SPI1 and the status registers of the flash chip.
 #[derive(Clone, Debug)]
-pub struct SpiController {
+pub(crate) struct SpiController {
     layout: SpiLayout,
     cmd: u32,
     addr: u32,
@@ -161,7 +161,7 @@ impl Default for SpiController {
 }
 
 impl SpiController {
-    pub fn new(layout: SpiLayout) -> SpiController {
+    pub(crate) fn new(layout: SpiLayout) -> SpiController {
         SpiController {
             layout,
             cmd: 0,
@@ -178,7 +178,7 @@ impl SpiController {
     }
 
     /// Register read at `offset` inside the block; unknown offsets read 0.
-    pub fn read(&self, offset: u32) -> u32 {
+    pub(crate) fn read(&self, offset: u32) -> u32 {
         match self.layout.decode(offset) {
             Some(Reg::Cmd) => self.cmd,
             Some(Reg::Addr) => self.addr,
@@ -193,7 +193,7 @@ impl SpiController {
     }
 
     /// Register write; writing CMD with the USR bit runs the user command.
-    pub fn write(&mut self, offset: u32, value: u32, flash: &Flash) {
+    pub(crate) fn write(&mut self, offset: u32, value: u32, flash: &Flash) {
         match self.layout.decode(offset) {
             Some(Reg::Cmd) => {
                 self.cmd = value;

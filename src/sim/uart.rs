@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::chip::{Chip, USB_CDC_BAUD};
 use super::slip;
-use crate::device::{DataBits, LineSettings, Parity, StopBits};
+use crate::protocol::line::{DataBits, LineSettings, Parity, StopBits};
 
 /// How far apart the two rates may be before the receiver mis-samples: a UART resyncs on
 /// every start bit and tolerates a few percent over a 10-bit character.
@@ -26,7 +26,7 @@ const TX_BATCH: Duration = Duration::from_millis(4);
 const TX_CHUNK: usize = 4096;
 
 /// Time on the wire for one character of `settings` (start + data + parity + stop bits).
-pub fn char_time(baud: u32, settings: &LineSettings) -> Duration {
+pub(crate) fn char_time(baud: u32, settings: &LineSettings) -> Duration {
     let data = match settings.data_bits {
         DataBits::Five => 5,
         DataBits::Six => 6,
@@ -46,13 +46,13 @@ pub fn char_time(baud: u32, settings: &LineSettings) -> Duration {
 }
 
 /// The chip's UART format: 8N1.
-pub fn chip_format() -> LineSettings {
+pub(crate) fn chip_format() -> LineSettings {
     LineSettings::default()
 }
 
 /// Whether a host line set up as `line` and the chip running at `chip_baud` (8N1)
 /// understand each other.
-pub fn line_matches(line: &LineSettings, chip_baud: u32) -> bool {
+pub(crate) fn line_matches(line: &LineSettings, chip_baud: u32) -> bool {
     let host = f64::from(line.baud.max(1));
     let chip = f64::from(chip_baud.max(1));
     (host - chip).abs() / chip <= BAUD_TOLERANCE
@@ -63,31 +63,31 @@ pub fn line_matches(line: &LineSettings, chip_baud: u32) -> bool {
 /// Deterministic corruption of a byte sampled at the wrong rate. Bijective, and it never
 /// maps anything onto itself in a way that keeps SLIP framing intact: `0xC0` does not
 /// survive, so a bridge that forgets a baud change fails loudly, not subtly.
-pub fn garble(b: u8) -> u8 {
+pub(crate) fn garble(b: u8) -> u8 {
     b.rotate_left(3) ^ 0x5A
 }
 
 /// Paces one direction: bytes finish one character time apart, starting when the line
 /// was last free.
 #[derive(Clone, Copy, Debug)]
-pub struct Pacer {
+pub(crate) struct Pacer {
     /// When the line is free again (the last scheduled character ends).
     free_at: Instant,
 }
 
 impl Pacer {
-    pub fn new(now: Instant) -> Pacer {
+    pub(crate) fn new(now: Instant) -> Pacer {
         Pacer { free_at: now }
     }
 
     /// The line was idle until `now`: the next character starts now, not in the past.
-    pub fn idle_until(&mut self, now: Instant) {
+    pub(crate) fn idle_until(&mut self, now: Instant) {
         self.free_at = self.free_at.max(now);
     }
 
     /// How many whole characters have finished by `now` (the caller then `consume`s what it
     /// actually moved).
-    pub fn due(&self, now: Instant, char_time: Duration) -> usize {
+    pub(crate) fn due(&self, now: Instant, char_time: Duration) -> usize {
         let Some(elapsed) = now.checked_duration_since(self.free_at) else {
             return 0;
         };
@@ -95,29 +95,29 @@ impl Pacer {
         usize::try_from(elapsed.as_nanos() / ct).unwrap_or(usize::MAX)
     }
 
-    pub fn consume(&mut self, n: usize, char_time: Duration) {
+    pub(crate) fn consume(&mut self, n: usize, char_time: Duration) {
         self.free_at += char_time * u32::try_from(n).unwrap_or(u32::MAX);
     }
 
     /// When the `n`th next character would finish.
-    pub fn finish_of(&self, n: usize, char_time: Duration) -> Instant {
+    pub(crate) fn finish_of(&self, n: usize, char_time: Duration) -> Instant {
         self.free_at + char_time * u32::try_from(n).unwrap_or(u32::MAX)
     }
 }
 
 /// Result of one step: when to step again at the latest, and what to wait for.
 #[derive(Clone, Copy, Debug)]
-pub struct Wait {
-    pub deadline: Option<Instant>,
+pub(crate) struct Wait {
+    pub(crate) deadline: Option<Instant>,
     /// The host endpoint may be read (there is room ahead of the chip).
-    pub want_read: bool,
+    pub(crate) want_read: bool,
     /// Bytes wait for the host endpoint to become writable.
-    pub want_write: bool,
+    pub(crate) want_write: bool,
 }
 
 /// Both directions of the wire, with their buffers.
 #[derive(Debug)]
-pub struct Uart {
+pub(crate) struct Uart {
     rx: VecDeque<u8>,
     rx_pacer: Pacer,
     tx_hold: Vec<u8>,
@@ -130,7 +130,7 @@ pub struct Uart {
 }
 
 impl Uart {
-    pub fn new(now: Instant) -> Uart {
+    pub(crate) fn new(now: Instant) -> Uart {
         Uart {
             rx: VecDeque::with_capacity(RX_AHEAD),
             rx_pacer: Pacer::new(now),
@@ -143,19 +143,19 @@ impl Uart {
     }
 
     /// Drop what the host wrote and the chip has not received yet (purge output).
-    pub fn discard_rx(&mut self) {
+    pub(crate) fn discard_rx(&mut self) {
         self.rx.clear();
     }
 
     /// Drop what the chip sent and the host has not taken yet (purge input).
-    pub fn discard_tx(&mut self) {
+    pub(crate) fn discard_tx(&mut self) {
         self.tx_hold.clear();
         self.tx_hold_pos = 0;
     }
 
     /// Move whatever is due at `now`. `line` is the host side's setting; `rx_enabled`
     /// false (a break on the line) swallows host bytes.
-    pub fn step<H: Read + Write>(
+    pub(crate) fn step<H: Read + Write>(
         &mut self,
         host: &mut H,
         chip: &mut Chip,

@@ -8,38 +8,38 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use crate::sim::SimBoard;
+pub(crate) use crate::sim::SimBoard;
 
 /// The first TCP port handed out when a device has none configured (the old portal's too).
-pub const DEFAULT_BASE_PORT: u16 = 4001;
+pub(crate) const DEFAULT_BASE_PORT: u16 = 4001;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Config {
+pub(crate) struct Config {
     /// Address the device ports listen on.
-    pub bind: IpAddr,
+    pub(crate) bind: IpAddr,
     /// Devices without a `port` get the lowest free port from here up.
-    pub base_port: u16,
+    pub(crate) base_port: u16,
     /// Fixed devices (`[[device]]` with a `path`).
     #[serde(rename = "device")]
-    pub devices: Vec<DeviceSpec>,
+    pub(crate) devices: Vec<DeviceSpec>,
     /// Settings for hotplugged devices (`[[device]]` with `serial` or `usb_path`); split
     /// from `devices` when the file is parsed.
     #[serde(skip)]
-    pub rules: Vec<DeviceSpec>,
+    pub(crate) rules: Vec<DeviceSpec>,
     /// Where port assignments persist (JSON, written atomically).
-    pub state_file: PathBuf,
-    pub hotplug: Hotplug,
+    pub(crate) state_file: PathBuf,
+    pub(crate) hotplug: Hotplug,
     /// Where the portal (HTTP API and web page) listens; `None` (`"off"`) disables it.
     #[serde(deserialize_with = "http_addr")]
-    pub http: Option<std::net::SocketAddr>,
+    pub(crate) http: Option<std::net::SocketAddr>,
 }
 
 /// The portal's default address (the old portal's port).
-pub const DEFAULT_HTTP: &str = "0.0.0.0:8080";
+pub(crate) const DEFAULT_HTTP: &str = "0.0.0.0:8080";
 
 /// `"ADDR:PORT"` or `"off"`, as in the config's `http` key and `--http`.
-pub fn parse_http(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+pub(crate) fn parse_http(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
     if s == "off" {
         return Ok(None);
     }
@@ -58,28 +58,28 @@ fn http_addr<'de, D: serde::Deserializer<'de>>(
 /// The `[hotplug]` table: which device nodes appear and vanish by themselves.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Hotplug {
+pub(crate) struct Hotplug {
     /// Watch `dir` for devices at all.
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// The device directory to watch (inotify).
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Where USB identities are read from.
-    pub sysfs: PathBuf,
+    pub(crate) sysfs: PathBuf,
     /// Node names to serve, `*` matching any run of characters.
-    pub patterns: Vec<String>,
+    pub(crate) patterns: Vec<String>,
     /// Seconds to wait after a node appears before opening it, by pattern. `ttyACM*` waits
     /// 1 s: cdc_acm asserts DTR/RTS on open, and native-USB chips need a moment after reset.
-    pub settle: std::collections::BTreeMap<String, f64>,
+    pub(crate) settle: std::collections::BTreeMap<String, f64>,
     /// Seconds a client outlives its native-USB device while it re-enumerates (a USB-JTAG
     /// chip vanishes and comes back when it resets).
-    pub grace: f64,
+    pub(crate) grace: f64,
     /// A device that appears more than `flap_count` times in `flap_window` seconds is left
     /// alone for `flap_cooldown` seconds.
-    pub flap_count: usize,
-    pub flap_window: f64,
-    pub flap_cooldown: f64,
+    pub(crate) flap_count: usize,
+    pub(crate) flap_window: f64,
+    pub(crate) flap_cooldown: f64,
     /// The old portal's port assignments, imported on first start.
-    pub legacy_devices_conf: PathBuf,
+    pub(crate) legacy_devices_conf: PathBuf,
 }
 
 impl Default for Hotplug {
@@ -100,7 +100,7 @@ impl Default for Hotplug {
 }
 
 /// `*`-glob match of a node name.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, name: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == name,
         Some((head, rest)) => {
@@ -128,7 +128,7 @@ impl Default for Config {
 
 /// Where a device's bytes come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DevicePath {
+pub(crate) enum DevicePath {
     Tty(PathBuf),
     /// A built-in simulated board (`sim`: ESP32 DevKit, `sim-usb`: ESP32-C3 on USB-Serial/JTAG,
     /// `sim-gpio`: ESP32 with EN/IO0 on GPIOs), optionally keeping its flash in a file
@@ -144,7 +144,7 @@ impl DevicePath {
         DevicePath::Tty(PathBuf::new())
     }
 
-    pub fn is_unset(&self) -> bool {
+    pub(crate) fn is_unset(&self) -> bool {
         matches!(self, DevicePath::Tty(p) if p.as_os_str().is_empty())
     }
 
@@ -184,55 +184,55 @@ impl<'de> Deserialize<'de> for DevicePath {
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DeviceSpec {
+pub(crate) struct DeviceSpec {
     /// The device node (a fixed device). Absent in a rule that matches hotplugged devices by
     /// `serial` or `usb_path`; the matched node is filled in when one appears.
     #[serde(default = "DevicePath::unset")]
-    pub path: DevicePath,
+    pub(crate) path: DevicePath,
     /// Match a hotplugged device by its USB serial number (instead of `path`).
     #[serde(default)]
-    pub serial: Option<String>,
+    pub(crate) serial: Option<String>,
     /// Match a hotplugged device by the USB socket it is plugged into, as in the registry's
     /// `usb_path` (instead of `path`).
     #[serde(default)]
-    pub usb_path: Option<String>,
+    pub(crate) usb_path: Option<String>,
     /// `false`: known but not served.
     #[serde(default = "yes")]
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// TCP port; absent = next free from `base_port`; 0 = let the OS pick (tests).
-    pub port: Option<u16>,
+    pub(crate) port: Option<u16>,
     /// A name for logs and the signature; defaults to the path's file name.
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// The baud rate the device starts at and returns to when a client leaves.
     #[serde(default = "default_baud")]
-    pub baud: u32,
+    pub(crate) baud: u32,
     /// What the device's DTR/RTS are wired to (see [`ResetKind`]).
     #[serde(default)]
-    pub reset: ResetKind,
+    pub(crate) reset: ResetKind,
     /// An ESP32 revision 0 needs IO0 held 550 ms instead of 50 ms after EN rises.
     #[serde(default)]
-    pub esp32r0: bool,
+    pub(crate) esp32r0: bool,
     /// GPIO lines wired to EN and IO0, for `reset = "gpio"`.
-    pub gpio: Option<crate::lines::GpioConfig>,
+    pub(crate) gpio: Option<crate::device::gpio::GpioConfig>,
     /// How clients talk to this device's port.
     #[serde(default)]
-    pub protocol: Protocol,
+    pub(crate) protocol: Protocol,
     /// `protocol = "auto"`: seconds a silent client may wait, while device output is
     /// pending, before it is served raw.
     #[serde(default = "default_detect_window", deserialize_with = "detect_window")]
-    pub detect_window: std::time::Duration,
+    pub(crate) detect_window: std::time::Duration,
     /// Where an ESP raw session that entered the bootloader leaves the chip.
     #[serde(default)]
-    pub after: After,
+    pub(crate) after: After,
     /// What a second client gets while one is connected.
     #[serde(default)]
-    pub busy: Busy,
+    pub(crate) busy: Busy,
 }
 
 /// The `protocol` key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Protocol {
+pub(crate) enum Protocol {
     /// The client's first byte decides: IAC is RFC 2217, anything else (or silence while
     /// device output waits) raw.
     #[default]
@@ -244,7 +244,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Protocol::Auto => "auto",
             Protocol::Rfc2217 => "rfc2217",
@@ -256,7 +256,7 @@ impl Protocol {
 /// The `after` key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum After {
+pub(crate) enum After {
     /// Reset the chip into its application (esptool's default `--after hard-reset`).
     #[default]
     Reset,
@@ -267,7 +267,7 @@ pub enum After {
 /// The `busy` key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Busy {
+pub(crate) enum Busy {
     /// The newcomer gets `Port already in use` and is closed.
     #[default]
     Reject,
@@ -278,7 +278,7 @@ pub enum Busy {
 /// The `reset` key: how the client's DTR/RTS reach the board.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum ResetKind {
+pub(crate) enum ResetKind {
     /// `usb-jtag` for Espressif's native USB (303a:1001), `esp` for USB-UART bridges and the
     /// simulator, `passthrough` otherwise.
     #[default]
@@ -315,7 +315,7 @@ fn detect_window<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Du
 
 impl DeviceSpec {
     /// `--device PATH[=PORT]`.
-    pub fn parse_flag(s: &str) -> Result<DeviceSpec, String> {
+    pub(crate) fn parse_flag(s: &str) -> Result<DeviceSpec, String> {
         let (path, port) = match s.rsplit_once('=') {
             Some((p, port)) => {
                 let port = port
@@ -335,7 +335,7 @@ impl DeviceSpec {
     }
 
     /// A device at `path` with every setting at its default.
-    pub fn new(path: DevicePath) -> DeviceSpec {
+    pub(crate) fn new(path: DevicePath) -> DeviceSpec {
         DeviceSpec {
             path,
             port: None,
@@ -355,7 +355,7 @@ impl DeviceSpec {
     }
 
     /// The device `--demo` adds: a simulated ESP32 on the next free port.
-    pub fn demo() -> DeviceSpec {
+    pub(crate) fn demo() -> DeviceSpec {
         DeviceSpec {
             name: Some("demo-esp32".into()),
             ..DeviceSpec::new(DevicePath::Sim {
@@ -365,7 +365,7 @@ impl DeviceSpec {
         }
     }
 
-    pub fn display_name(&self) -> String {
+    pub(crate) fn display_name(&self) -> String {
         if let Some(n) = &self.name {
             return n.clone();
         }
@@ -380,7 +380,7 @@ impl DeviceSpec {
 }
 
 #[derive(Debug)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     Read {
         file: PathBuf,
         err: std::io::Error,
@@ -412,7 +412,7 @@ impl fmt::Display for ConfigError {
 }
 
 impl Config {
-    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn load(file: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|err| ConfigError::Read {
             file: file.to_owned(),
             err,
@@ -425,7 +425,7 @@ impl Config {
     }
 
     /// Parse TOML text; on error, the 1-based line and a one-line message naming the key.
-    pub fn parse(text: &str) -> Result<Config, (usize, String)> {
+    pub(crate) fn parse(text: &str) -> Result<Config, (usize, String)> {
         let mut config: Config = toml::from_str(text).map_err(|e: toml::de::Error| {
             let start = e.span().map_or(0, |s| s.start.min(text.len()));
             let line = text[..start].matches('\n').count() + 1;
@@ -503,7 +503,7 @@ mod tests {
 
     #[test]
     fn shipped_config_parses() {
-        let c = Config::parse(include_str!("../conf/serialhub.toml")).unwrap();
+        let c = Config::parse(include_str!("../../conf/serialhub.toml")).unwrap();
         assert_eq!(c.base_port, DEFAULT_BASE_PORT);
         assert!(c.devices.is_empty());
     }

@@ -5,7 +5,7 @@
 //! subnegotiation values (firmware images are full of 0xFF, so this is on the hot path).
 
 /// Interpret As Command.
-pub const IAC: u8 = 0xFF;
+pub(crate) const IAC: u8 = 0xFF;
 const SB: u8 = 0xFA;
 const SE: u8 = 0xF0;
 const WILL: u8 = 0xFB;
@@ -15,19 +15,19 @@ const DONT: u8 = 0xFE;
 
 /// Longest subnegotiation we buffer. RFC 2217 values are at most a few bytes; a signature
 /// text is the longest legitimate one. Anything longer is a broken or hostile client.
-pub const MAX_SUBNEGOTIATION: usize = 256;
+pub(crate) const MAX_SUBNEGOTIATION: usize = 256;
 
 /// Telnet options serialhub knows by name.
-pub mod option {
-    pub const BINARY: u8 = 0;
-    pub const ECHO: u8 = 1;
-    pub const SGA: u8 = 3;
-    pub const COM_PORT: u8 = 44;
+pub(crate) mod option {
+    pub(crate) const BINARY: u8 = 0;
+    pub(crate) const ECHO: u8 = 1;
+    pub(crate) const SGA: u8 = 3;
+    pub(crate) const COM_PORT: u8 = 44;
 }
 
 /// Option negotiation verbs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verb {
+pub(crate) enum Verb {
     Will,
     Wont,
     Do,
@@ -57,7 +57,7 @@ impl Verb {
 
 /// Something other than data in the client's stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     Negotiate(Verb, u8),
     /// `IAC SB option payload IAC SE`, payload already unescaped.
     Subnegotiation {
@@ -92,14 +92,14 @@ enum State {
 
 /// Where decoded output goes, in stream order: a data run, then the event that followed it,
 /// and so on. Order matters: data sent before a baud change must leave at the old baud.
-pub trait Sink {
+pub(crate) trait Sink {
     fn data(&mut self, bytes: &[u8]);
     fn event(&mut self, event: Event);
 }
 
 /// Incremental decoder; holds at most one partial subnegotiation.
 #[derive(Debug)]
-pub struct Decoder {
+pub(crate) struct Decoder {
     state: State,
     sb: Vec<u8>,
 }
@@ -114,13 +114,13 @@ impl Default for Decoder {
 }
 
 impl Decoder {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Decode `input` into `sink`. Runs of plain data are passed on as slices of `input`
     /// (no copy); only IAC sequences are handled byte by byte.
-    pub fn decode(&mut self, mut input: &[u8], sink: &mut dyn Sink) {
+    pub(crate) fn decode(&mut self, mut input: &[u8], sink: &mut dyn Sink) {
         while !input.is_empty() {
             if self.state == State::Data {
                 match input.iter().position(|&b| b == IAC) {
@@ -217,7 +217,7 @@ impl Decoder {
 }
 
 /// Append `data` with every 0xFF doubled.
-pub fn escape_into(data: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn escape_into(data: &[u8], out: &mut Vec<u8>) {
     let mut rest = data;
     while let Some(i) = rest.iter().position(|&b| b == IAC) {
         out.extend_from_slice(&rest[..=i]);
@@ -228,12 +228,12 @@ pub fn escape_into(data: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Append `IAC verb option`.
-pub fn negotiate(verb: Verb, option: u8, out: &mut Vec<u8>) {
+pub(crate) fn negotiate(verb: Verb, option: u8, out: &mut Vec<u8>) {
     out.extend_from_slice(&[IAC, verb.byte(), option]);
 }
 
 /// Append `IAC SB option payload IAC SE`, escaping 0xFF in the option and payload.
-pub fn subnegotiation(option: u8, payload: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn subnegotiation(option: u8, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&[IAC, SB]);
     escape_into(&[option], out);
     escape_into(payload, out);

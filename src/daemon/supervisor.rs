@@ -19,16 +19,16 @@ use log::{debug, error, info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use crate::assign::{Assignments, DeviceKey, KeyKind};
-use crate::bridge::{self, BridgeCommand, BridgeHandle, Shared};
-use crate::config::{glob_match, Config, DevicePath, DeviceSpec, Hotplug};
-use crate::identity::{self, UsbInfo};
-use crate::registry::{DeviceEntry, DeviceState, LogRing, Registry, LOG_RING_BYTES};
-use crate::reset::{Policy, ResetTo};
+use crate::daemon::assign::{Assignments, DeviceKey, KeyKind};
+use crate::daemon::bridge::{self, BridgeCommand, BridgeHandle, Shared};
+use crate::daemon::config::{glob_match, Config, DevicePath, DeviceSpec, Hotplug};
+use crate::daemon::identity::{self, UsbInfo};
+use crate::daemon::registry::{DeviceEntry, DeviceState, LogRing, Registry, LOG_RING_BYTES};
+use crate::protocol::reset::{Policy, ResetTo};
 
 /// What other threads (the portal) may ask of the supervisor.
 #[derive(Debug)]
-pub enum Request {
+pub(crate) enum Request {
     /// Serve a stopped device again, by its node (`/dev/ttyUSB0`).
     Start(String),
     /// Stop serving a device (its client is closed) until started again.
@@ -40,10 +40,10 @@ pub enum Request {
 }
 
 /// A request's outcome: a message for the user, or why it failed.
-pub type Reply = Result<String, RequestError>;
+pub(crate) type Reply = Result<String, RequestError>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RequestError {
+pub(crate) enum RequestError {
     /// No such device (by node or key).
     NotFound(String),
     /// The device exists but cannot do this now.
@@ -67,14 +67,14 @@ enum Command {
 
 /// How other threads reach the supervisor: a channel plus its wake fd.
 #[derive(Clone)]
-pub struct SupervisorHandle {
+pub(crate) struct SupervisorHandle {
     tx: mpsc::Sender<Command>,
     wake: Arc<EventFd>,
 }
 
 impl SupervisorHandle {
     /// Ask and wait for the answer (a reset answers once its sequence has started).
-    pub fn request(&self, req: Request) -> Reply {
+    pub(crate) fn request(&self, req: Request) -> Reply {
         let (tx, rx) = mpsc::channel();
         if self.tx.send(Command::Request(req, tx)).is_err() {
             return Err(RequestError::Failed("the daemon is shutting down".into()));
@@ -88,9 +88,9 @@ impl SupervisorHandle {
 /// Run the daemon until SIGINT or SIGTERM: start the supervisor, report readiness to
 /// systemd, then restore every device and exit.
 /// Re-reads the configuration (file plus command line) on SIGHUP.
-pub type Reload = Box<dyn Fn() -> Result<Config, String>>;
+pub(crate) type Reload = Box<dyn Fn() -> Result<Config, String>>;
 
-pub fn serve(config: Config, reload: Reload) -> Result<(), String> {
+pub(crate) fn serve(config: Config, reload: Reload) -> Result<(), String> {
     use nix::sys::signal::{SigSet, Signal};
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGINT);
@@ -103,7 +103,7 @@ pub fn serve(config: Config, reload: Reload) -> Result<(), String> {
 
     // The portal's port first: a busy one stops the daemon before any device is touched.
     let http = match config.http {
-        Some(addr) => Some(crate::portal::bind(addr).map_err(|e| {
+        Some(addr) => Some(crate::daemon::portal::bind(addr).map_err(|e| {
             format!("cannot listen for HTTP on {addr}: {e} (is another portal running? set `http` or --http to another address, or \"off\")")
         })?),
         None => None,
@@ -124,7 +124,7 @@ pub fn serve(config: Config, reload: Reload) -> Result<(), String> {
         wake: wake.clone(),
     };
     if let Some(listener) = http {
-        crate::portal::spawn(listener, device_ip, registry, handle)
+        crate::daemon::portal::spawn(listener, device_ip, registry, handle)
             .map_err(|e| format!("cannot start the portal: {e}"))?;
     }
     let thread_wake = wake.clone();

@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 
 /// USB vendor and product id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct UsbId {
-    pub vid: u16,
-    pub pid: u16,
+pub(crate) struct UsbId {
+    pub(crate) vid: u16,
+    pub(crate) pid: u16,
 }
 
 impl UsbId {
     /// Espressif's native USB-Serial/JTAG peripheral (ESP32-C3/C6/H2/S3…).
-    pub fn is_esp_usb_jtag(self) -> bool {
+    pub(crate) fn is_esp_usb_jtag(self) -> bool {
         self == UsbId {
             vid: 0x303a,
             pid: 0x1001,
@@ -22,31 +22,31 @@ impl UsbId {
 
     /// USB-UART bridges found on ESP dev boards, with the two-transistor auto-reset circuit:
     /// Silicon Labs CP210x, WCH CH34x, FTDI, Prolific.
-    pub fn is_uart_bridge(self) -> bool {
+    pub(crate) fn is_uart_bridge(self) -> bool {
         matches!(self.vid, 0x10c4 | 0x1a86 | 0x0403 | 0x067b)
     }
 }
 
 /// What sysfs tells about a USB serial device.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct UsbInfo {
-    pub id: Option<UsbId>,
+pub(crate) struct UsbInfo {
+    pub(crate) id: Option<UsbId>,
     /// `None` when the device has none (CH340) — then it cannot be told apart by itself.
-    pub serial: Option<String>,
-    pub manufacturer: Option<String>,
-    pub product: Option<String>,
+    pub(crate) serial: Option<String>,
+    pub(crate) manufacturer: Option<String>,
+    pub(crate) product: Option<String>,
     /// The USB interface the tty belongs to (multi-port adapters, ESP-Prog's two UARTs).
-    pub interface: Option<u8>,
+    pub(crate) interface: Option<u8>,
     /// Where it is plugged in: controller plus port chain and interface, in the form of
     /// udev's `ID_PATH`, e.g. `platform-3f980000.usb-usb-0:1.2:1.0`. Stable across replugs
     /// into the same socket.
-    pub path: Option<String>,
+    pub(crate) path: Option<String>,
 }
 
 /// Read the USB identity of the device node `dev` (symlinks such as /dev/serial/by-id/… are
 /// followed) from the sysfs tree at `sysfs` (normally `/sys`). `None` for non-USB devices
 /// (a Pi UART, a PTY).
-pub fn usb_info(dev: &Path, sysfs: &Path) -> Option<UsbInfo> {
+pub(crate) fn usb_info(dev: &Path, sysfs: &Path) -> Option<UsbInfo> {
     // The node's own name first (/dev/ttyUSB0 is ttyUSB0 in sysfs); for a symlink such as
     // /dev/serial/by-id/…, the name of what it points to.
     let real = std::fs::canonicalize(dev).ok();
@@ -102,7 +102,8 @@ pub fn usb_info(dev: &Path, sysfs: &Path) -> Option<UsbInfo> {
 }
 
 /// The USB vendor/product of `dev`, if it is a USB device.
-pub fn usb_id(dev: &Path, sysfs: &Path) -> Option<UsbId> {
+#[cfg(test)]
+pub(crate) fn usb_id(dev: &Path, sysfs: &Path) -> Option<UsbId> {
     usb_info(dev, sysfs).and_then(|i| i.id)
 }
 
@@ -146,21 +147,21 @@ fn hex(p: &Path) -> Option<u16> {
 
 /// Builds fake sysfs trees for tests (here and in the supervisor's).
 #[cfg(test)]
-pub mod fake {
+pub(crate) mod fake {
     use std::path::{Path, PathBuf};
 
-    pub struct FakeUsb<'a> {
-        pub tty: &'a str,
+    pub(crate) struct FakeUsb<'a> {
+        pub(crate) tty: &'a str,
         /// USB device directory name: bus-port chain, e.g. "1-1.2".
-        pub port: &'a str,
-        pub vid: &'a str,
-        pub pid: &'a str,
-        pub serial: Option<&'a str>,
-        pub product: &'a str,
+        pub(crate) port: &'a str,
+        pub(crate) vid: &'a str,
+        pub(crate) pid: &'a str,
+        pub(crate) serial: Option<&'a str>,
+        pub(crate) product: &'a str,
     }
 
     /// Add a USB serial device under `root` (a fake /sys): a Pi-style platform controller.
-    pub fn add(root: &Path, d: &FakeUsb) -> PathBuf {
+    pub(crate) fn add(root: &Path, d: &FakeUsb) -> PathBuf {
         let usb = root.join("devices/platform/3f980000.usb/usb1").join(d.port);
         let intf = usb.join(format!("{}:1.0", d.port));
         let tty_dev = intf.join(d.tty);

@@ -3,21 +3,21 @@
 //! One type serves both directions: a client sends command code `n`, a server answers with
 //! `n + 100` and the same value shape. [`decode`] tells which direction a payload came from.
 
-use crate::device::{DataBits, FlowControl, Parity, Purge, StopBits};
+use crate::protocol::line::{DataBits, FlowControl, Parity, Purge, StopBits};
 
 /// Server-to-client codes are the client's code plus this.
 const SERVER_OFFSET: u8 = 100;
 
 /// A value that may instead be a request for the current one (wire value 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Setting<T> {
+pub(crate) enum Setting<T> {
     Query,
     Value(T),
 }
 
 /// SET-CONTROL values (RFC 2217 §3, "SET-CONTROL").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Control {
+pub(crate) enum Control {
     QueryFlow,
     Flow(FlowControl),
     QueryBreak,
@@ -77,7 +77,7 @@ impl Control {
 
 /// One COM-PORT-OPTION subnegotiation body.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     /// Empty = "send me yours".
     Signature(Vec<u8>),
     SetBaud(Setting<u32>),
@@ -98,7 +98,7 @@ pub enum Command {
 
 /// Who sent a command: the code space tells.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
+pub(crate) enum Direction {
     ClientToServer,
     ServerToClient,
 }
@@ -106,7 +106,7 @@ pub enum Direction {
 /// Why a payload is not a valid command. `code` is the client-side code (0..=12) when known,
 /// so a server can still answer a bad SET-DATASIZE with the value in force.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     Empty,
     UnknownCommand(u8),
     BadLength { code: u8, len: usize },
@@ -171,7 +171,7 @@ fn purge(v: u8) -> Option<Purge> {
 }
 
 /// Decode one subnegotiation payload (after the option byte, already unescaped).
-pub fn decode(payload: &[u8]) -> Result<(Direction, Command), DecodeError> {
+pub(crate) fn decode(payload: &[u8]) -> Result<(Direction, Command), DecodeError> {
     let (&raw, value) = payload.split_first().ok_or(DecodeError::Empty)?;
     let (dir, code) = match raw {
         0..=12 => (Direction::ClientToServer, raw),
@@ -242,7 +242,7 @@ pub fn decode(payload: &[u8]) -> Result<(Direction, Command), DecodeError> {
 }
 
 /// Encode `cmd` as a subnegotiation payload for `dir` (not yet Telnet-escaped).
-pub fn encode(dir: Direction, cmd: &Command, out: &mut Vec<u8>) {
+pub(crate) fn encode(dir: Direction, cmd: &Command, out: &mut Vec<u8>) {
     let offset = match dir {
         Direction::ClientToServer => 0,
         Direction::ServerToClient => SERVER_OFFSET,
@@ -320,15 +320,15 @@ fn setting_byte_u32(s: &Setting<u32>) -> u32 {
 }
 
 /// NOTIFY-MODEMSTATE bits.
-pub mod modem {
-    pub const CD: u8 = 0x80;
-    pub const RI: u8 = 0x40;
-    pub const DSR: u8 = 0x20;
-    pub const CTS: u8 = 0x10;
-    pub const DELTA_CD: u8 = 0x08;
-    pub const TRAILING_RI: u8 = 0x04;
-    pub const DELTA_DSR: u8 = 0x02;
-    pub const DELTA_CTS: u8 = 0x01;
+pub(crate) mod modem {
+    pub(crate) const CD: u8 = 0x80;
+    pub(crate) const RI: u8 = 0x40;
+    pub(crate) const DSR: u8 = 0x20;
+    pub(crate) const CTS: u8 = 0x10;
+    pub(crate) const DELTA_CD: u8 = 0x08;
+    pub(crate) const TRAILING_RI: u8 = 0x04;
+    pub(crate) const DELTA_DSR: u8 = 0x02;
+    pub(crate) const DELTA_CTS: u8 = 0x01;
 }
 
 #[cfg(test)]

@@ -16,44 +16,51 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::device::Lines;
+use crate::protocol::line::Lines;
 
 /// Both lines released: EN and IO0 high, the board runs.
-pub const RELEASED: Lines = Lines {
+pub(crate) const RELEASED: Lines = Lines {
     dtr: false,
     rts: false,
 };
 /// EN low (chip held in reset), IO0 high.
-pub const EN_LOW: Lines = Lines {
+pub(crate) const EN_LOW: Lines = Lines {
     dtr: false,
     rts: true,
 };
 /// IO0 low, EN high.
-pub const IO0_LOW: Lines = Lines {
+pub(crate) const IO0_LOW: Lines = Lines {
     dtr: true,
     rts: false,
 };
 /// Both asserted: both high on a two-transistor board.
-pub const BOTH: Lines = Lines {
+pub(crate) const BOTH: Lines = Lines {
     dtr: true,
     rts: true,
 };
 
+/// `(en_high, io0_high)` for DTR/RTS (pyserial sense) through a dev board's two transistors:
+/// EN is low only for (released, asserted), IO0 only for (asserted, released); both asserted
+/// and both released leave both high. The one truth table for GPIO wiring and the simulator.
+pub(crate) fn levels(lines: Lines) -> (bool, bool) {
+    (lines != EN_LOW, lines != IO0_LOW)
+}
+
 /// esptool's timings (`reset.py`): EN low 100 ms, then IO0 held low 50 ms after EN rises.
-pub const EN_LOW_HOLD: Duration = Duration::from_millis(100);
-pub const IO0_HOLD: Duration = Duration::from_millis(50);
+pub(crate) const EN_LOW_HOLD: Duration = Duration::from_millis(100);
+pub(crate) const IO0_HOLD: Duration = Duration::from_millis(50);
 /// ESP32 revision 0 needs IO0 held much longer (esptool `--r0`: +500 ms).
-pub const IO0_HOLD_R0: Duration = Duration::from_millis(550);
+pub(crate) const IO0_HOLD_R0: Duration = Duration::from_millis(550);
 /// How long a client may sit in EN low reached by releasing DTR from both-asserted before it
 /// counts as holding the chip in reset: longer than a round trip plus pyserial's 100 ms
 /// `ign_set_control` pause, shorter than anything a person would call "holding".
-pub const EN_LOW_DEFER: Duration = Duration::from_millis(500);
+pub(crate) const EN_LOW_DEFER: Duration = Duration::from_millis(500);
 /// USB-Serial/JTAG steps are 100 ms apart (esptool's USBJTAGSerialReset).
-pub const USB_JTAG_STEP: Duration = Duration::from_millis(100);
+pub(crate) const USB_JTAG_STEP: Duration = Duration::from_millis(100);
 
 /// What a device's DTR/RTS are wired to, and so what the server does with the client's lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Policy {
+pub(crate) enum Policy {
     /// A USB-UART bridge (or GPIOs) on the two-transistor auto-reset circuit.
     Esp { esp32r0: bool },
     /// Espressif's native USB-Serial/JTAG peripheral, which reads DTR/RTS itself.
@@ -66,21 +73,21 @@ pub enum Policy {
 
 impl Policy {
     /// The lines reset an Espressif chip (so the server can enter its loader by itself).
-    pub fn is_esp(self) -> bool {
+    pub(crate) fn is_esp(self) -> bool {
         matches!(self, Policy::Esp { .. } | Policy::UsbJtag)
     }
 }
 
 /// Where a server-initiated reset should leave the chip.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ResetTo {
+pub(crate) enum ResetTo {
     App,
     Bootloader,
 }
 
 /// Why a reset request could not be honoured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ResetError {
+pub(crate) enum ResetError {
     /// The device's policy is `none`: its lines never move.
     LinesDisabled,
     /// The device is not open (unplugged, or waiting to be re-opened).
@@ -104,7 +111,7 @@ impl std::fmt::Display for ResetError {
 /// One device's reset state: the client's mirrored lines, what we last set, and the steps
 /// of a sequence in progress. Pure: callers pass the time and apply the returned lines.
 #[derive(Debug)]
-pub struct Resetter {
+pub(crate) struct Resetter {
     policy: Policy,
     /// The client's DTR/RTS as it last set them.
     mirror: Lines,
@@ -126,7 +133,7 @@ pub struct Resetter {
 
 impl Resetter {
     /// The device starts with both lines released (the bridge releases them on open).
-    pub fn new(policy: Policy) -> Resetter {
+    pub(crate) fn new(policy: Policy) -> Resetter {
         Resetter {
             policy,
             mirror: RELEASED,
@@ -140,23 +147,23 @@ impl Resetter {
         }
     }
 
-    pub fn policy(&self) -> Policy {
+    pub(crate) fn policy(&self) -> Policy {
         self.policy
     }
 
     /// A sequence is being played; the client's line changes are being absorbed.
-    pub fn busy(&self) -> Option<ResetTo> {
+    pub(crate) fn busy(&self) -> Option<ResetTo> {
         self.playing
     }
 
     /// Since when EN has been held low by our hand, if it is now.
-    pub fn en_low_since(&self) -> Option<Instant> {
+    pub(crate) fn en_low_since(&self) -> Option<Instant> {
         self.en_low_since.filter(|_| self.applied == EN_LOW)
     }
 
     /// The client set its lines to `new`. Returns the lines to set on the device now, if
     /// any; a started sequence continues through [`Resetter::due`].
-    pub fn client_lines(&mut self, new: Lines, now: Instant) -> Option<Lines> {
+    pub(crate) fn client_lines(&mut self, new: Lines, now: Instant) -> Option<Lines> {
         let prev = std::mem::replace(&mut self.mirror, new);
         if !self.plan.is_empty() {
             return None;
@@ -218,7 +225,7 @@ impl Resetter {
     }
 
     /// Reset the chip on the server's own initiative (the portal's reset button).
-    pub fn reset(&mut self, to: ResetTo, now: Instant) -> Result<Option<Lines>, ResetError> {
+    pub(crate) fn reset(&mut self, to: ResetTo, now: Instant) -> Result<Option<Lines>, ResetError> {
         if self.policy == Policy::None {
             return Err(ResetError::LinesDisabled);
         }
@@ -227,7 +234,7 @@ impl Resetter {
     }
 
     /// When the next step of a sequence (or a deferred EN low) is due.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         let deferred = self.pending_en_low.map(|t| t + EN_LOW_DEFER);
         [self.plan.front().map(|&(at, _)| at), deferred]
             .into_iter()
@@ -238,7 +245,7 @@ impl Resetter {
     /// The caller applied the line change last returned (by `client_lines`, `reset` or `due`)
     /// at `at`, which may be later than the time it passed in. The rest of the sequence moves
     /// back by the difference, so every hold is measured from when its step really happened.
-    pub fn applied(&mut self, at: Instant) {
+    pub(crate) fn applied(&mut self, at: Instant) {
         if let Some(planned) = self.last_step.take() {
             let lag = at.saturating_duration_since(planned);
             for step in &mut self.plan {
@@ -252,7 +259,7 @@ impl Resetter {
 
     /// The next step that is due at `now`, if any. Call until it returns `None`: every step
     /// must reach the device as its own line change, even when the caller woke up late.
-    pub fn due(&mut self, now: Instant) -> Option<Lines> {
+    pub(crate) fn due(&mut self, now: Instant) -> Option<Lines> {
         if let Some(t) = self.pending_en_low {
             if now >= t + EN_LOW_DEFER {
                 self.pending_en_low = None;
@@ -279,7 +286,7 @@ impl Resetter {
     }
 
     /// The client left: its lines count as released. A sequence in progress finishes.
-    pub fn client_left(&mut self, now: Instant) -> Option<Lines> {
+    pub(crate) fn client_left(&mut self, now: Instant) -> Option<Lines> {
         self.mirror = RELEASED;
         self.pending_en_low = None;
         self.en_low_from = None;

@@ -22,13 +22,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use log::{debug, error, info, warn};
 use serde_json::{json, Map, Value};
 
-use crate::config::Protocol;
-use crate::registry::{DeviceEntry, DeviceState, Registry, Stats};
-use crate::reset::ResetTo;
-use crate::supervisor::{Reply, Request, RequestError, SupervisorHandle};
+use crate::daemon::config::Protocol;
+use crate::daemon::registry::{DeviceEntry, DeviceState, Registry, Stats};
+use crate::daemon::supervisor::{Reply, Request, RequestError, SupervisorHandle};
+use crate::protocol::reset::ResetTo;
 
 /// Request bodies larger than this are refused with 413 (at most this + 1 bytes are read).
-pub const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// Threads answering requests (one may wait on a slow command while the other reads).
 const WORKERS: usize = 2;
@@ -47,7 +47,7 @@ const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
 const PAGE: &str = include_str!("portal/index.html");
 
 /// What the portal asks of the daemon; the supervisor in production, a fake in tests.
-pub trait Commands: Send + Sync + 'static {
+pub(crate) trait Commands: Send + Sync + 'static {
     fn request(&self, req: Request) -> Reply;
 }
 
@@ -59,13 +59,13 @@ impl Commands for SupervisorHandle {
 
 /// Bind the portal's address (done before any device is started, so a busy port stops the
 /// daemon at once).
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::bind(addr)
 }
 
 /// Serve the portal on `listener` until the process exits. `device_ip` is the address the
 /// device ports listen on (the `bind` key): the URLs' host when it is a specific one.
-pub fn spawn(
+pub(crate) fn spawn(
     listener: TcpListener,
     device_ip: IpAddr,
     registry: Arc<Registry>,
@@ -101,23 +101,23 @@ fn work(server: &Arc<tiny_http::Server>, portal: &Arc<Portal>) {
 
 /// A request as the router sees it.
 #[derive(Debug, Clone, Copy)]
-pub struct HttpRequest<'a> {
-    pub method: &'a str,
+pub(crate) struct HttpRequest<'a> {
+    pub(crate) method: &'a str,
     /// Path and query, as sent (`/api/devices/serial%3A01/log?since=5`).
-    pub url: &'a str,
+    pub(crate) url: &'a str,
     /// The `Host` header.
-    pub host: Option<&'a str>,
-    pub remote: Option<SocketAddr>,
-    pub body: &'a [u8],
+    pub(crate) host: Option<&'a str>,
+    pub(crate) remote: Option<SocketAddr>,
+    pub(crate) body: &'a [u8],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: Vec<u8>,
+pub(crate) struct HttpResponse {
+    pub(crate) status: u16,
+    pub(crate) content_type: &'static str,
+    pub(crate) body: Vec<u8>,
     /// The `Allow` header of a 405.
-    pub allow: Option<&'static str>,
+    pub(crate) allow: Option<&'static str>,
 }
 
 impl HttpResponse {
@@ -161,7 +161,7 @@ impl HttpResponse {
     }
 }
 
-pub struct Portal {
+pub(crate) struct Portal {
     registry: Arc<Registry>,
     commands: Box<dyn Commands>,
     device_ip: IpAddr,
@@ -169,7 +169,11 @@ pub struct Portal {
 }
 
 impl Portal {
-    pub fn new(registry: Arc<Registry>, commands: Box<dyn Commands>, device_ip: IpAddr) -> Portal {
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        commands: Box<dyn Commands>,
+        device_ip: IpAddr,
+    ) -> Portal {
         Portal {
             registry,
             commands,
@@ -267,7 +271,7 @@ impl Portal {
     }
 
     /// Route one request.
-    pub fn handle(&self, req: &HttpRequest) -> HttpResponse {
+    pub(crate) fn handle(&self, req: &HttpRequest) -> HttpResponse {
         let (path, query) = req.url.split_once('?').unwrap_or((req.url, ""));
         let path = match path.strip_suffix('/') {
             Some(p) if !p.is_empty() => p,
@@ -418,7 +422,7 @@ impl Portal {
     /// The host to put in device URLs: what the HTTP client used to reach us, unless that is
     /// a loopback name while the client came from elsewhere (then it would point at the
     /// client itself); else the devices' bind address, else this machine's first address.
-    pub fn url_host(&self, host_header: Option<&str>, remote: Option<SocketAddr>) -> String {
+    pub(crate) fn url_host(&self, host_header: Option<&str>, remote: Option<SocketAddr>) -> String {
         let remote_is_local = remote.is_none_or(|r| r.ip().is_loopback());
         if let Some(h) = host_header.and_then(host_of) {
             if remote_is_local || !is_loopback_name(&h) {
@@ -657,7 +661,7 @@ fn query_u64(query: &str, name: &str) -> Result<Option<u64>, String> {
 }
 
 /// Decode `%XX` escapes; `None` for malformed ones or text that is not UTF-8.
-pub fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -696,7 +700,7 @@ fn policy_name(debug: &str) -> String {
 }
 
 /// One device as JSON: the old portal's fields first, then ours.
-pub fn device_json(e: &DeviceEntry, host: &str) -> Value {
+pub(crate) fn device_json(e: &DeviceEntry, host: &str) -> Value {
     let usb = e.usb.as_ref();
     let rfc2217 = format!("rfc2217://{host}:{}", e.port);
     let socket = format!("socket://{host}:{}", e.port);
@@ -846,7 +850,7 @@ fn url_ip(ip: IpAddr) -> String {
 
 /// This machine's first non-loopback IPv4 address on an interface that is up (the old
 /// portal's `hostname -I`).
-pub fn local_ipv4() -> Option<Ipv4Addr> {
+pub(crate) fn local_ipv4() -> Option<Ipv4Addr> {
     use nix::net::if_::InterfaceFlags;
     nix::ifaddrs::getifaddrs()
         .ok()?
@@ -897,9 +901,9 @@ fn html(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::assign::DeviceKey;
-    use crate::identity::{UsbId, UsbInfo};
-    use crate::registry::{ClientInfo, LogRing};
+    use crate::daemon::assign::DeviceKey;
+    use crate::daemon::identity::{UsbId, UsbInfo};
+    use crate::daemon::registry::{ClientInfo, LogRing};
     use std::sync::Mutex;
 
     /// Records requests and answers them from a script.

@@ -12,15 +12,15 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
-use crate::device::{FlowControl, LineSettings, Lines, ModemStatus, Purge};
-use crate::esp::{Action, EspWatch};
-use crate::reset::{ResetError, ResetTo};
-use crate::rfc2217::{self, Command, Control, DecodeError, Direction, Setting};
-use crate::telnet::{self, option, Event, Verb, IAC};
+use crate::protocol::esp::{Action, EspWatch};
+use crate::protocol::line::{FlowControl, LineSettings, Lines, ModemStatus, Purge};
+use crate::protocol::reset::{ResetError, ResetTo};
+use crate::protocol::rfc2217::{self, Command, Control, DecodeError, Direction, Setting};
+use crate::protocol::telnet::{self, option, Event, Verb, IAC};
 
 /// What a session may do to the device. The bridge implements it over a [`crate::device::Device`]
 /// (plus its own buffers, for PURGE); tests implement it with a recorder.
-pub trait Port {
+pub(crate) trait Port {
     /// Queue client data for the device.
     fn write(&mut self, data: &[u8]);
     fn apply(&mut self, settings: &LineSettings) -> io::Result<()>;
@@ -50,7 +50,7 @@ const DETECT_HOLD_MAX: usize = 64 * 1024;
 
 /// Why a session must end.
 #[derive(Debug, PartialEq, Eq)]
-pub enum SessionError {
+pub(crate) enum SessionError {
     /// The client sent something no Telnet client sends; it is disconnected.
     Garbage(String),
 }
@@ -77,7 +77,7 @@ struct OptState {
 }
 
 /// The state of one client's RFC 2217 session.
-pub struct Session {
+pub(crate) struct Session {
     label: String,
     signature: String,
     decoder: telnet::Decoder,
@@ -103,7 +103,7 @@ pub struct Session {
 impl Session {
     /// `settings` is what is in force on the device when the client arrives; `label` names the
     /// device in logs and `signature` answers SIGNATURE queries.
-    pub fn new(label: &str, signature: String, settings: LineSettings) -> Session {
+    pub(crate) fn new(label: &str, signature: String, settings: LineSettings) -> Session {
         Session {
             label: label.to_owned(),
             signature,
@@ -127,7 +127,7 @@ impl Session {
     }
 
     /// A session that passes bytes through untouched both ways.
-    pub fn raw(label: &str, settings: LineSettings) -> Session {
+    pub(crate) fn raw(label: &str, settings: LineSettings) -> Session {
         Session {
             mode: Mode::Raw,
             ..Session::new(label, String::new(), settings)
@@ -137,7 +137,7 @@ impl Session {
     /// A session whose client's first byte decides: IAC starts RFC 2217, anything else (or
     /// silence for `window` while device output waits) a raw session. Nothing is lost or
     /// reordered: device output is held until then.
-    pub fn detect(
+    pub(crate) fn detect(
         label: &str,
         signature: String,
         settings: LineSettings,
@@ -152,7 +152,7 @@ impl Session {
     /// Follow the ESP loader protocol if the session is (or turns out) raw: enter the
     /// bootloader on esptool's first SYNC unless the chip is known `in_loader`, and switch
     /// the UART on CHANGE_BAUDRATE.
-    pub fn watch_esp(mut self, in_loader: bool) -> Session {
+    pub(crate) fn watch_esp(mut self, in_loader: bool) -> Session {
         if self.mode != Mode::Telnet {
             self.esp = Some(EspWatch::new(&self.label, in_loader));
         }
@@ -161,7 +161,7 @@ impl Session {
 
     /// Our opening offers, sent as soon as an RFC 2217 client connects (as pyserial's own
     /// server does), so that a client waiting for `DO COM-PORT` never waits for a round trip.
-    pub fn start(&mut self, to_client: &mut Vec<u8>) {
+    pub(crate) fn start(&mut self, to_client: &mut Vec<u8>) {
         if self.mode != Mode::Telnet {
             return;
         }
@@ -176,23 +176,23 @@ impl Session {
     }
 
     /// The line settings in force (what the device has been told).
-    pub fn settings(&self) -> LineSettings {
+    pub(crate) fn settings(&self) -> LineSettings {
         self.settings
     }
 
     /// Stop reading the device: the client asked us to (FLOWCONTROL-SUSPEND), or output
     /// held while the protocol is undecided reached its bound.
-    pub fn suspended(&self) -> bool {
+    pub(crate) fn suspended(&self) -> bool {
         self.suspended || self.held.len() >= DETECT_HOLD_MAX
     }
 
     /// Stop reading the client: its bytes wait for a baud change to finish.
-    pub fn client_paused(&self) -> bool {
+    pub(crate) fn client_paused(&self) -> bool {
         self.esp.as_ref().is_some_and(EspWatch::parked)
     }
 
     /// The protocol the client speaks, once known.
-    pub fn protocol(&self) -> Option<&'static str> {
+    pub(crate) fn protocol(&self) -> Option<&'static str> {
         match self.mode {
             Mode::Detect { .. } => None,
             Mode::Telnet => Some("rfc2217"),
@@ -203,7 +203,7 @@ impl Session {
 
     /// The ESP watch's view at the end of a raw session: did it enter the bootloader, and
     /// is the chip known to be in its loader now. `None` for other sessions.
-    pub fn esp_state(&self) -> Option<(bool, bool)> {
+    pub(crate) fn esp_state(&self) -> Option<(bool, bool)> {
         match self.mode {
             Mode::Raw => self.esp.as_ref().map(|w| (w.entered(), w.in_loader())),
             _ => None,
@@ -211,7 +211,7 @@ impl Session {
     }
 
     /// When [`Session::on_timer`] has something to do.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         match self.mode {
             Mode::Detect { window } => self.held_since.map(|t| t + window),
             Mode::Raw => self.esp.as_ref().and_then(EspWatch::deadline),
@@ -220,7 +220,7 @@ impl Session {
     }
 
     /// Time passed: a silent client becomes raw, an ESP watch stops waiting.
-    pub fn on_timer(&mut self, now: Instant, port: &mut dyn Port, to_client: &mut Vec<u8>) {
+    pub(crate) fn on_timer(&mut self, now: Instant, port: &mut dyn Port, to_client: &mut Vec<u8>) {
         match self.mode {
             Mode::Detect { window } => {
                 if self.held_since.is_some_and(|t| now >= t + window) {
@@ -243,7 +243,7 @@ impl Session {
     }
 
     /// A reset sequence the session asked for (or any other) has played.
-    pub fn reset_done(&mut self, to: ResetTo, now: Instant, port: &mut dyn Port) {
+    pub(crate) fn reset_done(&mut self, to: ResetTo, now: Instant, port: &mut dyn Port) {
         if let (Mode::Raw, Some(w), ResetTo::Bootloader) = (self.mode, &mut self.esp, to) {
             w.bootloader_entered(now, &mut |b| port.write(b));
         }
@@ -292,14 +292,9 @@ impl Session {
         }
     }
 
-    /// DTR/RTS as the client last set them (pyserial sense: true = asserted).
-    pub fn client_lines(&self) -> Lines {
-        self.client_lines
-    }
-
     /// Handle bytes from the client: data goes to `port.write`, answers to `to_client`, in
     /// stream order.
-    pub fn on_client_bytes(
+    pub(crate) fn on_client_bytes(
         &mut self,
         input: &[u8],
         now: Instant,
@@ -321,7 +316,7 @@ impl Session {
                 return Ok(());
             }
             (Mode::Raw, Some(w)) => {
-                let action = w.from_client(input, now, &mut |b| port.write(b));
+                let action = w.on_client(input, now, &mut |b| port.write(b));
                 self.act(action, now, port);
                 return Ok(());
             }
@@ -342,7 +337,7 @@ impl Session {
 
     /// Check the modem lines and notify the client of a change (masked by its
     /// SET-MODEMSTATE-MASK). The bridge calls this periodically while a client is connected.
-    pub fn poll_modem(&mut self, port: &mut dyn Port, to_client: &mut Vec<u8>) {
+    pub(crate) fn poll_modem(&mut self, port: &mut dyn Port, to_client: &mut Vec<u8>) {
         if self.com_port_agreed {
             self.notify_modem(port, false, to_client);
         }
@@ -350,7 +345,7 @@ impl Session {
 
     /// Append device output for the client, in the session's form (Telnet-escaped, raw, or
     /// held while the protocol is undecided).
-    pub fn device_data(
+    pub(crate) fn device_data(
         &mut self,
         data: &[u8],
         now: Instant,
@@ -365,7 +360,7 @@ impl Session {
             (Mode::Telnet, _) => telnet::escape_into(data, to_client),
             (Mode::Raw, None) => to_client.extend_from_slice(data),
             (Mode::Raw, Some(w)) => {
-                let action = w.from_device(data, to_client);
+                let action = w.on_device(data, to_client);
                 self.act(action, now, port);
             }
         }
@@ -700,8 +695,8 @@ impl telnet::Sink for SessionSink<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::{DataBits, Parity};
-    use crate::telnet::IAC;
+    use crate::protocol::line::{DataBits, Parity};
+    use crate::protocol::telnet::IAC;
 
     #[derive(Default)]
     struct Recorder {

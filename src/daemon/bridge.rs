@@ -17,13 +17,14 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{setsockopt, sockopt};
 
-use crate::assign::DeviceKey;
-use crate::config::{After, Busy, DevicePath, DeviceSpec, Protocol, ResetKind};
-use crate::device::{Device, LineSettings, Lines, ModemStatus, Purge, Tty};
-use crate::lines::GpioWired;
-use crate::registry::{ClientInfo, DeviceState, LogRing, Registry, Stats};
-use crate::reset::{Policy, ResetError, ResetTo, Resetter};
-use crate::session::{Port, Session};
+use crate::daemon::assign::DeviceKey;
+use crate::daemon::config::{After, Busy, DevicePath, DeviceSpec, Protocol, ResetKind};
+use crate::daemon::registry::{ClientInfo, DeviceState, LogRing, Registry, Stats};
+use crate::device::gpio::GpioWired;
+use crate::device::{Device, Tty};
+use crate::protocol::line::{LineSettings, Lines, ModemStatus, Purge};
+use crate::protocol::reset::{Policy, ResetError, ResetTo, Resetter};
+use crate::protocol::session::{Port, Session};
 
 /// Stop reading the device once this much escaped output waits for the client.
 const CLIENT_HIGH_WATER: usize = 64 * 1024;
@@ -52,7 +53,7 @@ const NO_DEVICE_MESSAGE: &[u8] = b"Port's device is not available\r\n";
 
 /// Requests from other threads, delivered through the wake fd.
 #[derive(Debug)]
-pub enum BridgeCommand {
+pub(crate) enum BridgeCommand {
     /// Restore the device, close the client, end the thread.
     Shutdown,
     /// Reset the chip through the device's reset policy; the result is sent back.
@@ -68,32 +69,32 @@ pub enum BridgeCommand {
 }
 
 /// What a bridge shares with the rest of the daemon.
-pub struct Shared {
-    pub registry: Arc<Registry>,
-    pub key: DeviceKey,
-    pub stats: Arc<Stats>,
+pub(crate) struct Shared {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) key: DeviceKey,
+    pub(crate) stats: Arc<Stats>,
     /// The device's recent output (the portal's boot log), fed whether or not a client is
     /// connected.
-    pub log: Arc<std::sync::Mutex<LogRing>>,
+    pub(crate) log: Arc<std::sync::Mutex<LogRing>>,
     /// How long a client outlives its vanished device (re-enumeration grace).
-    pub grace: Duration,
+    pub(crate) grace: Duration,
     /// Do not open the device before this (driver settle delay after hotplug).
-    pub open_after: Instant,
+    pub(crate) open_after: Instant,
     /// The reset policy in force (from the config, or picked from the USB identity).
-    pub policy: Policy,
+    pub(crate) policy: Policy,
 }
 
 /// How another thread talks to a running bridge.
-pub struct BridgeHandle {
-    pub name: String,
-    pub addr: SocketAddr,
+pub(crate) struct BridgeHandle {
+    pub(crate) name: String,
+    pub(crate) addr: SocketAddr,
     tx: mpsc::Sender<BridgeCommand>,
     wake: Arc<EventFd>,
     thread: thread::JoinHandle<()>,
 }
 
 impl BridgeHandle {
-    pub fn send(&self, cmd: BridgeCommand) {
+    pub(crate) fn send(&self, cmd: BridgeCommand) {
         if self.tx.send(cmd).is_ok() {
             let _ = self.wake.write(1);
         }
@@ -101,7 +102,7 @@ impl BridgeHandle {
 
     /// Reset the device's chip through its reset policy. Returns once the sequence has
     /// started (it runs on in the bridge thread); errors if the bridge does not answer.
-    pub fn reset(&self, to: ResetTo) -> Result<(), String> {
+    pub(crate) fn reset(&self, to: ResetTo) -> Result<(), String> {
         let (tx, rx) = mpsc::channel();
         self.send(BridgeCommand::Reset(to, tx));
         match rx.recv_timeout(Duration::from_secs(2)) {
@@ -110,13 +111,17 @@ impl BridgeHandle {
         }
     }
 
-    pub fn join(self) {
+    pub(crate) fn join(self) {
         let _ = self.thread.join();
     }
 }
 
 /// Start a bridge thread for `spec` on an already bound listener.
-pub fn spawn(spec: DeviceSpec, listener: TcpListener, shared: Shared) -> io::Result<BridgeHandle> {
+pub(crate) fn spawn(
+    spec: DeviceSpec,
+    listener: TcpListener,
+    shared: Shared,
+) -> io::Result<BridgeHandle> {
     let name = spec.display_name();
     let addr = listener.local_addr()?;
     let wake = Arc::new(EventFd::from_flags(
@@ -786,7 +791,7 @@ impl Bridge {
 }
 
 /// The reset policy a device gets: its `reset` key, or for `auto` a guess from its USB ids.
-pub fn policy_for(spec: &DeviceSpec, usb: Option<crate::identity::UsbId>) -> Policy {
+pub(crate) fn policy_for(spec: &DeviceSpec, usb: Option<crate::daemon::identity::UsbId>) -> Policy {
     let esp = Policy::Esp {
         esp32r0: spec.esp32r0,
     };

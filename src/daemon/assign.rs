@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
 
-use crate::identity::UsbInfo;
+use crate::daemon::identity::UsbInfo;
 
 /// Which identity a device's port is keyed on, best first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum KeyKind {
+pub(crate) enum KeyKind {
     /// The USB serial number, unique among the devices present.
     Serial,
     /// The physical USB path (the socket it is plugged into).
@@ -28,9 +28,9 @@ pub enum KeyKind {
 /// A device's key, e.g. `serial:0123ABC`, `path:platform-3f980000.usb-usb-0:1.2:1.0`,
 /// `name:ttyAMA0`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct DeviceKey {
-    pub kind: KeyKind,
-    pub value: String,
+pub(crate) struct DeviceKey {
+    pub(crate) kind: KeyKind,
+    pub(crate) value: String,
 }
 
 impl fmt::Display for DeviceKey {
@@ -45,7 +45,7 @@ impl fmt::Display for DeviceKey {
 }
 
 impl DeviceKey {
-    pub fn serial(s: &str) -> DeviceKey {
+    pub(crate) fn serial(s: &str) -> DeviceKey {
         // The old portal stored serials with ':' and spaces as '_'; so do we, so its
         // assignments carry over.
         let value = s
@@ -64,7 +64,7 @@ impl DeviceKey {
         }
     }
 
-    pub fn name(n: &str) -> DeviceKey {
+    pub(crate) fn name(n: &str) -> DeviceKey {
         DeviceKey {
             kind: KeyKind::DeviceName,
             value: n.to_string(),
@@ -74,7 +74,7 @@ impl DeviceKey {
     /// The key for a device: its serial number if no other present device reports the same
     /// one (`serial_count` = how many present devices report it), else its USB path, else its
     /// node name.
-    pub fn choose(dev_name: &str, usb: Option<&UsbInfo>, serial_count: usize) -> DeviceKey {
+    pub(crate) fn choose(dev_name: &str, usb: Option<&UsbInfo>, serial_count: usize) -> DeviceKey {
         if let Some(usb) = usb {
             if let Some(s) = &usb.serial {
                 if serial_count <= 1 {
@@ -114,7 +114,7 @@ struct StateFile {
 
 /// The persisted key → port map.
 #[derive(Debug)]
-pub struct Assignments {
+pub(crate) struct Assignments {
     file: PathBuf,
     base: u16,
     ports: BTreeMap<DeviceKey, u16>,
@@ -124,7 +124,7 @@ impl Assignments {
     /// Load `file`. Missing: start empty (importing the old portal's `legacy` devices.conf if
     /// it exists). Unreadable or corrupt: moved aside to `<file>.corrupt`, with a log line, and
     /// rebuilt — never a reason not to serve.
-    pub fn load(file: &Path, base: u16, legacy: Option<&Path>) -> Assignments {
+    pub(crate) fn load(file: &Path, base: u16, legacy: Option<&Path>) -> Assignments {
         let mut a = Assignments {
             file: file.to_path_buf(),
             base,
@@ -202,14 +202,14 @@ impl Assignments {
         }
     }
 
-    pub fn get(&self, key: &DeviceKey) -> Option<u16> {
+    pub(crate) fn get(&self, key: &DeviceKey) -> Option<u16> {
         self.ports.get(key).copied()
     }
 
     /// The port for `key`: the one it has, else the lowest free port from the base (skipping
     /// every assigned port and `reserved` ones, e.g. ports pinned in the config), which is
     /// then persisted.
-    pub fn assign(&mut self, key: &DeviceKey, reserved: &BTreeSet<u16>) -> io::Result<u16> {
+    pub(crate) fn assign(&mut self, key: &DeviceKey, reserved: &BTreeSet<u16>) -> io::Result<u16> {
         if let Some(p) = self.get(key) {
             return Ok(p);
         }
@@ -230,7 +230,7 @@ impl Assignments {
     }
 
     /// Write the file atomically: temp file in the same directory, fsync, rename, fsync dir.
-    pub fn save(&self) -> io::Result<()> {
+    pub(crate) fn save(&self) -> io::Result<()> {
         let state = StateFile {
             version: 1,
             ports: self

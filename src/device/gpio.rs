@@ -13,22 +13,23 @@ use gpiocdev::line::{Drive, Value, Values};
 use gpiocdev::request::{Builder, Request};
 use serde::Deserialize;
 
-use crate::device::{Device, LineSettings, Lines, ModemStatus, Purge};
-use crate::reset::{EN_LOW, IO0_LOW};
+use crate::device::Device;
+use crate::protocol::line::{LineSettings, Lines, ModemStatus, Purge};
+use crate::protocol::reset::levels;
 
 /// The `[device.gpio]` table.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct GpioConfig {
+pub(crate) struct GpioConfig {
     /// GPIO chip: a path, or a name under /dev such as "gpiochip0".
-    pub chip: String,
+    pub(crate) chip: String,
     /// Line offset wired to the chip's EN (CHIP_PU). Default: BCM 22 (header pin 15).
-    pub en: u32,
+    pub(crate) en: u32,
     /// Line offset wired to the chip's IO0 (strapping pin). Default: BCM 10 (header pin 19).
-    pub io0: u32,
+    pub(crate) io0: u32,
     /// Set when the wiring inverts (e.g. through a transistor): line active = signal low.
-    pub active_low: bool,
-    pub drive: GpioDrive,
+    pub(crate) active_low: bool,
+    pub(crate) drive: GpioDrive,
 }
 
 impl Default for GpioConfig {
@@ -47,7 +48,7 @@ impl Default for GpioConfig {
 /// fights the board's EN/BOOT buttons or pull-ups.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum GpioDrive {
+pub(crate) enum GpioDrive {
     #[default]
     OpenDrain,
     PushPull,
@@ -63,7 +64,7 @@ impl GpioConfig {
     }
 
     /// The line request: both lines outputs, released (high) from the first instant.
-    pub fn builder(&self, consumer: &str) -> Builder {
+    pub(crate) fn builder(&self, consumer: &str) -> Builder {
         let mut b = Request::builder();
         b.on_chip(self.chip_path())
             .with_consumer(consumer)
@@ -80,7 +81,7 @@ impl GpioConfig {
     }
 
     /// EN and IO0 levels (Active = high) for mirrored DTR/RTS, per the transistor table.
-    pub fn values(&self, lines: Lines) -> Values {
+    pub(crate) fn values(&self, lines: Lines) -> Values {
         let level = |high: bool| if high { Value::Active } else { Value::Inactive };
         let (en, io0) = levels(lines);
         let mut v = Values::default();
@@ -89,15 +90,8 @@ impl GpioConfig {
     }
 }
 
-/// `(en_high, io0_high)` for DTR/RTS (pyserial sense) through a dev board's two transistors:
-/// EN is low only for (released, asserted), IO0 only for (asserted, released); both asserted
-/// and both released leave both high. The one truth table for GPIO wiring and the simulator.
-pub fn levels(lines: Lines) -> (bool, bool) {
-    (lines != EN_LOW, lines != IO0_LOW)
-}
-
 /// A device whose DTR/RTS are GPIO lines; everything else goes to the inner device.
-pub struct GpioWired {
+pub(crate) struct GpioWired {
     inner: Box<dyn Device>,
     config: GpioConfig,
     request: Request,
@@ -106,7 +100,7 @@ pub struct GpioWired {
 impl GpioWired {
     /// Request the lines (held until drop, released on exit). A missing chip or a line in use
     /// by another program is an error naming both.
-    pub fn new(
+    pub(crate) fn new(
         inner: Box<dyn Device>,
         config: GpioConfig,
         consumer: &str,
@@ -160,7 +154,7 @@ impl Device for GpioWired {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reset::{BOTH, RELEASED};
+    use crate::protocol::reset::{BOTH, EN_LOW, IO0_LOW, RELEASED};
     use gpiocdev::line::Direction;
 
     #[test]

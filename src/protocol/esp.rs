@@ -42,7 +42,7 @@ const LOOK: usize = SYNC_BODY.len() + 1;
 /// The loader commands the watch acts on (esptool's `ESP_CMDS`); the rest pass unread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Op {
+pub(crate) enum Op {
     Sync = 0x08,
     ChangeBaudrate = 0x0F,
 }
@@ -74,7 +74,7 @@ const SYNC_BODY: [u8; 44] = {
 
 /// The SYNC request on the wire (nothing in it needs escaping), replayed once the chip is
 /// ready.
-pub const SYNC_FRAME: [u8; 46] = {
+pub(crate) const SYNC_FRAME: [u8; 46] = {
     let mut f = [END; 46];
     let mut i = 0;
     while i < SYNC_BODY.len() {
@@ -107,7 +107,7 @@ const UNANSWERED_SYNCS: u8 = 3;
 
 /// What the watch needs done, in stream order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Reset the chip into its loader with the device's reset policy, then call
     /// [`EspWatch::bootloader_entered`].
     EnterBootloader,
@@ -200,7 +200,7 @@ impl Framer {
 
 /// One raw session's view of the ESP loader protocol.
 #[derive(Debug)]
-pub struct EspWatch {
+pub(crate) struct EspWatch {
     label: String,
     chip: Chip,
     /// This session started a bootloader entry (so it owes the chip a reset into its app).
@@ -229,7 +229,7 @@ pub struct EspWatch {
 impl EspWatch {
     /// `in_loader`: the chip is known to be in its loader already (a previous session left
     /// it there, or the server put it there), so a SYNC must not reset it again.
-    pub fn new(label: &str, in_loader: bool) -> EspWatch {
+    pub(crate) fn new(label: &str, in_loader: bool) -> EspWatch {
         EspWatch {
             label: label.to_owned(),
             chip: if in_loader {
@@ -252,22 +252,22 @@ impl EspWatch {
     }
 
     /// This session reset the chip into its loader.
-    pub fn entered(&self) -> bool {
+    pub(crate) fn entered(&self) -> bool {
         self.entered
     }
 
     /// The chip is known to be in its loader (the next session's SYNC must not reset it).
-    pub fn in_loader(&self) -> bool {
+    pub(crate) fn in_loader(&self) -> bool {
         self.chip == Chip::Loader
     }
 
     /// Client bytes wait for a baud change: stop reading the client.
-    pub fn parked(&self) -> bool {
+    pub(crate) fn parked(&self) -> bool {
         self.baud.is_some()
     }
 
     /// When [`EspWatch::on_timer`] has something to do.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         let entry = match self.chip {
             Chip::Entering { since } => Some(since + ENTRY_WAIT),
             _ => None,
@@ -279,7 +279,7 @@ impl EspWatch {
     }
 
     /// Client bytes: what may go to the chip is passed to `out`, in order.
-    pub fn from_client(
+    pub(crate) fn on_client(
         &mut self,
         input: &[u8],
         now: Instant,
@@ -398,7 +398,7 @@ impl EspWatch {
     }
 
     /// Device bytes: what the client may see is appended to `out`.
-    pub fn from_device(&mut self, input: &[u8], out: &mut Vec<u8>) -> Option<Action> {
+    pub(crate) fn on_device(&mut self, input: &[u8], out: &mut Vec<u8>) -> Option<Action> {
         let mut action = None;
         let mut rest = input;
         if self.discard {
@@ -455,7 +455,7 @@ impl EspWatch {
 
     /// The bootloader entry asked for is done (or could not be done): SYNCs pass again,
     /// and one swallowed meanwhile that esptool still waits on goes to the chip now.
-    pub fn bootloader_entered(&mut self, now: Instant, out: &mut dyn FnMut(&[u8])) {
+    pub(crate) fn bootloader_entered(&mut self, now: Instant, out: &mut dyn FnMut(&[u8])) {
         if !matches!(self.chip, Chip::Entering { .. }) {
             return;
         }
@@ -467,10 +467,14 @@ impl EspWatch {
     }
 
     /// The UART runs at the new rate (or stayed): release the parked client bytes.
-    pub fn baud_switched(&mut self, now: Instant, out: &mut dyn FnMut(&[u8])) -> Option<Action> {
+    pub(crate) fn baud_switched(
+        &mut self,
+        now: Instant,
+        out: &mut dyn FnMut(&[u8]),
+    ) -> Option<Action> {
         self.baud = None;
         let parked = std::mem::take(&mut self.parked);
-        let action = self.from_client(&parked, now, out);
+        let action = self.on_client(&parked, now, out);
         if self.parked.is_empty() {
             // Keep the allocation for the next baud change.
             self.parked = parked;
@@ -480,7 +484,7 @@ impl EspWatch {
     }
 
     /// Time passed: give up waiting for a bootloader entry or a CHANGE_BAUDRATE answer.
-    pub fn on_timer(&mut self, now: Instant, out: &mut dyn FnMut(&[u8])) -> Option<Action> {
+    pub(crate) fn on_timer(&mut self, now: Instant, out: &mut dyn FnMut(&[u8])) -> Option<Action> {
         if let Chip::Entering { since } = self.chip {
             if now >= since + ENTRY_WAIT {
                 warn!(
@@ -507,7 +511,7 @@ impl EspWatch {
 /// The rate a client meant by a ROM-form CHANGE_BAUDRATE: esptool scales it by the ROM's
 /// crystal estimate, so a standard rate within a few percent is what a local esptool sets
 /// on its own port.
-pub fn snap_rom_rate(value: u32) -> u32 {
+pub(crate) fn snap_rom_rate(value: u32) -> u32 {
     let off = |r: u32| (u64::from(r)).abs_diff(u64::from(value)) * 1000 / u64::from(r);
     STANDARD_RATES
         .into_iter()
@@ -568,7 +572,7 @@ mod tests {
         let mut out = Vec::new();
         let mut actions = Vec::new();
         for c in input.chunks(chunk) {
-            actions.extend(w.from_client(c, now, &mut |b| out.extend_from_slice(b)));
+            actions.extend(w.on_client(c, now, &mut |b| out.extend_from_slice(b)));
         }
         (out, actions)
     }
@@ -577,7 +581,7 @@ mod tests {
         let mut out = Vec::new();
         let mut actions = Vec::new();
         for c in input.chunks(chunk) {
-            actions.extend(w.from_device(c, &mut out));
+            actions.extend(w.on_device(c, &mut out));
         }
         (out, actions)
     }
@@ -610,7 +614,7 @@ mod tests {
     fn a_sync_esptool_no_longer_waits_on_is_not_replayed() {
         let mut w = EspWatch::new("t", false);
         let t0 = Instant::now();
-        w.from_client(&sync(), t0, &mut |_| {});
+        w.on_client(&sync(), t0, &mut |_| {});
         let mut out = Vec::new();
         w.bootloader_entered(t0 + SYNC_ANSWER_WAIT, &mut |b| out.extend_from_slice(b));
         assert!(out.is_empty() && w.in_loader());

@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
-use crate::assign::DeviceKey;
-use crate::identity::UsbInfo;
+use crate::daemon::assign::DeviceKey;
+use crate::daemon::identity::UsbInfo;
 
 /// Where a device is in its life.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DeviceState {
+pub(crate) enum DeviceState {
     /// Known (it has a port) but not plugged in.
     Absent,
     /// Plugged in; waiting to settle or to become openable.
@@ -31,7 +31,7 @@ pub enum DeviceState {
 }
 
 impl DeviceState {
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             DeviceState::Absent => "absent",
             DeviceState::Starting => "starting",
@@ -48,7 +48,7 @@ impl DeviceState {
 /// or a crash dump is never lost. Offsets count every byte ever written, so a reader can
 /// follow it with a cursor (`since`).
 #[derive(Debug)]
-pub struct LogRing {
+pub(crate) struct LogRing {
     buf: Vec<u8>,
     cap: usize,
     /// Total bytes ever written; the ring holds `total - buf.len() .. total`.
@@ -56,10 +56,10 @@ pub struct LogRing {
 }
 
 /// How much of each device's output is kept.
-pub const LOG_RING_BYTES: usize = 64 * 1024;
+pub(crate) const LOG_RING_BYTES: usize = 64 * 1024;
 
 impl LogRing {
-    pub fn new(cap: usize) -> LogRing {
+    pub(crate) fn new(cap: usize) -> LogRing {
         LogRing {
             buf: Vec::new(),
             cap,
@@ -69,7 +69,7 @@ impl LogRing {
 
     /// Append device output; the oldest bytes fall off. Amortised: the buffer is compacted
     /// only when it has grown to twice the capacity.
-    pub fn push(&mut self, data: &[u8]) {
+    pub(crate) fn push(&mut self, data: &[u8]) {
         self.total += data.len() as u64;
         let data = &data[data.len().saturating_sub(self.cap)..];
         if self.buf.len() + data.len() > 2 * self.cap {
@@ -82,7 +82,7 @@ impl LogRing {
 
     /// The kept bytes from offset `since` (clamped to what is kept) and the offset to pass
     /// next time.
-    pub fn read_since(&self, since: u64) -> (Vec<u8>, u64) {
+    pub(crate) fn read_since(&self, since: u64) -> (Vec<u8>, u64) {
         let kept = (self.buf.len()).min(self.cap);
         let first = self.total - kept as u64;
         let from = since.clamp(first, self.total);
@@ -94,51 +94,51 @@ impl LogRing {
 
 /// Counters a bridge bumps on its data path: atomics, so no lock is taken per read.
 #[derive(Debug, Default)]
-pub struct Stats {
-    pub bytes_to_device: AtomicU64,
-    pub bytes_to_client: AtomicU64,
-    pub connects: AtomicU64,
-    pub resets: AtomicU64,
+pub(crate) struct Stats {
+    pub(crate) bytes_to_device: AtomicU64,
+    pub(crate) bytes_to_client: AtomicU64,
+    pub(crate) connects: AtomicU64,
+    pub(crate) resets: AtomicU64,
 }
 
 impl Stats {
-    pub fn add(counter: &AtomicU64, n: u64) {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn get(counter: &AtomicU64) -> u64 {
+    pub(crate) fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientInfo {
-    pub addr: SocketAddr,
-    pub since: SystemTime,
+pub(crate) struct ClientInfo {
+    pub(crate) addr: SocketAddr,
+    pub(crate) since: SystemTime,
 }
 
 /// One device as the registry knows it.
 #[derive(Clone, Debug)]
-pub struct DeviceEntry {
-    pub key: DeviceKey,
-    pub name: String,
+pub(crate) struct DeviceEntry {
+    pub(crate) key: DeviceKey,
+    pub(crate) name: String,
     /// The device node, e.g. `/dev/ttyUSB0` (the last one it had, when absent).
-    pub tty: String,
-    pub usb: Option<UsbInfo>,
-    pub port: u16,
-    pub state: DeviceState,
-    pub client: Option<ClientInfo>,
+    pub(crate) tty: String,
+    pub(crate) usb: Option<UsbInfo>,
+    pub(crate) port: u16,
+    pub(crate) state: DeviceState,
+    pub(crate) client: Option<ClientInfo>,
     /// The reset policy in force, as configured or picked by `auto`.
-    pub reset: String,
+    pub(crate) reset: String,
     /// How clients talk to its port (`auto`: both RFC 2217 and raw).
-    pub protocol: crate::config::Protocol,
-    pub stats: Arc<Stats>,
-    pub log: Arc<Mutex<LogRing>>,
+    pub(crate) protocol: crate::daemon::config::Protocol,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) log: Arc<Mutex<LogRing>>,
 }
 
 /// The registry, shared as `Arc<Registry>`.
 #[derive(Debug)]
-pub struct Registry {
+pub(crate) struct Registry {
     started: Instant,
     devices: Mutex<BTreeMap<DeviceKey, DeviceEntry>>,
 }
@@ -153,11 +153,11 @@ impl Default for Registry {
 }
 
 impl Registry {
-    pub fn new() -> Arc<Registry> {
+    pub(crate) fn new() -> Arc<Registry> {
         Arc::new(Registry::default())
     }
 
-    pub fn uptime(&self) -> std::time::Duration {
+    pub(crate) fn uptime(&self) -> std::time::Duration {
         self.started.elapsed()
     }
 
@@ -169,7 +169,7 @@ impl Registry {
 
     /// Add or replace a device's entry; returns it with its counters and log (kept when the
     /// key was known).
-    pub fn upsert(&self, mut entry: DeviceEntry) -> DeviceEntry {
+    pub(crate) fn upsert(&self, mut entry: DeviceEntry) -> DeviceEntry {
         let mut d = self.lock();
         if let Some(old) = d.get(&entry.key) {
             entry.stats = old.stats.clone();
@@ -179,22 +179,23 @@ impl Registry {
         entry
     }
 
-    pub fn update(&self, key: &DeviceKey, f: impl FnOnce(&mut DeviceEntry)) {
+    pub(crate) fn update(&self, key: &DeviceKey, f: impl FnOnce(&mut DeviceEntry)) {
         if let Some(e) = self.lock().get_mut(key) {
             f(e);
         }
     }
 
-    pub fn set_state(&self, key: &DeviceKey, state: DeviceState) {
+    pub(crate) fn set_state(&self, key: &DeviceKey, state: DeviceState) {
         self.update(key, |e| e.state = state);
     }
 
-    pub fn get(&self, key: &DeviceKey) -> Option<DeviceEntry> {
+    #[cfg(test)]
+    pub(crate) fn get(&self, key: &DeviceKey) -> Option<DeviceEntry> {
         self.lock().get(key).cloned()
     }
 
     /// A copy of every entry, in key order, taken under one short lock.
-    pub fn snapshot(&self) -> Vec<DeviceEntry> {
+    pub(crate) fn snapshot(&self) -> Vec<DeviceEntry> {
         self.lock().values().cloned().collect()
     }
 }
