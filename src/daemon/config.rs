@@ -2,9 +2,11 @@
 //! A mistake names the file, the line and the key, and the daemon exits 2 rather than
 //! serving something the user did not ask for.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -67,17 +69,22 @@ pub(crate) struct Hotplug {
     pub(crate) sysfs: PathBuf,
     /// Node names to serve, `*` matching any run of characters.
     pub(crate) patterns: Vec<String>,
-    /// Seconds to wait after a node appears before opening it, by pattern. `ttyACM*` waits
-    /// 1 s: cdc_acm asserts DTR/RTS on open, and native-USB chips need a moment after reset.
-    pub(crate) settle: std::collections::BTreeMap<String, f64>,
-    /// Seconds a client outlives its native-USB device while it re-enumerates (a USB-JTAG
-    /// chip vanishes and comes back when it resets).
-    pub(crate) grace: f64,
-    /// A device that appears more than `flap_count` times in `flap_window` seconds is left
-    /// alone for `flap_cooldown` seconds.
+    /// How long to wait after a node appears before opening it, by pattern (0 to 60 s).
+    /// `ttyACM*` waits 1 s: cdc_acm asserts DTR/RTS on open, and native-USB chips need a
+    /// moment after reset.
+    #[serde(deserialize_with = "settle")]
+    pub(crate) settle: BTreeMap<String, Duration>,
+    /// How long a client outlives its native-USB device while it re-enumerates (a USB-JTAG
+    /// chip vanishes and comes back when it resets); 0 to 60 s.
+    #[serde(deserialize_with = "seconds::<0, 60, _>")]
+    pub(crate) grace: Duration,
+    /// A device that appears more than `flap_count` times in `flap_window` (1 s to 1 h) is
+    /// left alone for `flap_cooldown` (0 s to 1 day).
     pub(crate) flap_count: usize,
-    pub(crate) flap_window: f64,
-    pub(crate) flap_cooldown: f64,
+    #[serde(deserialize_with = "seconds::<1, 3600, _>")]
+    pub(crate) flap_window: Duration,
+    #[serde(deserialize_with = "seconds::<0, 86400, _>")]
+    pub(crate) flap_cooldown: Duration,
     /// The old portal's port assignments, imported on first start.
     pub(crate) legacy_devices_conf: PathBuf,
 }
@@ -89,11 +96,15 @@ impl Default for Hotplug {
             dir: "/dev".into(),
             sysfs: "/sys".into(),
             patterns: vec!["ttyUSB*".into(), "ttyACM*".into()],
-            settle: [("ttyUSB*".to_string(), 0.0), ("ttyACM*".to_string(), 1.0)].into(),
-            grace: 3.0,
+            settle: [
+                ("ttyUSB*".to_string(), Duration::ZERO),
+                ("ttyACM*".to_string(), Duration::from_secs(1)),
+            ]
+            .into(),
+            grace: Duration::from_secs(3),
             flap_count: 6,
-            flap_window: 30.0,
-            flap_cooldown: 60.0,
+            flap_window: Duration::from_secs(30),
+            flap_cooldown: Duration::from_secs(60),
             legacy_devices_conf: "/etc/rfc2217/devices.conf".into(),
         }
     }
@@ -219,8 +230,11 @@ pub(crate) struct DeviceSpec {
     pub(crate) protocol: Protocol,
     /// `protocol = "auto"`: seconds a silent client may wait, while device output is
     /// pending, before it is served raw.
-    #[serde(default = "default_detect_window", deserialize_with = "detect_window")]
-    pub(crate) detect_window: std::time::Duration,
+    #[serde(
+        default = "default_detect_window",
+        deserialize_with = "seconds::<0, 10, _>"
+    )]
+    pub(crate) detect_window: Duration,
     /// Where an ESP raw session that entered the bootloader leaves the chip.
     #[serde(default)]
     pub(crate) after: After,
@@ -299,18 +313,39 @@ fn default_baud() -> u32 {
     115_200
 }
 
-fn default_detect_window() -> std::time::Duration {
-    std::time::Duration::from_millis(300)
+fn default_detect_window() -> Duration {
+    Duration::from_millis(300)
 }
 
-fn detect_window<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
-    let s = f64::deserialize(d)?;
-    if !(0.0..=10.0).contains(&s) {
-        return Err(serde::de::Error::custom(format!(
-            "{s} is not a number of seconds from 0 to 10 (default 0.3)"
-        )));
+/// A duration key, written in seconds, that must lie in `MIN..=MAX` seconds. Checked when
+/// the file is read, so a negative, NaN or infinite value is a config error rather than a
+/// silent zero, and an absurd one cannot overflow `Instant + Duration` (a panic) later.
+struct Seconds<const MIN: u64, const MAX: u64>(Duration);
+
+impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Seconds<MIN, MAX> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = f64::deserialize(d)?;
+        // `contains` is false for NaN and the infinities too.
+        if !(MIN as f64..=MAX as f64).contains(&s) {
+            return Err(serde::de::Error::custom(format!(
+                "{s:?} is not a number of seconds from {MIN} to {MAX}"
+            )));
+        }
+        Ok(Seconds(Duration::from_secs_f64(s)))
     }
-    Ok(std::time::Duration::from_secs_f64(s))
+}
+
+/// `deserialize_with` for a [`Seconds`] key stored as a plain `Duration`.
+fn seconds<'de, const MIN: u64, const MAX: u64, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Duration, D::Error> {
+    Seconds::<MIN, MAX>::deserialize(d).map(|s| s.0)
+}
+
+/// `[hotplug.settle]`: pattern = seconds, each 0 to 60.
+fn settle<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Duration>, D::Error> {
+    let table = BTreeMap::<String, Seconds<0, 60>>::deserialize(d)?;
+    Ok(table.into_iter().map(|(p, s)| (p, s.0)).collect())
 }
 
 impl DeviceSpec {
@@ -506,6 +541,11 @@ mod tests {
         let c = Config::parse(include_str!("../../conf/serialhub.toml")).unwrap();
         assert_eq!(c.base_port, DEFAULT_BASE_PORT);
         assert!(c.devices.is_empty());
+        assert_eq!(
+            c.hotplug,
+            Hotplug::default(),
+            "the file documents the defaults"
+        );
     }
 
     #[test]
@@ -573,12 +613,9 @@ mod tests {
     fn hotplug_table() {
         let c = Config::parse("state_file = \"/tmp/p.json\"\n[hotplug]\ndir = \"/tmp/dev\"\ngrace = 0.5\n[hotplug.settle]\n\"ttyACM*\" = 2.0\n").unwrap();
         assert_eq!(c.hotplug.dir, PathBuf::from("/tmp/dev"));
-        assert_eq!(c.hotplug.grace, 0.5);
+        assert_eq!(c.hotplug.grace, Duration::from_millis(500));
         let d = Config::parse("[[device]]\npath = \"sim\"\nprotocol = \"auto\"\ndetect_window = 0.05\nafter = \"stay\"\n").unwrap();
-        assert_eq!(
-            d.devices[0].detect_window,
-            std::time::Duration::from_millis(50)
-        );
+        assert_eq!(d.devices[0].detect_window, Duration::from_millis(50));
         assert_eq!(d.devices[0].after, After::Stay);
         let (line, msg) =
             Config::parse("[[device]]\npath = \"sim\"\ndetect_window = -1\n").unwrap_err();
@@ -587,8 +624,55 @@ mod tests {
             msg.contains("detect_window") && msg.contains("0 to 10"),
             "{msg}"
         );
-        assert_eq!(c.hotplug.settle["ttyACM*"], 2.0);
+        assert_eq!(c.hotplug.settle["ttyACM*"], Duration::from_secs(2));
         assert_eq!(c.hotplug.patterns, ["ttyUSB*", "ttyACM*"]);
+    }
+
+    #[test]
+    fn durations_out_of_range_name_key_and_range() {
+        let cases = [
+            ("[hotplug]\ngrace = -1\n", "grace", "0 to 60"),
+            ("[hotplug]\ngrace = nan\n", "grace", "0 to 60"),
+            ("[hotplug]\ngrace = inf\n", "grace", "0 to 60"),
+            ("[hotplug]\nflap_window = 0.5\n", "flap_window", "1 to 3600"),
+            (
+                "[hotplug]\nflap_window = 1e300\n",
+                "flap_window",
+                "1 to 3600",
+            ),
+            (
+                "[hotplug]\nflap_cooldown = -0.1\n",
+                "flap_cooldown",
+                "0 to 86400",
+            ),
+            (
+                "[hotplug]\nflap_cooldown = 1e20\n",
+                "flap_cooldown",
+                "0 to 86400",
+            ),
+            ("[hotplug.settle]\n\"ttyACM*\" = 61\n", "ttyACM*", "0 to 60"),
+            (
+                "[hotplug.settle]\n\"ttyUSB*\" = -inf\n",
+                "ttyUSB*",
+                "0 to 60",
+            ),
+            (
+                "[[device]]\npath = \"sim\"\ndetect_window = nan\n",
+                "detect_window",
+                "0 to 10",
+            ),
+        ];
+        for (text, key, range) in cases {
+            let (line, msg) = Config::parse(text).unwrap_err();
+            assert_eq!(line, text.lines().count(), "{text}: {msg}");
+            assert!(msg.contains(&format!("`{key}`")), "{text}: {msg}");
+            assert!(msg.contains(range), "{text}: {msg}");
+        }
+        let c = Config::parse("[hotplug]\ngrace = 0\nflap_window = 3600\nflap_cooldown = 86400\n[hotplug.settle]\n\"tty*\" = 60\n").unwrap();
+        assert_eq!(c.hotplug.grace, Duration::ZERO);
+        assert_eq!(c.hotplug.flap_window, Duration::from_secs(3600));
+        assert_eq!(c.hotplug.flap_cooldown, Duration::from_secs(86400));
+        assert_eq!(c.hotplug.settle["tty*"], Duration::from_secs(60));
     }
 
     #[test]

@@ -366,7 +366,7 @@ impl Supervisor {
     ) -> io::Result<()> {
         let policy = bridge::policy_for(&spec, usb.as_ref().and_then(|u| u.id));
         let grace = match policy {
-            Policy::UsbJtag => secs(self.config.hotplug.grace),
+            Policy::UsbJtag => self.config.hotplug.grace,
             _ => Duration::ZERO,
         };
         let port = listener.local_addr()?.port();
@@ -484,7 +484,7 @@ impl Supervisor {
                     .settle
                     .iter()
                     .find(|(p, _)| glob_match(p, name))
-                    .map(|(_, &s)| secs(s))
+                    .map(|(_, &s)| s)
             })
             .unwrap_or(Duration::ZERO)
     }
@@ -594,7 +594,7 @@ impl Supervisor {
             }
             self.flapping_until.remove(key);
         }
-        let window = secs(cfg.flap_window);
+        let window = cfg.flap_window;
         let seen = self.appearances.entry(key.clone()).or_default();
         seen.push_back(now);
         while seen
@@ -606,7 +606,7 @@ impl Supervisor {
         if seen.len() <= cfg.flap_count {
             return false;
         }
-        let cooldown = secs(cfg.flap_cooldown);
+        let cooldown = cfg.flap_cooldown;
         warn!(
             "{key}: appeared {} times in {:.0} s; leaving it alone for {:.0} s (check the cable, the hub, or the board's power)",
             seen.len(),
@@ -977,10 +977,6 @@ impl Supervisor {
             self.scan();
         }
     }
-}
-
-fn secs(s: f64) -> Duration {
-    Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO)
 }
 
 fn bind(ip: IpAddr, port: u16) -> io::Result<TcpListener> {
