@@ -550,7 +550,7 @@ impl Bridge {
                 e.state = DeviceState::Connected;
                 e.client = Some(ClientInfo {
                     addr,
-                    since: std::time::SystemTime::now(),
+                    since: Instant::now(),
                 });
             });
             self.client = Some(Client {

@@ -715,14 +715,18 @@ pub(crate) fn device_json(e: &DeviceEntry, host: &str) -> Value {
     let esp = matches!(reset.as_str(), "esp" | "usb-jtag");
     let flash_url = socket_url.filter(|_| esp).unwrap_or(url);
     let client = e.client.as_ref().map(|c| {
-        let since = c
-            .since
-            .duration_since(UNIX_EPOCH)
+        // `seconds` from the monotonic clock, so a wall-clock step cannot change it; `since`
+        // (Unix seconds) is the wall clock now minus that, so it follows the step instead.
+        let connected_for = c.since.elapsed();
+        let since = SystemTime::now()
+            .checked_sub(connected_for)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0.0, |d| d.as_secs_f64());
-        let seconds = SystemTime::now()
-            .duration_since(c.since)
-            .map_or(0, |d| d.as_secs());
-        json!({ "addr": c.addr.to_string(), "since": since.floor(), "seconds": seconds })
+        json!({
+            "addr": c.addr.to_string(),
+            "since": since.floor(),
+            "seconds": connected_for.as_secs(),
+        })
     });
     let problem = match &e.state {
         DeviceState::Error(m) => Some(m.as_str()),
@@ -905,6 +909,7 @@ mod tests {
     use crate::daemon::identity::{UsbId, UsbInfo};
     use crate::daemon::registry::{ClientInfo, LogRing};
     use std::sync::Mutex;
+    use std::time::{Duration, Instant};
 
     /// Records requests and answers them from a script.
     #[derive(Default)]
@@ -951,7 +956,7 @@ mod tests {
             state: DeviceState::Connected,
             client: Some(ClientInfo {
                 addr: "192.168.1.9:50000".parse().unwrap(),
-                since: SystemTime::now(),
+                since: Instant::now() - Duration::from_secs(90),
             }),
             reset: "Esp { esp32r0: false }".into(),
             protocol: Protocol::Auto,
@@ -1015,6 +1020,11 @@ mod tests {
         assert_eq!(d["reset"], "esp");
         assert_eq!(d["state"], "connected");
         assert_eq!(d["client"]["addr"], "192.168.1.9:50000");
+        // Connected 90 s ago (the monotonic clock); `since` is that moment in Unix seconds.
+        assert_eq!(d["client"]["seconds"], 90);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let since = d["client"]["since"].as_f64().unwrap();
+        assert!((now.as_secs_f64() - 90.0 - since).abs() < 2.0, "{since}");
         assert_eq!(d["protocol"], "auto");
         assert_eq!(d["socket_url"], "socket://pi.local:4001");
         assert_eq!(

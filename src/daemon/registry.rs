@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use crate::daemon::assign::DeviceKey;
 use crate::daemon::identity::UsbInfo;
@@ -114,7 +114,10 @@ impl Stats {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ClientInfo {
     pub(crate) addr: SocketAddr,
-    pub(crate) since: SystemTime,
+    /// When the client connected, on the monotonic clock: a Pi without an RTC boots in 1970
+    /// and NTP steps its wall clock later, which would make "connected for" jump. The wall
+    /// time for the API is derived when it is shown.
+    pub(crate) since: Instant,
 }
 
 /// One device as the registry knows it.
