@@ -686,19 +686,6 @@ fn running(s: &DeviceState) -> bool {
     )
 }
 
-/// `Esp { esp32r0: false }` → `esp`, `UsbJtag` → `usb-jtag` (the config's spelling).
-fn policy_name(debug: &str) -> String {
-    let head = debug.split([' ', '{', '(']).next().unwrap_or(debug);
-    let mut out = String::new();
-    for (i, c) in head.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('-');
-        }
-        out.push(c.to_ascii_lowercase());
-    }
-    out
-}
-
 /// One device as JSON: the old portal's fields first, then ours.
 pub(crate) fn device_json(e: &DeviceEntry, host: &str) -> Value {
     let usb = e.usb.as_ref();
@@ -711,9 +698,7 @@ pub(crate) fn device_json(e: &DeviceEntry, host: &str) -> Value {
         Protocol::Rfc2217 => (rfc2217.as_str(), None),
         Protocol::Raw => (socket.as_str(), Some(socket.as_str())),
     };
-    let reset = policy_name(&e.reset);
-    let esp = matches!(reset.as_str(), "esp" | "usb-jtag");
-    let flash_url = socket_url.filter(|_| esp).unwrap_or(url);
+    let flash_url = socket_url.filter(|_| e.reset.is_esp()).unwrap_or(url);
     let client = e.client.as_ref().map(|c| {
         // `seconds` from the monotonic clock, so a wall-clock step cannot change it; `since`
         // (Unix seconds) is the wall clock now minus that, so it follows the step instead.
@@ -749,7 +734,7 @@ pub(crate) fn device_json(e: &DeviceEntry, host: &str) -> Value {
         "manufacturer": usb.and_then(|u| u.manufacturer.clone()),
         "usb_path": usb.and_then(|u| u.path.clone()),
         "interface": usb.and_then(|u| u.interface),
-        "reset": reset,
+        "reset": e.reset.name(),
         "protocol": e.protocol.as_str(),
         "state": e.state.as_str(),
         "problem": problem,
@@ -908,6 +893,7 @@ mod tests {
     use crate::daemon::assign::DeviceKey;
     use crate::daemon::identity::{UsbId, UsbInfo};
     use crate::daemon::registry::{ClientInfo, LogRing};
+    use crate::protocol::reset::Policy;
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
 
@@ -958,7 +944,7 @@ mod tests {
                 addr: "192.168.1.9:50000".parse().unwrap(),
                 since: Instant::now() - Duration::from_secs(90),
             }),
-            reset: "Esp { esp32r0: false }".into(),
+            reset: Policy::Esp { esp32r0: true },
             protocol: Protocol::Auto,
             stats: Arc::default(),
             log,
@@ -971,7 +957,7 @@ mod tests {
             port: 4002,
             state: DeviceState::Disabled,
             client: None,
-            reset: "UsbJtag".into(),
+            reset: Policy::UsbJtag,
             protocol: Protocol::Rfc2217,
             stats: Arc::default(),
             log: Arc::new(Mutex::new(LogRing::new(16))),
@@ -1197,10 +1183,7 @@ mod tests {
     }
 
     #[test]
-    fn policy_names() {
-        assert_eq!(policy_name("Esp { esp32r0: true }"), "esp");
-        assert_eq!(policy_name("UsbJtag"), "usb-jtag");
-        assert_eq!(policy_name("None"), "none");
+    fn decoding() {
         assert_eq!(percent_decode("a%2Fb%3a"), Some("a/b:".into()));
         assert_eq!(percent_decode("%4"), None);
         assert_eq!(host_of("[fe80::1]:80").as_deref(), Some("[fe80::1]"));

@@ -132,7 +132,7 @@ pub(crate) struct DeviceEntry {
     pub(crate) state: DeviceState,
     pub(crate) client: Option<ClientInfo>,
     /// The reset policy in force, as configured or picked by `auto`.
-    pub(crate) reset: String,
+    pub(crate) reset: crate::protocol::reset::Policy,
     /// How clients talk to its port (`auto`: both RFC 2217 and raw).
     pub(crate) protocol: crate::daemon::config::Protocol,
     pub(crate) stats: Arc<Stats>,
@@ -219,7 +219,7 @@ mod tests {
             port: 4001,
             state: DeviceState::Starting,
             client: None,
-            reset: "esp".into(),
+            reset: crate::protocol::reset::Policy::Esp { esp32r0: false },
             protocol: Default::default(),
             stats: Arc::default(),
             log: Arc::new(Mutex::new(LogRing::new(16))),

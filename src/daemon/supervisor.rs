@@ -331,7 +331,7 @@ impl Supervisor {
             port,
             state,
             client: None,
-            reset: format!("{policy:?}"),
+            reset: policy,
             protocol: spec.protocol,
             stats: Arc::default(),
             log: Arc::new(std::sync::Mutex::new(LogRing::new(LOG_RING_BYTES))),

@@ -76,6 +76,17 @@ impl Policy {
     pub(crate) fn is_esp(self) -> bool {
         matches!(self, Policy::Esp { .. } | Policy::UsbJtag)
     }
+
+    /// The config's spelling of the policy (`reset = "usb-jtag"`), as the portal and its API
+    /// show it. `esp32r0` is a separate key, so both ESP variants are `esp`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Policy::Esp { .. } => "esp",
+            Policy::UsbJtag => "usb-jtag",
+            Policy::Passthrough => "passthrough",
+            Policy::None => "none",
+        }
+    }
 }
 
 /// Where a server-initiated reset should leave the chip.
@@ -374,6 +385,15 @@ mod tests {
     use super::*;
 
     const ESP: Policy = Policy::Esp { esp32r0: false };
+
+    #[test]
+    fn names_are_the_config_spelling() {
+        assert_eq!(ESP.name(), "esp");
+        assert_eq!(Policy::Esp { esp32r0: true }.name(), "esp");
+        assert_eq!(Policy::UsbJtag.name(), "usb-jtag");
+        assert_eq!(Policy::Passthrough.name(), "passthrough");
+        assert_eq!(Policy::None.name(), "none");
+    }
 
     /// Feed client line states at given ms offsets and run the timers in 1 ms steps; returns
     /// every line change the device saw, with its offset in ms.
