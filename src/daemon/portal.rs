@@ -44,6 +44,19 @@ const MAX_STREAMING: usize = 16;
 /// socket and a tiny_http thread are leaked) rather than ever dropped.
 const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
 
+/// tiny_http 0.12 reads a body of up to this many bytes itself, before it hands the request
+/// over (unless the client sent `Expect: 100-continue`): such a request never waits on its
+/// sender.
+const TINY_HTTP_BUFFERED: usize = 1024;
+
+/// The baud rate in the suggested flash commands: esptool's usual fast rate, which the
+/// server switches the UART to on ESP devices.
+const FLASH_BAUD: u32 = 921_600;
+
+/// Where the suggested esptool command writes `app.bin`: ESP-IDF's default offset of the
+/// factory app partition.
+const APP_OFFSET: u32 = 0x10000;
+
 const PAGE: &str = include_str!("portal/index.html");
 
 /// What the portal asks of the daemon; the supervisor in production, a fake in tests.
@@ -202,9 +215,8 @@ impl Portal {
             return;
         }
         let header = |name: &'static str| header(&rq, name);
-        // tiny_http reads bodies of up to 1 KiB itself before handing the request over.
         let buffered = match rq.body_length() {
-            Some(n) => n <= 1024 && header("Expect").is_none(),
+            Some(n) => n <= TINY_HTTP_BUFFERED && header("Expect").is_none(),
             None => header("Transfer-Encoding").is_none(),
         };
         if !buffered && self.streaming.fetch_add(1, Ordering::AcqRel) < MAX_STREAMING {
@@ -743,13 +755,13 @@ pub(crate) fn device_json(e: &DeviceEntry, host: &str) -> Value {
         "bytes_to_client": Stats::get(&e.stats.bytes_to_client),
         "connects": Stats::get(&e.stats.connects),
         "resets": Stats::get(&e.stats.resets),
-        "esptool": format!("esptool --port {flash_url} -b 921600 write-flash 0x10000 app.bin"),
+        "esptool": format!("esptool --port {flash_url} -b {FLASH_BAUD} write-flash {APP_OFFSET:#x} app.bin"),
         "idf": if flash_url == url {
             format!("idf.py -p {url} flash monitor")
         } else {
-            format!("idf.py -p {flash_url} -b 921600 flash && idf.py -p {url} monitor")
+            format!("idf.py -p {flash_url} -b {FLASH_BAUD} flash && idf.py -p {url} monitor")
         },
-        "platformio": format!("upload_port = {flash_url}\nupload_speed = 921600\nmonitor_port = {url}"),
+        "platformio": format!("upload_port = {flash_url}\nupload_speed = {FLASH_BAUD}\nmonitor_port = {url}"),
     })
 }
 
