@@ -156,7 +156,7 @@ fn serve(mut parser: lexopt::Parser) -> Result<(), CliError> {
         ));
     }
     let reload = move || build_config(&f).map_err(|e| e.to_string());
-    crate::daemon::supervisor::serve(config, Box::new(reload)).map_err(CliError::Runtime)
+    crate::daemon::serve(config, Box::new(reload)).map_err(CliError::Runtime)
 }
 
 /// The config file (or the defaults) with the command line's flags applied on top.

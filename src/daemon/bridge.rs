@@ -1,9 +1,13 @@
 //! The per-device thread: one `poll()` over the listener, the client socket, the device and
 //! a wake fd; one controlling client at a time; the device stays open across clients.
 //!
-//! Buffers are bounded both ways. A slow client fills `to_client`, which stops us reading
-//! the device (back-pressure lands in the device's kernel buffer, exactly as with a slow
-//! local reader); a fast client fills `to_device`, which stops us reading the socket.
+//! The loop only moves bytes and performs what the client's [`Session`] asks for. Nothing in
+//! it waits: a setting that must follow data still queued for a slow (or flow-stopped) UART
+//! waits as the session's effect in flight, while the client is not read and everything else
+//! — commands from the supervisor, new connections, the reset steps — goes on. Every buffer
+//! is bounded: a client that does not read its answers and output stops being read (and the
+//! device with it, so back-pressure lands in the device's kernel buffer, as with a slow local
+//! reader); a fast client fills `to_device`, which stops us reading the socket.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -18,34 +22,34 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::daemon::assign::DeviceKey;
-use crate::daemon::config::{After, Busy, DevicePath, DeviceSpec, Protocol, ResetKind};
+use crate::daemon::config::{After, Busy, DeviceSpec, Protocol};
 use crate::daemon::registry::{ClientInfo, DeviceState, LogRing, Registry, Stats};
-use crate::device::gpio::GpioWired;
-use crate::device::{Device, Tty};
-use crate::protocol::line::{LineSettings, Lines, ModemStatus, Purge};
-use crate::protocol::reset::{Policy, ResetError, ResetTo, Resetter};
-use crate::protocol::session::{Port, Session};
+use crate::daemon::reopen::{Backoff, Report};
+use crate::device::{Device, DevicePath};
+use crate::protocol::line::{LineSettings, Lines, Purge};
+use crate::protocol::reset::{LineDriver, Played, Policy, ResetError, ResetTo};
+use crate::protocol::session::{Effect, EspEnd, Failure, Out, Session};
 
-/// Stop reading the device once this much escaped output waits for the client.
+/// Stop reading the device (and the client) once this much output waits for the client.
 const CLIENT_HIGH_WATER: usize = 64 * 1024;
 /// Stop reading the client once this much data waits for the device.
 const DEVICE_HIGH_WATER: usize = 16 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 /// How often modem lines (CTS/DSR/RI/CD) are checked while a client is connected.
 const MODEM_POLL: Duration = Duration::from_secs(1);
-/// Re-open back-off for a device that cannot be opened (first try, then doubling).
-const REOPEN_MIN: Duration = Duration::from_millis(500);
-/// Right after a device appears, udev may still be setting its group and mode: try often
-/// (and quietly) for a while, so it is served within a few hundred ms of becoming openable
-/// even when no inotify event says so.
-const REOPEN_EAGER: Duration = Duration::from_millis(25);
-const REOPEN_EAGER_CAP: Duration = Duration::from_millis(100);
-const REOPEN_EAGER_FOR: Duration = Duration::from_secs(5);
-const REOPEN_MAX: Duration = Duration::from_secs(30);
 /// Re-open cadence while a vanished device may be re-enumerating.
 const REOPEN_LOST: Duration = Duration::from_millis(50);
-/// How long a settings change may wait for queued client data to reach the device first.
-const DRAIN_BEFORE_APPLY: Duration = Duration::from_secs(2);
+/// How long an effect may wait for the data queued before it to reach the device; then it
+/// fails (the answer reports the setting still in force), as a stalled local port would.
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
+/// How long poll may sleep when nothing is due (it is woken for everything that matters).
+const POLL_CAP_MS: u128 = 60_000;
+/// After a failed poll, pause this long so a persistent error cannot spin the thread.
+const POLL_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// How long [`BridgeHandle::stop`] waits for the thread before leaving it to finish alone.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+/// How long a portal request waits for the bridge to start a reset.
+const RESET_ANSWER_WAIT: Duration = Duration::from_secs(2);
 
 const BUSY_MESSAGE: &[u8] = b"Port already in use\r\n";
 const KICKED_MESSAGE: &[u8] = b"kicked off, new user is coming\r\n";
@@ -84,6 +88,17 @@ pub(crate) struct Shared {
     pub(crate) policy: Policy,
 }
 
+/// Opens the bridge's device (a tty, the simulator; a fake one in tests).
+pub(crate) type Opener =
+    Box<dyn FnMut(&DevicePath, &LineSettings) -> io::Result<Box<dyn Device>> + Send>;
+
+/// The opener for a configured device: [`crate::device::open`] with its wiring.
+pub(crate) fn opener(spec: &DeviceSpec) -> Opener {
+    let wiring = spec.wiring();
+    let name = spec.display_name();
+    Box::new(move |path, settings| crate::device::open(path, &wiring, &name, settings))
+}
+
 /// How another thread talks to a running bridge.
 pub(crate) struct BridgeHandle {
     pub(crate) name: String,
@@ -91,6 +106,8 @@ pub(crate) struct BridgeHandle {
     tx: mpsc::Sender<BridgeCommand>,
     wake: Arc<EventFd>,
     thread: thread::JoinHandle<()>,
+    /// Closed (all senders dropped) when the thread ends.
+    ended: mpsc::Receiver<()>,
 }
 
 impl BridgeHandle {
@@ -105,14 +122,28 @@ impl BridgeHandle {
     pub(crate) fn reset(&self, to: ResetTo) -> Result<(), String> {
         let (tx, rx) = mpsc::channel();
         self.send(BridgeCommand::Reset(to, tx));
-        match rx.recv_timeout(Duration::from_secs(2)) {
+        match rx.recv_timeout(RESET_ANSWER_WAIT) {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(_) => Err(format!("{}: the bridge did not answer", self.name)),
         }
     }
 
-    pub(crate) fn join(self) {
-        let _ = self.thread.join();
+    /// Close the client (with `why`), restore the device and end the thread. Waits a short
+    /// while for it; a thread stuck in the kernel (a tty that will not close) is left to
+    /// finish alone, so one device never holds up the others.
+    pub(crate) fn stop(self, why: &str) {
+        self.send(BridgeCommand::Disconnect(why.to_string()));
+        self.send(BridgeCommand::Shutdown);
+        match self.ended.recv_timeout(STOP_WAIT) {
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = self.thread.join();
+            }
+            _ => warn!(
+                "{}: the bridge did not stop within {:.0} s; leaving it to finish",
+                self.name,
+                STOP_WAIT.as_secs_f32()
+            ),
+        }
     }
 }
 
@@ -121,17 +152,21 @@ pub(crate) fn spawn(
     spec: DeviceSpec,
     listener: TcpListener,
     shared: Shared,
+    open: Opener,
 ) -> io::Result<BridgeHandle> {
     let name = spec.display_name();
     let addr = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
     let wake = Arc::new(EventFd::from_flags(
         EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
     )?);
     let (tx, rx) = mpsc::channel();
+    let (ended_tx, ended) = mpsc::channel::<()>();
     let policy = shared.policy;
     info!(
-        "{name} ({}) listening on {addr}, reset policy {policy:?}",
-        spec.path
+        "{name} ({}) listening on {addr}, reset policy {}",
+        spec.path,
+        policy.name()
     );
     let mut bridge = Bridge {
         name: name.clone(),
@@ -139,34 +174,82 @@ pub(crate) fn spawn(
             baud: spec.baud,
             ..LineSettings::default()
         },
-        spec,
         listener,
         wake: wake.clone(),
         commands: rx,
-        device: None,
-        lines: LineDriver::new(policy, shared.stats.clone()),
-        reopen_at: shared.open_after,
-        reopen_delay: REOPEN_MIN,
-        eager_delay: REOPEN_EAGER / 2,
-        ever_opened: false,
-        lost_since: None,
-        dropped_while_lost: 0,
+        open,
+        link: Link::Closed {
+            at: shared.open_after,
+        },
+        backoff: Backoff::new(shared.open_after),
+        lines: LineDriver::new(policy),
+        spec,
         shared,
         client: None,
-        to_client: Vec::with_capacity(CLIENT_HIGH_WATER),
         to_device: Vec::with_capacity(DEVICE_HIGH_WATER),
+        effect: None,
         buf: vec![0; READ_CHUNK].into_boxed_slice(),
     };
     let thread = thread::Builder::new()
         .name(format!("bridge {name}"))
-        .spawn(move || bridge.run())?;
+        .spawn(move || {
+            let _ended = ended_tx;
+            bridge.run();
+        })?;
     Ok(BridgeHandle {
         name,
         addr,
         tx,
         wake,
         thread,
+        ended,
     })
+}
+
+/// The device's life, one state at a time.
+enum Link {
+    /// Not open; the next try is at `at`.
+    Closed {
+        at: Instant,
+    },
+    Open(Box<dyn Device>),
+    /// Vanished while a client was connected (a native-USB chip re-enumerating as it
+    /// resets): the client waits up to the grace period; what it sends meanwhile is dropped.
+    Lost {
+        since: Instant,
+        at: Instant,
+        dropped: u64,
+    },
+}
+
+impl Link {
+    fn device(&mut self) -> Option<&mut dyn Device> {
+        match self {
+            Link::Open(d) => Some(d.as_mut()),
+            _ => None,
+        }
+    }
+
+    /// When the next open should be tried, if the device is not open.
+    fn retry_at(&self) -> Option<Instant> {
+        match self {
+            Link::Closed { at } | Link::Lost { at, .. } => Some(*at),
+            Link::Open(_) => None,
+        }
+    }
+}
+
+/// Client bytes read but not yet taken by the session (it paused for an effect).
+struct Input {
+    buf: Box<[u8]>,
+    at: usize,
+    end: usize,
+}
+
+impl Input {
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.at..self.end]
+    }
 }
 
 struct Client {
@@ -174,9 +257,31 @@ struct Client {
     addr: SocketAddr,
     since: Instant,
     session: Session,
+    input: Input,
+    /// Telnet-escaped device output and session answers, not yet sent to the client.
+    to_client: Vec<u8>,
     next_modem_poll: Instant,
     bytes_in: u64,
     bytes_out: u64,
+}
+
+/// Who may connect now.
+#[derive(Debug, PartialEq, Eq)]
+enum Admission {
+    Accept,
+    /// Accept, after closing the client in control.
+    Kick,
+    Refuse(&'static [u8]),
+}
+
+/// The admission rule: one client in control; the device must be there.
+fn admit(busy: Busy, connected: bool, device_open: bool) -> Admission {
+    match (connected, busy, device_open) {
+        (true, Busy::Reject, _) => Admission::Refuse(BUSY_MESSAGE),
+        (_, _, false) => Admission::Refuse(NO_DEVICE_MESSAGE),
+        (true, Busy::Kick, true) => Admission::Kick,
+        (false, _, true) => Admission::Accept,
+    }
 }
 
 struct Bridge {
@@ -188,22 +293,17 @@ struct Bridge {
     wake: Arc<EventFd>,
     commands: mpsc::Receiver<BridgeCommand>,
     shared: Shared,
-    /// The device vanished while a client was connected; the client waits for it.
-    lost_since: Option<Instant>,
-    dropped_while_lost: u64,
-    device: Option<Box<dyn Device>>,
+    open: Opener,
+    link: Link,
+    backoff: Backoff,
     /// The device's reset policy and any sequence in progress; outlives clients.
     lines: LineDriver,
-    reopen_at: Instant,
-    reopen_delay: Duration,
-    eager_delay: Duration,
-    /// The device has been open once; later failures are real problems, logged as such.
-    ever_opened: bool,
     client: Option<Client>,
-    /// Telnet-escaped device output and session answers, not yet sent to the client.
-    to_client: Vec<u8>,
     /// Client data, not yet written to the device.
     to_device: Vec<u8>,
+    /// The effect the client's session waits on, and when it stops waiting for the data
+    /// queued before it.
+    effect: Option<(Effect, Instant)>,
     buf: Box<[u8]>,
 }
 
@@ -214,7 +314,7 @@ enum Stop {
 impl Bridge {
     fn run(&mut self) {
         loop {
-            if self.device.is_none() && Instant::now() >= self.reopen_at {
+            if self.link.retry_at().is_some_and(|t| Instant::now() >= t) {
                 self.open_device();
             }
             match self.turn() {
@@ -227,123 +327,111 @@ impl Bridge {
     }
 
     fn open_device(&mut self) {
-        let mut result: io::Result<Box<dyn Device>> = match &self.spec.path {
-            DevicePath::Tty(p) => Tty::open(p, &self.configured).map(|d| Box::new(d) as _),
-            DevicePath::Sim { board, flash_file } => {
-                open_sim(*board, flash_file.clone(), &self.name, &self.configured)
-            }
+        let now = Instant::now();
+        let settings = self
+            .client
+            .as_ref()
+            .map_or(self.configured, |c| c.session.settings());
+        let mut dev = match (self.open)(&self.spec.path, &settings) {
+            Ok(dev) => dev,
+            Err(e) => return self.open_failed(e, now),
         };
-        if self.spec.reset == ResetKind::Gpio {
-            let gpio = self.spec.gpio.clone().unwrap_or_default();
-            let consumer = format!("serialhub {}", self.name);
-            result = result.and_then(|d| Ok(Box::new(GpioWired::new(d, gpio, &consumer)?) as _));
+        info!("{}: opened {} at {}", self.name, self.spec.path, settings);
+        self.backoff.opened();
+        self.lines = LineDriver::new(self.lines.policy());
+        let was = std::mem::replace(&mut self.link, Link::Closed { at: now });
+        if let (Some(c), Link::Lost { since, dropped, .. }) = (&mut self.client, was) {
+            // Re-enumerated (a native-USB chip resetting): the client carries on.
+            let dropped = match dropped {
+                0 => String::new(),
+                n => format!(" ({n} bytes it sent meanwhile were dropped)"),
+            };
+            info!(
+                "{}: device is back after {:.2} s; client {} carries on at {settings}{dropped}",
+                self.name,
+                since.elapsed().as_secs_f32(),
+                c.addr,
+            );
+            if let Ok(st) = dev.modem_status() {
+                c.session.modem_status(st, &mut c.to_client);
+            }
         }
-        match result {
-            Ok(mut d) => {
-                info!(
-                    "{}: opened {} at {}",
-                    self.name, self.spec.path, self.configured
-                );
-                self.lines =
-                    LineDriver::new(self.lines.resetter.policy(), self.shared.stats.clone());
-                self.reopen_delay = REOPEN_MIN;
-                self.ever_opened = true;
-                if let (Some(c), Some(since)) = (&self.client, self.lost_since.take()) {
-                    // Re-enumerated (a native-USB chip resetting): the client carries on.
-                    let s = c.session.settings();
-                    if s != self.configured {
-                        if let Err(e) = d.apply(&s) {
-                            warn!("{}: cannot re-apply {s}: {e}", self.name);
-                        }
-                    }
-                    info!(
-                        "{}: device is back after {:.2} s; client {} carries on at {s}{}",
-                        self.name,
-                        since.elapsed().as_secs_f32(),
-                        c.addr,
-                        if self.dropped_while_lost > 0 {
-                            format!(
-                                " ({} bytes it sent meanwhile were dropped)",
-                                self.dropped_while_lost
-                            )
-                        } else {
-                            String::new()
-                        }
-                    );
-                    self.dropped_while_lost = 0;
-                }
-                self.device = Some(d);
-                let state = if self.client.is_some() {
-                    DeviceState::Connected
-                } else {
-                    DeviceState::Idle
-                };
-                self.shared.registry.update(&self.shared.key, |e| {
-                    e.state = state;
-                    e.tty = self.spec.path.to_string();
-                });
-            }
-            Err(e) if self.lost_since.is_some() => {
-                debug!("{}: {} not back yet: {e}", self.name, self.spec.path);
-                self.reopen_at = Instant::now() + REOPEN_LOST;
-            }
-            Err(e) if self.shared.open_after.elapsed() < REOPEN_EAGER_FOR && !self.ever_opened => {
-                if self.eager_delay < REOPEN_EAGER {
-                    error!(
-                        "{}: cannot open {}: {e}; retrying (check that it is plugged in and that this user may open it)",
-                        self.name, self.spec.path
-                    );
-                } else {
-                    debug!("{}: {} not openable yet: {e}", self.name, self.spec.path);
-                }
-                self.eager_delay = (self.eager_delay * 2).min(REOPEN_EAGER_CAP);
-                self.reopen_at = Instant::now() + self.eager_delay;
-            }
-            Err(e) => {
+        self.link = Link::Open(dev);
+        let state = if self.client.is_some() {
+            DeviceState::Connected
+        } else {
+            DeviceState::Idle
+        };
+        self.shared.registry.update(&self.shared.key, |e| {
+            e.state = state;
+            e.tty = self.spec.path.to_string();
+        });
+    }
+
+    fn open_failed(&mut self, e: io::Error, now: Instant) {
+        let path = &self.spec.path;
+        if let Link::Lost { at, .. } = &mut self.link {
+            debug!("{}: {path} not back yet: {e}", self.name);
+            *at = now + REOPEN_LOST;
+            return;
+        }
+        let (delay, report) = self.backoff.failed(now);
+        let hint = "check that it is plugged in and that this user may open it";
+        match report {
+            Report::Once => error!("{}: cannot open {path}: {e}; retrying ({hint})", self.name),
+            Report::Quiet => debug!("{}: {path} not openable yet: {e}", self.name),
+            Report::Error => {
                 error!(
-                    "{}: cannot open {}: {e}; retrying in {:.1} s (check that it is plugged in and that this user may open it)",
+                    "{}: cannot open {path}: {e}; retrying in {:.1} s ({hint})",
                     self.name,
-                    self.spec.path,
-                    self.reopen_delay.as_secs_f32()
+                    delay.as_secs_f32()
                 );
                 self.shared.registry.set_state(
                     &self.shared.key,
-                    DeviceState::Error(format!("cannot open {}: {e}", self.spec.path)),
+                    DeviceState::Error(format!("cannot open {path}: {e}")),
                 );
-                self.reopen_at = Instant::now() + self.reopen_delay;
-                self.reopen_delay = (self.reopen_delay * 2).min(REOPEN_MAX);
             }
         }
+        self.link = Link::Closed { at: now + delay };
     }
 
     /// One round of poll and the work it reveals.
     fn turn(&mut self) -> Result<(), Stop> {
-        let suspended = self.client.as_ref().is_some_and(|c| c.session.suspended());
-        let want_device_in = self.to_client.len() < CLIENT_HIGH_WATER && !suspended;
-        let paused = self
+        let waiting = self.effect.is_some();
+        let client_full = self
             .client
             .as_ref()
-            .is_some_and(|c| c.session.client_paused());
-        let want_client_in = self.to_device.len() < DEVICE_HIGH_WATER && !paused;
+            .is_some_and(|c| c.to_client.len() >= CLIENT_HIGH_WATER);
+        let suspended = self.client.as_ref().is_some_and(|c| c.session.suspended());
+        let want_device_in = !client_full && !suspended && !waiting;
+        let want_client_in = !client_full
+            && self.to_device.len() < DEVICE_HIGH_WATER
+            && self
+                .client
+                .as_ref()
+                .is_some_and(|c| c.input.pending().is_empty() && !c.session.client_paused());
 
         // A fixed array, no allocation per round: absent slots poll the wake fd for nothing.
         let idle = || PollFd::new(self.wake.as_fd(), PollFlags::empty());
-        let device_fd = self.device.as_ref().map(|dev| {
-            let mut ev = PollFlags::empty();
-            if want_device_in {
-                ev |= PollFlags::POLLIN;
+        let device_fd = match &self.link {
+            Link::Open(dev) => {
+                let mut ev = PollFlags::empty();
+                if want_device_in {
+                    ev |= PollFlags::POLLIN;
+                }
+                if !self.to_device.is_empty() {
+                    ev |= PollFlags::POLLOUT;
+                }
+                Some(PollFd::new(dev.fd(), ev))
             }
-            if !self.to_device.is_empty() {
-                ev |= PollFlags::POLLOUT;
-            }
-            PollFd::new(dev.fd(), ev)
-        });
+            _ => None,
+        };
         let client_fd = self.client.as_ref().map(|c| {
             let mut ev = PollFlags::empty();
             if want_client_in {
                 ev |= PollFlags::POLLIN;
             }
-            if !self.to_client.is_empty() {
+            if !c.to_client.is_empty() {
                 ev |= PollFlags::POLLOUT;
             }
             PollFd::new(c.stream.as_fd(), ev)
@@ -354,16 +442,16 @@ impl Bridge {
             device_fd.unwrap_or_else(idle),
             client_fd.unwrap_or_else(idle),
         ];
-        let timeout = self.next_deadline().map(|d| {
+        let timeout = self.next_deadline().map_or(PollTimeout::NONE, |d| {
             let ms = d.saturating_duration_since(Instant::now()).as_millis();
-            PollTimeout::try_from(ms.min(60_000) as i32 + 1).unwrap_or(PollTimeout::MAX)
+            PollTimeout::try_from(ms.min(POLL_CAP_MS) as i32 + 1).unwrap_or(PollTimeout::MAX)
         });
-        match poll(&mut fds, timeout.unwrap_or(PollTimeout::NONE)) {
+        match poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => return Ok(()),
             Err(e) => {
                 error!("{}: poll failed: {e}", self.name);
-                thread::sleep(Duration::from_millis(100));
+                thread::sleep(POLL_ERROR_PAUSE);
                 return Ok(());
             }
         }
@@ -376,27 +464,25 @@ impl Bridge {
                 self.command(cmd)?;
             }
         }
-        if !dev_ready.is_empty() {
-            self.on_device(dev_ready);
+        if dev_ready.contains(PollFlags::POLLOUT) {
+            self.flush_device();
         }
-        if !client_ready.is_empty() {
-            self.on_client(client_ready);
+        if dev_ready.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            self.read_device();
+        }
+        if client_ready.contains(PollFlags::POLLOUT) {
+            self.flush_client();
+        }
+        if client_ready.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            self.read_client();
         }
         if listener_ready.contains(PollFlags::POLLIN) {
             self.accept();
         }
-        self.run_reset_steps();
-        self.session_timer();
-        self.poll_modem();
-        if let Some(t) = self.lost_since {
-            if t.elapsed() >= self.shared.grace {
-                self.lost_since = None;
-                self.drop_client(&format!(
-                    "the device did not come back within {:.1} s",
-                    self.shared.grace.as_secs_f32()
-                ));
-            }
-        }
+        self.on_timers();
+        self.advance();
+        self.flush_device();
+        self.flush_client();
         Ok(())
     }
 
@@ -404,30 +490,30 @@ impl Bridge {
         match cmd {
             BridgeCommand::Shutdown => return Err(Stop::Shutdown),
             BridgeCommand::Reset(to, reply) => {
-                let result = match self.device.as_deref_mut() {
-                    Some(dev) => self.lines.reset(&self.name, to, dev),
-                    None => Err(ResetError::NoDevice),
+                let result = match self.link {
+                    Link::Open(_) => self.server_reset(to),
+                    _ => Err(ResetError::NoDevice),
                 };
                 let _ = reply.send(result);
             }
             BridgeCommand::Replace(path) => {
                 info!("{}: device now at {path}", self.name);
                 self.spec.path = path;
-                self.device = None;
-                self.reopen_at = Instant::now();
+                if let Link::Lost { at, .. } = &mut self.link {
+                    *at = Instant::now();
+                } else {
+                    self.link = Link::Closed { at: Instant::now() };
+                }
             }
             BridgeCommand::Retry => {
-                if self.device.is_none() {
-                    self.reopen_at = self
-                        .reopen_at
-                        .min(Instant::now())
-                        .max(self.shared.open_after);
+                if let Link::Closed { at } = &mut self.link {
+                    *at = (*at).min(Instant::now()).max(self.shared.open_after);
                 }
             }
             BridgeCommand::Disconnect(why) => self.drop_client(&why),
             BridgeCommand::Gone => {
-                if self.device.is_some() {
-                    self.device_lost("unplugged".into());
+                if matches!(self.link, Link::Open(_)) {
+                    self.device_lost("unplugged");
                 }
             }
         }
@@ -435,59 +521,185 @@ impl Bridge {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let reopen = self.device.is_none().then_some(self.reopen_at);
         let modem = self.client.as_ref().map(|c| c.next_modem_poll);
-        let grace = self.lost_since.map(|t| t + self.shared.grace);
+        let grace = match &self.link {
+            Link::Lost { since, .. } => Some(*since + self.shared.grace),
+            _ => None,
+        };
         let session = self.client.as_ref().and_then(|c| c.session.deadline());
+        let effect = self.effect.map(|(_, until)| until);
         [
-            reopen,
+            self.link.retry_at(),
             modem,
             grace,
             session,
-            self.lines.resetter.deadline(),
+            effect,
+            self.lines.deadline(),
         ]
         .into_iter()
         .flatten()
         .min()
     }
 
-    /// Play the steps of a reset sequence that are due, each as its own line change; tell
-    /// the session when one has finished (an ESP raw session waits for its bootloader entry).
-    fn run_reset_steps(&mut self) {
-        let Some(dev) = self.device.as_deref_mut() else {
+    /// Timers: reset steps, the session's own waits, modem lines, the grace period.
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        let mut played = None;
+        if let Some(dev) = self.link.device() {
+            while let Some(lines) = self.lines.due(now) {
+                played = set_lines(&self.name, &mut self.lines, dev, lines).or(played);
+            }
+        }
+        if let Some(p) = played {
+            self.reset_played(p);
+        }
+        if let Link::Lost { since, .. } = self.link {
+            if since.elapsed() >= self.shared.grace {
+                self.link = Link::Closed {
+                    at: now + REOPEN_LOST,
+                };
+                return self.drop_client(&format!(
+                    "the device did not come back within {:.1} s",
+                    self.shared.grace.as_secs_f32()
+                ));
+            }
+        }
+        let Some(c) = self.client.as_mut() else {
             return;
         };
-        self.lines.run_due(&self.name, dev);
-        if let (Some(to), Some(c)) = (self.lines.finished.take(), self.client.as_mut()) {
-            let mut port = BridgePort {
-                device: dev,
-                to_device: &mut self.to_device,
-                lines: &mut self.lines,
-                name: &self.name,
+        if self.effect.is_none() && c.session.deadline().is_some_and(|t| t <= now) {
+            let mut out = Out {
+                device: &mut self.to_device,
+                client: &mut c.to_client,
             };
-            c.session.reset_done(to, Instant::now(), &mut port);
-            self.flush_device();
+            let effect = c.session.on_timer(now, &mut out);
+            self.effect = waiting(effect, now);
+        }
+        if now >= c.next_modem_poll {
+            c.next_modem_poll = now + MODEM_POLL;
+            if let Some(st) = self.link.device().and_then(|d| d.modem_status().ok()) {
+                c.session.modem_status(st, &mut c.to_client);
+            }
         }
     }
 
-    /// The session's own timers: protocol detection, the ESP watch's waits.
-    fn session_timer(&mut self) {
-        let now = Instant::now();
-        let (Some(c), Some(dev)) = (self.client.as_mut(), self.device.as_deref_mut()) else {
-            return;
-        };
-        if c.session.deadline().is_none_or(|t| t > now) {
-            return;
+    /// Move the client's session on: perform the effect it waits on once the data queued
+    /// before it has reached the device (or could not in time), then feed it the client
+    /// bytes it has not taken yet. Returns when it waits on the device or has taken all.
+    fn advance(&mut self) {
+        loop {
+            let now = Instant::now();
+            let Some(c) = self.client.as_mut() else {
+                self.effect = None;
+                return;
+            };
+            if let Some((effect, until)) = self.effect {
+                let outcome = if effect.after_data() && !self.to_device.is_empty() {
+                    if now < until {
+                        return; // POLLOUT on the device, or the deadline, brings us back.
+                    }
+                    Err(Failure::Stalled)
+                } else {
+                    Ok(())
+                };
+                let outcome = outcome.and_then(|()| self.perform(effect));
+                let Some(c) = self.client.as_mut() else {
+                    return;
+                };
+                let mut out = Out {
+                    device: &mut self.to_device,
+                    client: &mut c.to_client,
+                };
+                let next = c.session.done(outcome, now, &mut out);
+                self.effect = waiting(next, now);
+                self.flush_device();
+                continue;
+            }
+            if c.input.pending().is_empty() {
+                return;
+            }
+            let mut out = Out {
+                device: &mut self.to_device,
+                client: &mut c.to_client,
+            };
+            match c.session.on_client_bytes(c.input.pending(), now, &mut out) {
+                Ok(step) => {
+                    c.input.at += step.consumed;
+                    let stuck = step.consumed == 0 && step.effect.is_none();
+                    self.effect = waiting(step.effect, now);
+                    self.flush_device();
+                    if stuck {
+                        return;
+                    }
+                }
+                Err(e) => return self.drop_client(&format!("disconnected: {e}")),
+            }
         }
-        let mut port = BridgePort {
-            device: dev,
-            to_device: &mut self.to_device,
-            lines: &mut self.lines,
-            name: &self.name,
+    }
+
+    /// Do what the session asked of the device. Without a device (re-enumerating) settings
+    /// are only remembered — the session re-applies them when it is back — and a reset fails.
+    fn perform(&mut self, effect: Effect) -> Result<(), Failure> {
+        if let Effect::Purge(Purge::Output | Purge::Both) = effect {
+            self.to_device.clear();
+        }
+        if let Effect::Reset(to) = effect {
+            return self.server_reset(to).map_err(Failure::Reset);
+        }
+        let Some(dev) = self.link.device() else {
+            return Ok(());
         };
-        c.session.on_timer(now, &mut port, &mut self.to_client);
-        self.flush_device();
-        self.flush_client();
+        match effect {
+            Effect::Apply(s) => dev.apply(&s).map_err(Failure::Device),
+            Effect::Break(on) => dev.set_break(on).map_err(Failure::Device),
+            Effect::Purge(p) => dev.purge(p).map_err(Failure::Device),
+            Effect::Lines(lines) => {
+                let now = Instant::now();
+                let (change, started) = self.lines.client_lines(lines, now);
+                if let Some(to) = started {
+                    info!(
+                        "{}: client started a reset into {to:?}; playing it locally",
+                        self.name
+                    );
+                    Stats::add(&self.shared.stats.resets, 1);
+                }
+                let played = change.and_then(|l| set_lines(&self.name, &mut self.lines, dev, l));
+                if let Some(p) = played {
+                    self.reset_played(p);
+                }
+                Ok(())
+            }
+            Effect::Reset(_) => Ok(()),
+        }
+    }
+
+    /// A reset on the server's initiative (the portal, an ESP session's SYNC, a session end).
+    fn server_reset(&mut self, to: ResetTo) -> Result<(), ResetError> {
+        let dev = self.link.device().ok_or(ResetError::NoDevice)?;
+        let first = self.lines.reset(to, Instant::now())?;
+        info!("{}: reset into {to:?} requested by the server", self.name);
+        Stats::add(&self.shared.stats.resets, 1);
+        let played = first.and_then(|l| set_lines(&self.name, &mut self.lines, dev, l));
+        if let Some(p) = played {
+            self.reset_played(p);
+        }
+        Ok(())
+    }
+
+    /// A reset sequence finished: log its timings, tell the session (an ESP raw session
+    /// waits for its bootloader entry).
+    fn reset_played(&mut self, played: Played) {
+        info!(
+            "{}: reset into {:?} done, lines (D/R = asserted):{}",
+            self.name, played.to, played.steps
+        );
+        if let Some(c) = self.client.as_mut() {
+            let mut out = Out {
+                device: &mut self.to_device,
+                client: &mut c.to_client,
+            };
+            c.session.reset_done(played.to, Instant::now(), &mut out);
+        }
     }
 
     fn accept(&mut self) {
@@ -500,114 +712,122 @@ impl Bridge {
                     return;
                 }
             };
-            if let Some(c) = &mut self.client {
-                if self.spec.busy == Busy::Reject {
-                    info!(
-                        "{}: refused {addr}: port in use by {} (one controlling client per device)",
-                        self.name, c.addr
-                    );
-                    let _ = stream.write(BUSY_MESSAGE);
+            let open = matches!(self.link, Link::Open(_));
+            match admit(self.spec.busy, self.client.is_some(), open) {
+                Admission::Refuse(message) => {
+                    let why = match (message == BUSY_MESSAGE, &self.client) {
+                        (true, Some(c)) => {
+                            format!(
+                                "port in use by {} (one controlling client per device)",
+                                c.addr
+                            )
+                        }
+                        _ => format!("device {} is not open", self.spec.path),
+                    };
+                    info!("{}: refused {addr}: {why}", self.name);
+                    let _ = stream.write(message);
                     continue;
                 }
-                // Best effort: the kicked client gets the reason if its socket has room.
-                let _ = c.stream.write(KICKED_MESSAGE);
-                self.drop_client(&format!("kicked off by {addr} (busy = \"kick\")"));
-            }
-            if self.device.is_none() {
-                info!(
-                    "{}: refused {addr}: device {} is not open",
-                    self.name, self.spec.path
-                );
-                let _ = stream.write(NO_DEVICE_MESSAGE);
-                continue;
+                Admission::Kick => {
+                    if let Some(c) = &mut self.client {
+                        // Best effort: the kicked client gets the reason if its socket has room.
+                        let _ = c.stream.write(KICKED_MESSAGE);
+                    }
+                    self.drop_client(&format!("kicked off by {addr} (busy = \"kick\")"));
+                }
+                Admission::Accept => {}
             }
             if let Err(e) = tune_socket(&stream) {
-                warn!("{}: cannot set socket options for {addr}: {e}", self.name);
+                warn!(
+                    "{}: cannot set up the connection from {addr}: {e}",
+                    self.name
+                );
+                continue;
             }
-            let settings = self.configured;
-            let signature = format!(
-                "serialhub {} {} ({})",
-                env!("CARGO_PKG_VERSION"),
-                self.name,
-                self.spec.path
-            );
-            let mut session = match self.spec.protocol {
-                Protocol::Rfc2217 => Session::new(&self.name, signature, settings),
-                Protocol::Raw => Session::raw(&self.name, settings),
-                Protocol::Auto => {
-                    Session::detect(&self.name, signature, settings, self.spec.detect_window)
-                }
-            };
-            if self.lines.resetter.policy().is_esp() {
-                session = session.watch_esp(self.lines.in_loader);
-            }
-            self.to_client.clear();
-            self.to_device.clear();
-            session.start(&mut self.to_client);
-            info!("{}: client {addr} connected", self.name);
-            Stats::add(&self.shared.stats.connects, 1);
-            self.shared.registry.update(&self.shared.key, |e| {
-                e.state = DeviceState::Connected;
-                e.client = Some(ClientInfo {
-                    addr,
-                    since: Instant::now(),
-                });
-            });
-            self.client = Some(Client {
-                stream,
-                addr,
-                since: Instant::now(),
-                session,
-                next_modem_poll: Instant::now() + MODEM_POLL,
-                bytes_in: 0,
-                bytes_out: 0,
-            });
-            self.flush_client();
+            self.connect(stream, addr);
         }
     }
 
-    fn on_device(&mut self, ev: PollFlags) {
-        if ev.contains(PollFlags::POLLOUT) {
-            self.flush_device();
-        }
-        if ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
-            let Some(dev) = self.device.as_mut() else {
-                return;
-            };
-            match dev.read(&mut self.buf) {
-                Ok(0) => self.device_lost("end of file".into()),
-                Ok(n) => {
-                    if let Ok(mut log) = self.shared.log.lock() {
-                        log.push(&self.buf[..n]);
-                    }
-                    if let Some(c) = &mut self.client {
-                        c.bytes_out += n as u64;
-                        Stats::add(&self.shared.stats.bytes_to_client, n as u64);
-                        let mut port = BridgePort {
-                            device: dev.as_mut(),
-                            to_device: &mut self.to_device,
-                            lines: &mut self.lines,
-                            name: &self.name,
-                        };
-                        c.session.device_data(
-                            &self.buf[..n],
-                            Instant::now(),
-                            &mut port,
-                            &mut self.to_client,
-                        );
-                        self.flush_device();
-                        self.flush_client();
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => self.device_lost(e.to_string()),
+    fn connect(&mut self, stream: TcpStream, addr: SocketAddr) {
+        let settings = self.configured;
+        let signature = format!(
+            "serialhub {} {} ({})",
+            env!("CARGO_PKG_VERSION"),
+            self.name,
+            self.spec.path
+        );
+        let mut session = match self.spec.protocol {
+            Protocol::Rfc2217 => Session::new(&self.name, signature, settings),
+            Protocol::Raw => Session::raw(&self.name, settings),
+            Protocol::Auto => {
+                Session::detect(&self.name, signature, settings, self.spec.detect_window)
             }
+        };
+        if self.lines.policy().is_esp() {
+            session = session.watch_esp(self.lines.in_loader());
+        }
+        let mut to_client = Vec::with_capacity(READ_CHUNK);
+        if let Some(st) = self.link.device().and_then(|d| d.modem_status().ok()) {
+            session.modem_status(st, &mut to_client);
+        }
+        session.start(&mut to_client);
+        self.to_device.clear();
+        self.effect = None;
+        info!("{}: client {addr} connected", self.name);
+        Stats::add(&self.shared.stats.connects, 1);
+        let now = Instant::now();
+        self.shared.registry.update(&self.shared.key, |e| {
+            e.state = DeviceState::Connected;
+            e.client = Some(ClientInfo { addr, since: now });
+        });
+        self.client = Some(Client {
+            stream,
+            addr,
+            since: now,
+            session,
+            input: Input {
+                buf: vec![0; READ_CHUNK].into_boxed_slice(),
+                at: 0,
+                end: 0,
+            },
+            to_client,
+            next_modem_poll: now + MODEM_POLL,
+            bytes_in: 0,
+            bytes_out: 0,
+        });
+    }
+
+    fn read_device(&mut self) {
+        let Some(dev) = self.link.device() else {
+            return;
+        };
+        match dev.read(&mut self.buf) {
+            Ok(0) => self.device_lost("end of file"),
+            Ok(n) => {
+                let data = &self.buf[..n];
+                if let Ok(mut log) = self.shared.log.lock() {
+                    log.push(data);
+                }
+                let Some(c) = self.client.as_mut() else {
+                    return;
+                };
+                c.bytes_out += n as u64;
+                Stats::add(&self.shared.stats.bytes_to_client, n as u64);
+                let mut out = Out {
+                    device: &mut self.to_device,
+                    client: &mut c.to_client,
+                };
+                let effect = c.session.on_device_bytes(data, Instant::now(), &mut out);
+                self.effect = waiting(effect, Instant::now());
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => self.device_lost(&e.to_string()),
         }
     }
 
-    fn device_lost(&mut self, why: String) {
-        self.device = None;
+    fn device_lost(&mut self, why: &str) {
+        let now = Instant::now();
         self.to_device.clear();
         self.shared
             .registry
@@ -622,77 +842,52 @@ impl Bridge {
                     c.addr,
                     self.shared.grace.as_secs_f32()
                 );
-                self.lost_since = Some(Instant::now());
-                self.reopen_at = Instant::now() + REOPEN_LOST;
+                self.link = Link::Lost {
+                    since: now,
+                    at: now + REOPEN_LOST,
+                    dropped: 0,
+                };
             }
             _ => {
                 error!(
                     "{}: device {} failed: {why}; closing it and retrying",
                     self.name, self.spec.path
                 );
-                self.reopen_at = Instant::now() + self.reopen_delay;
+                let (delay, _) = self.backoff.failed(now);
+                self.link = Link::Closed { at: now + delay };
                 self.drop_client("the device went away");
             }
         }
     }
 
-    fn on_client(&mut self, ev: PollFlags) {
-        if ev.contains(PollFlags::POLLOUT) {
-            self.flush_client();
-        }
-        if !ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
-            return;
-        }
+    fn read_client(&mut self) {
         let Some(c) = self.client.as_mut() else {
             return;
         };
-        let n = match c.stream.read(&mut self.buf) {
+        if !c.input.pending().is_empty() {
+            return;
+        }
+        let n = match c.stream.read(&mut c.input.buf) {
             Ok(0) => return self.drop_client("client closed the connection"),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
             Err(e) => return self.drop_client(&format!("connection error: {e}")),
         };
+        c.input.at = 0;
+        c.input.end = n;
         c.bytes_in += n as u64;
         Stats::add(&self.shared.stats.bytes_to_device, n as u64);
-        let now = Instant::now();
-        let result = match self.device.as_deref_mut() {
-            Some(dev) => {
-                let mut port = BridgePort {
-                    device: dev,
-                    to_device: &mut self.to_device,
-                    lines: &mut self.lines,
-                    name: &self.name,
-                };
-                c.session
-                    .on_client_bytes(&self.buf[..n], now, &mut port, &mut self.to_client)
-            }
-            None => {
-                // The device is re-enumerating: answer the protocol, remember settings (they
-                // are re-applied when it is back), drop the data.
-                let mut port = LostPort {
-                    dropped: &mut self.dropped_while_lost,
-                };
-                c.session
-                    .on_client_bytes(&self.buf[..n], now, &mut port, &mut self.to_client)
-            }
-        };
-        if let Err(e) = result {
-            return self.drop_client(&format!("disconnected: {e}"));
-        }
-        self.flush_device();
-        self.flush_client();
     }
 
     fn flush_client(&mut self) {
         let Some(c) = self.client.as_mut() else {
-            self.to_client.clear();
             return;
         };
-        while !self.to_client.is_empty() {
-            match c.stream.write(&self.to_client) {
+        while !c.to_client.is_empty() {
+            match c.stream.write(&c.to_client) {
                 Ok(n) => {
-                    self.to_client.drain(..n);
+                    c.to_client.drain(..n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -702,9 +897,17 @@ impl Bridge {
     }
 
     fn flush_device(&mut self) {
-        let Some(dev) = self.device.as_mut() else {
-            self.to_device.clear();
-            return;
+        let dev = match &mut self.link {
+            Link::Open(dev) => dev,
+            Link::Lost { dropped, .. } => {
+                *dropped += self.to_device.len() as u64;
+                self.to_device.clear();
+                return;
+            }
+            Link::Closed { .. } => {
+                self.to_device.clear();
+                return;
+            }
         };
         while !self.to_device.is_empty() {
             match dev.write(&self.to_device) {
@@ -713,30 +916,13 @@ impl Bridge {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.device_lost(e.to_string()),
+                Err(e) => return self.device_lost(&e.to_string()),
             }
         }
     }
 
-    fn poll_modem(&mut self) {
-        let (Some(c), Some(dev)) = (self.client.as_mut(), self.device.as_deref_mut()) else {
-            return;
-        };
-        if Instant::now() < c.next_modem_poll {
-            return;
-        }
-        c.next_modem_poll = Instant::now() + MODEM_POLL;
-        let mut port = BridgePort {
-            device: dev,
-            to_device: &mut self.to_device,
-            lines: &mut self.lines,
-            name: &self.name,
-        };
-        c.session.poll_modem(&mut port, &mut self.to_client);
-        self.flush_client();
-    }
-
-    /// End the client's session: restore what it changed, release both lines.
+    /// End the client's session: restore what it changed, release both lines, and settle
+    /// the chip where an ESP raw session leaves it.
     fn drop_client(&mut self, why: &str) {
         let Some(c) = self.client.take() else {
             return;
@@ -749,39 +935,41 @@ impl Bridge {
             c.bytes_in,
             c.bytes_out
         );
-        self.to_client.clear();
         self.to_device.clear();
-        if let Some(dev) = self.device.as_mut() {
+        self.effect = None;
+        let now = Instant::now();
+        let released = self.lines.client_left(now);
+        if let Some(dev) = self.link.device() {
             if c.session.settings() != self.configured {
                 if let Err(e) = dev.apply(&self.configured) {
                     warn!("{}: cannot restore {}: {e}", self.name, self.configured);
                 }
             }
             let _ = dev.set_break(false);
-        }
-        let local = self.lines.resetter.client_left(Instant::now());
-        if let Some(dev) = self.device.as_deref_mut() {
-            self.lines.apply(&self.name, local, dev);
-            // An ESP raw session that entered the bootloader owes the chip what esptool's
-            // `--after hard-reset` would have done, which it cannot do over a socket.
-            if let Some((entered, in_loader)) = c.session.esp_state() {
-                if entered && self.spec.after == After::Reset {
-                    if let Err(e) = self.lines.reset(&self.name, ResetTo::App, dev) {
+            let played = released.and_then(|l| set_lines(&self.name, &mut self.lines, dev, l));
+            if let Some(p) = played {
+                self.reset_played(p);
+            }
+            match c.session.esp_end() {
+                Some(EspEnd::Entered) if self.spec.after == After::Reset => {
+                    if let Err(e) = self.server_reset(ResetTo::App) {
                         warn!(
                             "{}: cannot reset the chip into its application: {e}",
                             self.name
                         );
                     }
-                } else {
-                    self.lines.in_loader = in_loader;
                 }
+                Some(EspEnd::Entered | EspEnd::InLoader) => self.lines.set_in_loader(true),
+                Some(EspEnd::Unknown) => self.lines.set_in_loader(false),
+                None => {}
             }
         }
-        self.lost_since = None;
-        let state = if self.device.is_some() {
-            DeviceState::Idle
-        } else {
-            DeviceState::Starting
+        if let Link::Lost { .. } = self.link {
+            self.link = Link::Closed { at: now };
+        }
+        let state = match self.link {
+            Link::Open(_) => DeviceState::Idle,
+            _ => DeviceState::Starting,
         };
         self.shared.registry.update(&self.shared.key, |e| {
             e.state = state;
@@ -790,253 +978,33 @@ impl Bridge {
     }
 }
 
-/// The reset policy a device gets: its `reset` key, or for `auto` a guess from its USB ids.
-pub(crate) fn policy_for(spec: &DeviceSpec, usb: Option<crate::daemon::identity::UsbId>) -> Policy {
-    let esp = Policy::Esp {
-        esp32r0: spec.esp32r0,
-    };
-    match spec.reset {
-        ResetKind::Esp | ResetKind::Gpio => esp,
-        ResetKind::UsbJtag => Policy::UsbJtag,
-        ResetKind::Passthrough => Policy::Passthrough,
-        ResetKind::None => Policy::None,
-        ResetKind::Auto => match &spec.path {
-            // sim-gpio's GPIO wiring is the simulator's own (`sim::SimGpioWired`).
-            DevicePath::Sim { board, .. } => match board {
-                crate::sim::SimBoard::UsbJtag => Policy::UsbJtag,
-                crate::sim::SimBoard::DevKit | crate::sim::SimBoard::Gpio => esp,
-            },
-            DevicePath::Tty(_) => match usb {
-                Some(id) if id.is_esp_usb_jtag() => Policy::UsbJtag,
-                Some(id) if id.is_uart_bridge() => esp,
-                _ => Policy::Passthrough,
-            },
-        },
-    }
+/// An effect the session now waits on, and until when it waits for the data before it.
+fn waiting(effect: Option<Effect>, now: Instant) -> Option<(Effect, Instant)> {
+    effect.map(|e| (e, now + DRAIN_WAIT))
 }
 
-fn open_sim(
-    board: crate::sim::SimBoard,
-    flash_file: Option<std::path::PathBuf>,
+/// Set both lines in one call and tell the driver when they got there.
+fn set_lines(
     name: &str,
-    settings: &LineSettings,
-) -> io::Result<Box<dyn Device>> {
-    let (mut sim, _) = crate::sim::open(crate::sim::SimOptions {
-        flash_file,
-        board,
-        name: Some(name.to_owned()),
-        ..Default::default()
-    })?;
-    sim.apply(settings)?;
-    Ok(sim)
+    driver: &mut LineDriver,
+    dev: &mut dyn Device,
+    lines: Lines,
+) -> Option<Played> {
+    if let Err(e) = dev.set_lines(lines) {
+        debug!("{name}: cannot set DTR/RTS: {e}");
+    }
+    driver.applied(lines, Instant::now())
 }
 
-/// The device's reset policy plus the record of the sequence in progress: every line change
-/// it makes reaches the device as one call, and a finished sequence is logged with the
-/// offsets at which each step actually happened (users and tests read the timings there).
-struct LineDriver {
-    resetter: Resetter,
-    trace: Option<(ResetTo, Instant, String)>,
-    stats: Arc<Stats>,
-    /// The sequence that has just finished, for the session to hear of.
-    finished: Option<ResetTo>,
-    /// The chip is known to be in its loader: a bootloader entry finished and no line has
-    /// moved since (or an ESP raw session left it there). The next raw session's SYNC then
-    /// needs no reset.
-    in_loader: bool,
-}
-
-impl LineDriver {
-    fn new(policy: Policy, stats: Arc<Stats>) -> LineDriver {
-        LineDriver {
-            resetter: Resetter::new(policy),
-            trace: None,
-            stats,
-            finished: None,
-            in_loader: false,
-        }
-    }
-
-    fn apply(&mut self, name: &str, lines: Option<Lines>, dev: &mut dyn Device) {
-        let Some(lines) = lines else { return };
-        let now = Instant::now();
-        if self.trace.is_none() && self.resetter.busy().is_some() {
-            self.trace = self.resetter.busy().map(|to| (to, now, String::new()));
-        }
-        if let Some((_, t0, steps)) = &mut self.trace {
-            use std::fmt::Write as _;
-            let _ = write!(
-                steps,
-                " {}{}@{:.1}ms",
-                if lines.dtr { 'D' } else { 'd' },
-                if lines.rts { 'R' } else { 'r' },
-                now.duration_since(*t0).as_secs_f64() * 1e3
-            );
-        }
-        if let Err(e) = dev.set_lines(lines) {
-            debug!("{name}: cannot set DTR/RTS: {e}");
-        }
-        self.resetter.applied(now);
-        self.in_loader = false;
-        if self.resetter.busy().is_none() {
-            if let Some((to, _, steps)) = self.trace.take() {
-                info!("{name}: reset into {to:?} done, lines (D/R = asserted):{steps}");
-                self.finished = Some(to);
-                self.in_loader = to == ResetTo::Bootloader;
-            }
-        }
-    }
-
-    fn client_lines(&mut self, name: &str, lines: Lines, dev: &mut dyn Device) {
-        let was_busy = self.resetter.busy();
-        let en_low_since = self.resetter.en_low_since();
-        let now = Instant::now();
-        let local = self.resetter.client_lines(lines, now);
-        if let (None, Some(to)) = (was_busy, self.resetter.busy()) {
-            info!("{name}: client started a reset into {to:?}; playing it locally");
-            Stats::add(&self.stats.resets, 1);
-            // A bootloader entry usually starts from an EN-low the client already caused:
-            // the trace starts there, so the log shows how long EN was really held low.
-            self.trace = Some(match en_low_since {
-                Some(t0) => (to, t0, " dR@0.0ms".to_string()),
-                None => (to, now, String::new()),
-            });
-        }
-        self.apply(name, local, dev);
-    }
-
-    fn reset(&mut self, name: &str, to: ResetTo, dev: &mut dyn Device) -> Result<(), ResetError> {
-        let now = Instant::now();
-        let first = self.resetter.reset(to, now)?;
-        info!("{name}: reset into {to:?} requested by the server");
-        Stats::add(&self.stats.resets, 1);
-        self.trace = Some((to, now, String::new()));
-        self.apply(name, first, dev);
-        Ok(())
-    }
-
-    fn run_due(&mut self, name: &str, dev: &mut dyn Device) {
-        let now = Instant::now();
-        while let Some(lines) = self.resetter.due(now) {
-            self.apply(name, Some(lines), dev);
-        }
-    }
-}
-
-/// Stands in for the device while it re-enumerates: settings are accepted (the session keeps
-/// them and they are applied to the device when it is back), data is dropped and counted.
-struct LostPort<'a> {
-    dropped: &'a mut u64,
-}
-
-impl Port for LostPort<'_> {
-    fn write(&mut self, data: &[u8]) {
-        *self.dropped += data.len() as u64;
-    }
-    fn apply(&mut self, _: &LineSettings) -> io::Result<()> {
-        Ok(())
-    }
-    fn set_lines(&mut self, _: Lines) -> io::Result<()> {
-        Ok(())
-    }
-    fn set_break(&mut self, _: bool) -> io::Result<()> {
-        Ok(())
-    }
-    fn purge(&mut self, _: Purge) -> io::Result<()> {
-        Ok(())
-    }
-    fn modem_status(&mut self) -> io::Result<ModemStatus> {
-        Ok(ModemStatus::default())
-    }
-    fn reset(&mut self, _: ResetTo) -> Result<(), ResetError> {
-        Err(ResetError::NoDevice)
-    }
-}
-
-/// TCP_NODELAY (every answer is latency-critical) and keepalive (about 10 s idle, then 3
-/// probes 5 s apart) so a client that vanished without a FIN frees the port in ~25 s.
+/// Non-blocking, TCP_NODELAY (every answer is latency-critical) and keepalive (about 10 s
+/// idle, then 3 probes 5 s apart) so a client that vanished without a FIN frees the port in
+/// ~25 s. A connection that cannot be made non-blocking is refused: it would stall the loop.
 fn tune_socket(s: &TcpStream) -> io::Result<()> {
     s.set_nonblocking(true)?;
-    s.set_nodelay(true)?;
-    setsockopt(s, sockopt::KeepAlive, &true)?;
-    setsockopt(s, sockopt::TcpKeepIdle, &10)?;
-    setsockopt(s, sockopt::TcpKeepInterval, &5)?;
-    setsockopt(s, sockopt::TcpKeepCount, &3)?;
+    let _ = s.set_nodelay(true);
+    let _ = setsockopt(s, sockopt::KeepAlive, &true);
+    let _ = setsockopt(s, sockopt::TcpKeepIdle, &10);
+    let _ = setsockopt(s, sockopt::TcpKeepInterval, &5);
+    let _ = setsockopt(s, sockopt::TcpKeepCount, &3);
     Ok(())
-}
-
-/// The session's view of the device: settings changes first push queued client data out,
-/// so bytes the client wrote before a baud change leave at the old baud, as with a local port.
-struct BridgePort<'a> {
-    device: &'a mut dyn Device,
-    to_device: &'a mut Vec<u8>,
-    lines: &'a mut LineDriver,
-    name: &'a str,
-}
-
-impl BridgePort<'_> {
-    fn drain(&mut self) -> io::Result<()> {
-        let deadline = Instant::now() + DRAIN_BEFORE_APPLY;
-        while !self.to_device.is_empty() {
-            match self.device.write(self.to_device) {
-                Ok(n) => {
-                    self.to_device.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "device did not accept queued data",
-                        ));
-                    }
-                    let mut fds = [PollFd::new(self.device.fd(), PollFlags::POLLOUT)];
-                    let ms = PollTimeout::try_from(left.as_millis().min(1000) as i32)
-                        .unwrap_or(PollTimeout::MAX);
-                    let _ = poll(&mut fds, ms);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Port for BridgePort<'_> {
-    fn write(&mut self, data: &[u8]) {
-        self.to_device.extend_from_slice(data);
-    }
-
-    fn apply(&mut self, settings: &LineSettings) -> io::Result<()> {
-        self.drain()?;
-        self.device.apply(settings)
-    }
-
-    /// The client's lines go through the reset policy, which decides what the board sees.
-    fn set_lines(&mut self, lines: Lines) -> io::Result<()> {
-        self.drain()?;
-        self.lines.client_lines(self.name, lines, self.device);
-        Ok(())
-    }
-
-    fn set_break(&mut self, on: bool) -> io::Result<()> {
-        self.drain()?;
-        self.device.set_break(on)
-    }
-
-    fn purge(&mut self, which: Purge) -> io::Result<()> {
-        if matches!(which, Purge::Output | Purge::Both) {
-            self.to_device.clear();
-        }
-        self.device.purge(which)
-    }
-
-    fn modem_status(&mut self) -> io::Result<ModemStatus> {
-        self.device.modem_status()
-    }
-
-    fn reset(&mut self, to: ResetTo) -> Result<(), ResetError> {
-        self.lines.reset(self.name, to, self.device)
-    }
 }

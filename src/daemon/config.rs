@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub(crate) use crate::device::DevicePath;
+use crate::device::Wiring;
+use crate::protocol::reset::Policy;
+
 pub(crate) use crate::sim::SimBoard;
 
 /// The first TCP port handed out when a device has none configured (the old portal's too).
@@ -134,62 +138,6 @@ impl Default for Config {
             hotplug: Hotplug::default(),
             http: parse_http(DEFAULT_HTTP).expect("the default parses"),
         }
-    }
-}
-
-/// Where a device's bytes come from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum DevicePath {
-    Tty(PathBuf),
-    /// A built-in simulated board (`sim`: ESP32 DevKit, `sim-usb`: ESP32-C3 on USB-Serial/JTAG,
-    /// `sim-gpio`: ESP32 with EN/IO0 on GPIOs), optionally keeping its flash in a file
-    /// (`sim-usb:FLASHFILE`).
-    Sim {
-        board: SimBoard,
-        flash_file: Option<PathBuf>,
-    },
-}
-
-impl DevicePath {
-    fn unset() -> DevicePath {
-        DevicePath::Tty(PathBuf::new())
-    }
-
-    pub(crate) fn is_unset(&self) -> bool {
-        matches!(self, DevicePath::Tty(p) if p.as_os_str().is_empty())
-    }
-
-    fn parse(s: &str) -> DevicePath {
-        let (head, file) = match s.split_once(':') {
-            Some((head, file)) => (head, Some(PathBuf::from(file))),
-            None => (s, None),
-        };
-        match SimBoard::from_path_name(head) {
-            Some(board) => DevicePath::Sim {
-                board,
-                flash_file: file,
-            },
-            None => DevicePath::Tty(PathBuf::from(s)),
-        }
-    }
-}
-
-impl fmt::Display for DevicePath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DevicePath::Tty(p) => write!(f, "{}", p.display()),
-            DevicePath::Sim { board, .. } => write!(f, "{board}"),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for DevicePath {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if s.is_empty() {
-            return Err(serde::de::Error::custom("`path` must not be empty"));
-        }
-        Ok(DevicePath::parse(&s))
     }
 }
 
@@ -397,6 +345,40 @@ impl DeviceSpec {
                 board: SimBoard::DevKit,
                 flash_file: None,
             })
+        }
+    }
+
+    /// The reset policy this device gets: its `reset` key, or for `auto` a guess from its USB
+    /// ids.
+    pub(crate) fn policy(&self, usb: Option<crate::daemon::identity::UsbId>) -> Policy {
+        let esp = Policy::Esp {
+            esp32r0: self.esp32r0,
+        };
+        match self.reset {
+            ResetKind::Esp | ResetKind::Gpio => esp,
+            ResetKind::UsbJtag => Policy::UsbJtag,
+            ResetKind::Passthrough => Policy::Passthrough,
+            ResetKind::None => Policy::None,
+            ResetKind::Auto => match &self.path {
+                // sim-gpio's GPIO wiring is the simulator's own (`sim::SimGpioWired`).
+                DevicePath::Sim { board, .. } => match board {
+                    SimBoard::UsbJtag => Policy::UsbJtag,
+                    SimBoard::DevKit | SimBoard::Gpio => esp,
+                },
+                DevicePath::Tty(_) => match usb {
+                    Some(id) if id.is_esp_usb_jtag() => Policy::UsbJtag,
+                    Some(id) if id.is_uart_bridge() => esp,
+                    _ => Policy::Passthrough,
+                },
+            },
+        }
+    }
+
+    /// What the device's DTR/RTS reach.
+    pub(crate) fn wiring(&self) -> Wiring {
+        match self.reset {
+            ResetKind::Gpio => Wiring::Gpio(self.gpio.clone().unwrap_or_default()),
+            _ => Wiring::ModemLines,
         }
     }
 

@@ -1,9 +1,118 @@
-//! The daemon: everything `serialhub serve` runs. This module is the composition root.
+//! The daemon: everything `serialhub serve` runs. This module is the composition root: it
+//! owns the signals and systemd's notifications and wires the threads together —
+//!
+//! ```text
+//!  main thread: signals (SIGHUP reload, SIGINT/SIGTERM stop) ──control──▶ supervisor thread
+//!  portal threads (HTTP) ──control (requests)──▶ supervisor ──commands──▶ bridge threads
+//!  supervisor, bridges ──write──▶ registry ◀──read── portal
+//! ```
+//!
+//! No module below depends on this one, and none depends on a module it does not name here
+//! as its inputs: the graph is a tree.
+
+use std::path::Path;
+
+use log::{error, info, warn};
+
+use crate::daemon::config::Config;
+use crate::daemon::registry::Registry;
+use crate::daemon::supervisor::Supervisor;
 
 pub(crate) mod assign; // stable TCP port per device key, persisted atomically
-pub(crate) mod bridge; // the per-device thread: poll loop, one controlling client
+pub(crate) mod bridge; // the per-device thread: a poll loop that performs the session's effects
 pub(crate) mod config; // serialhub.toml and `--device` flags, with errors that name file/line/key
+pub(crate) mod control; // the requests the portal and signals send the supervisor
 pub(crate) mod identity; // USB identity of a tty from sysfs: ids, serial, physical path
 pub(crate) mod portal; // HTTP: discovery API (old portal's shapes), metrics, web page
 pub(crate) mod registry; // the shared view of devices, ports, clients and counters
-pub(crate) mod supervisor; // hotplug (inotify), stable ports, bridge lifecycle, signals
+pub(crate) mod reopen; // when to try opening a device again (pure)
+pub(crate) mod supervisor; // hotplug (inotify), stable ports, the bridges' lifecycle
+
+/// Re-reads the configuration (file plus command line) on SIGHUP.
+pub(crate) type Reload = Box<dyn Fn() -> Result<Config, String>>;
+
+/// Run the daemon until SIGINT or SIGTERM: start the supervisor, report readiness to
+/// systemd, then restore every device and exit.
+pub(crate) fn serve(config: Config, reload: Reload) -> Result<(), String> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGHUP);
+    // Block before spawning, so every thread inherits the mask and only the main thread
+    // ever sees the signals (in `wait`).
+    mask.thread_block()
+        .map_err(|e| format!("cannot block signals: {e}"))?;
+
+    // The portal's port first: a busy one stops the daemon before any device is touched.
+    let http = match config.http {
+        Some(addr) => Some(portal::bind(addr).map_err(|e| {
+            format!("cannot listen for HTTP on {addr}: {e} (is another portal running? set `http` or --http to another address, or \"off\")")
+        })?),
+        None => None,
+    };
+    let device_ip = config.bind;
+    let devices = config.devices.clone();
+    let registry = Registry::new();
+    let mut sup = Supervisor::new(config, registry.clone());
+    // Fixed devices are bound up front: a port conflict stops the daemon at start with a
+    // message instead of leaving a device unserved.
+    let errors = sup.start_fixed(devices);
+    if !errors.is_empty() {
+        return Err(errors.join("\n"));
+    }
+    sup.start_hotplug();
+    let (handle, inbox) = control::channel().map_err(|e| format!("eventfd: {e}"))?;
+    if let Some(listener) = http {
+        portal::spawn(listener, device_ip, registry, handle.clone())
+            .map_err(|e| format!("cannot start the portal: {e}"))?;
+    }
+    let thread = std::thread::Builder::new()
+        .name("supervisor".into())
+        .spawn(move || sup.run(inbox))
+        .map_err(|e| format!("cannot start the supervisor: {e}"))?;
+    notify_systemd("READY=1");
+    loop {
+        match mask.wait() {
+            Ok(Signal::SIGHUP) => match reload() {
+                Ok(config) => {
+                    info!("SIGHUP: configuration re-read; applying changes");
+                    handle.reload(config);
+                }
+                Err(e) => error!("SIGHUP: {e}; keeping the running configuration"),
+            },
+            Ok(sig) => {
+                info!("{sig:?}: restoring devices and exiting");
+                break;
+            }
+            Err(e) => return Err(format!("waiting for signals: {e}")),
+        }
+    }
+    notify_systemd("STOPPING=1");
+    handle.shutdown();
+    let _ = thread.join();
+    Ok(())
+}
+
+/// Tell systemd (`Type=notify`) that every port is listening, so `systemctl start` returns
+/// only once clients can connect. A no-op outside systemd.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => return warn!("cannot notify systemd: {e}"),
+    };
+    let bytes = path.as_encoded_bytes();
+    let result = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        sock.send_to(state.as_bytes(), Path::new(&path))
+    };
+    if let Err(e) = result {
+        warn!("cannot notify systemd: {e}");
+    }
+}

@@ -23,8 +23,8 @@ use log::{debug, error, info, warn};
 use serde_json::{json, Map, Value};
 
 use crate::daemon::config::Protocol;
+use crate::daemon::control::{Handle, Reply, Request, RequestError};
 use crate::daemon::registry::{DeviceEntry, DeviceState, Registry, Stats};
-use crate::daemon::supervisor::{Reply, Request, RequestError, SupervisorHandle};
 use crate::protocol::reset::ResetTo;
 
 /// Request bodies larger than this are refused with 413 (at most this + 1 bytes are read).
@@ -64,9 +64,9 @@ pub(crate) trait Commands: Send + Sync + 'static {
     fn request(&self, req: Request) -> Reply;
 }
 
-impl Commands for SupervisorHandle {
+impl Commands for Handle {
     fn request(&self, req: Request) -> Reply {
-        SupervisorHandle::request(self, req)
+        Handle::request(self, req)
     }
 }
 

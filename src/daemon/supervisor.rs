@@ -10,152 +10,29 @@ use std::ffi::OsStr;
 use std::io;
 use std::net::{IpAddr, TcpListener};
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use inotify::{EventMask, Inotify, WatchMask};
 use log::{debug, error, info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::daemon::assign::{Assignments, DeviceKey, KeyKind};
 use crate::daemon::bridge::{self, BridgeCommand, BridgeHandle, Shared};
-use crate::daemon::config::{glob_match, Config, DevicePath, DeviceSpec, Hotplug};
+use crate::daemon::config::{glob_match, Config, DeviceSpec, Hotplug};
+use crate::daemon::control::{Command, Inbox, Reply, Request, RequestError};
 use crate::daemon::identity::{self, UsbInfo};
 use crate::daemon::registry::{DeviceEntry, DeviceState, LogRing, Registry, LOG_RING_BYTES};
-use crate::protocol::reset::{Policy, ResetTo};
+use crate::device::DevicePath;
+use crate::protocol::reset::Policy;
 
-/// What other threads (the portal) may ask of the supervisor.
-#[derive(Debug)]
-pub(crate) enum Request {
-    /// Serve a stopped device again, by its node (`/dev/ttyUSB0`).
-    Start(String),
-    /// Stop serving a device (its client is closed) until started again.
-    Stop(String),
-    StartAll,
-    StopAll,
-    Reset(DeviceKey, ResetTo),
-    Disconnect(DeviceKey),
-}
-
-/// A request's outcome: a message for the user, or why it failed.
-pub(crate) type Reply = Result<String, RequestError>;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum RequestError {
-    /// No such device (by node or key).
-    NotFound(String),
-    /// The device exists but cannot do this now.
-    Failed(String),
-}
-
-impl std::fmt::Display for RequestError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RequestError::NotFound(what) => write!(f, "no device {what}"),
-            RequestError::Failed(why) => write!(f, "{why}"),
-        }
-    }
-}
-
-enum Command {
-    Shutdown,
-    Reload(Box<Config>),
-    Request(Request, mpsc::Sender<Reply>),
-}
-
-/// How other threads reach the supervisor: a channel plus its wake fd.
-#[derive(Clone)]
-pub(crate) struct SupervisorHandle {
-    tx: mpsc::Sender<Command>,
-    wake: Arc<EventFd>,
-}
-
-impl SupervisorHandle {
-    /// Ask and wait for the answer (a reset answers once its sequence has started).
-    pub(crate) fn request(&self, req: Request) -> Reply {
-        let (tx, rx) = mpsc::channel();
-        if self.tx.send(Command::Request(req, tx)).is_err() {
-            return Err(RequestError::Failed("the daemon is shutting down".into()));
-        }
-        let _ = self.wake.write(1);
-        rx.recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|_| Err(RequestError::Failed("the supervisor did not answer".into())))
-    }
-}
-
-/// Run the daemon until SIGINT or SIGTERM: start the supervisor, report readiness to
-/// systemd, then restore every device and exit.
-/// Re-reads the configuration (file plus command line) on SIGHUP.
-pub(crate) type Reload = Box<dyn Fn() -> Result<Config, String>>;
-
-pub(crate) fn serve(config: Config, reload: Reload) -> Result<(), String> {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGINT);
-    mask.add(Signal::SIGTERM);
-    mask.add(Signal::SIGHUP);
-    // Block before spawning, so every thread inherits the mask and only the main thread
-    // ever sees the signals (in `wait`).
-    mask.thread_block()
-        .map_err(|e| format!("cannot block signals: {e}"))?;
-
-    // The portal's port first: a busy one stops the daemon before any device is touched.
-    let http = match config.http {
-        Some(addr) => Some(crate::daemon::portal::bind(addr).map_err(|e| {
-            format!("cannot listen for HTTP on {addr}: {e} (is another portal running? set `http` or --http to another address, or \"off\")")
-        })?),
-        None => None,
-    };
-    let device_ip = config.bind;
-    let registry = Registry::new();
-    let mut sup = Supervisor::new(config, registry.clone())?;
-    sup.start_fixed()?;
-    sup.start_hotplug();
-    let wake = Arc::new(
-        EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
-            .map_err(|e| format!("eventfd: {e}"))?,
-    );
-    let (tx, rx) = mpsc::channel();
-    // The portal (and anything else that commands devices) talks through this.
-    let handle = SupervisorHandle {
-        tx: tx.clone(),
-        wake: wake.clone(),
-    };
-    if let Some(listener) = http {
-        crate::daemon::portal::spawn(listener, device_ip, registry, handle)
-            .map_err(|e| format!("cannot start the portal: {e}"))?;
-    }
-    let thread_wake = wake.clone();
-    let thread = std::thread::Builder::new()
-        .name("supervisor".into())
-        .spawn(move || sup.run(rx, &thread_wake))
-        .map_err(|e| format!("cannot start the supervisor: {e}"))?;
-    notify_systemd("READY=1");
-    loop {
-        match mask.wait() {
-            Ok(Signal::SIGHUP) => match reload() {
-                Ok(config) => {
-                    info!("SIGHUP: configuration re-read; applying changes");
-                    let _ = tx.send(Command::Reload(Box::new(config)));
-                    let _ = wake.write(1);
-                }
-                Err(e) => error!("SIGHUP: {e}; keeping the running configuration"),
-            },
-            Ok(sig) => {
-                info!("{sig:?}: restoring devices and exiting");
-                break;
-            }
-            Err(e) => return Err(format!("waiting for signals: {e}")),
-        }
-    }
-    notify_systemd("STOPPING=1");
-    let _ = tx.send(Command::Shutdown);
-    let _ = wake.write(1);
-    let _ = thread.join();
-    Ok(())
-}
+/// Room for a burst of inotify events (each is 16 bytes plus the node's name).
+const INOTIFY_BUFFER: usize = 4096;
+/// How long poll may sleep when nothing is due (it is woken for everything that matters).
+const POLL_CAP_MS: u128 = 60_000;
+/// After a failed poll, pause this long so a persistent error cannot spin the thread.
+const POLL_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// A device node being served, or recently gone.
 struct Served {
@@ -169,12 +46,20 @@ struct Served {
     grace: Duration,
 }
 
+/// What it takes to serve a device that is not served now.
+struct Parked {
+    spec: DeviceSpec,
+    /// The node's name in the watched directory; `None` for fixed devices.
+    node: Option<String>,
+    usb: Option<UsbInfo>,
+}
+
 struct Watch {
     inotify: Inotify,
     cfg: Hotplug,
 }
 
-struct Supervisor {
+pub(crate) struct Supervisor {
     config: Config,
     registry: Arc<Registry>,
     assignments: Assignments,
@@ -190,11 +75,11 @@ struct Supervisor {
     appearances: HashMap<DeviceKey, VecDeque<Instant>>,
     flapping_until: HashMap<DeviceKey, Instant>,
     /// Devices stopped on request, with what it takes to start them again.
-    stopped: BTreeMap<DeviceKey, (DeviceSpec, Option<String>, Option<UsbInfo>)>,
+    stopped: BTreeMap<DeviceKey, Parked>,
 }
 
 impl Supervisor {
-    fn new(config: Config, registry: Arc<Registry>) -> Result<Supervisor, String> {
+    pub(crate) fn new(config: Config, registry: Arc<Registry>) -> Supervisor {
         let legacy = config
             .hotplug
             .enabled
@@ -206,7 +91,7 @@ impl Supervisor {
             .chain(&config.rules)
             .filter_map(|d| d.port)
             .collect();
-        Ok(Supervisor {
+        Supervisor {
             config,
             registry,
             assignments,
@@ -218,13 +103,14 @@ impl Supervisor {
             appearances: HashMap::new(),
             flapping_until: HashMap::new(),
             stopped: BTreeMap::new(),
-        })
+        }
     }
 
-    /// Devices from the config and the command line: bound up front, so a port conflict
-    /// stops the daemon at start with a message instead of leaving a device unserved.
-    fn start_fixed(&mut self) -> Result<(), String> {
-        let specs = self.config.devices.clone();
+    /// Devices from the config and the command line: bound up front. Every device that can
+    /// be served is; the others are in the registry as errors and their messages returned
+    /// (at start the daemon refuses to run with them, on reload they are logged).
+    pub(crate) fn start_fixed(&mut self, specs: Vec<DeviceSpec>) -> Vec<String> {
+        let mut errors = Vec::new();
         let mut sim_count = 0;
         for spec in specs {
             let (key, usb) = match &spec.path {
@@ -254,21 +140,11 @@ impl Supervisor {
                 self.disable(key, spec, usb, None);
                 continue;
             }
-            let listener = match spec.port {
-                Some(p) => bind(self.config.bind, p).map_err(|e| {
-                    format!(
-                        "cannot listen on {}:{p} for {}: {e} (is another server using it? pick another `port`)",
-                        self.config.bind, spec.path
-                    )
-                })?,
-                // The simulator gets the first free port, never a persisted one.
-                None if matches!(spec.path, DevicePath::Sim { .. }) => self.bind_free()?,
-                None => self.bind_assigned(&key)?,
-            };
-            self.start(key, spec, listener, usb, None, Duration::ZERO)
-                .map_err(|e| e.to_string())?;
+            if let Err(e) = self.start(key, spec, usb, None, Duration::ZERO) {
+                errors.push(e);
+            }
         }
-        Ok(())
+        errors
     }
 
     /// Make a key unique among served devices (two fixed devices may share a name).
@@ -283,6 +159,22 @@ impl Supervisor {
             })
             .find(|k| !self.served.contains_key(k))
             .expect("an unused suffix exists")
+    }
+
+    /// The one way a device gets its listener: the port pinned in its config, else (the
+    /// simulator) the first free one, else its stable assigned port.
+    fn listen(&mut self, key: &DeviceKey, spec: &DeviceSpec) -> Result<TcpListener, String> {
+        let ip = self.config.bind;
+        match spec.port {
+            Some(p) => bind(ip, p).map_err(|e| {
+                format!(
+                    "cannot listen on {ip}:{p} for {key}: {e} (the port pinned in the config is taken: is another server using it? pick another `port`)"
+                )
+            }),
+            // The simulator gets the first free port, never a persisted one.
+            None if matches!(spec.path, DevicePath::Sim { .. }) => self.bind_free(),
+            None => self.bind_assigned(key),
+        }
     }
 
     fn bind_free(&self) -> Result<TcpListener, String> {
@@ -322,7 +214,6 @@ impl Supervisor {
         port: u16,
         state: DeviceState,
     ) -> DeviceEntry {
-        let policy = bridge::policy_for(spec, usb.and_then(|u| u.id));
         DeviceEntry {
             key: key.clone(),
             name: spec.display_name(),
@@ -331,7 +222,7 @@ impl Supervisor {
             port,
             state,
             client: None,
-            reset: policy,
+            reset: spec.policy(usb.and_then(|u| u.id)),
             protocol: spec.protocol,
             stats: Arc::default(),
             log: Arc::new(std::sync::Mutex::new(LogRing::new(LOG_RING_BYTES))),
@@ -352,24 +243,47 @@ impl Supervisor {
             .unwrap_or(0);
         self.registry
             .upsert(self.entry(&key, &spec, usb.as_ref(), port, DeviceState::Disabled));
-        self.stopped.insert(key, (spec, node, usb));
+        self.stopped.insert(key, Parked { spec, node, usb });
     }
 
+    /// Serve `key`: bind its listener, record it in the registry, start its bridge. A
+    /// failure is recorded in the registry as an error (and returned).
     fn start(
         &mut self,
         key: DeviceKey,
         spec: DeviceSpec,
-        listener: TcpListener,
         usb: Option<UsbInfo>,
         node: Option<String>,
         settle: Duration,
-    ) -> io::Result<()> {
-        let policy = bridge::policy_for(&spec, usb.as_ref().and_then(|u| u.id));
+    ) -> Result<(), String> {
+        let policy = spec.policy(usb.as_ref().and_then(|u| u.id));
         let grace = match policy {
             Policy::UsbJtag => self.config.hotplug.grace,
             _ => Duration::ZERO,
         };
-        let port = listener.local_addr()?.port();
+        let listener = self.listen(&key, &spec).and_then(|l| {
+            let port = l.local_addr().map_err(|e| e.to_string())?.port();
+            Ok((l, port))
+        });
+        let (listener, port) = match listener {
+            Ok(x) => x,
+            Err(e) => {
+                error!("{key}: {e}");
+                let port = spec
+                    .port
+                    .or_else(|| self.assignments.get(&key))
+                    .unwrap_or(0);
+                let entry = self.entry(
+                    &key,
+                    &spec,
+                    usb.as_ref(),
+                    port,
+                    DeviceState::Error(e.clone()),
+                );
+                self.registry.upsert(entry);
+                return Err(e);
+            }
+        };
         let entry = self.registry.upsert(self.entry(
             &key,
             &spec,
@@ -386,7 +300,16 @@ impl Supervisor {
             open_after: Instant::now() + settle,
             policy,
         };
-        let handle = bridge::spawn(spec.clone(), listener, shared)?;
+        let open = bridge::opener(&spec);
+        let handle = match bridge::spawn(spec.clone(), listener, shared, open) {
+            Ok(h) => h,
+            Err(e) => {
+                let e = format!("cannot start serving {key}: {e}");
+                error!("{e}");
+                self.registry.set_state(&key, DeviceState::Error(e.clone()));
+                return Err(e);
+            }
+        };
         if let Some(n) = &node {
             self.nodes.insert(n.clone(), key.clone());
         }
@@ -404,8 +327,23 @@ impl Supervisor {
         Ok(())
     }
 
+    /// The one way a served device stops: its client is closed with `why`, its bridge ends,
+    /// and it is forgotten here. Returns what it takes to serve it again.
+    fn stop_served(&mut self, key: &DeviceKey, why: &str) -> Option<Parked> {
+        let s = self.served.remove(key)?;
+        if let Some(n) = &s.node {
+            self.nodes.remove(n);
+        }
+        s.handle.stop(why);
+        Some(Parked {
+            spec: s.spec,
+            node: s.node,
+            usb: s.usb,
+        })
+    }
+
     /// Watch the device directory and serve what is already there.
-    fn start_hotplug(&mut self) {
+    pub(crate) fn start_hotplug(&mut self) {
         let cfg = self.config.hotplug.clone();
         if !cfg.enabled {
             return;
@@ -460,12 +398,7 @@ impl Supervisor {
             })
             .collect();
         for (name, usb) in &found {
-            let dupes = usb.as_ref().and_then(|u| u.serial.as_ref()).map_or(0, |s| {
-                found
-                    .iter()
-                    .filter(|(_, o)| o.as_ref().and_then(|u| u.serial.as_ref()) == Some(s))
-                    .count()
-            });
+            let dupes = same_serial(usb.as_ref(), found.iter().map(|(_, u)| u.as_ref()));
             self.add(name, usb.clone(), dupes);
         }
     }
@@ -500,14 +433,12 @@ impl Supervisor {
         let Some(w) = &self.watch else { return };
         let path = w.cfg.dir.join(name);
         let usb = identity::usb_info(&path, &self.config.hotplug.sysfs);
-        let dupes = usb.as_ref().and_then(|u| u.serial.as_ref()).map_or(0, |s| {
-            1 + self
-                .served
-                .values()
-                .filter(|o| o.gone_at.is_none() && o.node.is_some())
-                .filter(|o| o.usb.as_ref().and_then(|u| u.serial.as_ref()) == Some(s))
-                .count()
-        });
+        let present = self
+            .served
+            .values()
+            .filter(|o| o.gone_at.is_none() && o.node.is_some())
+            .map(|o| o.usb.as_ref());
+        let dupes = same_serial(usb.as_ref(), present.chain([usb.as_ref()]));
         self.add(name, usb, dupes);
     }
 
@@ -529,8 +460,8 @@ impl Supervisor {
         }
         if let Some(stopped) = self.stopped.get_mut(&key) {
             debug!("{name}: {key} is stopped; not serving it until started");
-            stopped.0.path = DevicePath::Tty(path);
-            stopped.1 = Some(name.to_string());
+            stopped.spec.path = DevicePath::Tty(path);
+            stopped.node = Some(name.to_string());
             return;
         }
         let now = Instant::now();
@@ -555,33 +486,9 @@ impl Supervisor {
             self.disable(key, spec, usb, Some(name.to_string()));
             return;
         }
-        let listener = match spec.port {
-            Some(p) => bind(self.config.bind, p).map_err(|e| {
-                format!(
-                    "cannot listen on {}:{p}: {e} (the port pinned in the config is taken)",
-                    self.config.bind
-                )
-            }),
-            None => self.bind_assigned(&key),
-        };
-        let listener = match listener {
-            Ok(l) => l,
-            Err(e) => {
-                error!("{name}: {e}");
-                self.registry.upsert(self.entry(
-                    &key,
-                    &spec,
-                    usb.as_ref(),
-                    0,
-                    DeviceState::Error(e),
-                ));
-                return;
-            }
-        };
         let settle = self.settle_for(name);
-        if let Err(e) = self.start(key, spec, listener, usb, Some(name.to_string()), settle) {
-            error!("{name}: cannot start serving it: {e}");
-        }
+        // A failure is in the log and the registry already.
+        let _ = self.start(key, spec, usb, Some(name.to_string()), settle);
     }
 
     /// Record an appearance; true (and the device is left alone) if it flaps.
@@ -615,13 +522,7 @@ impl Supervisor {
         );
         seen.clear();
         self.flapping_until.insert(key.clone(), now + cooldown);
-        if let Some(s) = self.served.remove(key) {
-            if let Some(n) = &s.node {
-                self.nodes.remove(n);
-            }
-            s.handle.send(BridgeCommand::Shutdown);
-            s.handle.join();
-        }
+        self.stop_served(key, "the device keeps coming and going");
         self.registry.set_state(key, DeviceState::Flapping);
         true
     }
@@ -647,12 +548,9 @@ impl Supervisor {
         }
     }
 
+    /// Stop serving a device that is gone (or changed): it shows as absent.
     fn stop(&mut self, key: &DeviceKey, why: &str) {
-        if let Some(s) = self.served.remove(key) {
-            s.handle.send(BridgeCommand::Disconnect(why.to_string()));
-            s.handle.send(BridgeCommand::Shutdown);
-            s.handle.join();
-        }
+        self.stop_served(key, why);
         self.registry.update(key, |e| {
             e.state = DeviceState::Absent;
             e.client = None;
@@ -700,16 +598,13 @@ impl Supervisor {
             }
         }
         let running: Vec<DeviceSpec> = fixed(&self.served).into_iter().map(|(_, s)| s).collect();
-        let all = std::mem::take(&mut self.config.devices);
-        self.config.devices = all
-            .iter()
+        let new: Vec<DeviceSpec> = (self.config.devices.iter())
             .filter(|s| !running.contains(s))
             .cloned()
             .collect();
-        if let Err(e) = self.start_fixed() {
+        for e in self.start_fixed(new) {
             error!("SIGHUP: {e}");
         }
-        self.config.devices = all;
         // Hotplugged devices: restart those whose matching rule changed.
         let nodes: Vec<(String, DeviceKey)> = self
             .nodes
@@ -810,18 +705,10 @@ impl Supervisor {
     }
 
     fn stop_by_request(&mut self, key: &DeviceKey) -> Reply {
-        let Some(s) = self.served.remove(key) else {
+        let Some(parked) = self.stop_served(key, "the device was stopped") else {
             return Ok(format!("{key}: already stopped"));
         };
-        if let Some(n) = &s.node {
-            self.nodes.remove(n);
-        }
-        s.handle
-            .send(BridgeCommand::Disconnect("the device was stopped".into()));
-        s.handle.send(BridgeCommand::Shutdown);
-        let spec = s.spec.clone();
-        s.handle.join();
-        self.stopped.insert(key.clone(), (spec, s.node, s.usb));
+        self.stopped.insert(key.clone(), parked);
         self.registry.update(key, |e| {
             e.state = DeviceState::Disabled;
             e.client = None;
@@ -834,16 +721,21 @@ impl Supervisor {
         if self.served.contains_key(key) {
             return Ok(format!("{key}: already running"));
         }
-        let Some((spec, node, usb)) = self.stopped.remove(key) else {
+        let Some(parked) = self.stopped.remove(key) else {
             return Err(RequestError::Failed(format!("{key} is not present")));
         };
-        let listener = match spec.port {
-            Some(p) => bind(self.config.bind, p),
-            None => self.bind_assigned(key).map_err(io::Error::other),
+        let Parked { spec, node, usb } = &parked;
+        let started = self.start(
+            key.clone(),
+            spec.clone(),
+            usb.clone(),
+            node.clone(),
+            Duration::ZERO,
+        );
+        if let Err(e) = started {
+            self.stopped.insert(key.clone(), parked);
+            return Err(RequestError::Failed(e));
         }
-        .map_err(|e| RequestError::Failed(e.to_string()))?;
-        self.start(key.clone(), spec, listener, usb, node, Duration::ZERO)
-            .map_err(|e| RequestError::Failed(e.to_string()))?;
         info!("{key}: started on request");
         Ok(format!("{key}: started"))
     }
@@ -886,12 +778,15 @@ impl Supervisor {
         }
     }
 
-    fn run(&mut self, rx: mpsc::Receiver<Command>, wake: &EventFd) {
-        let mut buf = [0u8; 4096];
+    /// Serve requests, hotplug events and timers until told to shut down; then stop every
+    /// bridge (all at once, so the slowest sets the pace, not their sum).
+    pub(crate) fn run(&mut self, inbox: Inbox) {
+        let mut buf = [0u8; INOTIFY_BUFFER];
+        let wake = &inbox.wake;
         loop {
             let timeout = self.next_deadline().map_or(PollTimeout::NONE, |d| {
                 let ms = d.saturating_duration_since(Instant::now()).as_millis();
-                PollTimeout::try_from(ms.min(60_000) as i32 + 1).unwrap_or(PollTimeout::MAX)
+                PollTimeout::try_from(ms.min(POLL_CAP_MS) as i32 + 1).unwrap_or(PollTimeout::MAX)
             });
             let (wake_ready, ino_ready) = {
                 let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
@@ -902,7 +797,7 @@ impl Supervisor {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                     Err(e) => {
                         error!("supervisor: poll failed: {e}");
-                        std::thread::sleep(Duration::from_millis(100));
+                        std::thread::sleep(POLL_ERROR_PAUSE);
                     }
                 }
                 let r = |i: usize| {
@@ -915,7 +810,7 @@ impl Supervisor {
             if wake_ready {
                 let _ = wake.read();
                 let mut shutdown = false;
-                while let Ok(cmd) = rx.try_recv() {
+                while let Ok(cmd) = inbox.rx.try_recv() {
                     match cmd {
                         Command::Shutdown => shutdown = true,
                         Command::Reload(config) => self.reload(*config),
@@ -933,9 +828,12 @@ impl Supervisor {
             }
             self.on_timers();
         }
-        for (_, s) in std::mem::take(&mut self.served) {
+        let served = std::mem::take(&mut self.served);
+        for s in served.values() {
             s.handle.send(BridgeCommand::Shutdown);
-            s.handle.join();
+        }
+        for (_, s) in served {
+            s.handle.stop("server shutting down");
         }
     }
 
@@ -979,32 +877,23 @@ impl Supervisor {
     }
 }
 
+/// How many of the `present` devices (the new one included) report `usb`'s serial number;
+/// 0 when it has none. Keys are serial numbers only while they are unique.
+fn same_serial<'a>(
+    usb: Option<&UsbInfo>,
+    present: impl Iterator<Item = Option<&'a UsbInfo>>,
+) -> usize {
+    let Some(serial) = usb.and_then(|u| u.serial.as_ref()) else {
+        return 0;
+    };
+    present
+        .filter(|o| o.and_then(|u| u.serial.as_ref()) == Some(serial))
+        .count()
+}
+
 fn bind(ip: IpAddr, port: u16) -> io::Result<TcpListener> {
     // std sets SO_REUSEADDR on Unix, so a restart does not wait out TIME_WAIT.
     let l = TcpListener::bind((ip, port))?;
     l.set_nonblocking(true)?;
     Ok(l)
-}
-
-/// Tell systemd (`Type=notify`) that every port is listening, so `systemctl start` returns
-/// only once clients can connect. A no-op outside systemd.
-fn notify_systemd(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(e) => return warn!("cannot notify systemd: {e}"),
-    };
-    let bytes = path.as_encoded_bytes();
-    let result = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
-            .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
-    } else {
-        sock.send_to(state.as_bytes(), Path::new(&path))
-    };
-    if let Err(e) = result {
-        warn!("cannot notify systemd: {e}");
-    }
 }

@@ -1,10 +1,15 @@
 //! Device backends behind one trait: the bridge polls `fd()` and never knows whether a real
 //! tty, a GPIO-wired board or the simulated ESP32 is behind it.
 
+use std::fmt;
 use std::io;
 use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
+
+use serde::Deserialize;
 
 use crate::protocol::line::{LineSettings, Lines, ModemStatus, Purge};
+use crate::sim::SimBoard;
 
 pub(crate) mod gpio;
 mod tty;
@@ -27,4 +32,103 @@ pub(crate) trait Device: Send {
     fn modem_status(&mut self) -> io::Result<ModemStatus>;
     fn set_break(&mut self, on: bool) -> io::Result<()>;
     fn purge(&mut self, which: Purge) -> io::Result<()>;
+}
+
+/// Where a device's bytes come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum DevicePath {
+    Tty(PathBuf),
+    /// A built-in simulated board (`sim`: ESP32 DevKit, `sim-usb`: ESP32-C3 on USB-Serial/JTAG,
+    /// `sim-gpio`: ESP32 with EN/IO0 on GPIOs), optionally keeping its flash in a file
+    /// (`sim-usb:FLASHFILE`).
+    Sim {
+        board: SimBoard,
+        flash_file: Option<PathBuf>,
+    },
+}
+
+impl DevicePath {
+    pub(crate) fn unset() -> DevicePath {
+        DevicePath::Tty(PathBuf::new())
+    }
+
+    pub(crate) fn is_unset(&self) -> bool {
+        matches!(self, DevicePath::Tty(p) if p.as_os_str().is_empty())
+    }
+
+    pub(crate) fn parse(s: &str) -> DevicePath {
+        let (head, file) = match s.split_once(':') {
+            Some((head, file)) => (head, Some(PathBuf::from(file))),
+            None => (s, None),
+        };
+        match SimBoard::from_path_name(head) {
+            Some(board) => DevicePath::Sim {
+                board,
+                flash_file: file,
+            },
+            None => DevicePath::Tty(PathBuf::from(s)),
+        }
+    }
+}
+
+impl fmt::Display for DevicePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DevicePath::Tty(p) => write!(f, "{}", p.display()),
+            DevicePath::Sim { board, .. } => write!(f, "{board}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DevicePath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Err(serde::de::Error::custom("`path` must not be empty"));
+        }
+        Ok(DevicePath::parse(&s))
+    }
+}
+
+/// What a device's DTR/RTS reach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Wiring {
+    /// The tty's own modem lines (or the simulated board's).
+    ModemLines,
+    /// GPIO lines on the chip's EN and IO0 (a Pi UART).
+    Gpio(gpio::GpioConfig),
+}
+
+/// Open the device at `path` with `settings` applied and both lines released. `name` labels
+/// the GPIO request and the simulator's log lines.
+pub(crate) fn open(
+    path: &DevicePath,
+    wiring: &Wiring,
+    name: &str,
+    settings: &LineSettings,
+) -> io::Result<Box<dyn Device>> {
+    let device: Box<dyn Device> = match path {
+        DevicePath::Tty(p) => Box::new(Tty::open(p, settings)?),
+        DevicePath::Sim { board, flash_file } => {
+            let (mut sim, _) = crate::sim::open(crate::sim::SimOptions {
+                flash_file: flash_file.clone(),
+                board: *board,
+                name: Some(name.to_owned()),
+                ..Default::default()
+            })?;
+            sim.apply(settings)?;
+            sim
+        }
+    };
+    match wiring {
+        Wiring::ModemLines => Ok(device),
+        Wiring::Gpio(cfg) => {
+            let consumer = format!("serialhub {name}");
+            Ok(Box::new(gpio::GpioWired::new(
+                device,
+                cfg.clone(),
+                &consumer,
+            )?))
+        }
+    }
 }

@@ -380,6 +380,123 @@ impl Resetter {
     }
 }
 
+/// What a finished sequence looked like, for the log: where it went and the offset at which
+/// each step actually reached the device (users and tests read the timings there).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Played {
+    pub(crate) to: ResetTo,
+    /// `dR@0.0ms DR@100.2ms …` — D/R asserted, d/r released.
+    pub(crate) steps: String,
+}
+
+/// A device's reset policy plus the record of the sequence in progress, and whether the chip
+/// is known to be in its loader. Pure: the caller sets each returned line change on the
+/// device as one call and reports it with [`LineDriver::applied`].
+#[derive(Debug)]
+pub(crate) struct LineDriver {
+    resetter: Resetter,
+    /// The sequence being played: where to, from when, and its steps so far.
+    trace: Option<(ResetTo, Instant, String)>,
+    /// A bootloader entry finished and no line has moved since (or an ESP raw session left
+    /// the chip there): the next raw session's SYNC needs no reset.
+    in_loader: bool,
+}
+
+impl LineDriver {
+    pub(crate) fn new(policy: Policy) -> LineDriver {
+        LineDriver {
+            resetter: Resetter::new(policy),
+            trace: None,
+            in_loader: false,
+        }
+    }
+
+    pub(crate) fn policy(&self) -> Policy {
+        self.resetter.policy()
+    }
+
+    pub(crate) fn in_loader(&self) -> bool {
+        self.in_loader
+    }
+
+    /// What a session that ended says about the chip.
+    pub(crate) fn set_in_loader(&mut self, yes: bool) {
+        self.in_loader = yes;
+    }
+
+    /// When [`LineDriver::due`] has a step.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.resetter.deadline()
+    }
+
+    /// The client set its lines. Returns the change to make now, and the sequence this
+    /// started, if it started one (the server plays it from here).
+    pub(crate) fn client_lines(
+        &mut self,
+        lines: Lines,
+        now: Instant,
+    ) -> (Option<Lines>, Option<ResetTo>) {
+        let was_busy = self.resetter.busy();
+        let en_low_since = self.resetter.en_low_since();
+        let change = self.resetter.client_lines(lines, now);
+        let started = match (was_busy, self.resetter.busy()) {
+            (None, Some(to)) => Some(to),
+            _ => None,
+        };
+        if let Some(to) = started {
+            // A bootloader entry usually starts from an EN-low the client already caused:
+            // the trace starts there, so the log shows how long EN was really held low.
+            self.trace = Some(match en_low_since {
+                Some(t0) => (to, t0, " dR@0.0ms".to_string()),
+                None => (to, now, String::new()),
+            });
+        }
+        (change, started)
+    }
+
+    /// Reset on the server's own initiative; returns the first change to make now.
+    pub(crate) fn reset(&mut self, to: ResetTo, now: Instant) -> Result<Option<Lines>, ResetError> {
+        let first = self.resetter.reset(to, now)?;
+        self.trace = Some((to, now, String::new()));
+        Ok(first)
+    }
+
+    /// The next step due at `now`; call until `None`.
+    pub(crate) fn due(&mut self, now: Instant) -> Option<Lines> {
+        self.resetter.due(now)
+    }
+
+    /// The client left: its lines count as released.
+    pub(crate) fn client_left(&mut self, now: Instant) -> Option<Lines> {
+        self.resetter.client_left(now)
+    }
+
+    /// `lines` reached the device at `at`. Returns the sequence this finished, if any.
+    pub(crate) fn applied(&mut self, lines: Lines, at: Instant) -> Option<Played> {
+        if self.trace.is_none() {
+            self.trace = self.resetter.busy().map(|to| (to, at, String::new()));
+        }
+        if let Some((_, t0, steps)) = &mut self.trace {
+            use std::fmt::Write as _;
+            let _ = write!(
+                steps,
+                " {}{}@{:.1}ms",
+                if lines.dtr { 'D' } else { 'd' },
+                if lines.rts { 'R' } else { 'r' },
+                at.duration_since(*t0).as_secs_f64() * 1e3
+            );
+        }
+        self.resetter.applied(at);
+        self.in_loader = false;
+        if self.resetter.busy().is_some() {
+            return None;
+        }
+        let (to, _, steps) = self.trace.take()?;
+        self.in_loader = to == ResetTo::Bootloader;
+        Some(Played { to, steps })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,5 +724,35 @@ mod tests {
         assert_eq!(r.client_lines(EN_LOW, t0), None);
         assert_eq!(r.client_lines(RELEASED, t0), None);
         assert_eq!(r.busy(), Some(ResetTo::Bootloader));
+    }
+
+    #[test]
+    fn driver_traces_a_server_reset_and_knows_the_chip_is_in_its_loader() {
+        let t0 = Instant::now();
+        let mut d = LineDriver::new(Policy::Esp { esp32r0: false });
+        let mut at = t0;
+        let mut lines = d.reset(ResetTo::Bootloader, at).unwrap();
+        let mut played = None;
+        for _ in 0..10 {
+            if let Some(l) = lines {
+                played = d.applied(l, at).or(played);
+            }
+            match d.deadline() {
+                Some(next) => at = next,
+                None => break,
+            }
+            lines = d.due(at);
+        }
+        let played = played.expect("the sequence finished");
+        assert_eq!(played.to, ResetTo::Bootloader);
+        assert!(played.steps.starts_with(" dR@0.0ms"), "{}", played.steps);
+        assert!(d.in_loader());
+        // Any later line change means the chip may have left it.
+        let (change, started) = d.client_lines(BOTH, at);
+        assert_eq!(started, None);
+        if let Some(l) = change {
+            d.applied(l, at);
+            assert!(!d.in_loader());
+        }
     }
 }

@@ -1,13 +1,20 @@
-//! One RFC 2217 client's session, sans-IO: Telnet negotiation, COM-PORT commands, the
-//! client's mirrored DTR/RTS, and the answers. The bridge feeds it the client's bytes and a
-//! [`Port`] to act on; it returns data for the device and bytes for the client.
+//! One client's session, sans-IO: protocol detection, Telnet negotiation, COM-PORT commands,
+//! the client's mirrored DTR/RTS, the ESP loader follower on raw sessions, and the answers.
 //!
-//! Every request is answered at once, with the value actually in force after acting on it,
-//! because pyserial waits for each answer (and re-sends all settings whenever a client changes
-//! its read timeout — esptool does so twice per command): a setting equal to the one in force
-//! is answered without touching the UART.
+//! The bridge feeds it bytes (from the client, from the device), times and the device's
+//! modem lines; it writes data for the device and bytes for the client into an [`Out`], and
+//! returns at most one [`Effect`] at a time — a setting to apply, a line change, a break, a
+//! purge, a reset. The session then waits: the bridge performs the effect (a setting only
+//! once every byte written before it has reached the device, as on a local port) and reports
+//! the outcome with [`Session::done`], which writes the answer and may return the next effect.
+//! Until then the bridge feeds it nothing but modem lines and finished resets, so effects
+//! happen in stream order and the session never needs the device's answer in advance.
+//!
+//! Every request is answered as soon as it has been acted on, with the value actually in
+//! force, because pyserial waits for each answer (and re-sends all settings whenever a client
+//! changes its read timeout — esptool does so twice per command): a setting equal to the one
+//! in force is answered at once, without an effect.
 
-use std::io;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -18,31 +25,114 @@ use crate::protocol::reset::{ResetError, ResetTo};
 use crate::protocol::rfc2217::{self, Command, Control, DecodeError, Direction, Setting};
 use crate::protocol::telnet::{self, option, Event, Verb, IAC};
 
-/// What a session may do to the device. The bridge implements it over a [`crate::device::Device`]
-/// (plus its own buffers, for PURGE); tests implement it with a recorder.
-pub(crate) trait Port {
-    /// Queue client data for the device.
-    fn write(&mut self, data: &[u8]);
-    fn apply(&mut self, settings: &LineSettings) -> io::Result<()>;
-    fn set_lines(&mut self, lines: Lines) -> io::Result<()>;
-    fn set_break(&mut self, on: bool) -> io::Result<()>;
-    fn purge(&mut self, which: Purge) -> io::Result<()>;
-    fn modem_status(&mut self) -> io::Result<ModemStatus>;
-    /// Reset the chip through the device's reset policy; the bridge calls
-    /// [`Session::reset_done`] when the sequence has played.
-    fn reset(&mut self, to: ResetTo) -> Result<(), ResetError>;
+/// Where a session writes; the bridge owns both buffers.
+pub(crate) struct Out<'a> {
+    /// Client data for the device, in stream order.
+    pub(crate) device: &'a mut Vec<u8>,
+    /// Answers and device output for the client, in stream order.
+    pub(crate) client: &'a mut Vec<u8>,
+}
+
+/// Something only the device can do, asked for in stream order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Effect {
+    /// Program the UART with these settings.
+    Apply(LineSettings),
+    /// The client's DTR/RTS changed: the device's reset policy decides what the board sees.
+    Lines(Lines),
+    /// Start or end a break condition.
+    Break(bool),
+    /// Empty these buffers; `Output` and `Both` include client data not yet written.
+    Purge(Purge),
+    /// Reset the chip through the device's reset policy; [`Session::reset_done`] follows
+    /// once the sequence has played.
+    Reset(ResetTo),
+}
+
+impl Effect {
+    /// The effect must wait until every byte the session wrote before it has reached the
+    /// device: bytes written before a baud change leave at the old baud, as with a local
+    /// port. A purge discards them instead; a reset does not care.
+    pub(crate) fn after_data(self) -> bool {
+        matches!(self, Effect::Apply(_) | Effect::Lines(_) | Effect::Break(_))
+    }
+}
+
+/// Why an effect could not be performed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The device refused (the operating system's error).
+    Device(std::io::Error),
+    /// Data written before it did not reach the device in time (a flow-stopped UART).
+    Stalled,
+    /// The reset policy cannot do it.
+    Reset(ResetError),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Device(e) => write!(f, "{e}"),
+            Failure::Stalled => write!(f, "the device did not accept the data queued before it"),
+            Failure::Reset(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// What [`Session::on_client_bytes`] did with its input.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Step {
+    /// Input bytes consumed; feed the rest after the effect is done.
+    pub(crate) consumed: usize,
+    pub(crate) effect: Option<Effect>,
 }
 
 /// How this session's client talks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
     /// `protocol = "auto"`, nothing from the client yet: its first byte decides (IAC: RFC
-    /// 2217), or, when device output has waited `window` for a silent client, raw.
-    Detect { window: Duration },
+    /// 2217), or, when device output has waited `window` for a silent client, raw. Device
+    /// output is held meanwhile, since `since`.
+    Detect {
+        window: Duration,
+        since: Option<Instant>,
+    },
     /// RFC 2217 over Telnet.
     Telnet,
     /// A plain byte stream (`socket://` clients, netcat): no Telnet, no escaping.
     Raw,
+}
+
+/// The protocol a session speaks, once known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Rfc2217,
+    Raw,
+    /// A raw session that follows the ESP loader protocol.
+    RawEsp,
+}
+
+impl Protocol {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Rfc2217 => "rfc2217",
+            Protocol::Raw => "raw",
+            Protocol::RawEsp => "raw, esp-aware",
+        }
+    }
+}
+
+/// Where an ESP raw session leaves the chip (see [`Session::esp_end`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EspEnd {
+    /// The session reset the chip into its loader: it owes the chip a reset into its
+    /// application (what esptool's `--after hard-reset` would do, which it cannot over a
+    /// socket).
+    Entered,
+    /// The chip is in its loader, not by this session's doing.
+    InLoader,
+    /// Nothing known.
+    Unknown,
 }
 
 /// Device output kept while the protocol is undecided (then the device is not read).
@@ -68,15 +158,45 @@ const OURS: [u8; 4] = [option::BINARY, option::ECHO, option::SGA, option::COM_PO
 /// Telnet options we agree the client performs (DO).
 const THEIRS: [u8; 3] = [option::BINARY, option::SGA, option::COM_PORT];
 
-/// Per-side state of one option (a small subset of RFC 1143's Q method: enough to never
-/// answer an answer, which is what makes negotiation loops impossible).
-#[derive(Clone, Copy, Default, Debug)]
-struct OptState {
-    enabled: bool,
-    requested: bool,
+/// One side of one option, after RFC 1143's Q method (the subset a server that never
+/// changes its mind needs): enough to never answer an answer, which is what makes
+/// negotiation loops impossible.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+enum OptState {
+    #[default]
+    No,
+    /// We asked; the answer has not come.
+    WantYes,
+    Yes,
 }
 
-/// The state of one client's RFC 2217 session.
+/// What to do when the effect in flight is done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Then {
+    /// Answer the client's request with what is in force now.
+    Answer(Answer),
+    /// The UART follows the chip's CHANGE_BAUDRATE: release the parked client bytes.
+    ReleaseParked,
+}
+
+/// The answer a COM-PORT request gets once acted on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    Baud,
+    DataSize,
+    Parity,
+    StopSize,
+    Flow,
+    Break,
+    /// Acknowledged as asked (DTR/RTS: the reset policy, not the session, decides what the
+    /// board sees).
+    Control(Control),
+    Purge(Purge),
+    /// Nothing to say (an effect the client did not ask for).
+    None,
+}
+
+/// The state of one client's session.
 pub(crate) struct Session {
     label: String,
     signature: String,
@@ -87,17 +207,19 @@ pub(crate) struct Session {
     settings: LineSettings,
     client_lines: Lines,
     break_on: bool,
+    modem: ModemStatus,
     modem_mask: u8,
     line_mask: u8,
     last_modem: u8,
     suspended: bool,
     lines_unsupported_logged: bool,
     mode: Mode,
-    /// Device output that arrived while the protocol was undecided, and since when.
+    /// Device output that arrived while the protocol was undecided.
     held: Vec<u8>,
-    held_since: Option<Instant>,
     /// Follows the ESP loader protocol on raw sessions (devices with an ESP reset policy).
     esp: Option<EspWatch>,
+    /// The effect the bridge is performing, and what follows it.
+    in_flight: Option<(Effect, Then)>,
 }
 
 impl Session {
@@ -114,6 +236,7 @@ impl Session {
             settings,
             client_lines: Lines::default(),
             break_on: false,
+            modem: ModemStatus::default(),
             modem_mask: 0xFF,
             line_mask: 0,
             last_modem: 0,
@@ -121,8 +244,8 @@ impl Session {
             lines_unsupported_logged: false,
             mode: Mode::Telnet,
             held: Vec::new(),
-            held_since: None,
             esp: None,
+            in_flight: None,
         }
     }
 
@@ -144,7 +267,10 @@ impl Session {
         window: Duration,
     ) -> Session {
         Session {
-            mode: Mode::Detect { window },
+            mode: Mode::Detect {
+                window,
+                since: None,
+            },
             ..Session::new(label, signature, settings)
         }
     }
@@ -161,17 +287,17 @@ impl Session {
 
     /// Our opening offers, sent as soon as an RFC 2217 client connects (as pyserial's own
     /// server does), so that a client waiting for `DO COM-PORT` never waits for a round trip.
-    pub(crate) fn start(&mut self, to_client: &mut Vec<u8>) {
+    pub(crate) fn start(&mut self, client: &mut Vec<u8>) {
         if self.mode != Mode::Telnet {
             return;
         }
         for (i, &opt) in OURS.iter().enumerate() {
-            self.ours[i].requested = true;
-            telnet::negotiate(Verb::Will, opt, to_client);
+            self.ours[i] = OptState::WantYes;
+            telnet::negotiate(Verb::Will, opt, client);
         }
         for (i, &opt) in THEIRS.iter().enumerate() {
-            self.theirs[i].requested = true;
-            telnet::negotiate(Verb::Do, opt, to_client);
+            self.theirs[i] = OptState::WantYes;
+            telnet::negotiate(Verb::Do, opt, client);
         }
     }
 
@@ -186,206 +312,305 @@ impl Session {
         self.suspended || self.held.len() >= DETECT_HOLD_MAX
     }
 
-    /// Stop reading the client: its bytes wait for a baud change to finish.
+    /// Stop reading the client: an effect is in flight, or its bytes wait for a baud change.
     pub(crate) fn client_paused(&self) -> bool {
-        self.esp.as_ref().is_some_and(EspWatch::parked)
+        self.in_flight.is_some() || self.esp.as_ref().is_some_and(EspWatch::parked)
     }
 
     /// The protocol the client speaks, once known.
-    pub(crate) fn protocol(&self) -> Option<&'static str> {
+    pub(crate) fn protocol(&self) -> Option<Protocol> {
         match self.mode {
             Mode::Detect { .. } => None,
-            Mode::Telnet => Some("rfc2217"),
-            Mode::Raw if self.esp.is_some() => Some("raw, esp-aware"),
-            Mode::Raw => Some("raw"),
+            Mode::Telnet => Some(Protocol::Rfc2217),
+            Mode::Raw if self.esp.is_some() => Some(Protocol::RawEsp),
+            Mode::Raw => Some(Protocol::Raw),
         }
     }
 
-    /// The ESP watch's view at the end of a raw session: did it enter the bootloader, and
-    /// is the chip known to be in its loader now. `None` for other sessions.
-    pub(crate) fn esp_state(&self) -> Option<(bool, bool)> {
-        match self.mode {
-            Mode::Raw => self.esp.as_ref().map(|w| (w.entered(), w.in_loader())),
-            _ => None,
-        }
+    /// Where an ESP raw session leaves the chip; `None` for other sessions.
+    pub(crate) fn esp_end(&self) -> Option<EspEnd> {
+        let w = self.esp.as_ref().filter(|_| self.mode == Mode::Raw)?;
+        Some(if w.entered() {
+            EspEnd::Entered
+        } else if w.in_loader() {
+            EspEnd::InLoader
+        } else {
+            EspEnd::Unknown
+        })
     }
 
     /// When [`Session::on_timer`] has something to do.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         match self.mode {
-            Mode::Detect { window } => self.held_since.map(|t| t + window),
+            Mode::Detect { window, since } => since.map(|t| t + window),
             Mode::Raw => self.esp.as_ref().and_then(EspWatch::deadline),
             Mode::Telnet => None,
         }
     }
 
     /// Time passed: a silent client becomes raw, an ESP watch stops waiting.
-    pub(crate) fn on_timer(&mut self, now: Instant, port: &mut dyn Port, to_client: &mut Vec<u8>) {
+    pub(crate) fn on_timer(&mut self, now: Instant, out: &mut Out) -> Option<Effect> {
+        if self.in_flight.is_some() {
+            return None;
+        }
         match self.mode {
-            Mode::Detect { window } => {
-                if self.held_since.is_some_and(|t| now >= t + window) {
+            Mode::Detect { window, since } => {
+                if since.is_some_and(|t| now >= t + window) {
                     info!(
                         "{}: client sent nothing for {} ms while device output waited: raw session",
                         self.label,
                         window.as_millis()
                     );
-                    self.decide(Mode::Raw, now, port, to_client);
+                    return self.decide(Mode::Raw, now, out);
                 }
+                None
             }
             Mode::Raw => {
-                if let Some(w) = &mut self.esp {
-                    let action = w.on_timer(now, &mut |b| port.write(b));
-                    self.act(action, now, port);
-                }
+                let w = self.esp.as_mut()?;
+                let action = w.on_timer(now, &mut |b| out.device.extend_from_slice(b));
+                self.act(action, now, out)
             }
-            Mode::Telnet => {}
+            Mode::Telnet => None,
         }
     }
 
-    /// A reset sequence the session asked for (or any other) has played.
-    pub(crate) fn reset_done(&mut self, to: ResetTo, now: Instant, port: &mut dyn Port) {
+    /// A reset sequence (the session's or anyone's) has played.
+    pub(crate) fn reset_done(&mut self, to: ResetTo, now: Instant, out: &mut Out) {
         if let (Mode::Raw, Some(w), ResetTo::Bootloader) = (self.mode, &mut self.esp, to) {
-            w.bootloader_entered(now, &mut |b| port.write(b));
+            w.bootloader_entered(now, &mut |b| out.device.extend_from_slice(b));
+        }
+    }
+
+    /// The device's modem lines as the bridge last read them; a change is notified to an
+    /// RFC 2217 client (masked by its SET-MODEMSTATE-MASK).
+    pub(crate) fn modem_status(&mut self, status: ModemStatus, client: &mut Vec<u8>) {
+        self.modem = status;
+        if self.com_port_agreed {
+            self.notify_modem(false, client);
         }
     }
 
     /// The protocol is known: the held device output goes out in its form.
-    fn decide(&mut self, mode: Mode, now: Instant, port: &mut dyn Port, to_client: &mut Vec<u8>) {
+    fn decide(&mut self, mode: Mode, now: Instant, out: &mut Out) -> Option<Effect> {
         self.mode = mode;
-        self.held_since = None;
         if mode == Mode::Telnet {
             self.esp = None;
-            self.start(to_client);
+            self.start(out.client);
         }
         info!(
             "{}: the client speaks {}",
             self.label,
-            self.protocol().unwrap_or("?")
+            self.protocol().map_or("?", Protocol::as_str)
         );
         let held = std::mem::take(&mut self.held);
-        self.device_data(&held, now, port, to_client);
+        self.on_device_bytes(&held, now, out)
     }
 
-    /// Carry out what the ESP watch asked for; releasing parked bytes may ask for more.
-    fn act(&mut self, mut action: Option<Action>, now: Instant, port: &mut dyn Port) {
-        while let Some(a) = action.take() {
-            match a {
-                Action::EnterBootloader => {
-                    if let Err(e) = port.reset(ResetTo::Bootloader) {
-                        warn!("{}: cannot enter the bootloader: {e}", self.label);
-                        if let Some(w) = &mut self.esp {
-                            w.bootloader_entered(now, &mut |b| port.write(b));
-                        }
-                    }
+    /// Start an effect; the session waits for [`Session::done`].
+    fn begin(&mut self, effect: Effect, then: Then) -> Option<Effect> {
+        self.in_flight = Some((effect, then));
+        Some(effect)
+    }
+
+    /// What the ESP watch asked for, as an effect (or, for a baud that needs no change, at
+    /// once).
+    fn act(&mut self, action: Option<Action>, now: Instant, out: &mut Out) -> Option<Effect> {
+        match action? {
+            Action::EnterBootloader => self.begin(
+                Effect::Reset(ResetTo::Bootloader),
+                Then::Answer(Answer::None),
+            ),
+            Action::BaudAnswered(rate) => {
+                let new = LineSettings {
+                    baud: rate.unwrap_or(self.settings.baud),
+                    ..self.settings
+                };
+                if new != self.settings {
+                    return self.begin(Effect::Apply(new), Then::ReleaseParked);
                 }
-                Action::BaudAnswered(rate) => {
-                    if let Some(baud) = rate {
-                        let mut s = self.settings;
-                        s.baud = baud;
-                        self.change(s, port);
-                    }
-                    if let Some(w) = &mut self.esp {
-                        action = w.baud_switched(now, &mut |b| port.write(b));
-                    }
-                }
+                self.release_parked(now, out)
             }
         }
     }
 
-    /// Handle bytes from the client: data goes to `port.write`, answers to `to_client`, in
-    /// stream order.
+    fn release_parked(&mut self, now: Instant, out: &mut Out) -> Option<Effect> {
+        let w = self.esp.as_mut()?;
+        let action = w.baud_switched(now, &mut |b| out.device.extend_from_slice(b));
+        self.act(action, now, out)
+    }
+
+    /// The bridge performed the effect in flight (`Ok`) or could not: record what is in
+    /// force, answer the client, and carry on — which may need the next effect.
+    pub(crate) fn done(
+        &mut self,
+        outcome: Result<(), Failure>,
+        now: Instant,
+        out: &mut Out,
+    ) -> Option<Effect> {
+        let (effect, then) = self.in_flight.take()?;
+        match (effect, outcome) {
+            (Effect::Apply(new), Ok(())) => {
+                if new.baud != self.settings.baud {
+                    info!(
+                        "{}: baud {} -> {}",
+                        self.label, self.settings.baud, new.baud
+                    );
+                } else {
+                    debug!("{}: line settings {new}", self.label);
+                }
+                self.settings = new;
+            }
+            (Effect::Apply(new), Err(e)) => warn!(
+                "{}: device refused {new} ({e}); keeping {}",
+                self.label, self.settings
+            ),
+            (Effect::Break(on), Ok(())) => self.break_on = on,
+            (Effect::Break(on), Err(e)) => warn!("{}: cannot set break {on}: {e}", self.label),
+            (Effect::Lines(_), Err(e)) => {
+                // PTYs and some adapters have no modem lines; say so once, then stay quiet.
+                if !self.lines_unsupported_logged {
+                    warn!(
+                        "{}: cannot set DTR/RTS ({e}); continuing without",
+                        self.label
+                    );
+                    self.lines_unsupported_logged = true;
+                }
+            }
+            (Effect::Purge(_), Err(e)) => warn!("{}: purge failed: {e}", self.label),
+            (Effect::Reset(_), Err(e)) => {
+                warn!("{}: cannot enter the bootloader: {e}", self.label);
+                if let Some(w) = &mut self.esp {
+                    w.bootloader_entered(now, &mut |b| out.device.extend_from_slice(b));
+                }
+            }
+            (Effect::Lines(_) | Effect::Purge(_) | Effect::Reset(_), Ok(())) => {}
+        }
+        match then {
+            Then::Answer(a) => {
+                if let Some(cmd) = self.answer(a) {
+                    self.reply(cmd, out.client);
+                }
+                None
+            }
+            Then::ReleaseParked => self.release_parked(now, out),
+        }
+    }
+
+    fn answer(&self, a: Answer) -> Option<Command> {
+        let s = &self.settings;
+        Some(match a {
+            Answer::Baud => Command::SetBaud(Setting::Value(s.baud)),
+            Answer::DataSize => Command::SetDataSize(Setting::Value(s.data_bits)),
+            Answer::Parity => Command::SetParity(Setting::Value(s.parity)),
+            Answer::StopSize => Command::SetStopSize(Setting::Value(s.stop_bits)),
+            Answer::Flow => Command::SetControl(Control::Flow(s.flow)),
+            Answer::Break => Command::SetControl(Control::Break(self.break_on)),
+            Answer::Control(c) => Command::SetControl(c),
+            Answer::Purge(p) => Command::PurgeData(p),
+            Answer::None => return None,
+        })
+    }
+
+    /// Handle bytes from the client: data goes to `out.device`, answers to `out.client`, in
+    /// stream order. Stops after the first request that needs an effect: the rest of
+    /// `input` is to be fed again once [`Session::done`] has been called.
     pub(crate) fn on_client_bytes(
         &mut self,
         input: &[u8],
         now: Instant,
-        port: &mut dyn Port,
-        to_client: &mut Vec<u8>,
-    ) -> Result<(), SessionError> {
+        out: &mut Out,
+    ) -> Result<Step, SessionError> {
+        let idle = |effect| Step {
+            consumed: 0,
+            effect,
+        };
+        if self.in_flight.is_some() {
+            return Ok(idle(None));
+        }
         if let (Mode::Detect { .. }, Some(&first)) = (self.mode, input.first()) {
             let mode = if first == IAC {
                 Mode::Telnet
             } else {
                 Mode::Raw
             };
-            self.decide(mode, now, port, to_client);
+            if let Some(effect) = self.decide(mode, now, out) {
+                return Ok(idle(Some(effect)));
+            }
         }
+        let all = |effect| Step {
+            consumed: input.len(),
+            effect,
+        };
         match (self.mode, &mut self.esp) {
-            (Mode::Detect { .. }, _) => return Ok(()),
+            (Mode::Detect { .. }, _) => Ok(all(None)),
             (Mode::Raw, None) => {
-                port.write(input);
-                return Ok(());
+                out.device.extend_from_slice(input);
+                Ok(all(None))
             }
             (Mode::Raw, Some(w)) => {
-                let action = w.on_client(input, now, &mut |b| port.write(b));
-                self.act(action, now, port);
-                return Ok(());
+                let action = w.on_client(input, now, &mut |b| out.device.extend_from_slice(b));
+                Ok(all(self.act(action, now, out)))
             }
-            (Mode::Telnet, _) => {}
-        }
-        let mut decoder = std::mem::take(&mut self.decoder);
-        let mut sink = SessionSink {
-            session: self,
-            port,
-            out: to_client,
-            result: Ok(()),
-        };
-        decoder.decode(input, &mut sink);
-        let result = sink.result;
-        self.decoder = decoder;
-        result
-    }
-
-    /// Check the modem lines and notify the client of a change (masked by its
-    /// SET-MODEMSTATE-MASK). The bridge calls this periodically while a client is connected.
-    pub(crate) fn poll_modem(&mut self, port: &mut dyn Port, to_client: &mut Vec<u8>) {
-        if self.com_port_agreed {
-            self.notify_modem(port, false, to_client);
+            (Mode::Telnet, _) => {
+                let mut decoder = std::mem::take(&mut self.decoder);
+                let mut sink = SessionSink {
+                    session: self,
+                    out,
+                    effect: None,
+                    result: Ok(()),
+                };
+                let consumed = decoder.decode(input, &mut sink);
+                let (effect, result) = (sink.effect, sink.result);
+                self.decoder = decoder;
+                result.map(|()| Step { consumed, effect })
+            }
         }
     }
 
-    /// Append device output for the client, in the session's form (Telnet-escaped, raw, or
-    /// held while the protocol is undecided).
-    pub(crate) fn device_data(
+    /// Device output for the client, in the session's form (Telnet-escaped, raw, or held
+    /// while the protocol is undecided). An ESP raw session may need the UART switched.
+    pub(crate) fn on_device_bytes(
         &mut self,
         data: &[u8],
         now: Instant,
-        port: &mut dyn Port,
-        to_client: &mut Vec<u8>,
-    ) {
-        match (self.mode, &mut self.esp) {
-            (Mode::Detect { .. }, _) => {
+        out: &mut Out,
+    ) -> Option<Effect> {
+        match (&mut self.mode, &mut self.esp) {
+            (Mode::Detect { since, .. }, _) => {
                 self.held.extend_from_slice(data);
-                self.held_since.get_or_insert(now);
+                since.get_or_insert(now);
+                None
             }
-            (Mode::Telnet, _) => telnet::escape_into(data, to_client),
-            (Mode::Raw, None) => to_client.extend_from_slice(data),
+            (Mode::Telnet, _) => {
+                telnet::escape_into(data, out.client);
+                None
+            }
+            (Mode::Raw, None) => {
+                out.client.extend_from_slice(data);
+                None
+            }
             (Mode::Raw, Some(w)) => {
-                let action = w.on_device(data, to_client);
-                self.act(action, now, port);
+                let action = w.on_device(data, out.client);
+                self.act(action, now, out)
             }
         }
     }
 
-    fn on_event(
-        &mut self,
-        ev: Event,
-        port: &mut dyn Port,
-        out: &mut Vec<u8>,
-    ) -> Result<(), SessionError> {
+    fn on_event(&mut self, ev: Event, out: &mut Out) -> Result<Option<Effect>, SessionError> {
         match ev {
-            Event::Negotiate(verb, opt) => self.negotiate(verb, opt, port, out),
+            Event::Negotiate(verb, opt) => self.negotiate(verb, opt, out.client),
             Event::Subnegotiation {
                 option: option::COM_PORT,
                 payload,
             } => match rfc2217::decode(&payload) {
-                Ok((Direction::ClientToServer, cmd)) => self.command(cmd, port, out),
-                Ok((Direction::ServerToClient, cmd)) => {
+                Ok((Direction::ClientToServer, cmd)) => return Ok(self.command(cmd, out.client)),
+                Ok((Direction::ServerToClient, _)) => {
                     debug!(
-                        "{}: ignoring server-side command from client: {cmd:?}",
+                        "{}: ignoring a server-side command from the client",
                         self.label
                     )
                 }
-                Err(e) => self.bad_command(e, out),
+                Err(e) => self.bad_command(e, out.client),
             },
             Event::Subnegotiation { option, .. } => {
                 debug!(
@@ -400,17 +625,17 @@ impl Session {
                 )))
             }
             Event::SubnegotiationAborted { option } => {
-                warn!(
+                debug!(
                     "{}: client cut a subnegotiation for option {option} short",
                     self.label
                 )
             }
             Event::Command(c) => debug!("{}: ignoring Telnet command {c:#04x}", self.label),
         }
-        Ok(())
+        Ok(None)
     }
 
-    fn negotiate(&mut self, verb: Verb, opt: u8, port: &mut dyn Port, out: &mut Vec<u8>) {
+    fn negotiate(&mut self, verb: Verb, opt: u8, client: &mut Vec<u8>) {
         let (table, supported): (&mut [OptState], &[u8]) = match verb {
             Verb::Do | Verb::Dont => (&mut self.ours, &OURS),
             Verb::Will | Verb::Wont => (&mut self.theirs, &THEIRS),
@@ -422,207 +647,155 @@ impl Session {
         let Some(i) = supported.iter().position(|&o| o == opt) else {
             // Refuse what we do not know; refusing never needs tracking (RFC 854).
             if matches!(verb, Verb::Do | Verb::Will) {
-                telnet::negotiate(no, opt, out);
+                telnet::negotiate(no, opt, client);
             }
             return;
         };
         let st = &mut table[i];
-        match verb {
-            Verb::Do | Verb::Will => {
-                if !st.enabled {
-                    st.enabled = true;
-                    if !st.requested {
-                        telnet::negotiate(yes, opt, out);
-                    }
-                }
-                st.requested = false;
+        *st = match (verb, *st) {
+            // A request: agree. An answer to our own request: nothing to say.
+            (Verb::Do | Verb::Will, OptState::No) => {
+                telnet::negotiate(yes, opt, client);
+                OptState::Yes
             }
-            Verb::Dont | Verb::Wont => {
-                if st.enabled || st.requested {
-                    let was_requested = st.requested;
-                    *st = OptState::default();
-                    if !was_requested {
-                        telnet::negotiate(no, opt, out);
-                    }
-                }
+            (Verb::Do | Verb::Will, OptState::WantYes | OptState::Yes) => OptState::Yes,
+            // Switched off by the client: confirm, unless it is refusing our request.
+            (Verb::Dont | Verb::Wont, OptState::Yes) => {
+                telnet::negotiate(no, opt, client);
+                OptState::No
             }
-        }
+            (Verb::Dont | Verb::Wont, OptState::No | OptState::WantYes) => OptState::No,
+        };
         if opt == option::COM_PORT && matches!(verb, Verb::Do | Verb::Will) && !self.com_port_agreed
         {
             // pyserial refuses to read modem lines until it has seen one NOTIFY-MODEMSTATE.
             self.com_port_agreed = true;
-            self.notify_modem(port, true, out);
+            self.notify_modem(true, client);
         }
     }
 
-    fn reply(&self, cmd: Command, out: &mut Vec<u8>) {
+    fn reply(&self, cmd: Command, client: &mut Vec<u8>) {
         let mut payload = Vec::with_capacity(8);
         rfc2217::encode(Direction::ServerToClient, &cmd, &mut payload);
-        telnet::subnegotiation(option::COM_PORT, &payload, out);
+        telnet::subnegotiation(option::COM_PORT, &payload, client);
     }
 
-    /// Apply `new` if it differs from what is in force; the answer then reports the truth.
-    fn change(&mut self, new: LineSettings, port: &mut dyn Port) {
+    /// Ask for `new` if it differs from what is in force; answer now if it does not.
+    fn change(
+        &mut self,
+        new: LineSettings,
+        answer: Answer,
+        client: &mut Vec<u8>,
+    ) -> Option<Effect> {
         if new == self.settings {
-            return;
+            self.reply(self.answer(answer)?, client);
+            return None;
         }
-        match port.apply(&new) {
-            Ok(()) => {
-                if new.baud != self.settings.baud {
-                    info!(
-                        "{}: baud {} -> {}",
-                        self.label, self.settings.baud, new.baud
-                    );
-                } else {
-                    debug!("{}: line settings {new}", self.label);
-                }
-                self.settings = new;
-            }
-            Err(e) => warn!(
-                "{}: device refused {new} ({e}); keeping {}",
-                self.label, self.settings
-            ),
-        }
+        self.begin(Effect::Apply(new), Then::Answer(answer))
     }
 
-    fn command(&mut self, cmd: Command, port: &mut dyn Port, out: &mut Vec<u8>) {
+    /// A COM-PORT request: answered at once, or once its effect is done.
+    fn command(&mut self, cmd: Command, client: &mut Vec<u8>) -> Option<Effect> {
         let mut s = self.settings;
-        match cmd {
+        let answer = match cmd {
             Command::Signature(text) if text.is_empty() => {
-                self.reply(Command::Signature(self.signature.clone().into_bytes()), out)
+                Command::Signature(self.signature.clone().into_bytes())
             }
-            Command::Signature(text) => {
-                info!(
-                    "{}: client signature: {}",
-                    self.label,
-                    String::from_utf8_lossy(&text)
-                )
+            // The client's own name needs no answer, and is never logged: it is the
+            // client's text, and the log is not the client's to write.
+            Command::Signature(_) => return None,
+            Command::SetBaud(Setting::Value(b)) => {
+                s.baud = b;
+                return self.change(s, Answer::Baud, client);
             }
-            Command::SetBaud(v) => {
-                if let Setting::Value(b) = v {
-                    s.baud = b;
-                    self.change(s, port);
-                }
-                self.reply(Command::SetBaud(Setting::Value(self.settings.baud)), out)
+            Command::SetDataSize(Setting::Value(d)) => {
+                s.data_bits = d;
+                return self.change(s, Answer::DataSize, client);
             }
-            Command::SetDataSize(v) => {
-                if let Setting::Value(d) = v {
-                    s.data_bits = d;
-                    self.change(s, port);
-                }
-                self.reply(
-                    Command::SetDataSize(Setting::Value(self.settings.data_bits)),
-                    out,
-                )
+            Command::SetParity(Setting::Value(p)) => {
+                s.parity = p;
+                return self.change(s, Answer::Parity, client);
             }
-            Command::SetParity(v) => {
-                if let Setting::Value(p) = v {
-                    s.parity = p;
-                    self.change(s, port);
-                }
-                self.reply(
-                    Command::SetParity(Setting::Value(self.settings.parity)),
-                    out,
-                )
+            Command::SetStopSize(Setting::Value(b)) => {
+                s.stop_bits = b;
+                return self.change(s, Answer::StopSize, client);
             }
-            Command::SetStopSize(v) => {
-                if let Setting::Value(b) = v {
-                    s.stop_bits = b;
-                    self.change(s, port);
-                }
-                self.reply(
-                    Command::SetStopSize(Setting::Value(self.settings.stop_bits)),
-                    out,
-                )
+            Command::SetBaud(Setting::Query) => self.answer(Answer::Baud)?,
+            Command::SetDataSize(Setting::Query) => self.answer(Answer::DataSize)?,
+            Command::SetParity(Setting::Query) => self.answer(Answer::Parity)?,
+            Command::SetStopSize(Setting::Query) => self.answer(Answer::StopSize)?,
+            Command::SetControl(c) => return self.control(c, client),
+            // We see no line errors through termios; report "nothing to report".
+            Command::NotifyLineState(_) => Command::NotifyLineState(0),
+            Command::NotifyModemState(_) => {
+                self.notify_modem(true, client);
+                return None;
             }
-            Command::SetControl(c) => {
-                let answer = self.control(c, port);
-                self.reply(Command::SetControl(answer), out)
+            Command::FlowControlSuspend | Command::FlowControlResume => {
+                // No answer: 108/109 would mean the opposite direction.
+                self.suspended = cmd == Command::FlowControlSuspend;
+                return None;
             }
-            Command::NotifyLineState(_) => {
-                // We see no line errors through termios; report "nothing to report".
-                self.reply(Command::NotifyLineState(0), out)
-            }
-            Command::NotifyModemState(_) => self.notify_modem(port, true, out),
-            Command::FlowControlSuspend => self.suspended = true,
-            Command::FlowControlResume => self.suspended = false,
             Command::SetLineStateMask(m) => {
                 self.line_mask = m;
-                self.reply(Command::SetLineStateMask(m), out)
+                Command::SetLineStateMask(m)
             }
             Command::SetModemStateMask(m) => {
                 self.modem_mask = m;
-                self.reply(Command::SetModemStateMask(m), out)
+                Command::SetModemStateMask(m)
             }
             Command::PurgeData(p) => {
-                if let Err(e) = port.purge(p) {
-                    warn!("{}: purge failed: {e}", self.label);
-                }
-                self.reply(Command::PurgeData(p), out)
+                return self.begin(Effect::Purge(p), Then::Answer(Answer::Purge(p)))
             }
-        }
+        };
+        self.reply(answer, client);
+        None
     }
 
-    /// Act on a SET-CONTROL value and return the value to answer with.
-    fn control(&mut self, c: Control, port: &mut dyn Port) -> Control {
-        let flow_answer = |s: &LineSettings| Control::Flow(s.flow);
-        match c {
-            Control::QueryFlow => flow_answer(&self.settings),
+    /// A SET-CONTROL request.
+    fn control(&mut self, c: Control, client: &mut Vec<u8>) -> Option<Effect> {
+        let answer = match c {
+            Control::QueryFlow => Answer::Flow,
             Control::Flow(f) => {
-                let mut s = self.settings;
-                s.flow = f;
-                self.change(s, port);
-                flow_answer(&self.settings)
+                let s = LineSettings {
+                    flow: f,
+                    ..self.settings
+                };
+                return self.change(s, Answer::Flow, client);
             }
-            Control::QueryBreak => Control::Break(self.break_on),
+            Control::QueryBreak => Answer::Break,
             Control::Break(on) => {
-                match port.set_break(on) {
-                    Ok(()) => self.break_on = on,
-                    Err(e) => warn!("{}: cannot set break {on}: {e}", self.label),
-                }
-                Control::Break(self.break_on)
+                return self.begin(Effect::Break(on), Then::Answer(Answer::Break))
             }
-            Control::QueryDtr => Control::Dtr(self.client_lines.dtr),
-            Control::QueryRts => Control::Rts(self.client_lines.rts),
-            // The client's view of its lines is acknowledged as asked, whatever reaches the
-            // board: the reset policy (not this session) decides that.
+            Control::QueryDtr => Answer::Control(Control::Dtr(self.client_lines.dtr)),
+            Control::QueryRts => Answer::Control(Control::Rts(self.client_lines.rts)),
             Control::Dtr(on) => {
                 self.client_lines.dtr = on;
-                self.lines_changed(port);
-                c
+                let lines = Effect::Lines(self.client_lines);
+                return self.begin(lines, Then::Answer(Answer::Control(c)));
             }
             Control::Rts(on) => {
                 self.client_lines.rts = on;
-                self.lines_changed(port);
-                c
+                let lines = Effect::Lines(self.client_lines);
+                return self.begin(lines, Then::Answer(Answer::Control(c)));
             }
             Control::QueryInboundFlow | Control::InboundFlow(_) => {
-                Control::InboundFlow(match self.settings.flow {
+                Answer::Control(Control::InboundFlow(match self.settings.flow {
                     FlowControl::None => 14,
                     FlowControl::XonXoff => 15,
                     FlowControl::RtsCts => 16,
-                })
+                }))
             }
+        };
+        if let Some(cmd) = self.answer(answer) {
+            self.reply(cmd, client);
         }
+        None
     }
 
-    /// Pass the client's lines to the device.
-    fn lines_changed(&mut self, port: &mut dyn Port) {
-        if let Err(e) = port.set_lines(self.client_lines) {
-            // PTYs and some adapters have no modem lines; say so once, then stay quiet.
-            if !self.lines_unsupported_logged {
-                warn!(
-                    "{}: cannot set DTR/RTS ({e}); continuing without",
-                    self.label
-                );
-                self.lines_unsupported_logged = true;
-            }
-        }
-    }
-
-    fn notify_modem(&mut self, port: &mut dyn Port, force: bool, out: &mut Vec<u8>) {
+    fn notify_modem(&mut self, force: bool, client: &mut Vec<u8>) {
         use rfc2217::modem::*;
-        let st = port.modem_status().unwrap_or_default();
+        let st = self.modem;
         let mut state = 0u8;
         for (on, bit) in [(st.cd, CD), (st.ri, RI), (st.dsr, DSR), (st.cts, CTS)] {
             if on {
@@ -643,105 +816,156 @@ impl Session {
         self.last_modem = state;
         let value = (state | delta) & self.modem_mask;
         if force || (changed != 0 && value != 0) {
-            self.reply(Command::NotifyModemState(value), out);
+            self.reply(Command::NotifyModemState(value), client);
         }
     }
 
-    fn bad_command(&mut self, e: DecodeError, out: &mut Vec<u8>) {
-        warn!("{}: {e}", self.label);
+    fn bad_command(&mut self, e: DecodeError, client: &mut Vec<u8>) {
+        debug!("{}: {e}", self.label);
         // Answer a bad setting with the value in force, so the client sees the rejection
         // at once instead of waiting for its timeout.
-        let s = self.settings;
-        let cmd = match e {
+        let answer = match e {
             DecodeError::BadValue { code: 1, .. } | DecodeError::BadLength { code: 1, .. } => {
-                Command::SetBaud(Setting::Value(s.baud))
+                Answer::Baud
             }
-            DecodeError::BadValue { code: 2, .. } => {
-                Command::SetDataSize(Setting::Value(s.data_bits))
-            }
-            DecodeError::BadValue { code: 3, .. } => Command::SetParity(Setting::Value(s.parity)),
-            DecodeError::BadValue { code: 4, .. } => {
-                Command::SetStopSize(Setting::Value(s.stop_bits))
-            }
+            DecodeError::BadValue { code: 2, .. } => Answer::DataSize,
+            DecodeError::BadValue { code: 3, .. } => Answer::Parity,
+            DecodeError::BadValue { code: 4, .. } => Answer::StopSize,
             _ => return,
         };
-        self.reply(cmd, out);
+        if let Some(cmd) = self.answer(answer) {
+            self.reply(cmd, client);
+        }
     }
 }
 
-/// Routes the decoder's output: data to the device, events to the session. After a fatal
-/// event the rest of the input is ignored.
-struct SessionSink<'a> {
-    session: &'a mut Session,
-    port: &'a mut dyn Port,
-    out: &'a mut Vec<u8>,
+/// Routes the decoder's output: data to the device, events to the session. The decoder
+/// pauses after an event that needs an effect, or after a fatal one.
+struct SessionSink<'s, 'o, 'b> {
+    session: &'s mut Session,
+    out: &'o mut Out<'b>,
+    effect: Option<Effect>,
     result: Result<(), SessionError>,
 }
 
-impl telnet::Sink for SessionSink<'_> {
+impl telnet::Sink for SessionSink<'_, '_, '_> {
     fn data(&mut self, bytes: &[u8]) {
-        if self.result.is_ok() {
-            self.port.write(bytes);
-        }
+        self.out.device.extend_from_slice(bytes);
     }
 
     fn event(&mut self, event: Event) {
-        if self.result.is_ok() {
-            self.result = self.session.on_event(event, self.port, self.out);
+        match self.session.on_event(event, self.out) {
+            Ok(effect) => self.effect = effect,
+            Err(e) => self.result = Err(e),
         }
     }
-}
 
+    fn paused(&self) -> bool {
+        self.effect.is_some() || self.result.is_err()
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::line::{DataBits, Parity};
     use crate::protocol::telnet::IAC;
 
+    /// Performs effects the moment they are asked for, as a bridge with an idle device
+    /// does, and records them.
     #[derive(Default)]
-    struct Recorder {
-        written: Vec<u8>,
+    struct Rig {
+        device: Vec<u8>,
+        client: Vec<u8>,
         /// How much data had been written when each setting was applied.
         applied_at: Vec<usize>,
         applied: Vec<LineSettings>,
         lines: Vec<Lines>,
         breaks: Vec<bool>,
         purges: Vec<Purge>,
-        modem: ModemStatus,
-        refuse_baud_above: Option<u32>,
         resets: Vec<ResetTo>,
+        refuse_baud_above: Option<u32>,
+        /// Effects performed, in order.
+        effects: Vec<Effect>,
     }
 
-    impl Port for Recorder {
-        fn write(&mut self, data: &[u8]) {
-            self.written.extend_from_slice(data);
-        }
-        fn apply(&mut self, s: &LineSettings) -> io::Result<()> {
-            if self.refuse_baud_above.is_some_and(|max| s.baud > max) {
-                return Err(io::Error::other("unsupported baud"));
+    impl Rig {
+        fn perform(&mut self, e: Effect) -> Result<(), Failure> {
+            self.effects.push(e);
+            match e {
+                Effect::Apply(s) => {
+                    if self.refuse_baud_above.is_some_and(|max| s.baud > max) {
+                        return Err(Failure::Device(std::io::Error::other("unsupported baud")));
+                    }
+                    self.applied.push(s);
+                    self.applied_at.push(self.device.len());
+                }
+                Effect::Lines(l) => self.lines.push(l),
+                Effect::Break(on) => self.breaks.push(on),
+                Effect::Purge(p) => self.purges.push(p),
+                Effect::Reset(to) => self.resets.push(to),
             }
-            self.applied.push(*s);
-            self.applied_at.push(self.written.len());
             Ok(())
         }
-        fn set_lines(&mut self, l: Lines) -> io::Result<()> {
-            self.lines.push(l);
-            Ok(())
+
+        /// Perform `effect` and whatever follows from it.
+        fn settle(&mut self, s: &mut Session, mut effect: Option<Effect>) {
+            while let Some(e) = effect {
+                let outcome = self.perform(e);
+                let mut out = Out {
+                    device: &mut self.device,
+                    client: &mut self.client,
+                };
+                effect = s.done(outcome, Instant::now(), &mut out);
+            }
         }
-        fn set_break(&mut self, on: bool) -> io::Result<()> {
-            self.breaks.push(on);
-            Ok(())
+
+        fn feed_all(&mut self, s: &mut Session, input: &[u8]) -> Result<(), SessionError> {
+            let mut rest = input;
+            loop {
+                let mut out = Out {
+                    device: &mut self.device,
+                    client: &mut self.client,
+                };
+                let step = s.on_client_bytes(rest, Instant::now(), &mut out)?;
+                rest = &rest[step.consumed..];
+                self.settle(s, step.effect);
+                if rest.is_empty() {
+                    return Ok(());
+                }
+                assert!(
+                    step.consumed > 0 || step.effect.is_some(),
+                    "the session made no progress"
+                );
+            }
         }
-        fn purge(&mut self, p: Purge) -> io::Result<()> {
-            self.purges.push(p);
-            Ok(())
+
+        /// Feed client bytes; returns (device bytes, client bytes) produced by them.
+        fn feed(&mut self, s: &mut Session, input: &[u8]) -> (Vec<u8>, Vec<u8>) {
+            self.device.clear();
+            self.client.clear();
+            self.feed_all(s, input).unwrap();
+            (
+                std::mem::take(&mut self.device),
+                std::mem::take(&mut self.client),
+            )
         }
-        fn modem_status(&mut self) -> io::Result<ModemStatus> {
-            Ok(self.modem)
+
+        fn device_bytes(&mut self, s: &mut Session, data: &[u8]) {
+            let mut out = Out {
+                device: &mut self.device,
+                client: &mut self.client,
+            };
+            let effect = s.on_device_bytes(data, Instant::now(), &mut out);
+            self.settle(s, effect);
         }
-        fn reset(&mut self, to: ResetTo) -> Result<(), ResetError> {
-            self.resets.push(to);
-            Ok(())
+
+        fn timer(&mut self, s: &mut Session, now: Instant) {
+            let mut out = Out {
+                device: &mut self.device,
+                client: &mut self.client,
+            };
+            let effect = s.on_timer(now, &mut out);
+            self.settle(s, effect);
         }
     }
 
@@ -755,14 +979,6 @@ mod tests {
         Session::new("test", "serialhub test".into(), LineSettings::default())
     }
 
-    fn feed(s: &mut Session, port: &mut Recorder, input: &[u8]) -> (Vec<u8>, Vec<u8>) {
-        let mut cli = Vec::new();
-        port.written.clear();
-        s.on_client_bytes(input, Instant::now(), port, &mut cli)
-            .unwrap();
-        (std::mem::take(&mut port.written), cli)
-    }
-
     /// pyserial's opening: DO ECHO, WILL SGA, DO SGA, DO COM-PORT, WILL COM-PORT.
     const PYSERIAL_OPEN: [u8; 15] = [
         IAC, 0xFD, 1, IAC, 0xFB, 3, IAC, 0xFD, 3, IAC, 0xFD, 44, IAC, 0xFB, 44,
@@ -771,7 +987,7 @@ mod tests {
     #[test]
     fn opening_offers_com_port_and_never_answers_answers() {
         let mut s = session();
-        let mut port = Recorder::default();
+        let mut rig = Rig::default();
         let mut out = Vec::new();
         s.start(&mut out);
         assert!(
@@ -779,49 +995,107 @@ mod tests {
             "WILL COM-PORT"
         );
         assert!(out.windows(3).any(|w| w == [IAC, 0xFD, 44]), "DO COM-PORT");
-        let (_, out) = feed(&mut s, &mut port, &PYSERIAL_OPEN);
+        let (_, out) = rig.feed(&mut s, &PYSERIAL_OPEN);
         // All of pyserial's requests cross our offers: the only output is the one
         // NOTIFY-MODEMSTATE that pyserial needs before it can read modem lines.
         assert_eq!(out, sb(&[107, 0]));
         // A repeated WILL is not answered again.
-        let (_, out) = feed(&mut s, &mut port, &[IAC, 0xFB, 44]);
+        let (_, out) = rig.feed(&mut s, &[IAC, 0xFB, 44]);
         assert!(out.is_empty());
+        // Switched off and on again by the client: confirmed both times.
+        let (_, out) = rig.feed(&mut s, &[IAC, 0xFC, 3, IAC, 0xFB, 3]);
+        assert_eq!(out, [IAC, 0xFE, 3, IAC, 0xFD, 3]);
     }
 
     #[test]
     fn unknown_options_are_refused() {
         let mut s = session();
-        let mut port = Recorder::default();
-        let (_, out) = feed(&mut s, &mut port, &[IAC, 0xFD, 24, IAC, 0xFB, 31]);
+        let mut rig = Rig::default();
+        let (_, out) = rig.feed(&mut s, &[IAC, 0xFD, 24, IAC, 0xFB, 31]);
         assert_eq!(out, [IAC, 0xFC, 24, IAC, 0xFE, 31]);
     }
 
     #[test]
     fn baud_is_applied_once_and_answered_with_the_value_in_force() {
         let mut s = session();
-        let mut port = Recorder::default();
-        let (_, out) = feed(&mut s, &mut port, &sb(&[1, 0, 0x0E, 0x10, 0x00]));
+        let mut rig = Rig::default();
+        let (_, out) = rig.feed(&mut s, &sb(&[1, 0, 0x0E, 0x10, 0x00]));
         assert_eq!(out, sb(&[101, 0, 0x0E, 0x10, 0x00]));
-        assert_eq!(port.applied.len(), 1);
-        assert_eq!(port.applied[0].baud, 921_600);
+        assert_eq!(rig.applied.len(), 1);
+        assert_eq!(rig.applied[0].baud, 921_600);
         // The same value again (esptool re-sends everything): answered, UART untouched.
-        let (_, out) = feed(&mut s, &mut port, &sb(&[1, 0, 0x0E, 0x10, 0x00]));
+        let (_, out) = rig.feed(&mut s, &sb(&[1, 0, 0x0E, 0x10, 0x00]));
         assert_eq!(out, sb(&[101, 0, 0x0E, 0x10, 0x00]));
-        assert_eq!(port.applied.len(), 1);
+        assert_eq!(rig.applied.len(), 1);
         // Query.
-        let (_, out) = feed(&mut s, &mut port, &sb(&[1, 0, 0, 0, 0]));
+        let (_, out) = rig.feed(&mut s, &sb(&[1, 0, 0, 0, 0]));
         assert_eq!(out, sb(&[101, 0, 0x0E, 0x10, 0x00]));
     }
 
     #[test]
     fn refused_baud_answers_the_old_one() {
         let mut s = session();
-        let mut port = Recorder {
+        let mut rig = Rig {
             refuse_baud_above: Some(1_000_000),
             ..Default::default()
         };
-        let (_, out) = feed(&mut s, &mut port, &sb(&[1, 0, 0x1E, 0x84, 0x80]));
+        let (_, out) = rig.feed(&mut s, &sb(&[1, 0, 0x1E, 0x84, 0x80]));
         assert_eq!(out, sb(&[101, 0, 1, 0xC2, 0]));
+        assert_eq!(s.settings().baud, 115_200);
+    }
+
+    #[test]
+    fn a_setting_waits_for_its_effect_and_the_rest_of_the_input_waits_for_it() {
+        let mut s = session();
+        let wire = [&b"ab"[..], &sb(&[1, 0, 0x0E, 0x10, 0x00]), b"cd"].concat();
+        let mut dev = Vec::new();
+        let mut cli = Vec::new();
+        let mut out = Out {
+            device: &mut dev,
+            client: &mut cli,
+        };
+        let step = s.on_client_bytes(&wire, Instant::now(), &mut out).unwrap();
+        let want = LineSettings {
+            baud: 921_600,
+            ..LineSettings::default()
+        };
+        assert_eq!(step.effect, Some(Effect::Apply(want)));
+        assert_eq!(
+            step.consumed,
+            wire.len() - 2,
+            "stops right after the request"
+        );
+        assert!(Effect::Apply(want).after_data());
+        assert_eq!((out.device.as_slice(), out.client.len()), (&b"ab"[..], 0));
+        assert!(s.client_paused());
+        // Until the effect is done, nothing more is taken.
+        let again = s.on_client_bytes(b"cd", Instant::now(), &mut out).unwrap();
+        assert_eq!(
+            again,
+            Step {
+                consumed: 0,
+                effect: None
+            }
+        );
+        assert_eq!(s.done(Ok(()), Instant::now(), &mut out), None);
+        assert_eq!(*out.client, sb(&[101, 0, 0x0E, 0x10, 0x00]));
+        assert!(!s.client_paused());
+    }
+
+    #[test]
+    fn a_stalled_device_keeps_the_old_setting() {
+        let mut s = session();
+        let (mut dev, mut cli) = (Vec::new(), Vec::new());
+        let mut out = Out {
+            device: &mut dev,
+            client: &mut cli,
+        };
+        let step = s
+            .on_client_bytes(&sb(&[1, 0, 0, 0x25, 0x80]), Instant::now(), &mut out)
+            .unwrap();
+        assert!(step.effect.is_some());
+        s.done(Err(Failure::Stalled), Instant::now(), &mut out);
+        assert_eq!(*out.client, sb(&[101, 0, 1, 0xC2, 0]));
         assert_eq!(s.settings().baud, 115_200);
     }
 
@@ -829,119 +1103,131 @@ mod tests {
     fn baud_with_iac_bytes_in_value() {
         // 0x0001_FFFF = 131071: the 0xFF bytes are doubled on the wire both ways.
         let mut s = session();
-        let mut port = Recorder::default();
+        let mut rig = Rig::default();
         let wire = sb(&[1, 0, 1, 0xFF, 0xFF]);
         assert_eq!(wire.len(), 12);
-        let (_, out) = feed(&mut s, &mut port, &wire);
+        let (_, out) = rig.feed(&mut s, &wire);
         assert_eq!(out, sb(&[101, 0, 1, 0xFF, 0xFF]));
-        assert_eq!(port.applied[0].baud, 131_071);
+        assert_eq!(rig.applied[0].baud, 131_071);
     }
 
     #[test]
     fn format_settings_and_bad_values() {
         let mut s = session();
-        let mut port = Recorder::default();
-        let (_, out) = feed(&mut s, &mut port, &sb(&[2, 7]));
+        let mut rig = Rig::default();
+        let (_, out) = rig.feed(&mut s, &sb(&[2, 7]));
         assert_eq!(out, sb(&[102, 7]));
-        let (_, out) = feed(&mut s, &mut port, &sb(&[3, 3]));
+        let (_, out) = rig.feed(&mut s, &sb(&[3, 3]));
         assert_eq!(out, sb(&[103, 3]));
-        let (_, out) = feed(&mut s, &mut port, &sb(&[4, 2]));
+        let (_, out) = rig.feed(&mut s, &sb(&[4, 2]));
         assert_eq!(out, sb(&[104, 2]));
         assert_eq!(s.settings().data_bits, DataBits::Seven);
         assert_eq!(s.settings().parity, Parity::Even);
         // Data size 9 does not exist: answered with the size in force.
-        let (_, out) = feed(&mut s, &mut port, &sb(&[2, 9]));
+        let (_, out) = rig.feed(&mut s, &sb(&[2, 9]));
         assert_eq!(out, sb(&[102, 7]));
     }
 
     #[test]
-    fn control_is_acknowledged_at_once() {
+    fn control_is_acknowledged_once_done() {
         let mut s = session();
-        let mut port = Recorder::default();
-        let (_, out) = feed(&mut s, &mut port, &[sb(&[5, 8]), sb(&[5, 11])].concat());
+        let mut rig = Rig::default();
+        let (_, out) = rig.feed(&mut s, &[sb(&[5, 8]), sb(&[5, 11])].concat());
         assert_eq!(out, [sb(&[105, 8]), sb(&[105, 11])].concat());
         assert_eq!(
-            port.lines.last(),
-            Some(&Lines {
-                dtr: true,
-                rts: true
-            })
+            rig.lines,
+            [
+                Lines {
+                    dtr: true,
+                    rts: false
+                },
+                Lines {
+                    dtr: true,
+                    rts: true
+                }
+            ]
         );
-        let (_, out) = feed(&mut s, &mut port, &[sb(&[5, 7]), sb(&[5, 10])].concat());
+        let (_, out) = rig.feed(&mut s, &[sb(&[5, 7]), sb(&[5, 10])].concat());
         assert_eq!(out, [sb(&[105, 8]), sb(&[105, 11])].concat());
-        let (_, out) = feed(&mut s, &mut port, &[sb(&[5, 5]), sb(&[5, 4])].concat());
+        let (_, out) = rig.feed(&mut s, &[sb(&[5, 5]), sb(&[5, 4])].concat());
         assert_eq!(out, [sb(&[105, 5]), sb(&[105, 5])].concat());
-        assert_eq!(port.breaks, [true]);
-        let (_, out) = feed(&mut s, &mut port, &[sb(&[5, 3]), sb(&[5, 0])].concat());
+        assert_eq!(rig.breaks, [true]);
+        let (_, out) = rig.feed(&mut s, &[sb(&[5, 3]), sb(&[5, 0])].concat());
         assert_eq!(out, [sb(&[105, 3]), sb(&[105, 3])].concat());
     }
 
     #[test]
     fn purge_and_masks_and_signature() {
         let mut s = session();
-        let mut port = Recorder::default();
-        let (_, out) = feed(&mut s, &mut port, &sb(&[12, 3]));
+        let mut rig = Rig::default();
+        let (_, out) = rig.feed(&mut s, &sb(&[12, 3]));
         assert_eq!(out, sb(&[112, 3]));
-        assert_eq!(port.purges, [Purge::Both]);
-        let (_, out) = feed(&mut s, &mut port, &sb(&[11, 0x30]));
+        assert_eq!(rig.purges, [Purge::Both]);
+        let (_, out) = rig.feed(&mut s, &sb(&[11, 0x30]));
         assert_eq!(out, sb(&[111, 0x30]));
-        let (_, out) = feed(&mut s, &mut port, &sb(&[0]));
+        let (_, out) = rig.feed(&mut s, &sb(&[0]));
         let mut want = vec![100];
         want.extend_from_slice(b"serialhub test");
         assert_eq!(out, sb(&want));
         // Flow suspend/resume get no answer (108/109 would mean the opposite).
-        let (_, out) = feed(&mut s, &mut port, &[sb(&[8]), sb(&[9])].concat());
+        let (_, out) = rig.feed(&mut s, &sb(&[8]));
+        assert!(out.is_empty() && s.suspended());
+        let (_, out) = rig.feed(&mut s, &sb(&[9]));
+        assert!(out.is_empty() && !s.suspended());
+        // The client's own signature is not answered.
+        let (_, out) = rig.feed(&mut s, &sb(b"\x00pyserial\x1b[31m"));
         assert!(out.is_empty());
     }
 
     #[test]
     fn modem_changes_are_notified_masked() {
         let mut s = session();
-        let mut port = Recorder::default();
-        feed(&mut s, &mut port, &PYSERIAL_OPEN);
+        let mut rig = Rig::default();
+        rig.feed(&mut s, &PYSERIAL_OPEN);
         let mut out = Vec::new();
-        s.poll_modem(&mut port, &mut out);
+        let mut st = ModemStatus::default();
+        s.modem_status(st, &mut out);
         assert!(out.is_empty(), "no change, no notification");
-        port.modem.cts = true;
-        s.poll_modem(&mut port, &mut out);
+        st.cts = true;
+        s.modem_status(st, &mut out);
         assert_eq!(out, sb(&[107, 0x11]));
         out.clear();
-        feed(&mut s, &mut port, &sb(&[11, 0x20]));
-        port.modem.cts = false;
-        s.poll_modem(&mut port, &mut out);
+        rig.feed(&mut s, &sb(&[11, 0x20]));
+        st.cts = false;
+        s.modem_status(st, &mut out);
         assert!(out.is_empty(), "CTS masked out");
     }
 
     #[test]
     fn data_passes_with_iac_unescaped() {
         let mut s = session();
-        let mut port = Recorder::default();
-        let (dev, _) = feed(&mut s, &mut port, &[1, IAC, IAC, 2]);
+        let mut rig = Rig::default();
+        let (dev, _) = rig.feed(&mut s, &[1, IAC, IAC, 2]);
         assert_eq!(dev, [1, 0xFF, 2]);
     }
 
     #[test]
-    fn data_before_a_baud_change_is_queued_before_it() {
+    fn data_before_a_baud_change_is_written_before_it() {
         let mut s = session();
-        let mut port = Recorder::default();
+        let mut rig = Rig::default();
         let wire = [&b"ab"[..], &sb(&[1, 0, 0x0E, 0x10, 0x00]), b"cd"].concat();
-        let (dev, _) = feed(&mut s, &mut port, &wire);
+        let (dev, _) = rig.feed(&mut s, &wire);
         assert_eq!(dev, b"abcd");
-        assert_eq!(port.applied_at, [2]);
+        assert_eq!(rig.applied_at, [2]);
     }
 
     #[test]
     fn raw_sessions_pass_bytes_untouched() {
         let mut s = Session::raw("test", LineSettings::default());
-        let mut port = Recorder::default();
+        let mut rig = Rig::default();
         let mut out = Vec::new();
         s.start(&mut out);
         assert!(out.is_empty());
-        let (dev, cli) = feed(&mut s, &mut port, &[IAC, 0xFD, 44, IAC, IAC]);
+        let (dev, cli) = rig.feed(&mut s, &[IAC, 0xFD, 44, IAC, IAC]);
         assert_eq!(dev, [IAC, 0xFD, 44, IAC, IAC]);
-        assert!(cli.is_empty() && port.applied.is_empty());
-        s.device_data(&[IAC, 1], Instant::now(), &mut port, &mut out);
-        assert_eq!(out, [IAC, 1]);
+        assert!(cli.is_empty() && rig.effects.is_empty());
+        rig.device_bytes(&mut s, &[IAC, 1]);
+        assert_eq!(rig.client, [IAC, 1]);
     }
 
     fn detecting() -> Session {
@@ -952,103 +1238,139 @@ mod tests {
     #[test]
     fn detection_iac_first_is_rfc2217_and_held_output_comes_escaped_after_the_offers() {
         let mut s = detecting();
-        let mut port = Recorder::default();
+        let mut rig = Rig::default();
         let mut out = Vec::new();
         s.start(&mut out);
         assert!(out.is_empty(), "no offers before the client shows itself");
-        s.device_data(&[b'a', IAC], Instant::now(), &mut port, &mut out);
-        assert!(out.is_empty() && s.protocol().is_none());
-        let (_, cli) = feed(&mut s, &mut port, &PYSERIAL_OPEN);
-        assert_eq!(s.protocol(), Some("rfc2217"));
+        rig.device_bytes(&mut s, &[b'a', IAC]);
+        assert!(rig.client.is_empty() && s.protocol().is_none());
+        let (_, cli) = rig.feed(&mut s, &PYSERIAL_OPEN);
+        assert_eq!(s.protocol(), Some(Protocol::Rfc2217));
         let mut offers = Vec::new();
         session().start(&mut offers);
         assert!(cli.starts_with(&offers), "{cli:02x?}");
-        assert!(cli.ends_with(&[b'a', IAC, IAC]) || cli.windows(3).any(|w| w == [b'a', IAC, IAC]));
+        assert!(cli.windows(3).any(|w| w == [b'a', IAC, IAC]));
     }
 
     #[test]
     fn detection_other_first_byte_is_raw_and_nothing_is_reordered() {
         let mut s = detecting();
-        let mut port = Recorder::default();
-        let mut out = Vec::new();
-        s.device_data(b"boot ", Instant::now(), &mut port, &mut out);
-        let (dev, cli) = feed(&mut s, &mut port, b"hi\xff");
+        let mut rig = Rig::default();
+        rig.device_bytes(&mut s, b"boot ");
+        let (dev, cli) = rig.feed(&mut s, b"hi\xff");
         assert_eq!(
             (dev.as_slice(), cli.as_slice()),
             (&b"hi\xff"[..], &b"boot "[..])
         );
-        s.device_data(b"more", Instant::now(), &mut port, &mut out);
-        assert_eq!(out, b"more");
-        assert_eq!(s.protocol(), Some("raw"));
+        rig.device_bytes(&mut s, b"more");
+        assert_eq!(rig.client, b"more");
+        assert_eq!(s.protocol(), Some(Protocol::Raw));
     }
 
     #[test]
     fn detection_silent_client_turns_raw_after_the_window_only_if_output_waits() {
         let mut s = detecting();
-        let mut port = Recorder::default();
-        let mut out = Vec::new();
+        let mut rig = Rig::default();
         assert_eq!(s.deadline(), None, "no output waiting, no hurry");
         let t0 = Instant::now();
-        s.device_data(b"log line\r\n", t0, &mut port, &mut out);
+        let mut out = Out {
+            device: &mut rig.device,
+            client: &mut rig.client,
+        };
+        assert_eq!(s.on_device_bytes(b"log line\r\n", t0, &mut out), None);
         let at = s.deadline().unwrap();
         assert_eq!(at, t0 + Duration::from_millis(300));
-        s.on_timer(at - Duration::from_millis(1), &mut port, &mut out);
-        assert!(out.is_empty() && s.protocol().is_none());
-        s.on_timer(at, &mut port, &mut out);
-        assert_eq!(out, b"log line\r\n");
-        assert_eq!(s.protocol(), Some("raw"));
+        rig.timer(&mut s, at - Duration::from_millis(1));
+        assert!(rig.client.is_empty() && s.protocol().is_none());
+        rig.timer(&mut s, at);
+        assert_eq!(rig.client, b"log line\r\n");
+        assert_eq!(s.protocol(), Some(Protocol::Raw));
     }
 
     #[test]
     fn esp_raw_session_resets_on_sync_and_switches_baud_after_the_answer() {
         let mut s = detecting().watch_esp(false);
-        let mut port = Recorder::default();
+        let mut rig = Rig::default();
         let mut sync = vec![0xC0, 0, 0x08, 0x24, 0, 0, 0, 0, 0, 7, 7, 0x12, 0x20];
         sync.extend_from_slice(&[0x55; 32]);
         sync.push(0xC0);
-        let (dev, _) = feed(&mut s, &mut port, &sync);
-        assert_eq!(port.resets, [ResetTo::Bootloader]);
+        let (dev, _) = rig.feed(&mut s, &sync);
+        assert_eq!(rig.resets, [ResetTo::Bootloader]);
         assert_eq!(dev, [0xC0, 0xC0]);
-        s.reset_done(ResetTo::Bootloader, Instant::now(), &mut port);
-        assert_eq!(port.written, sync, "the swallowed SYNC is replayed");
-        port.written.clear();
+        assert_eq!(s.esp_end(), Some(EspEnd::Entered));
+        let mut out = Out {
+            device: &mut rig.device,
+            client: &mut rig.client,
+        };
+        s.reset_done(ResetTo::Bootloader, Instant::now(), &mut out);
+        assert_eq!(rig.device, sync, "the swallowed SYNC is replayed");
+        rig.device.clear();
 
         // Stub form: (921600, 115200); bytes after it wait for the chip's answer.
         let mut req = vec![0xC0, 0, 0x0F, 8, 0, 0, 0, 0, 0];
         req.extend_from_slice(&921_600u32.to_le_bytes());
         req.extend_from_slice(&115_200u32.to_le_bytes());
         req.push(0xC0);
-        let (dev, _) = feed(&mut s, &mut port, &[&req[..], b"\xc0next\xc0"].concat());
+        let (dev, _) = rig.feed(&mut s, &[&req[..], b"\xc0next\xc0"].concat());
         assert_eq!(dev, req);
-        assert!(s.client_paused() && port.applied.is_empty());
-        let mut out = Vec::new();
+        assert!(s.client_paused() && rig.applied.is_empty());
         let answer = [0xC0, 1, 0x0F, 2, 0, 0, 0, 0, 0, 0, 0, 0xC0];
-        s.device_data(&answer, Instant::now(), &mut port, &mut out);
-        assert_eq!(out, answer);
+        rig.device_bytes(&mut s, &answer);
+        assert_eq!(rig.client, answer);
         assert_eq!(
-            port.applied.iter().map(|a| a.baud).collect::<Vec<_>>(),
+            rig.applied.iter().map(|a| a.baud).collect::<Vec<_>>(),
             [921_600]
         );
         assert_eq!(
-            port.applied_at,
+            rig.applied_at,
             [0],
             "switched before the parked bytes went out"
         );
-        assert_eq!(port.written, b"\xc0next\xc0");
+        assert_eq!(rig.device, b"\xc0next\xc0");
         assert_eq!(s.settings().baud, 921_600);
-        assert_eq!(s.esp_state(), Some((true, true)));
+        assert!(!s.client_paused());
+    }
+
+    #[test]
+    fn a_failed_bootloader_entry_lets_the_sync_through() {
+        let mut s = Session::raw("test", LineSettings::default()).watch_esp(false);
+        let mut sync = vec![0xC0, 0, 0x08, 0x24, 0, 0, 0, 0, 0, 7, 7, 0x12, 0x20];
+        sync.extend_from_slice(&[0x55; 32]);
+        sync.push(0xC0);
+        let (mut dev, mut cli) = (Vec::new(), Vec::new());
+        let mut out = Out {
+            device: &mut dev,
+            client: &mut cli,
+        };
+        let now = Instant::now();
+        let step = s.on_client_bytes(&sync, now, &mut out).unwrap();
+        assert_eq!(step.effect, Some(Effect::Reset(ResetTo::Bootloader)));
+        let failure = Failure::Reset(ResetError::LinesDisabled);
+        assert_eq!(s.done(Err(failure), now, &mut out), None);
+        assert!(out.device.ends_with(&sync), "replayed at once");
     }
 
     #[test]
     fn oversized_subnegotiation_ends_the_session() {
         let mut s = session();
-        let mut port = Recorder::default();
+        let mut rig = Rig::default();
         let mut wire = vec![IAC, 0xFA, 44];
         wire.resize(2000, 1);
-        let mut c = Vec::new();
         assert!(matches!(
-            s.on_client_bytes(&wire, Instant::now(), &mut port, &mut c),
+            rig.feed_all(&mut s, &wire),
             Err(SessionError::Garbage(_))
         ));
+    }
+
+    #[test]
+    fn thousands_of_line_changes_are_one_effect_at_a_time() {
+        let mut s = session();
+        let mut rig = Rig::default();
+        let wire: Vec<u8> = (0..2000)
+            .flat_map(|i| sb(&[5, if i % 2 == 0 { 8 } else { 9 }]))
+            .collect();
+        let (_, cli) = rig.feed(&mut s, &wire);
+        assert_eq!(rig.lines.len(), 2000);
+        assert_eq!(cli.len(), wire.len(), "every request answered, same size");
     }
 }

@@ -95,6 +95,11 @@ enum State {
 pub(crate) trait Sink {
     fn data(&mut self, bytes: &[u8]);
     fn event(&mut self, event: Event);
+    /// Stop decoding after the event just delivered: the consumer must act on it before it
+    /// can take more input (a setting that waits for earlier data to reach the device).
+    fn paused(&self) -> bool {
+        false
+    }
 }
 
 /// Incremental decoder; holds at most one partial subnegotiation.
@@ -118,30 +123,36 @@ impl Decoder {
         Self::default()
     }
 
-    /// Decode `input` into `sink`. Runs of plain data are passed on as slices of `input`
-    /// (no copy); only IAC sequences are handled byte by byte.
-    pub(crate) fn decode(&mut self, mut input: &[u8], sink: &mut dyn Sink) {
-        while !input.is_empty() {
+    /// Decode `input` into `sink` and return how many bytes were consumed: all of them,
+    /// unless the sink paused after an event (feed the rest later). Runs of plain data are
+    /// passed on as slices of `input` (no copy); only IAC sequences go byte by byte.
+    pub(crate) fn decode(&mut self, input: &[u8], sink: &mut dyn Sink) -> usize {
+        let mut rest = input;
+        while !rest.is_empty() {
             if self.state == State::Data {
-                match input.iter().position(|&b| b == IAC) {
+                match memchr::memchr(IAC, rest) {
                     None => {
-                        sink.data(input);
-                        return;
+                        sink.data(rest);
+                        return input.len();
                     }
                     Some(i) => {
                         if i > 0 {
-                            sink.data(&input[..i]);
+                            sink.data(&rest[..i]);
                         }
                         self.state = State::Iac;
-                        input = &input[i + 1..];
+                        rest = &rest[i + 1..];
                         continue;
                     }
                 }
             }
-            let b = input[0];
-            input = &input[1..];
+            let b = rest[0];
+            rest = &rest[1..];
             self.step(b, sink);
+            if sink.paused() {
+                break;
+            }
         }
+        input.len() - rest.len()
     }
 
     fn step(&mut self, b: u8, sink: &mut dyn Sink) {

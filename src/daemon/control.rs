@@ -1,0 +1,112 @@
+//! The control messages: what the portal (and the signal handler) may ask of the
+//! supervisor, and the channel they travel on. Its own module, so the portal and the
+//! supervisor both depend on it and not on each other.
+
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::daemon::assign::DeviceKey;
+use crate::daemon::config::Config;
+use crate::protocol::reset::ResetTo;
+
+/// How long a request waits for the supervisor's answer.
+const REQUEST_WAIT: Duration = Duration::from_secs(10);
+
+/// What other threads (the portal) may ask of the supervisor.
+#[derive(Debug)]
+pub(crate) enum Request {
+    /// Serve a stopped device again, by its node (`/dev/ttyUSB0`).
+    Start(String),
+    /// Stop serving a device (its client is closed) until started again.
+    Stop(String),
+    StartAll,
+    StopAll,
+    Reset(DeviceKey, ResetTo),
+    Disconnect(DeviceKey),
+}
+
+/// A request's outcome: a message for the user, or why it failed.
+pub(crate) type Reply = Result<String, RequestError>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RequestError {
+    /// No such device (by node or key).
+    NotFound(String),
+    /// The device exists but cannot do this now.
+    Failed(String),
+}
+
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestError::NotFound(what) => write!(f, "no device {what}"),
+            RequestError::Failed(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+/// What reaches the supervisor's thread.
+pub(crate) enum Command {
+    Shutdown,
+    Reload(Box<Config>),
+    Request(Request, mpsc::Sender<Reply>),
+}
+
+/// How other threads reach the supervisor: a channel plus its wake fd.
+#[derive(Clone)]
+pub(crate) struct Handle {
+    tx: mpsc::Sender<Command>,
+    wake: Arc<EventFd>,
+}
+
+impl Handle {
+    /// Ask and wait for the answer (a reset answers once its sequence has started).
+    pub(crate) fn request(&self, req: Request) -> Reply {
+        let (tx, rx) = mpsc::channel();
+        if self.tx.send(Command::Request(req, tx)).is_err() {
+            return Err(RequestError::Failed("the daemon is shutting down".into()));
+        }
+        let _ = self.wake.write(1);
+        rx.recv_timeout(REQUEST_WAIT)
+            .unwrap_or_else(|_| Err(RequestError::Failed("the supervisor did not answer".into())))
+    }
+
+    /// Re-read configuration for the supervisor to apply.
+    pub(crate) fn reload(&self, config: Config) {
+        self.send(Command::Reload(Box::new(config)));
+    }
+
+    /// Ask the supervisor to stop every device and return.
+    pub(crate) fn shutdown(&self) {
+        self.send(Command::Shutdown);
+    }
+
+    fn send(&self, cmd: Command) {
+        if self.tx.send(cmd).is_ok() {
+            let _ = self.wake.write(1);
+        }
+    }
+}
+
+/// The supervisor's end: the channel and the fd that wakes its poll.
+pub(crate) struct Inbox {
+    pub(crate) rx: mpsc::Receiver<Command>,
+    pub(crate) wake: Arc<EventFd>,
+}
+
+/// A new control channel.
+pub(crate) fn channel() -> std::io::Result<(Handle, Inbox)> {
+    let wake = Arc::new(EventFd::from_flags(
+        EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
+    )?);
+    let (tx, rx) = mpsc::channel();
+    Ok((
+        Handle {
+            tx,
+            wake: wake.clone(),
+        },
+        Inbox { rx, wake },
+    ))
+}
