@@ -1008,3 +1008,265 @@ fn tune_socket(s: &TcpStream) -> io::Result<()> {
     let _ = setsockopt(s, sockopt::TcpKeepCount, &3);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The loop over a fake device (one end of a socket pair, which the test holds the other
+    //! end of) and real TCP clients on 127.0.0.1.
+
+    use super::*;
+    use crate::protocol::line::ModemStatus;
+    use crate::protocol::telnet;
+    use std::os::fd::BorrowedFd;
+    use std::os::unix::net::UnixStream;
+    use std::sync::Mutex;
+
+    /// What the fake device was asked to do.
+    #[derive(Default)]
+    struct Record {
+        /// Each setting applied, with how many bytes had been written to the device then.
+        applied: Vec<(u32, usize)>,
+        written: usize,
+        opens: usize,
+    }
+
+    struct Fake {
+        stream: UnixStream,
+        record: Arc<Mutex<Record>>,
+    }
+
+    impl Device for Fake {
+        fn fd(&self) -> BorrowedFd<'_> {
+            self.stream.as_fd()
+        }
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.stream.read(buf)
+        }
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = self.stream.write(buf)?;
+            self.record.lock().unwrap().written += n;
+            Ok(n)
+        }
+        fn apply(&mut self, s: &LineSettings) -> io::Result<()> {
+            let mut r = self.record.lock().unwrap();
+            let at = r.written;
+            r.applied.push((s.baud, at));
+            Ok(())
+        }
+        fn set_lines(&mut self, _: Lines) -> io::Result<()> {
+            Ok(())
+        }
+        fn modem_status(&mut self) -> io::Result<ModemStatus> {
+            Ok(ModemStatus::default())
+        }
+        fn set_break(&mut self, _: bool) -> io::Result<()> {
+            Ok(())
+        }
+        fn purge(&mut self, _: Purge) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    struct Rig {
+        handle: BridgeHandle,
+        /// The far ends of the device, one per open.
+        far: mpsc::Receiver<UnixStream>,
+        record: Arc<Mutex<Record>>,
+    }
+
+    fn rig(busy: Busy, protocol: Protocol) -> Rig {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (tx, far) = mpsc::channel();
+        let record = Arc::new(Mutex::new(Record::default()));
+        let rec = record.clone();
+        let open: Opener = Box::new(move |_, _| {
+            let (near, far) = UnixStream::pair()?;
+            near.set_nonblocking(true)?;
+            // A small device buffer, so a device that is not read stalls quickly.
+            setsockopt(&near, sockopt::SndBuf, &4096)?;
+            rec.lock().unwrap().opens += 1;
+            let _ = tx.send(far);
+            Ok(Box::new(Fake {
+                stream: near,
+                record: rec.clone(),
+            }))
+        });
+        let shared = Shared {
+            registry: Registry::new(),
+            key: DeviceKey::name("fake"),
+            stats: Arc::default(),
+            log: Arc::new(std::sync::Mutex::new(LogRing::new(1024))),
+            grace: Duration::ZERO,
+            open_after: Instant::now(),
+            policy: Policy::Passthrough,
+        };
+        let spec = DeviceSpec {
+            busy,
+            protocol,
+            ..DeviceSpec::new(DevicePath::Tty("/dev/fake".into()))
+        };
+        let handle = spawn(spec, listener, shared, open).unwrap();
+        Rig {
+            handle,
+            far,
+            record,
+        }
+    }
+
+    fn connect(addr: SocketAddr) -> TcpStream {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s
+    }
+
+    /// Read exactly `n` bytes (the read timeout bounds every wait).
+    fn read_n(r: &mut impl Read, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        r.read_exact(&mut buf).unwrap();
+        buf
+    }
+
+    fn device(rig: &Rig) -> UnixStream {
+        let d = rig.far.recv_timeout(WAIT).expect("the device was opened");
+        d.set_read_timeout(Some(WAIT)).unwrap();
+        d
+    }
+
+    /// A raw client's bytes reach the device and the device's reach the client.
+    fn exchange(client: &mut TcpStream, dev: &mut UnixStream) {
+        client.write_all(b"ping").unwrap();
+        assert_eq!(read_n(dev, 4), b"ping");
+        dev.write_all(b"pong").unwrap();
+        assert_eq!(read_n(client, 4), b"pong");
+    }
+
+    /// Read until the peer closes; returns what came.
+    fn until_closed(s: &mut TcpStream) -> Vec<u8> {
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        all
+    }
+
+    #[test]
+    fn admission_one_client_in_control_the_next_is_told_busy() {
+        assert_eq!(admit(Busy::Reject, false, true), Admission::Accept);
+        assert_eq!(admit(Busy::Kick, true, true), Admission::Kick);
+        assert_eq!(
+            admit(Busy::Kick, false, false),
+            Admission::Refuse(NO_DEVICE_MESSAGE)
+        );
+        let rig = rig(Busy::Reject, Protocol::Raw);
+        let mut dev = device(&rig);
+        let mut a = connect(rig.handle.addr);
+        exchange(&mut a, &mut dev);
+        let mut b = connect(rig.handle.addr);
+        assert_eq!(until_closed(&mut b), BUSY_MESSAGE);
+        exchange(&mut a, &mut dev);
+        rig.handle.stop("test over");
+        assert!(until_closed(&mut a).is_empty());
+    }
+
+    #[test]
+    fn kick_hands_the_device_to_the_newcomer() {
+        let rig = rig(Busy::Kick, Protocol::Raw);
+        let mut dev = device(&rig);
+        let mut a = connect(rig.handle.addr);
+        exchange(&mut a, &mut dev);
+        let mut b = connect(rig.handle.addr);
+        assert_eq!(until_closed(&mut a), KICKED_MESSAGE);
+        exchange(&mut b, &mut dev);
+        rig.handle.stop("test over");
+    }
+
+    #[test]
+    fn a_client_that_leaves_mid_write_frees_the_port() {
+        let rig = rig(Busy::Reject, Protocol::Raw);
+        let mut dev = device(&rig);
+        let mut a = connect(rig.handle.addr);
+        exchange(&mut a, &mut dev);
+        // More than the device takes at once, then gone without reading anything.
+        a.write_all(&vec![b'x'; 256 * 1024]).unwrap();
+        drop(a);
+        // Its bytes still drain to the device; meanwhile the port is busy. Once the loop has
+        // seen the close, the next client is served (every wait here is bounded).
+        dev.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut b = loop {
+            assert!(Instant::now() < deadline, "the port was never freed");
+            while dev.read(&mut chunk).is_ok_and(|n| n > 0) {}
+            let mut b = connect(rig.handle.addr);
+            b.write_all(b"!").unwrap();
+            b.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let mut first = [0u8; 1];
+            match b.read(&mut first) {
+                Ok(1) => assert_eq!(first[0], BUSY_MESSAGE[0]),
+                _ => break b,
+            }
+        };
+        dev.set_read_timeout(Some(WAIT)).unwrap();
+        b.set_read_timeout(Some(WAIT)).unwrap();
+        // The newcomer's byte, after whatever was left of the first client's.
+        let mut got = Vec::new();
+        while !got.ends_with(b"!") {
+            let n = dev.read(&mut chunk).unwrap();
+            assert!(n > 0, "the device end closed");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert!(got.iter().all(|&c| c == b'x' || c == b'!'));
+        exchange(&mut b, &mut dev);
+        rig.handle.stop("test over");
+    }
+
+    #[test]
+    fn device_loss_closes_the_client_and_the_device_comes_back() {
+        let rig = rig(Busy::Reject, Protocol::Raw);
+        let mut dev = device(&rig);
+        let mut a = connect(rig.handle.addr);
+        exchange(&mut a, &mut dev);
+        drop(dev);
+        assert!(until_closed(&mut a).is_empty(), "closed with the device");
+        let mut dev = device(&rig);
+        assert_eq!(rig.record.lock().unwrap().opens, 2);
+        let mut b = connect(rig.handle.addr);
+        exchange(&mut b, &mut dev);
+        rig.handle.stop("test over");
+    }
+
+    #[test]
+    fn a_setting_follows_the_data_queued_before_it_and_a_stalled_device_stalls_nothing_else() {
+        let rig = rig(Busy::Reject, Protocol::Rfc2217);
+        let mut dev = device(&rig);
+        let mut a = connect(rig.handle.addr);
+        // Our offers, then data the device will not take yet, then SET-BAUD 921600.
+        let mut offers = Vec::new();
+        Session::new("t", String::new(), LineSettings::default()).start(&mut offers);
+        assert_eq!(read_n(&mut a, offers.len()), offers);
+        let data = vec![b'd'; 64 * 1024];
+        let mut baud = Vec::new();
+        telnet::subnegotiation(44, &[1, 0, 0x0E, 0x10, 0x00], &mut baud);
+        a.write_all(&[&data[..], &baud].concat()).unwrap();
+        // The device is not read: the setting waits. The loop does not: a second client is
+        // answered at once.
+        let t0 = Instant::now();
+        let mut b = connect(rig.handle.addr);
+        assert_eq!(until_closed(&mut b), BUSY_MESSAGE);
+        assert!(t0.elapsed() < DRAIN_WAIT, "the loop waited on the device");
+        assert!(
+            rig.record.lock().unwrap().applied.is_empty(),
+            "the baud waits for the data"
+        );
+        // Now the device takes everything: the baud changes after the last byte.
+        assert_eq!(read_n(&mut dev, data.len()), data);
+        let mut answer = Vec::new();
+        telnet::subnegotiation(44, &[101, 0, 0x0E, 0x10, 0x00], &mut answer);
+        assert_eq!(read_n(&mut a, answer.len()), answer);
+        let applied = rig.record.lock().unwrap().applied.clone();
+        assert_eq!(applied.last(), Some(&(921_600, data.len())), "{applied:?}");
+        rig.handle.stop("test over");
+    }
+}

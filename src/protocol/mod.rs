@@ -9,3 +9,47 @@ pub(crate) mod reset; // reset policies: client DTR/RTS patterns to timed line c
 pub(crate) mod rfc2217; // COM-PORT-OPTION (44) requests and replies as typed values
 pub(crate) mod session; // one client's negotiation state: bytes in, ordered effects out
 pub(crate) mod telnet; // Telnet byte codec: IAC framing, option verbs, 0xFF doubling
+
+#[cfg(test)]
+mod tests {
+    /// The layer's rule, checked on its source: outside tests, no module here touches the
+    /// network, files, threads, processes or the clock, nor the crates that would.
+    #[test]
+    fn purity() {
+        const FORBIDDEN: [&str; 13] = [
+            "std::net",
+            "std::fs",
+            "std::thread",
+            "std::process",
+            "std::env",
+            "nix::",
+            "libc::",
+            "Instant::now",
+            "SystemTime",
+            "crate::daemon",
+            "crate::device",
+            "crate::client",
+            "crate::sim",
+        ];
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/protocol");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for word in FORBIDDEN {
+                assert!(
+                    !code.contains(word),
+                    "{} uses {word}: the protocol layer is sans-IO",
+                    path.display()
+                );
+            }
+            checked += 1;
+        }
+        assert!(
+            checked >= 6,
+            "found only {checked} files in {}",
+            dir.display()
+        );
+    }
+}

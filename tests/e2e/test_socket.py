@@ -197,7 +197,7 @@ def test_malformed_slip_passes_unchanged_on_an_esp_device(serialhub, pty_device,
     cfg.write_text(f'[[device]]\npath = "{pty.path}"\nport = 0\nreset = "esp"\n')
     d = serialhub(extra=("--config", str(cfg)))
     port = d.port(pty.path)
-    d.wait_log(r"reset policy Esp")
+    d.wait_log(r"reset policy esp\b")
     d.wait_log(re.escape(pty.path) + r" at 115200 8N1")
     garbage = (
         b"noise\xc0\xdb\xc0\x00\x08\xdb\x01\xc0\xc0"       # bad escape inside a SYNC-like start
