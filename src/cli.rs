@@ -222,5 +222,5 @@ fn sim(mut parser: lexopt::Parser) -> Result<(), CliError> {
         }
     }
     let link = link.ok_or_else(|| CliError::Usage("sim needs --pty LINK".into()))?;
-    crate::sim::run_pty(&link, opts).map_err(|e| CliError::Runtime(format!("sim: {e}")))
+    crate::device::sim_pty::run(&link, opts).map_err(|e| CliError::Runtime(format!("sim: {e}")))
 }

@@ -1,21 +1,24 @@
 //! serialhub: share a small Linux box's serial ports over RFC 2217 and raw TCP, ESP32-aware.
 //!
-//! The pure cores turn bytes and events into bytes and actions; the thin loops move them.
+//! Pure cores turn bytes, events and times into bytes and effects; thin loops move them.
+//! Layers, bottom up (each uses only those below it; `docs/architecture.md` has the map):
 //!
 //! ```text
-//!  inotify(/dev) ─▶ supervisor ─identity(sysfs)─▶ assign(port) ─▶ registry ◀─ portal (HTTP)
-//!                      │ spawn / stop / replace                       ▲
-//!                      ▼                                              │ state, counters, log
-//!  client TCP ─▶ bridge (one thread per device: poll over listener, client, device, wake fd)
-//!                 ├─ session: first byte IAC? ─▶ telnet (codec) ─▶ rfc2217 (typed verbs)
-//!                 │           otherwise raw ─▶ esp (loader protocol: SYNC, CHANGE_BAUDRATE)
-//!                 ├─ reset (policy: client DTR/RTS ─▶ timed line changes) ─▶ lines (GPIO)
-//!                 └─ device (tty | simulated ESP32)
+//!  cli ─▶ daemon: serve (signals, wiring) ─▶ supervisor ─▶ bridge (one thread per device)
+//!         │        portal (HTTP) ─control─▶ supervisor;  both ─▶ registry (shared view)
+//!         client: discover, url, monitor, pty
+//!  device: tty | GPIO-wired | simulated ESP32 (in-process, or on a pty)
+//!  sim:    the simulated chip and board (pure)
+//!  protocol (pure, sans-IO): telnet ─▶ rfc2217 ─▶ session ─▶ effects;  esp (loader follower);
+//!                            reset (policies, line driver);  line (settings, modem lines)
+//!
+//!  client TCP ─▶ bridge ─▶ session ─bytes─▶ device      bridge performs the session's effects
+//!  device ─▶ bridge ─▶ session (escape | raw | esp) ─▶ client, log ring
 //! ```
 
 pub mod cli; // command line: `serve`, `sim`, client commands, `--help`, `--version`
 pub(crate) mod client; // the other side: `discover`, `url`, `monitor`, `pty`
-pub(crate) mod daemon; // `serve`: supervisor, bridges, portal, registry, config
-pub(crate) mod device; // device backends behind one trait: tty, GPIO-wired, (the simulator)
-pub(crate) mod protocol; // the sans-IO cores: telnet, rfc2217, session, esp, reset
-pub(crate) mod sim; // simulated ESP32: ROM loader, stub, flash, UART timing
+pub(crate) mod daemon; // `serve`: composition root, supervisor, bridges, portal, registry
+pub(crate) mod device; // device backends behind one trait: tty, GPIO-wired, the simulator
+pub(crate) mod protocol; // the sans-IO cores: telnet, rfc2217, session, esp, reset, line
+pub(crate) mod sim; // the simulated ESP32 and its boards, pure: bytes and times in and out

@@ -1,5 +1,6 @@
 //! Device backends behind one trait: the bridge polls `fd()` and never knows whether a real
-//! tty, a GPIO-wired board or the simulated ESP32 is behind it.
+//! tty, a GPIO-wired board or the simulated ESP32 is behind it. All the I/O to devices lives
+//! here, the simulator's too; [`open`] makes any of them from a configured path.
 
 use std::fmt;
 use std::io;
@@ -11,8 +12,10 @@ use serde::Deserialize;
 use crate::protocol::line::{LineSettings, Lines, ModemStatus, Purge};
 use crate::sim::SimBoard;
 
-pub(crate) mod gpio;
-mod tty;
+pub(crate) mod gpio; // DTR/RTS to GPIO lines (EN, IO0) for GPIO-wired boards
+pub(crate) mod sim; // the simulated ESP32 as an in-process device, and its flash file
+pub(crate) mod sim_pty; // `serialhub sim --pty`: the simulated chip on a pseudo-terminal
+mod tty; // real ttys, and the PTY-master helper
 
 pub(crate) use tty::{open_pty_master, Tty};
 
@@ -110,7 +113,7 @@ pub(crate) fn open(
     let device: Box<dyn Device> = match path {
         DevicePath::Tty(p) => Box::new(Tty::open(p, settings)?),
         DevicePath::Sim { board, flash_file } => {
-            let (mut sim, _) = crate::sim::open(crate::sim::SimOptions {
+            let (mut sim, _) = sim::open(crate::sim::SimOptions {
                 flash_file: flash_file.clone(),
                 board: *board,
                 name: Some(name.to_owned()),

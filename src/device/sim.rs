@@ -7,9 +7,12 @@
 //! On a `sim-gpio` board the UART's DTR/RTS go nowhere; [`SimGpioWired`] is the GPIO wiring
 //! the bridge uses instead (DTR/RTS through the transistor table onto EN/IO0).
 
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -18,15 +21,15 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{setsockopt, sockopt};
 
-#[cfg(test)]
-use super::board::{BootRecord, InputRecord};
-use super::board::{Pins, SimBoard};
-use super::chip::{Chip, Loader, Mode};
-use super::flash::Flash;
-use super::uart::Uart;
-use super::{FlashStore, SimOptions};
 use crate::device::Device;
 use crate::protocol::line::{LineSettings, Lines, ModemStatus, Purge};
+#[cfg(test)]
+use crate::sim::board::{BootRecord, InputRecord};
+use crate::sim::board::{Pins, SimBoard};
+use crate::sim::chip::{Chip, Loader, Mode};
+use crate::sim::flash::{self, Flash};
+use crate::sim::uart::Uart;
+use crate::sim::SimOptions;
 
 /// Socket buffer per direction: about what a USB-UART driver buffers, so a writer that
 /// outruns the line is held back instead of queueing megabytes.
@@ -444,6 +447,44 @@ fn sim_thread(
     }
 }
 
+/// The flash image on disk: loaded once, then every changed range is written back, so the
+/// file always holds what the chip holds (tests compare it with the image they flashed).
+pub(crate) struct FlashStore {
+    file: File,
+}
+
+impl FlashStore {
+    /// Open (or create, erased) `path` and load the flash from it. A shorter file is
+    /// padded with erased bytes, a longer one is used for its first 4 MiB.
+    pub(crate) fn open(path: &Path) -> io::Result<(FlashStore, Flash)> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let mut image = Vec::with_capacity(flash::FLASH_SIZE);
+        (&mut file)
+            .take(flash::FLASH_SIZE as u64)
+            .read_to_end(&mut image)?;
+        let flash = Flash::from_image(&image);
+        if image.len() < flash::FLASH_SIZE {
+            let pad = &flash.as_bytes()[image.len()..];
+            file.write_all_at(pad, image.len() as u64)?;
+        }
+        Ok((FlashStore { file }, flash))
+    }
+
+    /// Write back what changed since the last call.
+    pub(crate) fn persist(&mut self, flash: &mut Flash) -> io::Result<()> {
+        if let Some(r) = flash.take_dirty() {
+            self.file
+                .write_all_at(&flash.as_bytes()[r.clone()], r.start as u64)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,5 +648,26 @@ mod tests {
             contains(g, b"waiting for download\r\n")
         });
         assert!(contains(&got, b"ESP-ROM:esp32c3"));
+    }
+}
+
+#[cfg(test)]
+mod flash_store_tests {
+    use super::*;
+
+    #[test]
+    fn flash_store_creates_pads_and_persists() {
+        let dir = std::env::temp_dir().join(format!("serialhub-sim-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("flash.bin");
+        std::fs::write(&path, [0x12, 0x34]).unwrap();
+        let (mut store, mut flash) = FlashStore::open(&path).unwrap();
+        assert_eq!(flash.read(0, 3).unwrap(), &[0x12, 0x34, 0xFF]);
+        flash.program(0x1000, &[0x00, 0x0F]).unwrap();
+        store.persist(&mut flash).unwrap();
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(on_disk.len(), flash::FLASH_SIZE);
+        assert_eq!(&on_disk[0x1000..0x1003], &[0x00, 0x0F, 0xFF]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

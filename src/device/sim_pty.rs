@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use super::chip::Chip;
-use super::flash::Flash;
-use super::uart::Uart;
-use super::{FlashStore, SimOptions};
+use super::sim::FlashStore;
 use crate::protocol::line::{DataBits, FlowControl, LineSettings, Parity, StopBits};
+use crate::sim::chip::Chip;
+use crate::sim::flash::Flash;
+use crate::sim::uart::Uart;
+use crate::sim::SimOptions;
 
 /// Longest sleep: bounds how late a signal that slipped in before `poll` is noticed.
 const MAX_SLEEP: Duration = Duration::from_millis(200);
@@ -60,7 +61,7 @@ fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
 
 /// A new PTY master and its slave's path.
 fn open_master() -> io::Result<(File, PathBuf)> {
-    crate::device::open_pty_master(libc::O_RDWR | libc::O_NOCTTY)
+    super::open_pty_master(libc::O_RDWR | libc::O_NOCTTY)
 }
 
 fn set_nonblocking(fd: RawFd) -> io::Result<()> {
@@ -193,7 +194,9 @@ impl Drop for LinkGuard {
     }
 }
 
-pub(super) fn run(link: &Path, opts: SimOptions) -> io::Result<()> {
+/// `serialhub sim --pty LINK`: serve the simulated chip on a pseudo-terminal until
+/// SIGINT/SIGTERM.
+pub(crate) fn run(link: &Path, opts: SimOptions) -> io::Result<()> {
     let (flash, mut store) = match &opts.flash_file {
         Some(path) => {
             let (store, flash) = FlashStore::open(path)?;
