@@ -23,6 +23,7 @@ use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::daemon::assign::DeviceKey;
 use crate::daemon::config::{After, Busy, DeviceSpec, Protocol};
+use crate::daemon::control::{Reply, RequestError};
 use crate::daemon::registry::{ClientInfo, DeviceState, LogRing, Registry, Stats};
 use crate::daemon::reopen::{Backoff, Report};
 use crate::device::{Device, DevicePath};
@@ -48,8 +49,6 @@ const POLL_CAP_MS: u128 = 60_000;
 const POLL_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// How long [`BridgeHandle::stop`] waits for the thread before leaving it to finish alone.
 const STOP_WAIT: Duration = Duration::from_secs(2);
-/// How long a portal request waits for the bridge to start a reset.
-const RESET_ANSWER_WAIT: Duration = Duration::from_secs(2);
 
 const BUSY_MESSAGE: &[u8] = b"Port already in use\r\n";
 const KICKED_MESSAGE: &[u8] = b"kicked off, new user is coming\r\n";
@@ -60,8 +59,9 @@ const NO_DEVICE_MESSAGE: &[u8] = b"Port's device is not available\r\n";
 pub(crate) enum BridgeCommand {
     /// Restore the device, close the client, end the thread.
     Shutdown,
-    /// Reset the chip through the device's reset policy; the result is sent back.
-    Reset(ResetTo, mpsc::Sender<Result<(), ResetError>>),
+    /// Reset the chip through the device's reset policy (the portal's request); the answer
+    /// goes straight back to whoever asked.
+    Reset(ResetTo, mpsc::Sender<Reply>),
     /// The device is back under another node (USB re-enumeration): open that one.
     Replace(DevicePath),
     /// Try to open the device now (its node appeared or its permissions changed).
@@ -114,17 +114,6 @@ impl BridgeHandle {
     pub(crate) fn send(&self, cmd: BridgeCommand) {
         if self.tx.send(cmd).is_ok() {
             let _ = self.wake.write(1);
-        }
-    }
-
-    /// Reset the device's chip through its reset policy. Returns once the sequence has
-    /// started (it runs on in the bridge thread); errors if the bridge does not answer.
-    pub(crate) fn reset(&self, to: ResetTo) -> Result<(), String> {
-        let (tx, rx) = mpsc::channel();
-        self.send(BridgeCommand::Reset(to, tx));
-        match rx.recv_timeout(RESET_ANSWER_WAIT) {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("{}: the bridge did not answer", self.name)),
         }
     }
 
@@ -490,11 +479,11 @@ impl Bridge {
         match cmd {
             BridgeCommand::Shutdown => return Err(Stop::Shutdown),
             BridgeCommand::Reset(to, reply) => {
-                let result = match self.link {
-                    Link::Open(_) => self.server_reset(to),
-                    _ => Err(ResetError::NoDevice),
+                let answer = match self.server_reset(to) {
+                    Ok(()) => Ok(format!("{}: reset into {to:?} started", self.shared.key)),
+                    Err(e) => Err(RequestError::Failed(e.to_string())),
                 };
-                let _ = reply.send(result);
+                let _ = reply.send(answer);
             }
             BridgeCommand::Replace(path) => {
                 info!("{}: device now at {path}", self.name);

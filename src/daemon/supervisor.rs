@@ -11,7 +11,7 @@ use std::io;
 use std::net::{IpAddr, TcpListener};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use inotify::{EventMask, Inotify, WatchMask};
@@ -646,18 +646,24 @@ impl Supervisor {
         spec
     }
 
-    fn handle(&mut self, req: Request) -> Reply {
-        match req {
-            Request::Reset(key, to) => {
-                let s = self
-                    .served
-                    .get(&key)
-                    .ok_or_else(|| RequestError::NotFound(key.to_string()))?;
-                s.handle
-                    .reset(to)
-                    .map(|()| format!("{key}: reset into {to:?} started"))
-                    .map_err(RequestError::Failed)
+    /// Answer a request. A reset is the device's bridge's to answer: the supervisor hands
+    /// it the reply channel and goes on, so it never waits on one device's thread.
+    fn handle(&mut self, req: Request, reply: mpsc::Sender<Reply>) {
+        if let Request::Reset(key, to) = &req {
+            match self.served.get(key) {
+                Some(s) => s.handle.send(BridgeCommand::Reset(*to, reply)),
+                None => {
+                    let _ = reply.send(Err(RequestError::NotFound(key.to_string())));
+                }
             }
+            return;
+        }
+        let _ = reply.send(self.answer(req));
+    }
+
+    fn answer(&mut self, req: Request) -> Reply {
+        match req {
+            Request::Reset(key, _) => Err(RequestError::NotFound(key.to_string())),
             Request::Disconnect(key) => {
                 let s = self
                     .served
@@ -815,7 +821,7 @@ impl Supervisor {
                         Command::Shutdown => shutdown = true,
                         Command::Reload(config) => self.reload(*config),
                         Command::Request(req, reply) => {
-                            let _ = reply.send(self.handle(req));
+                            self.handle(req, reply);
                         }
                     }
                 }

@@ -97,6 +97,16 @@ fn cvt(r: libc::ssize_t) -> io::Result<usize> {
     }
 }
 
+/// Closing a tty waits until its output has drained (the driver's closing_wait, up to 30 s
+/// on a flow-stopped UART): what is still queued belongs to a client that is gone, so it is
+/// discarded first, and closing never holds up the thread.
+impl Drop for Tty {
+    fn drop(&mut self) {
+        // SAFETY: plain syscall on a valid fd.
+        unsafe { libc::tcflush(self.raw(), libc::TCOFLUSH) };
+    }
+}
+
 impl Device for Tty {
     fn fd(&self) -> BorrowedFd<'_> {
         // SAFETY: the fd lives as long as `self.port`.
