@@ -27,6 +27,7 @@ use crate::daemon::control::{Reply, RequestError};
 use crate::daemon::registry::{ClientInfo, DeviceState, LogRing, Registry, Stats};
 use crate::daemon::reopen::{Backoff, Report};
 use crate::device::{Device, DevicePath};
+use crate::protocol::esp::Entry;
 use crate::protocol::line::{LineSettings, Lines, Purge};
 use crate::protocol::reset::{LineDriver, Played, Policy, ResetError, ResetTo};
 use crate::protocol::session::{Effect, EspEnd, Failure, Out, Session};
@@ -172,6 +173,7 @@ pub(crate) fn spawn(
         },
         backoff: Backoff::new(shared.open_after),
         lines: LineDriver::new(policy),
+        lines_refused: false,
         spec,
         shared,
         client: None,
@@ -287,6 +289,8 @@ struct Bridge {
     backoff: Backoff,
     /// The device's reset policy and any sequence in progress; outlives clients.
     lines: LineDriver,
+    /// The device refused a line change once (it has no modem lines); said once.
+    lines_refused: bool,
     client: Option<Client>,
     /// Client data, not yet written to the device.
     to_device: Vec<u8>,
@@ -536,7 +540,14 @@ impl Bridge {
         let mut played = None;
         if let Some(dev) = self.link.device() {
             while let Some(lines) = self.lines.due(now) {
-                played = set_lines(&self.name, &mut self.lines, dev, lines).or(played);
+                played = set_lines(
+                    &self.name,
+                    &mut self.lines,
+                    dev,
+                    lines,
+                    &mut self.lines_refused,
+                )
+                .or(played);
             }
         }
         if let Some(p) = played {
@@ -652,7 +663,9 @@ impl Bridge {
                     );
                     Stats::add(&self.shared.stats.resets, 1);
                 }
-                let played = change.and_then(|l| set_lines(&self.name, &mut self.lines, dev, l));
+                let played = change.and_then(|l| {
+                    set_lines(&self.name, &mut self.lines, dev, l, &mut self.lines_refused)
+                });
                 if let Some(p) = played {
                     self.reset_played(p);
                 }
@@ -668,7 +681,8 @@ impl Bridge {
         let first = self.lines.reset(to, Instant::now())?;
         info!("{}: reset into {to:?} requested by the server", self.name);
         Stats::add(&self.shared.stats.resets, 1);
-        let played = first.and_then(|l| set_lines(&self.name, &mut self.lines, dev, l));
+        let played = first
+            .and_then(|l| set_lines(&self.name, &mut self.lines, dev, l, &mut self.lines_refused));
         if let Some(p) = played {
             self.reset_played(p);
         }
@@ -752,9 +766,13 @@ impl Bridge {
                 Session::detect(&self.name, signature, settings, self.spec.detect_window)
             }
         };
-        if self.lines.policy().is_esp() {
-            session = session.watch_esp(self.lines.in_loader());
-        }
+        // Every session follows the ESP loader protocol: following CHANGE_BAUDRATE needs no
+        // wiring, and a bootloader entry is tried wherever the policy can move lines.
+        let entry = match self.lines.policy() {
+            Policy::None => Entry::Never,
+            _ => Entry::Reset,
+        };
+        session = session.watch_esp(self.lines.in_loader(), entry);
         let mut to_client = Vec::with_capacity(READ_CHUNK);
         if let Some(st) = self.link.device().and_then(|d| d.modem_status().ok()) {
             session.modem_status(st, &mut to_client);
@@ -935,7 +953,9 @@ impl Bridge {
                 }
             }
             let _ = dev.set_break(false);
-            let played = released.and_then(|l| set_lines(&self.name, &mut self.lines, dev, l));
+            let played = released.and_then(|l| {
+                set_lines(&self.name, &mut self.lines, dev, l, &mut self.lines_refused)
+            });
             if let Some(p) = played {
                 self.reset_played(p);
             }
@@ -973,14 +993,19 @@ fn waiting(effect: Option<Effect>, now: Instant) -> Option<(Effect, Instant)> {
 }
 
 /// Set both lines in one call and tell the driver when they got there.
+/// A device without modem lines (a PTY, some adapters) is said once, at debug: a policy
+/// that tries a bootloader entry on any tty meets them routinely.
 fn set_lines(
     name: &str,
     driver: &mut LineDriver,
     dev: &mut dyn Device,
     lines: Lines,
+    refused_said: &mut bool,
 ) -> Option<Played> {
     if let Err(e) = dev.set_lines(lines) {
-        debug!("{name}: cannot set DTR/RTS: {e}");
+        if !std::mem::replace(refused_said, true) {
+            debug!("{name}: cannot set DTR/RTS ({e}); this device has no modem lines");
+        }
     }
     driver.applied(lines, Instant::now())
 }

@@ -1,8 +1,10 @@
-//! The ESP serial loader protocol as it passes a raw session, sans-IO.
+//! The ESP serial loader protocol as it passes a session, sans-IO.
 //!
 //! On `socket://` esptool sends no line changes and no settings: it cannot reset the chip or
-//! change the UART's rate. The watch does both for it by following the SLIP frames of the
-//! loader protocol as they pass, in both directions:
+//! change the UART's rate; neither can a flasher behind a pty, or esptool `--before no-reset`
+//! over RFC 2217. The watch does both for them by following the SLIP frames of the loader
+//! protocol as they pass, in both directions (on every device; the entry only where its reset
+//! policy can move lines):
 //!
 //! - the first SYNC of a session, to a chip not known to be in its loader, asks for a
 //!   bootloader entry (the device's reset policy) and is held back; SYNCs arriving while
@@ -125,6 +127,9 @@ enum Chip {
     Entering { since: Instant },
     /// In its ROM loader (or the stub): requests pass.
     Loader,
+    /// The client resets the chip itself (its own lines, over RFC 2217): SYNCs pass, and
+    /// the server never steps in, however they are answered.
+    Client,
 }
 
 /// Follows SLIP frame boundaries in one direction and decodes the start of each frame.
@@ -198,10 +203,21 @@ impl Framer {
     }
 }
 
-/// One raw session's view of the ESP loader protocol.
+/// Whether the server can reset the chip into its loader for a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// Through the device's reset policy (a SYNC to a chip that may be running its
+    /// application starts a bootloader entry).
+    Reset,
+    /// Never (`reset = "none"`): SYNCs pass as they come; the baud still follows.
+    Never,
+}
+
+/// One session's view of the ESP loader protocol.
 #[derive(Debug)]
 pub(crate) struct EspWatch {
     label: String,
+    entry: Entry,
     chip: Chip,
     /// This session started a bootloader entry (so it owes the chip a reset into its app).
     entered: bool,
@@ -229,9 +245,10 @@ pub(crate) struct EspWatch {
 impl EspWatch {
     /// `in_loader`: the chip is known to be in its loader already (a previous session left
     /// it there, or the server put it there), so a SYNC must not reset it again.
-    pub(crate) fn new(label: &str, in_loader: bool) -> EspWatch {
+    pub(crate) fn new(label: &str, in_loader: bool, entry: Entry) -> EspWatch {
         EspWatch {
             label: label.to_owned(),
+            entry,
             chip: if in_loader {
                 Chip::Loader
             } else {
@@ -333,6 +350,9 @@ impl EspWatch {
     /// A whole SYNC request arrived: does it wait for the chip (and does the chip need a
     /// reset)?
     fn sync_held_back(&mut self, now: Instant, action: &mut Option<Action>) -> bool {
+        if self.entry == Entry::Never {
+            return false;
+        }
         match self.chip {
             Chip::Entering { .. } => {
                 self.replay_until = Some(now + SYNC_ANSWER_WAIT);
@@ -342,6 +362,7 @@ impl EspWatch {
                 self.unanswered += 1;
                 false
             }
+            Chip::Client => false,
             Chip::Loader | Chip::Unknown => {
                 if self.chip == Chip::Loader {
                     info!(
@@ -380,7 +401,7 @@ impl EspWatch {
         out(&[END]);
         // Only a chip in its loader answers CHANGE_BAUDRATE; anything else must not stall
         // the client waiting for an answer that never comes.
-        if self.chip == Chip::Loader
+        if matches!(self.chip, Chip::Loader | Chip::Client)
             && self.up.len == HEAD
             && self.up.is(REQUEST, Op::ChangeBaudrate)
             && self.up.head[2..4] == [8, 0]
@@ -435,10 +456,8 @@ impl EspWatch {
         let answer = self.down.len >= 8 && self.down.head[0] == RESPONSE;
         let mut action = None;
         if answer {
-            if self.chip != Chip::Loader && !matches!(self.chip, Chip::Entering { .. }) {
+            if self.chip == Chip::Unknown {
                 debug!("{}: the chip answers: it is in its loader", self.label);
-            }
-            if !matches!(self.chip, Chip::Entering { .. }) {
                 self.chip = Chip::Loader;
             }
             self.unanswered = 0;
@@ -453,16 +472,36 @@ impl EspWatch {
         action
     }
 
-    /// The bootloader entry asked for is done (or could not be done): SYNCs pass again,
-    /// and one swallowed meanwhile that esptool still waits on goes to the chip now.
+    /// A bootloader entry is done — the one asked for (or it could not be done), or one the
+    /// client's lines or the portal started: SYNCs pass again, and one swallowed meanwhile
+    /// that esptool still waits on goes to the chip now.
     pub(crate) fn bootloader_entered(&mut self, now: Instant, out: &mut dyn FnMut(&[u8])) {
-        if !matches!(self.chip, Chip::Entering { .. }) {
-            return;
-        }
+        let asked = matches!(self.chip, Chip::Entering { .. });
         self.chip = Chip::Loader;
-        if self.replay_until.take().is_some_and(|t| now < t) {
+        self.unanswered = 0;
+        if asked && self.replay_until.take().is_some_and(|t| now < t) {
             self.unanswered = 1;
             out(&SYNC_FRAME);
+        }
+    }
+
+    /// The chip was reset into its application (by anyone): a SYNC needs an entry again.
+    pub(crate) fn app_started(&mut self) {
+        if !matches!(self.chip, Chip::Entering { .. }) {
+            self.chip = Chip::Unknown;
+        }
+    }
+
+    /// The client moved its own lines in a reset pattern (esptool's own reset over RFC 2217):
+    /// it takes care of the chip, so its SYNCs pass, and the session owes the chip nothing
+    /// at its end. (A policy that plays bootloader entries tells [`bootloader_entered`]
+    /// when the chip is there.)
+    ///
+    /// [`bootloader_entered`]: EspWatch::bootloader_entered
+    pub(crate) fn client_resets(&mut self) {
+        self.entered = false;
+        if !matches!(self.chip, Chip::Entering { .. }) {
+            self.chip = Chip::Client;
         }
     }
 
@@ -594,7 +633,7 @@ mod tests {
     #[test]
     fn first_sync_enters_the_bootloader_once_and_is_replayed_when_ready() {
         for chunk in 1..=sync().len() + 1 {
-            let mut w = EspWatch::new("t", false);
+            let mut w = EspWatch::new("t", false, Entry::Reset);
             let twice = [sync(), sync()].concat();
             let (out, actions) = up(&mut w, &twice, chunk);
             assert_eq!(actions, vec![Action::EnterBootloader], "chunk {chunk}");
@@ -612,7 +651,7 @@ mod tests {
 
     #[test]
     fn a_sync_esptool_no_longer_waits_on_is_not_replayed() {
-        let mut w = EspWatch::new("t", false);
+        let mut w = EspWatch::new("t", false, Entry::Reset);
         let t0 = Instant::now();
         w.on_client(&sync(), t0, &mut |_| {});
         let mut out = Vec::new();
@@ -622,7 +661,7 @@ mod tests {
 
     #[test]
     fn a_chip_known_in_its_loader_is_not_reset() {
-        let mut w = EspWatch::new("t", true);
+        let mut w = EspWatch::new("t", true, Entry::Reset);
         let (out, actions) = up(&mut w, &sync(), 7);
         assert_eq!((out, actions), (sync(), vec![]));
         assert!(!w.entered());
@@ -630,7 +669,7 @@ mod tests {
 
     #[test]
     fn a_loader_that_never_answers_is_reset_after_a_few_syncs() {
-        let mut w = EspWatch::new("t", true);
+        let mut w = EspWatch::new("t", true, Entry::Reset);
         let n = UNANSWERED_SYNCS as usize;
         let (out, actions) = up(&mut w, &sync().repeat(n), 64);
         assert_eq!((out, actions), (sync().repeat(n), vec![]));
@@ -638,7 +677,7 @@ mod tests {
         assert_eq!(actions, vec![Action::EnterBootloader]);
 
         // An answer in between resets the count.
-        let mut w = EspWatch::new("t", true);
+        let mut w = EspWatch::new("t", true, Entry::Reset);
         for _ in 0..2 * n {
             let (out, actions) = up(&mut w, &sync(), 64);
             assert_eq!((out, actions), (sync(), vec![]));
@@ -648,7 +687,7 @@ mod tests {
 
     #[test]
     fn boot_output_is_dropped_until_the_chips_first_frame() {
-        let mut w = EspWatch::new("t", false);
+        let mut w = EspWatch::new("t", false, Entry::Reset);
         up(&mut w, &sync(), 64);
         let answer = response(0x08, &[0, 0]);
         let stream = [
@@ -666,7 +705,7 @@ mod tests {
     #[test]
     fn stub_baud_change_parks_the_client_until_the_answer() {
         for chunk in [1, 3, 8, 200] {
-            let mut w = EspWatch::new("t", true);
+            let mut w = EspWatch::new("t", true, Entry::Reset);
             let req = baud(921_600, 115_200);
             let later = request(0x02, &[1, 2, 3]);
             let (out, actions) = up(&mut w, &[req.clone(), later.clone()].concat(), chunk);
@@ -684,7 +723,7 @@ mod tests {
 
     #[test]
     fn rom_baud_change_goes_to_the_standard_rate_meant() {
-        let mut w = EspWatch::new("t", true);
+        let mut w = EspWatch::new("t", true, Entry::Reset);
         // esptool scaled 460800 by a ROM crystal estimate of 39.2 MHz / 40 MHz.
         up(&mut w, &baud(451_584, 0), 64);
         let (_, actions) = down(&mut w, &response(0x0F, &[0, 0, 0, 0]), 64);
@@ -697,7 +736,7 @@ mod tests {
 
     #[test]
     fn a_refused_baud_change_stays_and_releases() {
-        let mut w = EspWatch::new("t", true);
+        let mut w = EspWatch::new("t", true, Entry::Reset);
         up(&mut w, &baud(921_600, 115_200), 64);
         let (_, actions) = down(&mut w, &response(0x0F, &[1, 5]), 64);
         assert_eq!(actions, vec![Action::BaudAnswered(None)]);
@@ -705,7 +744,7 @@ mod tests {
 
     #[test]
     fn an_unanswered_baud_change_releases_after_the_wait() {
-        let mut w = EspWatch::new("t", true);
+        let mut w = EspWatch::new("t", true, Entry::Reset);
         up(&mut w, &baud(921_600, 115_200), 64);
         up(&mut w, b"after", 64);
         let at = w.deadline().expect("a deadline while parked");
@@ -721,7 +760,7 @@ mod tests {
 
     #[test]
     fn an_unfinished_bootloader_entry_lets_syncs_through_after_a_while() {
-        let mut w = EspWatch::new("t", false);
+        let mut w = EspWatch::new("t", false, Entry::Reset);
         up(&mut w, &sync(), 64);
         let at = w.deadline().unwrap();
         let mut out = Vec::new();
@@ -746,7 +785,7 @@ mod tests {
         garbage.extend_from_slice(&[ESC, ESC, END, 0x01, 0x0F, END]);
         garbage.extend((0..=255u8).cycle().take(3000));
         for chunk in [1, 2, 5, 17, 4096] {
-            let mut w = EspWatch::new("t", true);
+            let mut w = EspWatch::new("t", true, Entry::Reset);
             let (out, actions) = up(&mut w, &garbage, chunk);
             assert_eq!(out, garbage, "chunk {chunk}");
             assert!(actions.is_empty() && !w.parked());
@@ -759,9 +798,44 @@ mod tests {
     fn a_sync_with_escaped_bytes_in_its_header_is_still_seen() {
         // A SYNC whose frame starts with a stray escape pair still decodes to 00 08 ...:
         // the decoder is what decides, not byte patterns.
-        let mut w = EspWatch::new("t", false);
+        let mut w = EspWatch::new("t", false, Entry::Reset);
         let (out, actions) = up(&mut w, &[b"noise".to_vec(), sync()].concat(), 1);
         assert_eq!(actions, vec![Action::EnterBootloader]);
         assert_eq!(out, [b"noise".to_vec(), vec![END, END]].concat());
+    }
+
+    #[test]
+    fn without_an_entry_syncs_pass_and_the_baud_follows_once_the_chip_answers() {
+        let mut w = EspWatch::new("t", false, Entry::Never);
+        let (out, actions) = up(&mut w, &sync().repeat(5), 64);
+        assert_eq!((out, actions), (sync().repeat(5), vec![]));
+        assert!(!w.entered());
+        down(&mut w, &response(0x08, &[0, 0]), 64);
+        let (_, actions) = up(&mut w, &baud(921_600, 115_200), 64);
+        assert!(actions.is_empty() && w.parked());
+        let (_, actions) = down(&mut w, &response(0x0F, &[0, 0]), 64);
+        assert_eq!(actions, vec![Action::BaudAnswered(Some(921_600))]);
+    }
+
+    #[test]
+    fn a_client_that_resets_the_chip_itself_is_trusted_and_owed_nothing() {
+        let mut w = EspWatch::new("t", false, Entry::Reset);
+        w.client_resets();
+        let (out, actions) = up(&mut w, &sync(), 64);
+        assert_eq!((out, actions), (sync(), vec![]));
+        assert!(!w.entered());
+        // A reset into the application by anyone: the next SYNC needs an entry again.
+        w.app_started();
+        let (_, actions) = up(&mut w, &sync(), 64);
+        assert_eq!(actions, vec![Action::EnterBootloader]);
+        // An entry the client's own lines completed counts as done.
+        let mut replay = Vec::new();
+        w.bootloader_entered(Instant::now(), &mut |b| replay.extend_from_slice(b));
+        assert!(w.in_loader() && w.entered());
+        w.client_resets();
+        assert!(
+            !w.entered(),
+            "the client's own reset at the end: nothing owed"
+        );
     }
 }

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
-use crate::protocol::esp::{Action, EspWatch};
+use crate::protocol::esp::{Action, Entry, EspWatch};
 use crate::protocol::line::{FlowControl, LineSettings, Lines, ModemStatus, Purge};
-use crate::protocol::reset::{ResetError, ResetTo};
+use crate::protocol::reset::{ResetError, ResetTo, EN_LOW, IO0_LOW};
 use crate::protocol::rfc2217::{self, Command, Control, DecodeError, Direction, Setting};
 use crate::protocol::telnet::{self, option, Event, Verb, IAC};
 
@@ -107,6 +107,8 @@ enum Mode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Protocol {
     Rfc2217,
+    /// An RFC 2217 session that follows the ESP loader protocol.
+    Rfc2217Esp,
     Raw,
     /// A raw session that follows the ESP loader protocol.
     RawEsp,
@@ -116,13 +118,14 @@ impl Protocol {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Protocol::Rfc2217 => "rfc2217",
+            Protocol::Rfc2217Esp => "rfc2217, esp-aware",
             Protocol::Raw => "raw",
             Protocol::RawEsp => "raw, esp-aware",
         }
     }
 }
 
-/// Where an ESP raw session leaves the chip (see [`Session::esp_end`]).
+/// Where an ESP-aware session leaves the chip (see [`Session::esp_end`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum EspEnd {
     /// The session reset the chip into its loader: it owes the chip a reset into its
@@ -216,8 +219,14 @@ pub(crate) struct Session {
     mode: Mode,
     /// Device output that arrived while the protocol was undecided.
     held: Vec<u8>,
-    /// Follows the ESP loader protocol on raw sessions (devices with an ESP reset policy).
+    /// Follows the ESP loader protocol.
     esp: Option<EspWatch>,
+    /// ESP-aware RFC 2217 sessions: the watch's output for the client, before escaping.
+    scratch: Vec<u8>,
+    /// The UART followed the chip's CHANGE_BAUDRATE `(from, to)`: the client still asks
+    /// for `from` (pyserial re-sends its settings while esptool waits for the answer) until
+    /// it sets `to` itself; those requests are answered as asked and change nothing.
+    followed: Option<(u32, u32)>,
     /// The effect the bridge is performing, and what follows it.
     in_flight: Option<(Effect, Then)>,
 }
@@ -245,6 +254,8 @@ impl Session {
             mode: Mode::Telnet,
             held: Vec::new(),
             esp: None,
+            scratch: Vec::new(),
+            followed: None,
             in_flight: None,
         }
     }
@@ -275,13 +286,11 @@ impl Session {
         }
     }
 
-    /// Follow the ESP loader protocol if the session is (or turns out) raw: enter the
-    /// bootloader on esptool's first SYNC unless the chip is known `in_loader`, and switch
-    /// the UART on CHANGE_BAUDRATE.
-    pub(crate) fn watch_esp(mut self, in_loader: bool) -> Session {
-        if self.mode != Mode::Telnet {
-            self.esp = Some(EspWatch::new(&self.label, in_loader));
-        }
+    /// Follow the ESP loader protocol: enter the bootloader on esptool's first SYNC unless
+    /// the chip is known `in_loader` (or `entry` is `Never`), and switch the UART on
+    /// CHANGE_BAUDRATE.
+    pub(crate) fn watch_esp(mut self, in_loader: bool, entry: Entry) -> Session {
+        self.esp = Some(EspWatch::new(&self.label, in_loader, entry));
         self
     }
 
@@ -321,15 +330,16 @@ impl Session {
     pub(crate) fn protocol(&self) -> Option<Protocol> {
         match self.mode {
             Mode::Detect { .. } => None,
+            Mode::Telnet if self.esp.is_some() => Some(Protocol::Rfc2217Esp),
             Mode::Telnet => Some(Protocol::Rfc2217),
             Mode::Raw if self.esp.is_some() => Some(Protocol::RawEsp),
             Mode::Raw => Some(Protocol::Raw),
         }
     }
 
-    /// Where an ESP raw session leaves the chip; `None` for other sessions.
+    /// Where an ESP-aware session leaves the chip; `None` for other sessions.
     pub(crate) fn esp_end(&self) -> Option<EspEnd> {
-        let w = self.esp.as_ref().filter(|_| self.mode == Mode::Raw)?;
+        let w = self.esp.as_ref().filter(|_| self.protocol().is_some())?;
         Some(if w.entered() {
             EspEnd::Entered
         } else if w.in_loader() {
@@ -343,8 +353,7 @@ impl Session {
     pub(crate) fn deadline(&self) -> Option<Instant> {
         match self.mode {
             Mode::Detect { window, since } => since.map(|t| t + window),
-            Mode::Raw => self.esp.as_ref().and_then(EspWatch::deadline),
-            Mode::Telnet => None,
+            Mode::Raw | Mode::Telnet => self.esp.as_ref().and_then(EspWatch::deadline),
         }
     }
 
@@ -365,19 +374,22 @@ impl Session {
                 }
                 None
             }
-            Mode::Raw => {
+            Mode::Raw | Mode::Telnet => {
                 let w = self.esp.as_mut()?;
                 let action = w.on_timer(now, &mut |b| out.device.extend_from_slice(b));
                 self.act(action, now, out)
             }
-            Mode::Telnet => None,
         }
     }
 
     /// A reset sequence (the session's or anyone's) has played.
     pub(crate) fn reset_done(&mut self, to: ResetTo, now: Instant, out: &mut Out) {
-        if let (Mode::Raw, Some(w), ResetTo::Bootloader) = (self.mode, &mut self.esp, to) {
-            w.bootloader_entered(now, &mut |b| out.device.extend_from_slice(b));
+        let Some(w) = &mut self.esp else { return };
+        match to {
+            ResetTo::Bootloader => {
+                w.bootloader_entered(now, &mut |b| out.device.extend_from_slice(b));
+            }
+            ResetTo::App => w.app_started(),
         }
     }
 
@@ -394,7 +406,6 @@ impl Session {
     fn decide(&mut self, mode: Mode, now: Instant, out: &mut Out) -> Option<Effect> {
         self.mode = mode;
         if mode == Mode::Telnet {
-            self.esp = None;
             self.start(out.client);
         }
         info!(
@@ -448,6 +459,9 @@ impl Session {
         out: &mut Out,
     ) -> Option<Effect> {
         let (effect, then) = self.in_flight.take()?;
+        if let (Effect::Apply(new), Ok(()), Then::ReleaseParked) = (effect, &outcome, then) {
+            self.followed = Some((self.settings.baud, new.baud));
+        }
         match (effect, outcome) {
             (Effect::Apply(new), Ok(())) => {
                 if new.baud != self.settings.baud {
@@ -556,6 +570,7 @@ impl Session {
                 let mut sink = SessionSink {
                     session: self,
                     out,
+                    now,
                     effect: None,
                     result: Ok(()),
                 };
@@ -581,9 +596,15 @@ impl Session {
                 since.get_or_insert(now);
                 None
             }
-            (Mode::Telnet, _) => {
+            (Mode::Telnet, None) => {
                 telnet::escape_into(data, out.client);
                 None
+            }
+            (Mode::Telnet, Some(w)) => {
+                self.scratch.clear();
+                let action = w.on_device(data, &mut self.scratch);
+                telnet::escape_into(&self.scratch, out.client);
+                self.act(action, now, out)
             }
             (Mode::Raw, None) => {
                 out.client.extend_from_slice(data);
@@ -705,6 +726,13 @@ impl Session {
             // client's text, and the log is not the client's to write.
             Command::Signature(_) => return None,
             Command::SetBaud(Setting::Value(b)) => {
+                match self.followed {
+                    Some((from, _)) if b == from => {
+                        self.reply(Command::SetBaud(Setting::Value(b)), client);
+                        return None;
+                    }
+                    _ => self.followed = None,
+                }
                 s.baud = b;
                 return self.change(s, Answer::Baud, client);
             }
@@ -769,13 +797,14 @@ impl Session {
             }
             Control::QueryDtr => Answer::Control(Control::Dtr(self.client_lines.dtr)),
             Control::QueryRts => Answer::Control(Control::Rts(self.client_lines.rts)),
-            Control::Dtr(on) => {
-                self.client_lines.dtr = on;
-                let lines = Effect::Lines(self.client_lines);
-                return self.begin(lines, Then::Answer(Answer::Control(c)));
-            }
-            Control::Rts(on) => {
-                self.client_lines.rts = on;
+            Control::Dtr(on) | Control::Rts(on) => {
+                let prev = self.client_lines;
+                if matches!(c, Control::Dtr(_)) {
+                    self.client_lines.dtr = on;
+                } else {
+                    self.client_lines.rts = on;
+                }
+                self.client_lines_moved(prev);
                 let lines = Effect::Lines(self.client_lines);
                 return self.begin(lines, Then::Answer(Answer::Control(c)));
             }
@@ -791,6 +820,18 @@ impl Session {
             self.reply(cmd, client);
         }
         None
+    }
+
+    /// The client moved its lines. IO0 low reached by releasing RTS (esptool's bootloader
+    /// entry) or EN low reached by asserting RTS (its hard reset) is the client resetting the
+    /// chip itself; pyserial's open (DTR, then RTS asserted) and a monitor letting go of the
+    /// port (DTR, then RTS released) are not.
+    fn client_lines_moved(&mut self, prev: Lines) {
+        let now = self.client_lines;
+        let resets = (now == IO0_LOW && prev.rts) || (now == EN_LOW && !prev.rts);
+        if let (true, Some(w)) = (resets, &mut self.esp) {
+            w.client_resets();
+        }
     }
 
     fn notify_modem(&mut self, force: bool, client: &mut Vec<u8>) {
@@ -844,13 +885,22 @@ impl Session {
 struct SessionSink<'s, 'o, 'b> {
     session: &'s mut Session,
     out: &'o mut Out<'b>,
+    now: Instant,
     effect: Option<Effect>,
     result: Result<(), SessionError>,
 }
 
 impl telnet::Sink for SessionSink<'_, '_, '_> {
+    /// Data for the device, through the ESP watch if there is one (which may need a reset).
     fn data(&mut self, bytes: &[u8]) {
-        self.out.device.extend_from_slice(bytes);
+        let Some(w) = &mut self.session.esp else {
+            return self.out.device.extend_from_slice(bytes);
+        };
+        let device = &mut *self.out.device;
+        let action = w.on_client(bytes, self.now, &mut |b| device.extend_from_slice(b));
+        if action.is_some() {
+            self.effect = self.session.act(action, self.now, self.out);
+        }
     }
 
     fn event(&mut self, event: Event) {
@@ -1289,7 +1339,7 @@ mod tests {
 
     #[test]
     fn esp_raw_session_resets_on_sync_and_switches_baud_after_the_answer() {
-        let mut s = detecting().watch_esp(false);
+        let mut s = detecting().watch_esp(false, Entry::Reset);
         let mut rig = Rig::default();
         let mut sync = vec![0xC0, 0, 0x08, 0x24, 0, 0, 0, 0, 0, 7, 7, 0x12, 0x20];
         sync.extend_from_slice(&[0x55; 32]);
@@ -1333,7 +1383,7 @@ mod tests {
 
     #[test]
     fn a_failed_bootloader_entry_lets_the_sync_through() {
-        let mut s = Session::raw("test", LineSettings::default()).watch_esp(false);
+        let mut s = Session::raw("test", LineSettings::default()).watch_esp(false, Entry::Reset);
         let mut sync = vec![0xC0, 0, 0x08, 0x24, 0, 0, 0, 0, 0, 7, 7, 0x12, 0x20];
         sync.extend_from_slice(&[0x55; 32]);
         sync.push(0xC0);
@@ -1372,5 +1422,93 @@ mod tests {
         let (_, cli) = rig.feed(&mut s, &wire);
         assert_eq!(rig.lines.len(), 2000);
         assert_eq!(cli.len(), wire.len(), "every request answered, same size");
+    }
+
+    fn sync_frame() -> Vec<u8> {
+        let mut sync = vec![0xC0, 0, 0x08, 0x24, 0, 0, 0, 0, 0, 7, 7, 0x12, 0x20];
+        sync.extend_from_slice(&[0x55; 32]);
+        sync.push(0xC0);
+        sync
+    }
+
+    #[test]
+    fn rfc2217_session_enters_the_loader_on_sync_and_follows_change_baudrate() {
+        // esptool --before no-reset over rfc2217://: no line changes, just a SYNC.
+        let mut s = session().watch_esp(false, Entry::Reset);
+        let mut rig = Rig::default();
+        rig.feed(&mut s, &PYSERIAL_OPEN);
+        assert_eq!(s.protocol(), Some(Protocol::Rfc2217Esp));
+        let sync = sync_frame();
+        // A setting right behind the SYNC waits until the entry has been asked for.
+        let wire = [sync.clone(), sb(&[1, 0, 1, 0xC2, 0])].concat();
+        let (dev, cli) = rig.feed(&mut s, &wire);
+        assert_eq!(rig.resets, [ResetTo::Bootloader]);
+        assert_eq!(dev, [0xC0, 0xC0], "the SYNC is held while the chip resets");
+        assert_eq!(
+            cli,
+            sb(&[101, 0, 1, 0xC2, 0]),
+            "the unchanged baud is answered"
+        );
+        let mut out = Out {
+            device: &mut rig.device,
+            client: &mut rig.client,
+        };
+        s.reset_done(ResetTo::Bootloader, Instant::now(), &mut out);
+        assert_eq!(rig.device, sync, "replayed");
+        // The chip's answer reaches the client Telnet-escaped.
+        rig.client.clear();
+        let answer = [0xC0, 1, 8, 2, 0, 0xFF, 0, 0, 0, 0, 0, 0xC0];
+        rig.device_bytes(&mut s, &answer);
+        assert_eq!(
+            rig.client,
+            [&answer[..5], &[0xFF, 0xFF], &answer[6..]].concat()
+        );
+        // CHANGE_BAUDRATE in the data: the UART follows the chip's answer, and the
+        // client's own SET-BAUD to that rate afterwards changes nothing.
+        let mut req = vec![0xC0, 0, 0x0F, 8, 0, 0, 0, 0, 0];
+        req.extend_from_slice(&921_600u32.to_le_bytes());
+        req.extend_from_slice(&115_200u32.to_le_bytes());
+        req.push(0xC0);
+        rig.feed(&mut s, &req);
+        rig.device_bytes(&mut s, &[0xC0, 1, 0x0F, 2, 0, 0, 0, 0, 0, 0, 0, 0xC0]);
+        assert_eq!(s.settings().baud, 921_600);
+        let applied = rig.applied.len();
+        // pyserial re-sends the old rate while esptool waits: answered as asked, no change.
+        let (_, cli) = rig.feed(&mut s, &sb(&[1, 0, 1, 0xC2, 0]));
+        assert_eq!(cli, sb(&[101, 0, 1, 0xC2, 0]));
+        assert_eq!(s.settings().baud, 921_600);
+        let (_, cli) = rig.feed(&mut s, &sb(&[1, 0, 0x0E, 0x10, 0x00]));
+        assert_eq!(cli, sb(&[101, 0, 0x0E, 0x10, 0x00]));
+        assert_eq!(rig.applied.len(), applied, "UART untouched");
+        // No reset of its own at the end: the chip is owed one.
+        assert_eq!(s.esp_end(), Some(EspEnd::Entered));
+    }
+
+    #[test]
+    fn rfc2217_client_that_resets_the_chip_itself_is_not_reset_again() {
+        let mut s = session().watch_esp(false, Entry::Reset);
+        let mut rig = Rig::default();
+        rig.feed(&mut s, &PYSERIAL_OPEN);
+        // pyserial's open (DTR, then RTS asserted), then esptool's ClassicReset: DTR
+        // released (EN low), RTS asserted, DTR asserted, RTS released (IO0 low), DTR released.
+        let open = [sb(&[5, 8]), sb(&[5, 11])].concat();
+        let classic = [5, 9, 5, 11, 5, 8, 5, 12, 5, 9]
+            .chunks(2)
+            .map(sb)
+            .collect::<Vec<_>>();
+        let reset = [open, classic.concat()].concat();
+        rig.feed(&mut s, &reset);
+        let (dev, _) = rig.feed(&mut s, &sync_frame());
+        assert_eq!(dev, sync_frame(), "passes at once");
+        assert!(rig.resets.is_empty());
+        assert_eq!(s.esp_end(), Some(EspEnd::Unknown));
+        // A monitor letting go (DTR released, then RTS) is not a reset by the client.
+        let mut s = session().watch_esp(false, Entry::Reset);
+        rig.feed(
+            &mut s,
+            &[sb(&[5, 8]), sb(&[5, 11]), sb(&[5, 9]), sb(&[5, 12])].concat(),
+        );
+        rig.feed(&mut s, &sync_frame());
+        assert_eq!(rig.resets, [ResetTo::Bootloader]);
     }
 }

@@ -124,7 +124,7 @@ impl Decoder {
     }
 
     /// Decode `input` into `sink` and return how many bytes were consumed: all of them,
-    /// unless the sink paused after an event (feed the rest later). Runs of plain data are
+    /// unless the sink paused after an event or a run of data (feed the rest later). Runs of plain data are
     /// passed on as slices of `input` (no copy); only IAC sequences go byte by byte.
     pub(crate) fn decode(&mut self, input: &[u8], sink: &mut dyn Sink) -> usize {
         let mut rest = input;
@@ -138,6 +138,9 @@ impl Decoder {
                     Some(i) => {
                         if i > 0 {
                             sink.data(&rest[..i]);
+                            if sink.paused() {
+                                return input.len() - rest.len() + i;
+                            }
                         }
                         self.state = State::Iac;
                         rest = &rest[i + 1..];
