@@ -328,7 +328,8 @@ impl EspWatch {
         if !self.up.in_frame {
             return out(content);
         }
-        if self.candidate {
+        // Without an entry to make, a SYNC passes like any frame: nothing is held.
+        if self.candidate && self.entry == Entry::Reset {
             self.up.decode(content, LOOK);
             let n = self.up.len;
             let fits = self.held_len + content.len() <= self.held.len();
@@ -837,5 +838,45 @@ mod tests {
             !w.entered(),
             "the client's own reset at the end: nothing owed"
         );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn bytes() -> impl Strategy<Value = Vec<u8>> {
+            proptest::collection::vec(
+                prop_oneof![
+                    Just(END),
+                    Just(ESC),
+                    Just(ESC_END),
+                    Just(RESPONSE),
+                    any::<u8>()
+                ],
+                0..2048,
+            )
+        }
+
+        proptest! {
+            /// Device output passes unchanged (nothing is dropped unless this session just
+            /// reset the chip), however it is split; no input makes the watch panic.
+            #[test]
+            fn device_output_passes_unchanged(data in bytes(), chunk in 1usize..300) {
+                let mut w = EspWatch::new("p", true, Entry::Reset);
+                let (out, _) = down(&mut w, &data, chunk);
+                prop_assert_eq!(out, data);
+            }
+
+            /// Client bytes to a chip without an entry to make reach it unchanged and in
+            /// order, however they are split (unless a CHANGE_BAUDRATE the chip has answered
+            /// before parks what follows).
+            #[test]
+            fn client_bytes_pass_unchanged(data in bytes(), chunk in 1usize..300) {
+                let mut w = EspWatch::new("p", false, Entry::Never);
+                let (out, actions) = up(&mut w, &data, chunk);
+                prop_assert!(actions.is_empty());
+                prop_assert_eq!(out, data);
+            }
+        }
     }
 }

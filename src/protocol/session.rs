@@ -1511,4 +1511,103 @@ mod tests {
         rig.feed(&mut s, &sync_frame());
         assert_eq!(rig.resets, [ResetTo::Bootloader]);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn chunks(data: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut out = Vec::new();
+            let mut last = 0;
+            for c in cuts.into_iter().chain([data.len()]) {
+                out.push(data[last..c].to_vec());
+                last = c;
+            }
+            out
+        }
+
+        /// Client bytes rich in what the session reacts to: IAC and its verbs, COM-PORT
+        /// subnegotiations, SLIP framing and a whole SYNC.
+        fn hostile() -> impl Strategy<Value = Vec<u8>> {
+            let piece = prop_oneof![
+                Just(vec![IAC]),
+                Just(vec![IAC, 0xFA, 44]),
+                Just(vec![IAC, 0xF0]),
+                Just(vec![IAC, 0xFD, 44]),
+                Just(vec![0xC0]),
+                Just(sync_frame()),
+                Just(vec![
+                    0xC0, 0, 0x0F, 8, 0, 0, 0, 0, 0, 0, 0x10, 0x0E, 0, 0, 0, 0, 0, 0xC0
+                ]),
+                proptest::collection::vec(0u8..=12, 1..4),
+                proptest::collection::vec(any::<u8>(), 1..64),
+            ];
+            proptest::collection::vec(piece, 0..64).prop_map(|v| v.concat())
+        }
+
+        proptest! {
+            /// Whatever a client sends, however it is split, in any mode: no panic, every byte
+            /// is eventually taken, and what the session writes stays in proportion to it.
+            #[test]
+            fn any_client_input_is_taken_and_bounded(
+                wire in hostile(),
+                cuts in proptest::collection::vec(0usize..4096, 0..6),
+                mode in 0u8..3,
+                device in proptest::collection::vec(any::<u8>(), 0..256),
+            ) {
+                let s = match mode {
+                    0 => session(),
+                    1 => Session::raw("p", LineSettings::default()),
+                    _ => detecting(),
+                };
+                let mut s = s.watch_esp(false, Entry::Reset);
+                let mut rig = Rig::default();
+                for chunk in chunks(&wire, &cuts) {
+                    if rig.feed_all(&mut s, &chunk).is_err() {
+                        break;
+                    }
+                    rig.device_bytes(&mut s, &device);
+                }
+                // A SYNC can be replayed once per entry; everything else is at most the input.
+                let replays = rig.resets.len() + 1;
+                prop_assert!(rig.device.len() <= wire.len() + replays * sync_frame().len());
+                // Answers: a fixed size per request, plus the device bytes (escaped: doubled).
+                prop_assert!(rig.client.len() <= 64 * wire.len() + 2 * device.len() * (cuts.len() + 1) + 64);
+            }
+
+            /// A raw session on a device whose policy never resets: what reaches the device
+            /// is exactly what the client sent, except that SYNCs are never held.
+            #[test]
+            fn raw_data_reaches_the_device_unchanged(
+                wire in hostile(),
+                cuts in proptest::collection::vec(0usize..4096, 0..6),
+            ) {
+                let mut s = Session::raw("p", LineSettings::default()).watch_esp(false, Entry::Never);
+                let mut rig = Rig::default();
+                for chunk in chunks(&wire, &cuts) {
+                    rig.feed_all(&mut s, &chunk).unwrap();
+                }
+                // Without a chip answering, CHANGE_BAUDRATE is not followed: nothing parks.
+                prop_assert_eq!(&rig.device, &wire);
+            }
+
+            /// RFC 2217: escaped data arrives unescaped, whatever the split.
+            #[test]
+            fn telnet_data_roundtrips(
+                data in proptest::collection::vec(prop_oneof![Just(IAC), any::<u8>()], 0..1024),
+                cuts in proptest::collection::vec(0usize..4096, 0..6),
+            ) {
+                let mut s = session();
+                let mut rig = Rig::default();
+                let mut wire = Vec::new();
+                telnet::escape_into(&data, &mut wire);
+                for chunk in chunks(&wire, &cuts) {
+                    rig.feed_all(&mut s, &chunk).unwrap();
+                }
+                prop_assert_eq!(&rig.device, &data);
+            }
+        }
+    }
 }
