@@ -24,6 +24,7 @@ use nix::sys::socket::{setsockopt, sockopt};
 use crate::daemon::assign::DeviceKey;
 use crate::daemon::config::{After, Busy, DeviceSpec, Protocol};
 use crate::daemon::control::{Reply, RequestError};
+use crate::daemon::peerlog::{suppressed_note, PeerLog, Verdict};
 use crate::daemon::registry::{ClientInfo, DeviceState, LogRing, Registry, Stats};
 use crate::daemon::reopen::{Backoff, Report};
 use crate::device::{Device, DevicePath};
@@ -31,6 +32,7 @@ use crate::protocol::esp::Entry;
 use crate::protocol::line::{LineSettings, Lines, Purge};
 use crate::protocol::reset::{LineDriver, Played, Policy, ResetError, ResetTo};
 use crate::protocol::session::{Effect, EspEnd, Failure, Out, Session};
+use crate::protocol::Voice;
 
 /// Stop reading the device (and the client) once this much output waits for the client.
 const CLIENT_HIGH_WATER: usize = 64 * 1024;
@@ -48,6 +50,11 @@ const DRAIN_WAIT: Duration = Duration::from_secs(2);
 const POLL_CAP_MS: u128 = 60_000;
 /// After a failed poll, pause this long so a persistent error cannot spin the thread.
 const POLL_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// After a failed accept (out of descriptors, most likely), the listener rests this long,
+/// doubling to [`ACCEPT_PAUSE_MAX`] while it keeps failing: the loop must not spin on a
+/// listener that stays readable, and connected clients go on being served meanwhile.
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(50);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(2);
 /// How long [`BridgeHandle::stop`] waits for the thread before leaving it to finish alone.
 const STOP_WAIT: Duration = Duration::from_secs(2);
 
@@ -179,6 +186,8 @@ pub(crate) fn spawn(
         client: None,
         to_device: Vec::with_capacity(DEVICE_HIGH_WATER),
         effect: None,
+        accept_rest: None,
+        peer_log: PeerLog::default(),
         buf: vec![0; READ_CHUNK].into_boxed_slice(),
     };
     let thread = thread::Builder::new()
@@ -297,6 +306,10 @@ struct Bridge {
     /// The effect the client's session waits on, and when it stops waiting for the data
     /// queued before it.
     effect: Option<(Effect, Instant)>,
+    /// Accepting failed: the listener rests until then; the pause, and failures so far.
+    accept_rest: Option<(Instant, Duration, u32)>,
+    /// Log lines each remote address may cause.
+    peer_log: PeerLog,
     buf: Box<[u8]>,
 }
 
@@ -429,8 +442,16 @@ impl Bridge {
             }
             PollFd::new(c.stream.as_fd(), ev)
         });
+        let resting = self
+            .accept_rest
+            .is_some_and(|(until, _, _)| Instant::now() < until);
+        let listen = if resting {
+            PollFlags::empty()
+        } else {
+            PollFlags::POLLIN
+        };
         let mut fds = [
-            PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.listener.as_fd(), listen),
             PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
             device_fd.unwrap_or_else(idle),
             client_fd.unwrap_or_else(idle),
@@ -469,7 +490,7 @@ impl Bridge {
         if client_ready.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
             self.read_client();
         }
-        if listener_ready.contains(PollFlags::POLLIN) {
+        if listener_ready.contains(PollFlags::POLLIN) || self.accept_rest.is_some() && !resting {
             self.accept();
         }
         self.on_timers();
@@ -521,7 +542,9 @@ impl Bridge {
         };
         let session = self.client.as_ref().and_then(|c| c.session.deadline());
         let effect = self.effect.map(|(_, until)| until);
+        let rest = self.accept_rest.map(|(until, _, _)| until);
         [
+            rest,
             self.link.retry_at(),
             modem,
             grace,
@@ -709,12 +732,14 @@ impl Bridge {
         loop {
             let (mut stream, addr) = match self.listener.accept() {
                 Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    warn!("{}: accept failed: {e}", self.name);
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accepting_again();
                     return;
                 }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.accept_failed(e),
             };
+            self.accepting_again();
             let open = matches!(self.link, Link::Open(_));
             match admit(self.spec.busy, self.client.is_some(), open) {
                 Admission::Refuse(message) => {
@@ -727,7 +752,12 @@ impl Bridge {
                         }
                         _ => format!("device {} is not open", self.spec.path),
                     };
-                    info!("{}: refused {addr}: {why}", self.name);
+                    if let Verdict::Log { suppressed } =
+                        self.peer_log.check(addr.ip(), Instant::now())
+                    {
+                        let note = suppressed_note(addr.ip(), suppressed);
+                        info!("{}: refused {addr}: {why}{note}", self.name);
+                    }
                     let _ = stream.write(message);
                     continue;
                 }
@@ -751,7 +781,35 @@ impl Bridge {
         }
     }
 
+    /// Accepting failed (out of descriptors, most likely: EMFILE): rest the listener, say so
+    /// once, try again later.
+    fn accept_failed(&mut self, e: io::Error) {
+        let now = Instant::now();
+        let (pause, failures) = match self.accept_rest {
+            None => {
+                warn!(
+                    "{}: cannot accept connections: {e}; retrying every {:.0} s at most, connected clients are still served (too many open files? raise LimitNOFILE)",
+                    self.name,
+                    ACCEPT_PAUSE_MAX.as_secs_f32()
+                );
+                (ACCEPT_PAUSE_MIN, 1)
+            }
+            Some((_, pause, n)) => ((pause * 2).min(ACCEPT_PAUSE_MAX), n + 1),
+        };
+        self.accept_rest = Some((now + pause, pause, failures));
+    }
+
+    fn accepting_again(&mut self) {
+        if let Some((_, _, failures)) = self.accept_rest.take() {
+            info!(
+                "{}: accepting connections again ({failures} attempts failed)",
+                self.name
+            );
+        }
+    }
+
     fn connect(&mut self, stream: TcpStream, addr: SocketAddr) {
+        let now = Instant::now();
         let settings = self.configured;
         let signature = format!(
             "serialhub {} {} ({})",
@@ -780,9 +838,16 @@ impl Bridge {
         session.start(&mut to_client);
         self.to_device.clear();
         self.effect = None;
-        info!("{}: client {addr} connected", self.name);
+        let voice = match self.peer_log.check(addr.ip(), now) {
+            Verdict::Log { suppressed } => {
+                let note = suppressed_note(addr.ip(), suppressed);
+                info!("{}: client {addr} connected{note}", self.name);
+                Voice::Normal
+            }
+            Verdict::Quiet => Voice::Quiet,
+        };
+        session = session.with_voice(voice);
         Stats::add(&self.shared.stats.connects, 1);
-        let now = Instant::now();
         self.shared.registry.update(&self.shared.key, |e| {
             e.state = DeviceState::Connected;
             e.client = Some(ClientInfo { addr, since: now });
@@ -934,14 +999,17 @@ impl Bridge {
         let Some(c) = self.client.take() else {
             return;
         };
-        info!(
-            "{}: client {} left ({why}) after {:.1} s, {} bytes in, {} bytes out",
-            self.name,
-            c.addr,
-            c.since.elapsed().as_secs_f32(),
-            c.bytes_in,
-            c.bytes_out
-        );
+        if let Verdict::Log { suppressed } = self.peer_log.check(c.addr.ip(), Instant::now()) {
+            info!(
+                "{}: client {} left ({why}) after {:.1} s, {} bytes in, {} bytes out{}",
+                self.name,
+                c.addr,
+                c.since.elapsed().as_secs_f32(),
+                c.bytes_in,
+                c.bytes_out,
+                suppressed_note(c.addr.ip(), suppressed)
+            );
+        }
         self.to_device.clear();
         self.effect = None;
         let now = Instant::now();

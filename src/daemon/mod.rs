@@ -22,7 +22,9 @@ pub(crate) mod assign; // stable TCP port per device key, persisted atomically
 pub(crate) mod bridge; // the per-device thread: a poll loop that performs the session's effects
 pub(crate) mod config; // serialhub.toml and `--device` flags, with errors that name file/line/key
 pub(crate) mod control; // the requests the portal and signals send the supervisor
+pub(crate) mod http; // a small bounded HTTP/1.1 server: connection cap, limits, deadlines
 pub(crate) mod identity; // USB identity of a tty from sysfs: ids, serial, physical path
+pub(crate) mod peerlog; // how many log lines a remote address may cause (pure)
 pub(crate) mod portal; // HTTP: discovery API (old portal's shapes), metrics, web page
 pub(crate) mod registry; // the shared view of devices, ports, clients and counters
 pub(crate) mod reopen; // when to try opening a device again (pure)

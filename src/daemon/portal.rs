@@ -7,47 +7,27 @@
 //!
 //! It never blocks a bridge: it reads [`Registry::snapshot`] (one short lock) and sends
 //! commands to the supervisor, which passes them to the bridges through their wake fds.
-//! tiny_http reads request heads on its own connection threads; two portal threads answer.
-//! The routing ([`Portal::handle`]) takes a plain [`HttpRequest`] so it is tested without
-//! sockets.
+//! The bounded server in [`crate::daemon::http`] carries the requests; the routing
+//! ([`Portal::handle`]) takes a plain [`HttpRequest`] so it is tested without sockets.
 
 use std::fmt::Write as _;
-use std::io::{self, Read};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use log::{debug, error, info, warn};
+use log::info;
 use serde_json::{json, Map, Value};
 
 use crate::daemon::config::Protocol;
 use crate::daemon::control::{Handle, Reply, Request, RequestError};
+use crate::daemon::http::{self, Handler, HttpRequest, HttpResponse, Limits};
 use crate::daemon::registry::{DeviceEntry, DeviceState, Registry, Stats};
 use crate::protocol::reset::ResetTo;
 
 /// Request bodies larger than this are refused with 413 (at most this + 1 bytes are read).
 pub(crate) const MAX_BODY: usize = 64 * 1024;
-
-/// Threads answering requests (one may wait on a slow command while the other reads).
-const WORKERS: usize = 2;
-
-/// Requests whose body is still on the wire (larger than tiny_http buffers itself, chunked or
-/// `Expect: 100-continue`) are answered on a thread of their own, so a slow sender holds up
-/// nobody; at most this many at once, beyond that they wait their turn on a worker.
-const MAX_STREAMING: usize = 16;
-
-/// tiny_http 0.12 discards an unread body by allocating a buffer of the size the client
-/// claimed (`EqualReader::drop`), which aborts the process for an absurd `Content-Length`.
-/// Requests claiming more than this are answered 413 and their connection is abandoned (a
-/// socket and a tiny_http thread are leaked) rather than ever dropped.
-const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
-
-/// tiny_http 0.12 reads a body of up to this many bytes itself, before it hands the request
-/// over (unless the client sent `Expect: 100-continue`): such a request never waits on its
-/// sender.
-const TINY_HTTP_BUFFERED: usize = 1024;
 
 /// The baud rate in the suggested flash commands: esptool's usual fast rate, which the
 /// server switches the UART to on ESP devices.
@@ -85,52 +65,25 @@ pub(crate) fn spawn(
     commands: impl Commands,
 ) -> io::Result<JoinHandle<()>> {
     let addr = listener.local_addr()?;
-    let server = tiny_http::Server::from_listener(listener, None).map_err(io::Error::other)?;
-    let server = Arc::new(server);
-    let portal = Arc::new(Portal::new(registry, Box::new(commands), device_ip));
+    let portal = Portal::new(registry, Box::new(commands), device_ip);
     info!("portal listening on http://{addr}");
-    for i in 1..WORKERS {
-        let (server, portal) = (server.clone(), portal.clone());
-        std::thread::Builder::new()
-            .name(format!("portal-{}", i + 1))
-            .spawn(move || work(&server, &portal))?;
-    }
-    std::thread::Builder::new()
-        .name("portal".into())
-        .spawn(move || work(&server, &portal))
+    http::spawn(listener, portal, Limits::portal(MAX_BODY))
 }
 
-fn work(server: &Arc<tiny_http::Server>, portal: &Arc<Portal>) {
-    loop {
-        match server.recv() {
-            Ok(rq) => portal.dispatch(rq),
-            Err(e) => {
-                error!("portal: stopped accepting connections: {e}");
-                return;
-            }
+impl Handler for Portal {
+    fn handle(&self, req: &HttpRequest) -> HttpResponse {
+        Portal::handle(self, req)
+    }
+
+    fn refuse(&self, status: u16, why: &str) -> HttpResponse {
+        match status {
+            413 => HttpResponse::error(
+                413,
+                format!("request body larger than {} KiB", MAX_BODY / 1024),
+            ),
+            _ => HttpResponse::error(status, why),
         }
     }
-}
-
-/// A request as the router sees it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct HttpRequest<'a> {
-    pub(crate) method: &'a str,
-    /// Path and query, as sent (`/api/devices/serial%3A01/log?since=5`).
-    pub(crate) url: &'a str,
-    /// The `Host` header.
-    pub(crate) host: Option<&'a str>,
-    pub(crate) remote: Option<SocketAddr>,
-    pub(crate) body: &'a [u8],
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HttpResponse {
-    pub(crate) status: u16,
-    pub(crate) content_type: &'static str,
-    pub(crate) body: Vec<u8>,
-    /// The `Allow` header of a 405.
-    pub(crate) allow: Option<&'static str>,
 }
 
 impl HttpResponse {
@@ -178,7 +131,6 @@ pub(crate) struct Portal {
     registry: Arc<Registry>,
     commands: Box<dyn Commands>,
     device_ip: IpAddr,
-    streaming: AtomicUsize,
 }
 
 impl Portal {
@@ -191,95 +143,7 @@ impl Portal {
             registry,
             commands,
             device_ip,
-            streaming: AtomicUsize::new(0),
         }
-    }
-
-    /// Answer one tiny_http request: on this thread, or on a thread of its own when its body
-    /// has yet to arrive.
-    fn dispatch(self: &Arc<Self>, rq: tiny_http::Request) {
-        if let Some(n) = rq.body_length().filter(|&n| n > DRAIN_LIMIT) {
-            warn!(
-                "portal: {} claims a {n}-byte body; answering 413 and abandoning the connection",
-                rq.remote_addr()
-                    .map_or_else(|| "?".into(), |a| a.to_string())
-            );
-            let r = HttpResponse::error(
-                413,
-                format!("request body larger than {} KiB", MAX_BODY / 1024),
-            );
-            // `upgrade` sends the response and hands back the stream, whose drop would do the
-            // huge allocation: it is never dropped.
-            let stream = rq.upgrade("HTTP/1.1", tiny_response(r, false));
-            std::mem::forget(stream);
-            return;
-        }
-        let header = |name: &'static str| header(&rq, name);
-        let buffered = match rq.body_length() {
-            Some(n) => n <= TINY_HTTP_BUFFERED && header("Expect").is_none(),
-            None => header("Transfer-Encoding").is_none(),
-        };
-        if !buffered && self.streaming.fetch_add(1, Ordering::AcqRel) < MAX_STREAMING {
-            let me = self.clone();
-            let spawned = std::thread::Builder::new()
-                .name("portal-body".into())
-                .spawn(move || {
-                    me.answer(rq);
-                    me.streaming.fetch_sub(1, Ordering::AcqRel);
-                });
-            if let Err(e) = spawned {
-                // The request went down with the closure; the client sees the connection close.
-                warn!("portal: cannot start a thread for a request: {e}");
-                self.streaming.fetch_sub(1, Ordering::AcqRel);
-            }
-            return;
-        }
-        if !buffered {
-            self.streaming.fetch_sub(1, Ordering::AcqRel);
-        }
-        self.answer(rq);
-    }
-
-    fn answer(&self, mut rq: tiny_http::Request) {
-        let method = rq.method().as_str().to_ascii_uppercase();
-        let url = rq.url().to_string();
-        let host = header(&rq, "Host");
-        let remote = rq.remote_addr().copied();
-        let mut too_large = false;
-        let mut body = Vec::new();
-        if rq.body_length().is_some_and(|n| n > MAX_BODY) {
-            too_large = true;
-        } else if method == "POST" {
-            let reader = rq.as_reader();
-            match reader.take(MAX_BODY as u64 + 1).read_to_end(&mut body) {
-                Ok(_) => too_large = body.len() > MAX_BODY,
-                Err(e) => {
-                    debug!("portal: {method} {url}: reading the body: {e}");
-                    let r = HttpResponse::error(400, format!("cannot read the body: {e}"));
-                    return respond(rq, r, true);
-                }
-            }
-        }
-        let response = if too_large {
-            HttpResponse::error(
-                413,
-                format!("request body larger than {} KiB", MAX_BODY / 1024),
-            )
-        } else {
-            self.handle(&HttpRequest {
-                method: &method,
-                url: &url,
-                host: host.as_deref(),
-                remote,
-                body: &body,
-            })
-        };
-        debug!(
-            "portal: {} {method} {url} -> {}",
-            remote.map_or_else(|| "?".into(), |a| a.to_string()),
-            response.status
-        );
-        respond(rq, response, too_large);
     }
 
     /// Route one request.
@@ -613,38 +477,6 @@ impl Portal {
             .replace("{{PORTAL_PORT}}", &portal_port(host_header))
             .replace("{{VERSION}}", env!("CARGO_PKG_VERSION"))
     }
-}
-
-fn header(rq: &tiny_http::Request, name: &'static str) -> Option<String> {
-    rq.headers()
-        .iter()
-        .find(|h| h.field.equiv(name))
-        .map(|h| h.value.as_str().to_string())
-}
-
-fn respond(rq: tiny_http::Request, r: HttpResponse, close: bool) {
-    if let Err(e) = rq.respond(tiny_response(r, close)) {
-        debug!("portal: sending a response: {e}");
-    }
-}
-
-fn tiny_response(r: HttpResponse, close: bool) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
-    let mut resp = tiny_http::Response::from_data(r.body).with_status_code(r.status);
-    let mut add = |name: &str, value: &str| {
-        if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            resp.add_header(h);
-        }
-    };
-    add("Content-Type", r.content_type);
-    add("Cache-Control", "no-store");
-    add("X-Content-Type-Options", "nosniff");
-    if let Some(a) = r.allow {
-        add("Allow", a);
-    }
-    if close {
-        add("Connection", "close");
-    }
-    resp
 }
 
 fn json_body(body: &[u8]) -> Result<Value, HttpResponse> {

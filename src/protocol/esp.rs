@@ -22,7 +22,7 @@
 
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, log};
 
 /// SLIP (RFC 1055) framing bytes.
 const END: u8 = 0xC0;
@@ -217,6 +217,8 @@ pub(crate) enum Entry {
 #[derive(Debug)]
 pub(crate) struct EspWatch {
     label: String,
+    /// How loudly to log.
+    pub(crate) voice: crate::protocol::Voice,
     entry: Entry,
     chip: Chip,
     /// This session started a bootloader entry (so it owes the chip a reset into its app).
@@ -248,6 +250,7 @@ impl EspWatch {
     pub(crate) fn new(label: &str, in_loader: bool, entry: Entry) -> EspWatch {
         EspWatch {
             label: label.to_owned(),
+            voice: crate::protocol::Voice::Normal,
             entry,
             chip: if in_loader {
                 Chip::Loader
@@ -366,12 +369,14 @@ impl EspWatch {
             Chip::Client => false,
             Chip::Loader | Chip::Unknown => {
                 if self.chip == Chip::Loader {
-                    info!(
+                    log!(
+                        self.voice.info(),
                         "{}: the chip did not answer {} SYNCs; entering its bootloader",
-                        self.label, self.unanswered
+                        self.label,
+                        self.unanswered
                     );
                 } else {
-                    info!(
+                    log!(self.voice.info(), 
                         "{}: esptool is syncing with a chip that may be running its application; entering the bootloader",
                         self.label
                     );
@@ -527,7 +532,8 @@ impl EspWatch {
     pub(crate) fn on_timer(&mut self, now: Instant, out: &mut dyn FnMut(&[u8])) -> Option<Action> {
         if let Chip::Entering { since } = self.chip {
             if now >= since + ENTRY_WAIT {
-                warn!(
+                log!(
+                    self.voice.warn(),
                     "{}: the bootloader entry did not finish in {:.1} s; letting SYNCs through",
                     self.label,
                     ENTRY_WAIT.as_secs_f32()
@@ -537,7 +543,7 @@ impl EspWatch {
         }
         match self.baud {
             Some((rate, at)) if now >= at => {
-                warn!(
+                log!(self.voice.warn(), 
                     "{}: the chip did not answer CHANGE_BAUDRATE to {rate}; staying at the current rate",
                     self.label
                 );

@@ -10,6 +10,34 @@ pub(crate) mod rfc2217; // COM-PORT-OPTION (44) requests and replies as typed va
 pub(crate) mod session; // one client's negotiation state: bytes in, ordered effects out
 pub(crate) mod telnet; // Telnet byte codec: IAC framing, option verbs, 0xFF doubling
 
+/// How loudly a session speaks in the log. The bridge gives each connection a budget of log
+/// lines per remote address; a peer past it has its sessions logged at debug, so no client
+/// can flood the log through the protocol cores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Voice {
+    #[default]
+    Normal,
+    Quiet,
+}
+
+impl Voice {
+    /// The level of what is worth telling (a protocol decided, a baud changed).
+    pub(crate) fn info(self) -> log::Level {
+        match self {
+            Voice::Normal => log::Level::Info,
+            Voice::Quiet => log::Level::Debug,
+        }
+    }
+
+    /// The level of what went wrong (a setting refused).
+    pub(crate) fn warn(self) -> log::Level {
+        match self {
+            Voice::Normal => log::Level::Warn,
+            Voice::Quiet => log::Level::Debug,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// The layer's rule, checked on its source: outside tests, no module here touches the

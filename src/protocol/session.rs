@@ -17,13 +17,14 @@
 
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, log};
 
 use crate::protocol::esp::{Action, Entry, EspWatch};
 use crate::protocol::line::{FlowControl, LineSettings, Lines, ModemStatus, Purge};
 use crate::protocol::reset::{ResetError, ResetTo, EN_LOW, IO0_LOW};
 use crate::protocol::rfc2217::{self, Command, Control, DecodeError, Direction, Setting};
 use crate::protocol::telnet::{self, option, Event, Verb, IAC};
+use crate::protocol::Voice;
 
 /// Where a session writes; the bridge owns both buffers.
 pub(crate) struct Out<'a> {
@@ -202,6 +203,7 @@ enum Answer {
 /// The state of one client's session.
 pub(crate) struct Session {
     label: String,
+    voice: Voice,
     signature: String,
     decoder: telnet::Decoder,
     ours: [OptState; OURS.len()],
@@ -237,6 +239,7 @@ impl Session {
     pub(crate) fn new(label: &str, signature: String, settings: LineSettings) -> Session {
         Session {
             label: label.to_owned(),
+            voice: Voice::Normal,
             signature,
             decoder: telnet::Decoder::new(),
             ours: Default::default(),
@@ -290,7 +293,18 @@ impl Session {
     /// the chip is known `in_loader` (or `entry` is `Never`), and switch the UART on
     /// CHANGE_BAUDRATE.
     pub(crate) fn watch_esp(mut self, in_loader: bool, entry: Entry) -> Session {
-        self.esp = Some(EspWatch::new(&self.label, in_loader, entry));
+        let mut w = EspWatch::new(&self.label, in_loader, entry);
+        w.voice = self.voice;
+        self.esp = Some(w);
+        self
+    }
+
+    /// Log this session's events at `voice`'s levels.
+    pub(crate) fn with_voice(mut self, voice: Voice) -> Session {
+        self.voice = voice;
+        if let Some(w) = &mut self.esp {
+            w.voice = voice;
+        }
         self
     }
 
@@ -365,7 +379,8 @@ impl Session {
         match self.mode {
             Mode::Detect { window, since } => {
                 if since.is_some_and(|t| now >= t + window) {
-                    info!(
+                    log!(
+                        self.voice.info(),
                         "{}: client sent nothing for {} ms while device output waited: raw session",
                         self.label,
                         window.as_millis()
@@ -408,7 +423,8 @@ impl Session {
         if mode == Mode::Telnet {
             self.start(out.client);
         }
-        info!(
+        log!(
+            self.voice.info(),
             "{}: the client speaks {}",
             self.label,
             self.protocol().map_or("?", Protocol::as_str)
@@ -465,34 +481,50 @@ impl Session {
         match (effect, outcome) {
             (Effect::Apply(new), Ok(())) => {
                 if new.baud != self.settings.baud {
-                    info!(
+                    log!(
+                        self.voice.info(),
                         "{}: baud {} -> {}",
-                        self.label, self.settings.baud, new.baud
+                        self.label,
+                        self.settings.baud,
+                        new.baud
                     );
                 } else {
                     debug!("{}: line settings {new}", self.label);
                 }
                 self.settings = new;
             }
-            (Effect::Apply(new), Err(e)) => warn!(
+            (Effect::Apply(new), Err(e)) => log!(
+                self.voice.warn(),
                 "{}: device refused {new} ({e}); keeping {}",
-                self.label, self.settings
+                self.label,
+                self.settings
             ),
             (Effect::Break(on), Ok(())) => self.break_on = on,
-            (Effect::Break(on), Err(e)) => warn!("{}: cannot set break {on}: {e}", self.label),
+            (Effect::Break(on), Err(e)) => log!(
+                self.voice.warn(),
+                "{}: cannot set break {on}: {e}",
+                self.label
+            ),
             (Effect::Lines(_), Err(e)) => {
                 // PTYs and some adapters have no modem lines; say so once, then stay quiet.
                 if !self.lines_unsupported_logged {
-                    warn!(
+                    log!(
+                        self.voice.warn(),
                         "{}: cannot set DTR/RTS ({e}); continuing without",
                         self.label
                     );
                     self.lines_unsupported_logged = true;
                 }
             }
-            (Effect::Purge(_), Err(e)) => warn!("{}: purge failed: {e}", self.label),
+            (Effect::Purge(_), Err(e)) => {
+                log!(self.voice.warn(), "{}: purge failed: {e}", self.label)
+            }
             (Effect::Reset(_), Err(e)) => {
-                warn!("{}: cannot enter the bootloader: {e}", self.label);
+                log!(
+                    self.voice.warn(),
+                    "{}: cannot enter the bootloader: {e}",
+                    self.label
+                );
                 if let Some(w) = &mut self.esp {
                     w.bootloader_entered(now, &mut |b| out.device.extend_from_slice(b));
                 }

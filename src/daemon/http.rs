@@ -1,0 +1,787 @@
+//! A small bounded HTTP/1.1 server for the portal: one thread, one `poll()` over the
+//! listener and at most `max_connections` connections, each with a head and a body limit and
+//! deadlines — never a thread or an allocation a client can make the server multiply.
+//!
+//! It replaces tiny_http, which starts a thread per connection with no limit and no read
+//! timeout, allocates a body's claimed length when it drops an unread one, and offers no way
+//! in from outside to change either. When every slot is taken, the connection that has sent
+//! the least for the longest makes room, so a flood of slow or idle connections cannot lock a
+//! real client out: its request arrives in one go and is answered at once.
+//!
+//! The parsing is pure ([`parse_head`]); the loop only moves bytes. Requests are answered on
+//! the loop's thread by the [`Handler`] (the portal's router, which reads a registry snapshot
+//! or asks the supervisor, and answers at once).
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+/// A request as the router sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HttpRequest<'a> {
+    pub(crate) method: &'a str,
+    /// Path and query, as sent (`/api/devices/serial%3A01/log?since=5`).
+    pub(crate) url: &'a str,
+    /// The `Host` header.
+    pub(crate) host: Option<&'a str>,
+    pub(crate) remote: Option<SocketAddr>,
+    pub(crate) body: &'a [u8],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HttpResponse {
+    pub(crate) status: u16,
+    pub(crate) content_type: &'static str,
+    pub(crate) body: Vec<u8>,
+    /// The `Allow` header of a 405.
+    pub(crate) allow: Option<&'static str>,
+}
+
+/// Answers requests.
+pub(crate) trait Handler: Send + 'static {
+    fn handle(&self, req: &HttpRequest) -> HttpResponse;
+    /// The answer to a request the server refused before routing it (too large, malformed,
+    /// too slow).
+    fn refuse(&self, status: u16, why: &str) -> HttpResponse;
+}
+
+/// The server's bounds.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Connections held at once.
+    pub(crate) connections: usize,
+    /// Request line and headers.
+    pub(crate) head: usize,
+    /// Request body.
+    pub(crate) body: usize,
+    /// From a connection's first byte of a request (or its opening) to the end of its head.
+    pub(crate) head_time: Duration,
+    /// For the body, once the head is in.
+    pub(crate) body_time: Duration,
+    /// Between requests on a kept-alive connection.
+    pub(crate) idle_time: Duration,
+    /// For the client to take the response.
+    pub(crate) write_time: Duration,
+}
+
+impl Limits {
+    pub(crate) fn portal(body: usize) -> Limits {
+        Limits {
+            connections: 32,
+            head: 8 * 1024,
+            body,
+            head_time: Duration::from_secs(5),
+            body_time: Duration::from_secs(10),
+            idle_time: Duration::from_secs(10),
+            write_time: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A connection must be at least this old before its sending rate can make it give way, so
+/// a client that has just connected gets the time to send its request.
+const EVICT_MIN_AGE: Duration = Duration::from_millis(200);
+/// New connections taken per round, so a flood of them cannot starve the ones held.
+const ACCEPTS_PER_ROUND: usize = 64;
+/// After a failed accept (out of descriptors), the listener rests this long.
+const ACCEPT_REST: Duration = Duration::from_millis(100);
+const READ_CHUNK: usize = 4096;
+
+/// A request head, parsed.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub(crate) method: String,
+    pub(crate) target: String,
+    pub(crate) host: Option<String>,
+    pub(crate) content_length: usize,
+    /// The body comes in chunks (`Transfer-Encoding: chunked`) instead.
+    pub(crate) chunked: bool,
+    pub(crate) expect_continue: bool,
+    /// The client wants the connection closed after this request (or speaks HTTP/1.0).
+    pub(crate) close: bool,
+}
+
+/// What the bytes received so far make.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Parse {
+    /// Not a whole head yet.
+    Incomplete,
+    /// A head of this many bytes.
+    Head(Head, usize),
+    /// A request the server refuses: status and reason.
+    Refused(u16, &'static str),
+}
+
+/// Parse a request head from the start of `buf`.
+pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Parse {
+    let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
+        return if buf.len() >= limits.head {
+            Parse::Refused(431, "request head too large")
+        } else {
+            Parse::Incomplete
+        };
+    };
+    if end + 4 > limits.head {
+        return Parse::Refused(431, "request head too large");
+    }
+    let Ok(text) = std::str::from_utf8(&buf[..end]) else {
+        return Parse::Refused(400, "request head is not text");
+    };
+    let mut lines = text.split("\r\n");
+    let mut first = lines.next().unwrap_or_default().split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (first.next(), first.next(), first.next(), first.next())
+    else {
+        return Parse::Refused(400, "malformed request line");
+    };
+    let http10 = match version {
+        "HTTP/1.1" => false,
+        "HTTP/1.0" => true,
+        _ => return Parse::Refused(505, "only HTTP/1.0 and HTTP/1.1 are spoken here"),
+    };
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Parse::Refused(400, "malformed method");
+    }
+    if !target.starts_with('/') {
+        return Parse::Refused(400, "the request target must be a path");
+    }
+    let mut head = Head {
+        method: method.to_owned(),
+        target: target.to_owned(),
+        host: None,
+        content_length: 0,
+        chunked: false,
+        expect_continue: false,
+        close: http10,
+    };
+    let mut length: Option<usize> = None;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            return Parse::Refused(400, "malformed header");
+        };
+        let value = value.trim();
+        match name.to_ascii_lowercase().as_str() {
+            "host" => head.host = Some(value.to_owned()),
+            "content-length" => {
+                let Ok(n) = value.parse::<u64>() else {
+                    return Parse::Refused(400, "malformed Content-Length");
+                };
+                if length.is_some_and(|l| l as u64 != n) {
+                    return Parse::Refused(400, "conflicting Content-Length");
+                }
+                if n > limits.body as u64 {
+                    return Parse::Refused(413, "request body too large");
+                }
+                length = Some(n as usize);
+            }
+            "transfer-encoding" if value.eq_ignore_ascii_case("chunked") => head.chunked = true,
+            "transfer-encoding" => return Parse::Refused(501, "unknown transfer encoding"),
+            "expect" if value.eq_ignore_ascii_case("100-continue") => head.expect_continue = true,
+            "connection" => {
+                let v = value.to_ascii_lowercase();
+                if v.contains("close") {
+                    head.close = true;
+                } else if v.contains("keep-alive") {
+                    head.close = false;
+                }
+            }
+            _ => {}
+        }
+    }
+    if head.chunked && length.is_some() {
+        return Parse::Refused(400, "both Content-Length and chunked");
+    }
+    head.content_length = length.unwrap_or(0);
+    Parse::Head(head, end + 4)
+}
+
+/// What a chunked body's bytes so far make.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Chunks {
+    /// More to come; this many input bytes were taken (their data is in the body).
+    More(usize),
+    /// The body is complete; this many input bytes were taken.
+    Done(usize),
+    Refused(u16, &'static str),
+}
+
+/// Take whole chunks from `input` into `body`, which may not grow past `limit`.
+pub(crate) fn dechunk(input: &[u8], body: &mut Vec<u8>, limit: usize) -> Chunks {
+    let mut at = 0;
+    loop {
+        let rest = &input[at..];
+        let Some(eol) = memchr::memmem::find(rest, b"\r\n") else {
+            // A size line is a few bytes; one that does not end is not a size line.
+            return if rest.len() > 64 {
+                Chunks::Refused(400, "malformed chunk size")
+            } else {
+                Chunks::More(at)
+            };
+        };
+        let line = &rest[..eol];
+        let hex = line.split(|&b| b == b';').next().unwrap_or_default();
+        let size = std::str::from_utf8(hex)
+            .ok()
+            .and_then(|h| usize::from_str_radix(h.trim(), 16).ok());
+        let Some(size) = size else {
+            return Chunks::Refused(400, "malformed chunk size");
+        };
+        if size == 0 {
+            // The last chunk; no trailers are taken, only the final empty line.
+            return match rest.get(eol + 2..eol + 4) {
+                Some(b"\r\n") => Chunks::Done(at + eol + 4),
+                Some(_) => Chunks::Refused(400, "trailers are not accepted"),
+                None => Chunks::More(at),
+            };
+        }
+        if body.len().saturating_add(size) > limit {
+            return Chunks::Refused(413, "request body too large");
+        }
+        let Some(data) = rest.get(eol + 2..eol + 2 + size + 2) else {
+            return Chunks::More(at);
+        };
+        if &data[size..] != b"\r\n" {
+            return Chunks::Refused(400, "malformed chunk");
+        }
+        body.extend_from_slice(&data[..size]);
+        at += eol + 2 + size + 2;
+    }
+}
+
+/// A response on the wire; the body is left out for HEAD.
+pub(crate) fn serialize(r: &HttpResponse, head_only: bool, close: bool, out: &mut Vec<u8>) {
+    use std::fmt::Write as _;
+    let mut h = String::with_capacity(256);
+    let _ = write!(
+        h,
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n",
+        r.status,
+        reason(r.status),
+        r.content_type,
+        r.body.len()
+    );
+    if let Some(a) = r.allow {
+        let _ = write!(h, "Allow: {a}\r\n");
+    }
+    h.push_str(if close {
+        "Connection: close\r\n\r\n"
+    } else {
+        "Connection: keep-alive\r\n\r\n"
+    });
+    out.extend_from_slice(h.as_bytes());
+    if !head_only {
+        out.extend_from_slice(&r.body);
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}
+
+/// Where a connection is.
+enum Stage {
+    /// Waiting for (the rest of) a request head.
+    Head,
+    /// Waiting for `need` body bytes.
+    Body { head: Head, need: usize },
+    /// Waiting for the rest of a chunked body.
+    Chunked { head: Head, body: Vec<u8> },
+    /// Sending a response; then closing, or waiting for the next request.
+    Write { close: bool },
+}
+
+struct Conn {
+    stream: TcpStream,
+    addr: SocketAddr,
+    opened: Instant,
+    /// Bytes received in all.
+    received: u64,
+    stage: Stage,
+    deadline: Instant,
+    input: Vec<u8>,
+    out: Vec<u8>,
+    sent: usize,
+}
+
+impl Conn {
+    /// How fast it has been sending, for choosing which one gives way (bytes per second).
+    fn rate(&self, now: Instant) -> f64 {
+        self.received as f64
+            / now
+                .saturating_duration_since(self.opened)
+                .as_secs_f64()
+                .max(1e-3)
+    }
+}
+
+/// Serve `listener` until the process exits.
+pub(crate) fn spawn(
+    listener: TcpListener,
+    handler: impl Handler,
+    limits: Limits,
+) -> io::Result<JoinHandle<()>> {
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("portal".into())
+        .spawn(move || Server::new(listener, handler, limits).run())
+}
+
+struct Server<H> {
+    listener: TcpListener,
+    handler: H,
+    limits: Limits,
+    conns: Vec<Conn>,
+    /// Accepting failed (out of descriptors): the listener rests until then.
+    rest_until: Option<Instant>,
+}
+
+impl<H: Handler> Server<H> {
+    fn new(listener: TcpListener, handler: H, limits: Limits) -> Self {
+        Server {
+            listener,
+            handler,
+            limits,
+            conns: Vec::with_capacity(limits.connections),
+            rest_until: None,
+        }
+    }
+
+    fn run(&mut self) {
+        let mut ready: Vec<PollFlags> = Vec::with_capacity(self.limits.connections + 1);
+        loop {
+            let now = Instant::now();
+            let resting = self.rest_until.is_some_and(|t| now < t);
+            let deadline = self
+                .conns
+                .iter()
+                .map(|c| c.deadline)
+                .chain(self.rest_until.filter(|_| resting))
+                .min();
+            ready.clear();
+            {
+                let mut fds = Vec::with_capacity(self.conns.len() + 1);
+                let listen = if resting {
+                    PollFlags::empty()
+                } else {
+                    PollFlags::POLLIN
+                };
+                fds.push(PollFd::new(self.listener.as_fd(), listen));
+                for c in &self.conns {
+                    let ev = match c.stage {
+                        Stage::Write { .. } => PollFlags::POLLOUT,
+                        _ => PollFlags::POLLIN,
+                    };
+                    fds.push(PollFd::new(c.stream.as_fd(), ev));
+                }
+                let timeout = deadline.map_or(PollTimeout::NONE, |d| {
+                    let ms = d.saturating_duration_since(now).as_millis().min(60_000);
+                    PollTimeout::try_from(ms as i32 + 1).unwrap_or(PollTimeout::MAX)
+                });
+                match poll(&mut fds, timeout) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => {
+                        warn!("portal: poll failed: {e}");
+                        std::thread::sleep(ACCEPT_REST);
+                    }
+                }
+                ready.extend(
+                    fds.iter()
+                        .map(|f| f.revents().unwrap_or(PollFlags::empty())),
+                );
+            }
+            let now = Instant::now();
+            // Connections first (by index, from the back, so closing one moves none of the
+            // others still to be looked at), then new ones.
+            for i in (0..self.conns.len()).rev() {
+                let ev = ready.get(i + 1).copied().unwrap_or(PollFlags::empty());
+                let keep = if !ev.is_empty() {
+                    self.on_ready(i, ev, now)
+                } else {
+                    true
+                };
+                let keep = keep && self.on_time(i, now);
+                if !keep {
+                    self.conns.swap_remove(i);
+                }
+            }
+            if ready.first().is_some_and(|e| e.contains(PollFlags::POLLIN))
+                || self.rest_until.is_some_and(|t| now >= t)
+            {
+                self.accept(now);
+            }
+        }
+    }
+
+    fn accept(&mut self, now: Instant) {
+        for _ in 0..ACCEPTS_PER_ROUND {
+            let (stream, addr) = match self.listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if self.rest_until.is_none() {
+                        warn!("portal: cannot accept connections: {e}; retrying (too many open files? raise LimitNOFILE)");
+                    }
+                    self.rest_until = Some(now + ACCEPT_REST);
+                    return;
+                }
+            };
+            if self.rest_until.take().is_some() {
+                info!("portal: accepting connections again");
+            }
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            if self.conns.len() >= self.limits.connections && !self.make_room(now) {
+                // Every slot is busy answering: this one waits for nothing.
+                debug!("portal: no room for {addr}");
+                continue;
+            }
+            self.conns.push(Conn {
+                stream,
+                addr,
+                opened: now,
+                received: 0,
+                stage: Stage::Head,
+                deadline: now + self.limits.head_time,
+                input: Vec::new(),
+                out: Vec::new(),
+                sent: 0,
+            });
+        }
+    }
+
+    /// Close the reading connection that has sent the least for the longest.
+    fn make_room(&mut self, now: Instant) -> bool {
+        let candidates = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !matches!(c.stage, Stage::Write { .. }));
+        let aged = candidates
+            .clone()
+            .filter(|(_, c)| now.saturating_duration_since(c.opened) >= EVICT_MIN_AGE)
+            .min_by(|(_, a), (_, b)| a.rate(now).total_cmp(&b.rate(now)))
+            .map(|(i, _)| i);
+        let victim = aged.or_else(|| candidates.min_by_key(|(_, c)| c.opened).map(|(i, _)| i));
+        match victim {
+            Some(i) => {
+                debug!(
+                    "portal: {} makes room for a new connection",
+                    self.conns[i].addr
+                );
+                self.conns.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A connection's deadline: a request that is late gets 408, an idle one is closed.
+    fn on_time(&mut self, i: usize, now: Instant) -> bool {
+        let c = &mut self.conns[i];
+        if now < c.deadline {
+            return true;
+        }
+        match c.stage {
+            Stage::Head if c.input.is_empty() => false,
+            Stage::Head | Stage::Body { .. } | Stage::Chunked { .. } => {
+                let r = self
+                    .handler
+                    .refuse(408, "the request took too long to arrive");
+                let mut out = Vec::new();
+                serialize(&r, false, true, &mut out);
+                let _ = c.stream.write(&out);
+                false
+            }
+            Stage::Write { .. } => false,
+        }
+    }
+
+    /// Readable or writable: move bytes, answer what is complete. False: close it.
+    fn on_ready(&mut self, i: usize, ev: PollFlags, now: Instant) -> bool {
+        if ev.contains(PollFlags::POLLOUT) {
+            return self.write(i, now);
+        }
+        if !ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            return true;
+        }
+        let c = &mut self.conns[i];
+        let room = match &c.stage {
+            Stage::Head => self.limits.head.saturating_sub(c.input.len()),
+            Stage::Body { need, .. } => need.saturating_sub(c.input.len()),
+            Stage::Chunked { .. } => READ_CHUNK,
+            Stage::Write { .. } => return true,
+        };
+        let mut buf = [0u8; READ_CHUNK];
+        let want = room.clamp(1, READ_CHUNK);
+        match c.stream.read(&mut buf[..want]) {
+            Ok(0) => return false,
+            Ok(n) => {
+                c.received += n as u64;
+                c.input.extend_from_slice(&buf[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
+            Err(_) => return false,
+        }
+        self.progress(i, now)
+    }
+
+    /// Parse and answer what the connection has sent.
+    fn progress(&mut self, i: usize, now: Instant) -> bool {
+        let limits = self.limits;
+        let c = &mut self.conns[i];
+        if let Stage::Head = c.stage {
+            match parse_head(&c.input, &limits) {
+                Parse::Incomplete => return true,
+                Parse::Refused(status, why) => {
+                    debug!("portal: {} refused: {status} {why}", c.addr);
+                    let r = self.handler.refuse(status, why);
+                    return self.respond(i, &r, false, true, now);
+                }
+                Parse::Head(head, n) => {
+                    c.input.drain(..n);
+                    if head.expect_continue && head.content_length > 0 {
+                        let _ = c.stream.write(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    }
+                    let need = head.content_length;
+                    c.stage = match head.chunked {
+                        true => Stage::Chunked {
+                            head,
+                            body: Vec::new(),
+                        },
+                        false => Stage::Body { head, need },
+                    };
+                    c.deadline = now + limits.body_time;
+                }
+            }
+        }
+        let c = &mut self.conns[i];
+        let (head, body) = match &mut c.stage {
+            Stage::Body { need, .. } => {
+                if c.input.len() < *need {
+                    return true;
+                }
+                let need = *need;
+                let Stage::Body { head, .. } = std::mem::replace(&mut c.stage, Stage::Head) else {
+                    return true;
+                };
+                (head, c.input.drain(..need).collect::<Vec<u8>>())
+            }
+            Stage::Chunked { body, .. } => match dechunk(&c.input, body, limits.body) {
+                Chunks::More(n) => {
+                    c.input.drain(..n);
+                    return true;
+                }
+                Chunks::Refused(status, why) => {
+                    debug!("portal: {} refused: {status} {why}", c.addr);
+                    let r = self.handler.refuse(status, why);
+                    return self.respond(i, &r, false, true, now);
+                }
+                Chunks::Done(n) => {
+                    c.input.drain(..n);
+                    let Stage::Chunked { head, body } =
+                        std::mem::replace(&mut c.stage, Stage::Head)
+                    else {
+                        return true;
+                    };
+                    (head, body)
+                }
+            },
+            _ => return true,
+        };
+        let req = HttpRequest {
+            method: &head.method,
+            url: &head.target,
+            host: head.host.as_deref(),
+            remote: Some(c.addr),
+            body: &body,
+        };
+        let r = self.handler.handle(&req);
+        debug!(
+            "portal: {} {} {} -> {}",
+            req.remote.map_or_else(|| "?".into(), |a| a.to_string()),
+            head.method,
+            head.target,
+            r.status
+        );
+        self.respond(i, &r, head.method == "HEAD", head.close, now)
+    }
+
+    fn respond(
+        &mut self,
+        i: usize,
+        r: &HttpResponse,
+        head_only: bool,
+        close: bool,
+        now: Instant,
+    ) -> bool {
+        let c = &mut self.conns[i];
+        c.out.clear();
+        c.sent = 0;
+        serialize(r, head_only, close, &mut c.out);
+        c.stage = Stage::Write { close };
+        c.deadline = now + self.limits.write_time;
+        self.write(i, now)
+    }
+
+    fn write(&mut self, i: usize, now: Instant) -> bool {
+        let c = &mut self.conns[i];
+        let Stage::Write { close } = c.stage else {
+            return true;
+        };
+        while c.sent < c.out.len() {
+            match c.stream.write(&c.out[c.sent..]) {
+                Ok(0) => return false,
+                Ok(n) => c.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        if close {
+            return false;
+        }
+        // Kept alive: the next request (perhaps already here) has the idle time to come.
+        c.out = Vec::new();
+        c.stage = Stage::Head;
+        c.deadline = now + self.limits.idle_time;
+        if c.input.is_empty() {
+            true
+        } else {
+            self.progress(i, now)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits::portal(64 * 1024)
+    }
+
+    fn head(text: &str) -> Parse {
+        parse_head(text.as_bytes(), &limits())
+    }
+
+    #[test]
+    fn heads_are_parsed_and_bad_ones_refused_with_the_right_status() {
+        let Parse::Head(h, n) =
+            head("POST /api/stop HTTP/1.1\r\nHost: pi:8080\r\nContent-Length: 5\r\n\r\nhello")
+        else {
+            panic!()
+        };
+        assert_eq!(n, 61);
+        assert_eq!(
+            (h.method.as_str(), h.target.as_str(), h.host.as_deref()),
+            ("POST", "/api/stop", Some("pi:8080"))
+        );
+        assert_eq!((h.content_length, h.close), (5, false));
+        assert!(matches!(head("GET / HTTP/1.0\r\n\r\n"), Parse::Head(h, _) if h.close));
+        assert_eq!(head("GET / HTTP/1.1\r\nHost: x\r\n"), Parse::Incomplete);
+        let refused = |t: &str| match head(t) {
+            Parse::Refused(s, _) => s,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(refused("GET / HTTP/2\r\n\r\n"), 505);
+        assert_eq!(refused("get / HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(refused("GET http://x/ HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(
+            refused("POST / HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n"),
+            413
+        );
+        assert_eq!(
+            refused("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            refused("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            501
+        );
+        assert_eq!(refused("GET / HTTP/1.1\r\nnocolon\r\n\r\n"), 400);
+        let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(9000));
+        assert_eq!(refused(&huge), 431, "no end yet, but already too long");
+    }
+
+    #[test]
+    fn chunked_bodies_are_taken_whole_chunks_at_a_time_and_bounded() {
+        let wire = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n";
+        let mut body = Vec::new();
+        assert_eq!(dechunk(wire, &mut body, 64), Chunks::Done(wire.len()));
+        assert_eq!(body, b"hello world");
+        for cut in 0..wire.len() {
+            let mut body = Vec::new();
+            let Chunks::More(n) = dechunk(&wire[..cut], &mut body, 64) else {
+                panic!("cut {cut}")
+            };
+            assert_eq!(
+                dechunk(&wire[n..], &mut body, 64),
+                Chunks::Done(wire.len() - n)
+            );
+            assert_eq!(body, b"hello world", "cut {cut}");
+        }
+        let mut body = Vec::new();
+        assert_eq!(
+            dechunk(b"ffffffffff\r\n", &mut body, 64),
+            Chunks::Refused(413, "request body too large")
+        );
+        assert!(matches!(
+            dechunk(b"zz\r\n", &mut body, 64),
+            Chunks::Refused(400, _)
+        ));
+        assert!(matches!(
+            dechunk(b"2\r\nabX\r\n", &mut body, 64),
+            Chunks::Refused(400, _)
+        ));
+    }
+
+    #[test]
+    fn responses_carry_length_and_connection_and_no_body_for_head() {
+        let r = HttpResponse {
+            status: 405,
+            content_type: "application/json",
+            body: b"{}\n".to_vec(),
+            allow: Some("GET, HEAD"),
+        };
+        let mut out = Vec::new();
+        serialize(&r, false, true, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("Content-Length: 3\r\n") && text.contains("Allow: GET, HEAD\r\n"));
+        assert!(text.ends_with("Connection: close\r\n\r\n{}\n"));
+        let mut out = Vec::new();
+        serialize(&r, true, false, &mut out);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .ends_with("keep-alive\r\n\r\n"));
+    }
+}
