@@ -376,7 +376,7 @@ impl EspWatch {
                         self.unanswered
                     );
                 } else {
-                    log!(self.voice.info(), 
+                    log!(self.voice.info(),
                         "{}: esptool is syncing with a chip that may be running its application; entering the bootloader",
                         self.label
                     );
@@ -543,7 +543,7 @@ impl EspWatch {
         }
         match self.baud {
             Some((rate, at)) if now >= at => {
-                log!(self.voice.warn(), 
+                log!(self.voice.warn(),
                     "{}: the chip did not answer CHANGE_BAUDRATE to {rate}; staying at the current rate",
                     self.label
                 );
