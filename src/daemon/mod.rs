@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  main thread: signals (SIGHUP reload, SIGINT/SIGTERM stop) ──control──▶ supervisor thread
-//!  portal threads (HTTP) ──control (requests)──▶ supervisor ──commands──▶ bridge threads
+//!  portal thread (bounded HTTP) ──control (requests)──▶ supervisor ──commands──▶ bridges
 //!  supervisor, bridges ──write──▶ registry ◀──read── portal
 //! ```
 //!

@@ -6,16 +6,21 @@ records them.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
 import resource
+import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
 
-from conftest import wait_for
+from conftest import SERIALHUB_BIN, wait_for
+from test_hotplug import BOARDS, lab  # noqa: F401 (lab: a fixture)
 
 TICK = re.compile(rb"sim: app tick \d+")
 
@@ -246,3 +251,94 @@ def test_descriptor_exhaustion_is_survived(daemon):
     status, _ = http_get(portal, "/api/info")
     assert status == 200
     assert device_ticks(port) < 2
+
+
+def test_unplug_during_write_flash_and_replug(lab, tmp_path):
+    """The board vanishes in the middle of `write-flash`: esptool's connection is closed
+    within a second with a reason in the log, and once it is back on the same port a new
+    write succeeds."""
+    link = tmp_path / "ttySIM"
+    flash = tmp_path / "flash.bin"
+    sim_log = open(tmp_path / "sim.log", "wb")
+    sim = subprocess.Popen(
+        [SERIALHUB_BIN, "sim", "--pty", str(link), "--bootloader", "--flash", str(flash)],
+        stdin=subprocess.DEVNULL, stdout=sim_log, stderr=sim_log,
+    )
+    try:
+        wait_for(link.exists, 10, what="the sim's PTY link")
+        lab.start()
+        n = len(lab.daemon.lines)
+        lab.sysfs("cp2102")
+        (lab.dev / "ttyUSB0").symlink_to(os.path.realpath(link))
+        port = lab.port("ttyUSB0", start=n)
+        lab.daemon.wait_log(r"opened .*ttyUSB0", start=n)
+        image = random.Random(18).randbytes(512 * 1024)
+        img = tmp_path / "img.bin"
+        img.write_bytes(image)
+        # At esptool's own 115200 first: nothing can reset this chip, so the stub of the
+        # interrupted run stays at whatever rate it ran; the second run then goes fast.
+        cmd = [sys.executable, "-m", "esptool", "--port", f"socket://127.0.0.1:{port}",
+               "write-flash", "0x10000", str(img)]
+        esptool = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        lab.daemon.wait_log(r"client .* connected", start=n, timeout=20)
+        wait_for(lambda: flash.exists() and flash.read_bytes()[0x10000:0x12000] != b"\xff" * 0x2000,
+                 60, what="the flash being written")
+        t0 = time.monotonic()
+        lab.unplug("cp2102")
+        m = lab.daemon.wait_log(r"client .* left \((the device was unplugged)\)", start=n)
+        took = time.monotonic() - t0
+        out, _ = esptool.communicate(timeout=60)
+        print(f"\nunplug during write-flash: the client closed after {took:.2f} s ({m.group(1)}); "
+              f"esptool exited {esptool.returncode}")
+        assert esptool.returncode != 0, out
+        assert took < 1.0
+        # Back on the same port; a new write goes through.
+        n = len(lab.daemon.lines)
+        (lab.dev / "ttyUSB0").symlink_to(os.path.realpath(link))
+        assert lab.port("ttyUSB0", start=n) == port
+        lab.daemon.wait_log(r"opened .*ttyUSB0", start=n)
+        fast = cmd[:5] + ["-b", "921600"] + cmd[5:]
+        r = subprocess.run(fast, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert flash.read_bytes()[0x10000:0x10000 + len(image)] == image
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        try:
+            sim.wait(10)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+        sim_log.close()
+
+
+def test_sigkill_under_load_and_restart(lab):
+    """SIGKILL while clients stream through two boards: after a restart the state file is
+    intact, each board has its port again and serves again."""
+    ptys = {b: lab.plug(b) for b in ("cp2102", "ch340a")}
+    d = lab.start()
+    ports = {b: lab.port(BOARDS[b][0]) for b in ptys}
+    clients = [socket.create_connection(("127.0.0.1", p), timeout=5) for p in ports.values()]
+    for c in clients:
+        c.sendall(b"x" * 65536)
+    for b, pty in ptys.items():
+        os.write(pty.master, b"y" * 4096)
+    d.proc.kill()
+    d.proc.wait(10)
+    d.returncode = 0  # killed on purpose: the fixture must not count it as a failure
+    for c in clients:
+        c.close()
+    state = json.loads(lab.state.read_text())
+    d2 = lab.start()
+    for b in ptys:
+        assert lab.port(BOARDS[b][0]) == ports[b]
+    assert json.loads(lab.state.read_text())["ports"] == state["ports"]
+    for b, p in ports.items():
+        s = socket.create_connection(("127.0.0.1", p), timeout=5)
+        s.sendall(b"\xff\xfd\x2c")
+        got = b""
+        deadline = time.monotonic() + 5
+        while b"\xff\xfb\x2c" not in got and time.monotonic() < deadline:
+            got += s.recv(4096)
+        assert b"\xff\xfb\x2c" in got, (b, got)
+        s.close()
+    assert d2.alive()
