@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN_DEBUG := target/debug/serialhub
 BIN_RELEASE := target/release/serialhub
 
-.PHONY: help build run test unit e2e browser bench lint venv clean pi pi-check deb deb-armhf check-package install cargo-deb
+.PHONY: help build run test unit e2e browser bench soak lint venv clean pi pi-check deb deb-armhf check-package install cargo-deb
 
 PI_TARGET := arm-unknown-linux-musleabihf
 PI_BIN := target/$(PI_TARGET)/release/serialhub
@@ -53,6 +53,12 @@ bench: venv build $(VENV)/.bench-installed ## benchmarks vs ser2net, hotplug, es
 $(VENV)/.bench-installed: benches/requirements.txt $(VENV)/.installed
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r benches/requirements.txt
 	touch $@
+
+# SOAK_ARGS: e.g. a short run while developing: make soak SOAK_ARGS="--seconds 120"
+SOAK_ARGS ?=
+
+soak: venv build ## an hour of 921600-baud traffic through three devices, clients coming and going -> docs/soak.md
+	SERIALHUB_BIN=$(abspath $(BIN_RELEASE)) $(PY) benches/soak.py $(SOAK_ARGS)
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
