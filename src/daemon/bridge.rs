@@ -58,6 +58,12 @@ const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(2);
 /// How long [`BridgeHandle::stop`] waits for the thread before leaving it to finish alone.
 const STOP_WAIT: Duration = Duration::from_secs(2);
 
+/// How a vanished client is noticed (see [`tune_socket`]).
+const KEEPALIVE_IDLE_S: u32 = 10;
+const KEEPALIVE_INTERVAL_S: u32 = 5;
+const KEEPALIVE_PROBES: u32 = 3;
+const UNACKED_TIMEOUT_MS: u32 = 25_000;
+
 const BUSY_MESSAGE: &[u8] = b"Port already in use\r\n";
 const KICKED_MESSAGE: &[u8] = b"kicked off, new user is coming\r\n";
 const NO_DEVICE_MESSAGE: &[u8] = b"Port's device is not available\r\n";
@@ -1078,16 +1084,19 @@ fn set_lines(
     driver.applied(lines, Instant::now())
 }
 
-/// Non-blocking, TCP_NODELAY (every answer is latency-critical) and keepalive (about 10 s
-/// idle, then 3 probes 5 s apart) so a client that vanished without a FIN frees the port in
-/// ~25 s. A connection that cannot be made non-blocking is refused: it would stall the loop.
+/// Non-blocking, TCP_NODELAY (every answer is latency-critical), keepalive (about 10 s idle,
+/// then 3 probes 5 s apart) and a user timeout of the same 25 s for data the client does not
+/// acknowledge, so a client that vanished without a FIN frees the port in ~25 s, idle or in
+/// the middle of a flash (where keepalive alone would wait out minutes of retransmissions).
+/// A connection that cannot be made non-blocking is refused: it would stall the loop.
 fn tune_socket(s: &TcpStream) -> io::Result<()> {
     s.set_nonblocking(true)?;
     let _ = s.set_nodelay(true);
     let _ = setsockopt(s, sockopt::KeepAlive, &true);
-    let _ = setsockopt(s, sockopt::TcpKeepIdle, &10);
-    let _ = setsockopt(s, sockopt::TcpKeepInterval, &5);
-    let _ = setsockopt(s, sockopt::TcpKeepCount, &3);
+    let _ = setsockopt(s, sockopt::TcpKeepIdle, &KEEPALIVE_IDLE_S);
+    let _ = setsockopt(s, sockopt::TcpKeepInterval, &KEEPALIVE_INTERVAL_S);
+    let _ = setsockopt(s, sockopt::TcpKeepCount, &KEEPALIVE_PROBES);
+    let _ = setsockopt(s, sockopt::TcpUserTimeout, &UNACKED_TIMEOUT_MS);
     Ok(())
 }
 

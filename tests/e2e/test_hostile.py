@@ -20,6 +20,7 @@ import time
 import pytest
 
 from conftest import SERIALHUB_BIN, wait_for
+import netns
 from test_hotplug import BOARDS, lab  # noqa: F401 (lab: a fixture)
 
 TICK = re.compile(rb"sim: app tick \d+")
@@ -342,3 +343,44 @@ def test_sigkill_under_load_and_restart(lab):
         assert b"\xff\xfb\x2c" in got, (b, got)
         s.close()
     assert d2.alive()
+
+
+def test_a_client_that_vanishes_without_fin_during_a_flash(serialhub, tmp_path):
+    """esptool on another host flashing over `socket://` when the cable is pulled: no FIN ever
+    comes. The daemon frees the port within its keepalive / user-timeout bound (25 s), even
+    though it has unacknowledged data in flight."""
+    with netns.host() as h:
+        flash = tmp_path / "flash.bin"
+        d = serialhub(f"sim:{flash}=0", extra=("--bind", h.peer_ip))
+        port = int(d.wait_log(r"\(sim\) listening on [0-9.]+:(\d+)").group(1))
+        d.wait_log(r"opened sim")
+        img = tmp_path / "img.bin"
+        img.write_bytes(random.Random(19).randbytes(1024 * 1024))
+        esptool = subprocess.Popen(
+            h.cmd(sys.executable, "-m", "esptool", "--port", f"socket://{h.peer_ip}:{port}",
+                  "write-flash", "0x10000", str(img)),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            n = len(d.lines)
+            wait_for(lambda: flash.exists() and flash.read_bytes()[0x10000:0x11000] != b"\xff" * 0x1000,
+                     60, what="the flash being written")
+            h.cut()
+            t0 = time.monotonic()
+            esptool.kill()  # its FIN goes nowhere
+            m = d.wait_log(r"client .* left \(([^)]*)\)", start=n, timeout=60)
+            took = time.monotonic() - t0
+        finally:
+            esptool.kill()
+            esptool.wait(10)
+        print(f"\nclient gone without FIN during a flash: port free after {took:.1f} s ({m.group(1)})")
+        assert took < 25 + 5, took
+        # Free for the next client (from this host).
+        with socket.create_connection((h.peer_ip, port), timeout=5) as s:
+            s.settimeout(5)
+            s.sendall(b"\xff\xfd\x2c")
+            got = b""
+            deadline = time.monotonic() + 5
+            while b"\xff\xfb\x2c" not in got and time.monotonic() < deadline:
+                got += s.recv(4096)
+            assert b"\xff\xfb\x2c" in got, got
