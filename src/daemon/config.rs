@@ -39,6 +39,25 @@ pub(crate) struct Config {
     /// Where the portal (HTTP API and web page) listens; `None` (`"off"`) disables it.
     #[serde(deserialize_with = "http_addr")]
     pub(crate) http: Option<std::net::SocketAddr>,
+    /// Connections the portal holds at once; when they are all taken, the one that has sent
+    /// the least for the longest makes room.
+    #[serde(deserialize_with = "http_connections")]
+    pub(crate) http_connections: usize,
+}
+
+/// The portal's default connection cap: a few browsers and scripts, with room to spare.
+pub(crate) const DEFAULT_HTTP_CONNECTIONS: usize = 32;
+/// More would only serve a flood.
+const MAX_HTTP_CONNECTIONS: usize = 1024;
+
+fn http_connections<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = i64::deserialize(d)?;
+    if !(1..=MAX_HTTP_CONNECTIONS as i64).contains(&n) {
+        return Err(serde::de::Error::custom(format!(
+            "{n} is not a number of connections from 1 to {MAX_HTTP_CONNECTIONS}"
+        )));
+    }
+    Ok(n as usize)
 }
 
 /// The portal's default address (the old portal's port).
@@ -137,6 +156,7 @@ impl Default for Config {
             state_file: "/var/lib/serialhub/ports.json".into(),
             hotplug: Hotplug::default(),
             http: parse_http(DEFAULT_HTTP).expect("the default parses"),
+            http_connections: DEFAULT_HTTP_CONNECTIONS,
         }
     }
 }
@@ -695,5 +715,23 @@ mod tests {
             DevicePath::Tty("sim-uart".into())
         );
         assert!(DeviceSpec::parse_flag("/dev/x=abc").is_err());
+    }
+
+    #[test]
+    fn http_connections_is_bounded() {
+        assert_eq!(Config::default().http_connections, DEFAULT_HTTP_CONNECTIONS);
+        assert_eq!(
+            Config::parse("http_connections = 4\n")
+                .unwrap()
+                .http_connections,
+            4
+        );
+        for bad in ["0", "-1", "5000"] {
+            let (_, msg) = Config::parse(&format!("http_connections = {bad}\n")).unwrap_err();
+            assert!(
+                msg.contains("http_connections") && msg.contains("1 to 1024"),
+                "{msg}"
+            );
+        }
     }
 }

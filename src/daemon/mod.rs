@@ -54,6 +54,7 @@ pub(crate) fn serve(config: Config, reload: Reload) -> Result<(), String> {
         None => None,
     };
     let device_ip = config.bind;
+    let http_connections = config.http_connections;
     let devices = config.devices.clone();
     let registry = Registry::new();
     let mut sup = Supervisor::new(config, registry.clone());
@@ -66,8 +67,14 @@ pub(crate) fn serve(config: Config, reload: Reload) -> Result<(), String> {
     sup.start_hotplug();
     let (handle, inbox) = control::channel().map_err(|e| format!("eventfd: {e}"))?;
     if let Some(listener) = http {
-        portal::spawn(listener, device_ip, registry, handle.clone())
-            .map_err(|e| format!("cannot start the portal: {e}"))?;
+        portal::spawn(
+            listener,
+            device_ip,
+            registry,
+            handle.clone(),
+            http_connections,
+        )
+        .map_err(|e| format!("cannot start the portal: {e}"))?;
     }
     let thread = std::thread::Builder::new()
         .name("supervisor".into())

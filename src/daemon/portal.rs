@@ -63,11 +63,16 @@ pub(crate) fn spawn(
     device_ip: IpAddr,
     registry: Arc<Registry>,
     commands: impl Commands,
+    connections: usize,
 ) -> io::Result<JoinHandle<()>> {
     let addr = listener.local_addr()?;
     let portal = Portal::new(registry, Box::new(commands), device_ip);
     info!("portal listening on http://{addr}");
-    http::spawn(listener, portal, Limits::portal(MAX_BODY))
+    let limits = Limits {
+        connections,
+        ..Limits::portal(MAX_BODY)
+    };
+    http::spawn(listener, portal, limits)
 }
 
 impl Handler for Portal {
