@@ -384,3 +384,59 @@ def test_a_client_that_vanishes_without_fin_during_a_flash(serialhub, tmp_path):
             while b"\xff\xfb\x2c" not in got and time.monotonic() < deadline:
                 got += s.recv(4096)
             assert b"\xff\xfb\x2c" in got, got
+
+
+def test_eio_during_write_flash_and_the_device_back(serialhub, tmp_path):
+    """The device fails under the flash (the process behind the PTY dies: reads give EIO):
+    the client is closed within a second with the reason in the log, and once the device is
+    there again the daemon opens it by itself and a new write succeeds."""
+    link = tmp_path / "ttySIM"
+    flash = tmp_path / "flash.bin"
+
+    def start_sim():
+        log = open(tmp_path / "sim.log", "ab")
+        p = subprocess.Popen(
+            [SERIALHUB_BIN, "sim", "--pty", str(link), "--bootloader", "--flash", str(flash)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )
+        wait_for(link.exists, 10, what="the sim's PTY link")
+        return p
+
+    sim = start_sim()
+    try:
+        cfg = tmp_path / "serialhub.toml"
+        cfg.write_text(f'[[device]]\npath = "{link}"\nport = 0\n')
+        d = serialhub(extra=("--config", str(cfg)))
+        port = d.port(str(link))
+        d.wait_log(r"opened .*ttySIM")
+        img = tmp_path / "img.bin"
+        image = random.Random(20).randbytes(512 * 1024)
+        img.write_bytes(image)
+        cmd = [sys.executable, "-m", "esptool", "--port", f"socket://127.0.0.1:{port}",
+               "write-flash", "0x10000", str(img)]
+        esptool = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        n = len(d.lines)
+        wait_for(lambda: flash.exists() and flash.read_bytes()[0x10000:0x11000] != b"\xff" * 0x1000,
+                 60, what="the flash being written")
+        t0 = time.monotonic()
+        sim.kill()
+        sim.wait(10)
+        m = d.wait_log(r"client .* left \(([^)]*)\)", start=n, timeout=10)
+        took = time.monotonic() - t0
+        esptool.wait(60)
+        print(f"\nEIO during write-flash: client closed after {took:.2f} s ({m.group(1)})")
+        assert took < 1.0
+        assert re.search(r"failed: .*(Input/output error|end of file)", d.log), d.log
+        # The device comes back under the same path: the daemon finds it on its own.
+        link.unlink(missing_ok=True)
+        n = len(d.lines)
+        sim = start_sim()
+        d.wait_log(r"opened .*ttySIM", start=n, timeout=40)
+        r = subprocess.run(cmd[:5] + ["-b", "921600"] + cmd[5:], stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert flash.read_bytes()[0x10000:0x10000 + len(image)] == image
+    finally:
+        sim.kill()
+        sim.wait(10)
