@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN_DEBUG := target/debug/serialhub
 BIN_RELEASE := target/release/serialhub
 
-.PHONY: help build run test unit e2e browser bench soak lint venv clean pi pi-check deb deb-armhf check-package install cargo-deb
+.PHONY: help build run test unit e2e browser esptools bench soak lint venv clean pi pi-check deb deb-armhf check-package install cargo-deb
 
 PI_TARGET := arm-unknown-linux-musleabihf
 PI_BIN := target/$(PI_TARGET)/release/serialhub
@@ -39,7 +39,18 @@ browser: ## headless chromium and curl for the portal's end-to-end tests (Debian
 	  s=$$([ "$$(id -u)" = 0 ] || echo sudo); $$s apt-get update -q && \
 	  $$s apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends chromium curl; }
 
-e2e: venv browser ## end-to-end tests: esptool, pyserial, esp-idf-monitor, curl, chromium against the daemon
+# The esptool releases people actually run besides the newest (in .venv): ESP-IDF 4.4's 3.3,
+# PlatformIO's espressif32 6.x bundle 4.5.1, the last 4.x 4.8.1; each in its own venv.
+ESPTOOL_VERSIONS ?= 3.3 4.5.1 4.8.1
+
+esptools: $(foreach v,$(ESPTOOL_VERSIONS),.venv-esptool/$(v)/.installed) ## esptool 3.3, 4.5.1, 4.8.1 in venvs of their own
+
+.venv-esptool/%/.installed:
+	python3 -m venv .venv-esptool/$*
+	.venv-esptool/$*/bin/pip install --quiet --disable-pip-version-check esptool==$*
+	touch $@
+
+e2e: venv browser esptools ## end-to-end tests: esptool (four releases), pyserial, esp-idf-monitor, curl, chromium against the daemon
 	$(CARGO) build
 	SERIALHUB_BIN=$(abspath $(BIN_DEBUG)) $(PY) -m pytest -q tests/e2e
 
@@ -90,4 +101,4 @@ install: build ## install binary, config (kept if present), unit and docs under 
 
 clean: ## remove build output and the venv
 	$(CARGO) clean
-	rm -rf $(VENV) .venv-pi
+	rm -rf $(VENV) .venv-pi .venv-esptool

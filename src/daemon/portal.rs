@@ -547,7 +547,18 @@ pub(crate) fn device_json(e: &DeviceEntry, host: &str) -> Value {
         Protocol::Rfc2217 => (rfc2217.as_str(), None),
         Protocol::Raw => (socket.as_str(), Some(socket.as_str())),
     };
-    let flash_url = socket_url.filter(|_| e.reset.is_esp()).unwrap_or(url);
+    // The server follows esptool's loader protocol on every device, so `socket://` is the
+    // flash path wherever the port speaks raw. esptool cannot reset over a socket (4.5.1,
+    // which PlatformIO bundles, even crashes trying): the recipes say `--before no-reset` in
+    // the form each tool takes, and the server enters the bootloader for it.
+    let flash_url = socket_url.unwrap_or(url);
+    let on_socket = socket_url.is_some();
+    let before = if on_socket { " --before no-reset" } else { "" };
+    let pio_before = if on_socket {
+        "\nboard_upload.before_reset = no_reset"
+    } else {
+        ""
+    };
     let client = e.client.as_ref().map(|c| {
         // `seconds` from the monotonic clock, so a wall-clock step cannot change it; `since`
         // (Unix seconds) is the wall clock now minus that, so it follows the step instead.
@@ -592,13 +603,13 @@ pub(crate) fn device_json(e: &DeviceEntry, host: &str) -> Value {
         "bytes_to_client": Stats::get(&e.stats.bytes_to_client),
         "connects": Stats::get(&e.stats.connects),
         "resets": Stats::get(&e.stats.resets),
-        "esptool": format!("esptool --port {flash_url} -b {FLASH_BAUD} write-flash {APP_OFFSET:#x} app.bin"),
+        "esptool": format!("esptool --port {flash_url}{before} -b {FLASH_BAUD} write-flash {APP_OFFSET:#x} app.bin"),
         "idf": if flash_url == url {
             format!("idf.py -p {url} flash monitor")
         } else {
             format!("idf.py -p {flash_url} -b {FLASH_BAUD} flash && idf.py -p {url} monitor")
         },
-        "platformio": format!("upload_port = {flash_url}\nupload_speed = {FLASH_BAUD}\nmonitor_port = {url}"),
+        "platformio": format!("upload_port = {flash_url}\nupload_speed = {FLASH_BAUD}{pio_before}\nmonitor_port = {url}"),
     })
 }
 
@@ -864,11 +875,11 @@ mod tests {
         assert_eq!(d["socket_url"], "socket://pi.local:4001");
         assert_eq!(
             d["platformio"],
-            "upload_port = socket://pi.local:4001\nupload_speed = 921600\nmonitor_port = rfc2217://pi.local:4001"
+            "upload_port = socket://pi.local:4001\nupload_speed = 921600\nboard_upload.before_reset = no_reset\nmonitor_port = rfc2217://pi.local:4001"
         );
         assert_eq!(
             d["esptool"],
-            "esptool --port socket://pi.local:4001 -b 921600 write-flash 0x10000 app.bin"
+            "esptool --port socket://pi.local:4001 --before no-reset -b 921600 write-flash 0x10000 app.bin"
         );
         assert_eq!(v["devices"][1]["reset"], "usb-jtag");
         assert_eq!(v["devices"][1]["protocol"], "rfc2217");

@@ -72,11 +72,6 @@ pub(crate) enum Policy {
 }
 
 impl Policy {
-    /// The lines reset an Espressif chip (so the server can enter its loader by itself).
-    pub(crate) fn is_esp(self) -> bool {
-        matches!(self, Policy::Esp { .. } | Policy::UsbJtag)
-    }
-
     /// The config's spelling of the policy (`reset = "usb-jtag"`), as the portal and its API
     /// show it. `esp32r0` is a separate key, so both ESP variants are `esp`.
     pub(crate) fn name(self) -> &'static str {

@@ -134,10 +134,12 @@ def test_devices_and_discover_keep_the_old_shapes(portal):
         assert d["url"] == f"rfc2217://127.0.0.1:{d['port']}", d["url"]
         assert d["url_ign_set_control"] == d["url"] + "?ign_set_control"
         assert d["socket_url"] == f"socket://127.0.0.1:{d['port']}", d["socket_url"]
-        # Flashing goes over socket:// where the server can reset the chip (ESP policies).
-        flash = d["socket_url"] if d["reset"] in ("esp", "usb-jtag") else d["url"]
-        assert d["esptool"] == f"esptool --port {flash} -b 921600 write-flash 0x10000 app.bin"
-        assert d["platformio"] == f"upload_port = {flash}\nupload_speed = 921600\nmonitor_port = {d['url']}"
+        # Flashing goes over socket:// on every device (the server follows the loader
+        # protocol everywhere), with esptool's reset off in the form each tool takes.
+        flash = d["socket_url"]
+        assert d["esptool"] == f"esptool --port {flash} --before no-reset -b 921600 write-flash 0x10000 app.bin"
+        assert d["platformio"] == (f"upload_port = {flash}\nupload_speed = 921600\n"
+                                   f"board_upload.before_reset = no_reset\nmonitor_port = {d['url']}")
     by_tty = {d["tty"]: d for d in devs["devices"]}
     sim, pty = by_tty["sim"], by_tty[portal.pty.path]
     assert (sim["port"], pty["port"]) == (portal.sim_port, portal.pty_port)

@@ -224,6 +224,6 @@ def test_socket_url_from_the_portal_and_the_cli(serialhub):
     assert dev["protocol"] == "auto"
     assert dev["url"] == f"rfc2217://127.0.0.1:{port}"
     assert dev["socket_url"] == f"socket://127.0.0.1:{port}"
-    assert dev["esptool"].startswith(f"esptool --port socket://127.0.0.1:{port} -b 921600 write-flash")
+    assert dev["esptool"].startswith(f"esptool --port socket://127.0.0.1:{port} --before no-reset -b 921600 write-flash")
     r = subprocess.run([SERIALHUB_BIN, "url", host, "--socket"], capture_output=True, text=True, timeout=20)
     assert (r.returncode, r.stdout) == (0, f"socket://127.0.0.1:{port}\n"), r.stderr
