@@ -42,7 +42,8 @@ discover             list the served devices: name, product, serial, port, state
                      --json prints the portal's JSON
 url                  print exactly one device URL (for ESPPORT=$(serialhub url …));
                      --socket prints the socket:// URL, esptool's fastest path (the
-                     server resets ESP chips and changes the baud for it);
+                     server resets the chip and changes the baud for it): use it
+                     with `--before no-reset` (esptool 3.x/4.x: `no_reset`);
                      --ign-set-control adds ?ign_set_control (never needed with serialhub)
 monitor              a serial monitor over RFC 2217; DTR/RTS stay released, so opening it
                      resets nothing. --baud (default 115200), --raw passes bytes through
