@@ -176,6 +176,38 @@ def serialhub():
             pytest.fail("; ".join(problems) + "\nlog:\n" + log, pytrace=False)
 
 
+class SimPty:
+    """`serialhub sim --pty LINK --bootloader --flash FLASH`: the simulated ESP32 in its ROM
+    loader on a pseudo-terminal (no DTR/RTS: nothing can reset it), until `stop`."""
+
+    def __init__(self, link: Path, flash: Path, log: Path):
+        self.link, self.flash = link, flash
+        self._log = open(log, "ab")
+        self.proc = subprocess.Popen(
+            [SERIALHUB_BIN, "sim", "--pty", str(link), "--bootloader", "--flash", str(flash)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+        )
+        wait_for(lambda: link.exists() or self.proc.poll() is not None, 10, what="the sim's PTY link")
+        assert self.proc.poll() is None, log.read_text(errors="replace")
+
+    def kill(self):
+        """Die at once, as a device that fails (the PTY's reads give EIO)."""
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
 def run_cli(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
     return subprocess.run(
         [SERIALHUB_BIN, *args],

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import random
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -20,36 +19,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SERIALHUB_BIN, wait_for
+from conftest import SimPty, wait_for
 from test_esptool import assert_flash_holds, sim  # noqa: F401 (sim: a fixture)
 from test_socket import APP_BOOT, DOWNLOAD_BOOT, boots, esptool_socket, running_app_boot
 
 
 @pytest.fixture
 def sim_pty(tmp_path):
-    """The simulated ESP32 in its ROM loader on a PTY (no DTR/RTS, nothing can reset it):
-    yields (link, flash file)."""
-    link = tmp_path / "ttySIM"
-    flash = tmp_path / "flash.bin"
-    log = open(tmp_path / "sim.log", "wb")
-    proc = subprocess.Popen(
-        [SERIALHUB_BIN, "sim", "--pty", str(link), "--bootloader", "--flash", str(flash)],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-    )
+    """The simulated ESP32 in its ROM loader on a PTY: yields (link, flash file)."""
+    sim = SimPty(tmp_path / "ttySIM", tmp_path / "flash.bin", tmp_path / "sim.log")
     try:
-        wait_for(lambda: link.exists() or proc.poll() is not None, 10, what="the sim's PTY link")
-        assert proc.poll() is None, (tmp_path / "sim.log").read_text(errors="replace")
-        yield link, flash
+        yield sim.link, sim.flash
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        sim.stop()
 
 
 def serve_plain_tty(serialhub, tmp_path: Path, link: Path, extra: str = ""):

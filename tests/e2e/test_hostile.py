@@ -11,7 +11,6 @@ import os
 import random
 import re
 import resource
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import SERIALHUB_BIN, wait_for
+from conftest import SimPty, wait_for
 import netns
 from test_hotplug import BOARDS, lab  # noqa: F401 (lab: a fixture)
 
@@ -260,13 +259,8 @@ def test_unplug_during_write_flash_and_replug(lab, tmp_path):
     write succeeds."""
     link = tmp_path / "ttySIM"
     flash = tmp_path / "flash.bin"
-    sim_log = open(tmp_path / "sim.log", "wb")
-    sim = subprocess.Popen(
-        [SERIALHUB_BIN, "sim", "--pty", str(link), "--bootloader", "--flash", str(flash)],
-        stdin=subprocess.DEVNULL, stdout=sim_log, stderr=sim_log,
-    )
+    sim = SimPty(link, flash, tmp_path / "sim.log")
     try:
-        wait_for(link.exists, 10, what="the sim's PTY link")
         lab.start()
         n = len(lab.daemon.lines)
         lab.sysfs("cp2102")
@@ -304,12 +298,7 @@ def test_unplug_during_write_flash_and_replug(lab, tmp_path):
         assert r.returncode == 0, r.stdout + r.stderr
         assert flash.read_bytes()[0x10000:0x10000 + len(image)] == image
     finally:
-        sim.send_signal(signal.SIGTERM)
-        try:
-            sim.wait(10)
-        except subprocess.TimeoutExpired:
-            sim.kill()
-        sim_log.close()
+        sim.stop()
 
 
 def test_sigkill_under_load_and_restart(lab):
@@ -392,17 +381,7 @@ def test_eio_during_write_flash_and_the_device_back(serialhub, tmp_path):
     there again the daemon opens it by itself and a new write succeeds."""
     link = tmp_path / "ttySIM"
     flash = tmp_path / "flash.bin"
-
-    def start_sim():
-        log = open(tmp_path / "sim.log", "ab")
-        p = subprocess.Popen(
-            [SERIALHUB_BIN, "sim", "--pty", str(link), "--bootloader", "--flash", str(flash)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-        )
-        wait_for(link.exists, 10, what="the sim's PTY link")
-        return p
-
-    sim = start_sim()
+    sim = SimPty(link, flash, tmp_path / "sim.log")
     try:
         cfg = tmp_path / "serialhub.toml"
         cfg.write_text(f'[[device]]\npath = "{link}"\nport = 0\n')
@@ -421,7 +400,6 @@ def test_eio_during_write_flash_and_the_device_back(serialhub, tmp_path):
                  60, what="the flash being written")
         t0 = time.monotonic()
         sim.kill()
-        sim.wait(10)
         m = d.wait_log(r"client .* left \(([^)]*)\)", start=n, timeout=10)
         took = time.monotonic() - t0
         esptool.wait(60)
@@ -431,12 +409,12 @@ def test_eio_during_write_flash_and_the_device_back(serialhub, tmp_path):
         # The device comes back under the same path: the daemon finds it on its own.
         link.unlink(missing_ok=True)
         n = len(d.lines)
-        sim = start_sim()
+        sim.stop()
+        sim = SimPty(link, flash, tmp_path / "sim.log")
         d.wait_log(r"opened .*ttySIM", start=n, timeout=40)
         r = subprocess.run(cmd[:5] + ["-b", "921600"] + cmd[5:], stdin=subprocess.DEVNULL,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stdout + r.stderr
         assert flash.read_bytes()[0x10000:0x10000 + len(image)] == image
     finally:
-        sim.kill()
-        sim.wait(10)
+        sim.stop()
