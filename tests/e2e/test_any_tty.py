@@ -27,11 +27,11 @@ from test_socket import APP_BOOT, DOWNLOAD_BOOT, boots, esptool_socket, running_
 @pytest.fixture
 def sim_pty(tmp_path):
     """The simulated ESP32 in its ROM loader on a PTY: yields (link, flash file)."""
-    sim = SimPty(tmp_path / "ttySIM", tmp_path / "flash.bin", tmp_path / "sim.log")
+    chip = SimPty(tmp_path / "ttySIM", tmp_path / "flash.bin", tmp_path / "sim.log")
     try:
-        yield sim.link, sim.flash
+        yield chip.link, chip.flash
     finally:
-        sim.stop()
+        chip.stop()
 
 
 def serve_plain_tty(serialhub, tmp_path: Path, link: Path, extra: str = ""):
