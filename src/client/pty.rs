@@ -10,7 +10,13 @@
 //! open also keeps the master from seeing EIO when the program closes and reopens the path.
 //!
 //! A pty has no DTR/RTS: programs cannot reset the board through it (the portal's reset
-//! endpoint, or `serialhub monitor`'s Ctrl-T keys, can).
+//! endpoint, or `serialhub monitor`'s Ctrl-T keys, can). The server does what a flasher
+//! cannot: it enters the bootloader on esptool's (or espflash's) SYNC and follows its baud
+//! changes. When the last program closes the link after using it, this client ends its
+//! RFC 2217 session and opens a new one, so the server finishes what the program started —
+//! a chip it put into its loader goes back to its application (unless `after = "stay"`) —
+//! and the next program on the link, a monitor say, sees the application boot. (Who has the
+//! slave open is told by inotify's open and close events on it: our own fd never closes.)
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -19,6 +25,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use inotify::{EventMask, Inotify, WatchMask};
 use lexopt::ValueExt;
 use log::debug;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -171,6 +178,10 @@ struct Pty {
     path: PathBuf,
     /// Data bits and parity: a pty cannot carry them.
     fixed: (DataBits, Parity),
+    /// Opens and closes of the slave by programs (ours was made before the watch).
+    watch: Inotify,
+    /// Programs that have the slave open now.
+    openers: i32,
 }
 
 impl Pty {
@@ -203,12 +214,53 @@ impl Pty {
         let one: libc::c_int = 1;
         // SAFETY: TIOCPKT reads an int.
         check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCPKT, &one) })?;
+        let watch = Inotify::init()?;
+        watch
+            .watches()
+            .add(&path, WatchMask::OPEN | WatchMask::CLOSE)?;
         Ok(Pty {
             master,
             slave,
             path,
             fixed,
+            watch,
+            openers: 0,
         })
+    }
+
+    /// Back to `baud`, as the link was made: the next program starts where the first one
+    /// did, not at the rate a flasher left behind.
+    fn reset_baud(&self, baud: u32) -> io::Result<()> {
+        let mut t = get_termios2(&self.slave)?;
+        t.c_cflag &= !libc::CBAUD;
+        t.c_cflag |= libc::BOTHER;
+        t.c_ispeed = baud;
+        t.c_ospeed = baud;
+        set_termios2(&self.slave, &t)
+    }
+
+    /// Count the opens and closes since the last call; true if the last program closed.
+    fn all_closed(&mut self) -> bool {
+        let mut buf = [0u8; 1024];
+        let before = self.openers;
+        while let Ok(events) = self.watch.read_events(&mut buf) {
+            let mut any = false;
+            for ev in events {
+                any = true;
+                if ev.mask.contains(EventMask::OPEN) {
+                    self.openers += 1;
+                } else if ev
+                    .mask
+                    .intersects(EventMask::CLOSE_WRITE | EventMask::CLOSE_NOWRITE)
+                {
+                    self.openers = (self.openers - 1).max(0);
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        before > 0 && self.openers == 0
     }
 
     /// The format now in force; puts EXTPROC back if the program cleared it.
@@ -257,6 +309,8 @@ impl Drop for Link {
 enum Outcome {
     Quit,
     Lost(String),
+    /// The program that used the link closed it: a new session for the next one.
+    Finished,
 }
 
 fn run(
@@ -266,7 +320,7 @@ fn run(
     fixed: (DataBits, Parity),
 ) -> Result<(), ClientError> {
     install_signal_handlers();
-    let pty = Pty::open(baud, fixed)
+    let mut pty = Pty::open(baud, fixed)
         .map_err(|e| ClientError::Runtime(format!("cannot create a pseudo-terminal: {e}")))?;
     let _link = Link::create(link, &pty.path)?;
     eprintln!(
@@ -299,8 +353,19 @@ fn run(
                     r.url,
                     conn.baud.unwrap_or(format.baud)
                 );
-                match bridge(&pty, &mut conn, format, &mut pending) {
+                match bridge(&mut pty, &mut conn, format, &mut pending) {
                     Outcome::Quit => return Ok(()),
+                    Outcome::Finished => {
+                        eprintln!(
+                            "serialhub: the program on {} closed it; new session for the next one",
+                            link.display()
+                        );
+                        drop(conn);
+                        if let Err(e) = pty.reset_baud(baud) {
+                            debug!("pty termios: {e}");
+                        }
+                        continue;
+                    }
                     Outcome::Lost(why) => eprintln!(
                         "serialhub: {why}; reconnecting in {:.1} s",
                         backoff.as_secs_f32()
@@ -335,7 +400,9 @@ fn open_with(authority: &str, f: Format) -> io::Result<Conn> {
     Ok(c)
 }
 
-fn bridge(pty: &Pty, conn: &mut Conn, mut sent: Format, pending: &mut Vec<u8>) -> Outcome {
+fn bridge(pty: &mut Pty, conn: &mut Conn, mut sent: Format, pending: &mut Vec<u8>) -> Outcome {
+    // A program wrote through this session: it is finished when the last one closes.
+    let mut used = false;
     let mut data = Vec::new();
     conn.take_held(&mut data);
     push_pending(pending, &data);
@@ -344,7 +411,7 @@ fn bridge(pty: &Pty, conn: &mut Conn, mut sent: Format, pending: &mut Vec<u8>) -
         if stopped() {
             return Outcome::Quit;
         }
-        let (sock_ready, master_in, master_out) = {
+        let (sock_ready, master_in, master_out, opened_or_closed) = {
             let mut master_flags = PollFlags::POLLIN;
             if !pending.is_empty() {
                 master_flags |= PollFlags::POLLOUT;
@@ -352,6 +419,7 @@ fn bridge(pty: &Pty, conn: &mut Conn, mut sent: Format, pending: &mut Vec<u8>) -
             let mut fds = [
                 PollFd::new(conn.fd(), PollFlags::POLLIN),
                 PollFd::new(pty.master.as_fd(), master_flags),
+                PollFd::new(pty.watch.as_fd(), PollFlags::POLLIN),
             ];
             let timeout: u16 = if pending.is_empty() { 200 } else { 20 };
             match poll(&mut fds, PollTimeout::from(timeout)) {
@@ -360,12 +428,17 @@ fn bridge(pty: &Pty, conn: &mut Conn, mut sent: Format, pending: &mut Vec<u8>) -
             }
             let r0 = fds[0].revents().unwrap_or(PollFlags::empty());
             let r1 = fds[1].revents().unwrap_or(PollFlags::empty());
+            let r2 = fds[2].revents().unwrap_or(PollFlags::empty());
             (
                 !r0.is_empty(),
                 r1.contains(PollFlags::POLLIN),
                 r1.contains(PollFlags::POLLOUT),
+                !r2.is_empty(),
             )
         };
+        if opened_or_closed && pty.all_closed() && used {
+            return Outcome::Finished;
+        }
         if sock_ready {
             match conn.read(&mut data) {
                 Ok(true) => {}
@@ -408,6 +481,7 @@ fn bridge(pty: &Pty, conn: &mut Conn, mut sent: Format, pending: &mut Vec<u8>) -
             }
             if buf[0] == 0 {
                 // TIOCPKT_DATA: what the program wrote.
+                used |= n > 1;
                 if let Err(e) = conn.write(&buf[1..n]) {
                     return Outcome::Lost(format!("connection lost: {e}"));
                 }

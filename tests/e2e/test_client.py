@@ -378,3 +378,47 @@ def test_esptool_writes_and_verifies_1mib_through_the_pty_link(serialhub, tmp_pa
     finally:
         assert finish(p) == 0
     assert flash.read_bytes()[0x10000 : 0x10000 + len(data)] == data
+
+
+def test_esptool_then_a_monitor_through_the_pty_link_from_a_running_app(serialhub, tmp_path):
+    """Issue 13: a flasher that cannot reset (a pty has no DTR/RTS) on the local link, with
+    the chip running its application: the server enters the bootloader on the SYNC and
+    follows the baud; when esptool closes the link the pty client ends its session, the
+    server resets the chip into its application, and a monitor opened next on the same link
+    sees that boot from its first line."""
+    import serial
+
+    flash = tmp_path / "flash.bin"
+    d = serialhub(f"sim:{flash}=0")
+    port = d.port("sim")
+    d.wait_log(r"opened sim")
+    link = tmp_path / "ttyESP32"
+    p, _, _, err = spawn("pty", f"rfc2217://127.0.0.1:{port}", "--link", str(link))
+    image = tmp_path / "img.bin"
+    data = os.urandom(256 * 1024)
+    image.write_bytes(data)
+    try:
+        err.wait(rb"bridged to")
+        esptool = [sys.executable, "-m", "esptool", "--port", str(link), "--before", "no-reset",
+                   "--after", "no-reset", "-b", "921600"]
+        r = subprocess.run(esptool + ["write-flash", "0x10000", str(image)], capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert flash.read_bytes()[0x10000 : 0x10000 + len(data)] == data
+        err.wait(rb"closed it; new session")
+        d.wait_log(r"reset into App requested by the server")
+        app_boots = lambda: [int(b) for b in re.findall(r"sim: boot #(\d+) into the application", d.log)]  # noqa: E731
+        wait_for(lambda: len(app_boots()) >= 2, 10, what="the application's boot after the flash")
+        boots = app_boots()
+        # A monitor on the link now: the application's boot, from its first line.
+        ser = serial.Serial(str(link), 115200, timeout=5)
+        try:
+            got = b""
+            deadline = time.monotonic() + 10
+            while b"app start, boot #%d" % max(boots) not in got and time.monotonic() < deadline:
+                got += ser.read(4096)
+            assert b"app start, boot #%d" % max(boots) in got, got[-300:]
+        finally:
+            ser.close()
+    finally:
+        assert finish(p) == 0
