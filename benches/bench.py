@@ -960,7 +960,7 @@ class MatrixPath:
     @property
     def on_pty(self) -> bool:
         """Served from `serialhub sim --pty --bootloader`: no modem lines, no reset."""
-        return self.server != "serialhub"
+        return self.server not in ("serialhub", "serialhub-pty")
 
     @property
     def esptool_defaults(self) -> bool:
@@ -979,6 +979,8 @@ MATRIX_PATHS = [
     MatrixPath("hub-rfc2217", "serialhub", "rfc2217://127.0.0.1:{port}", "serialhub\nrfc2217://", "serialhub `rfc2217://`"),
     MatrixPath("hub-rfc2217-ign", "serialhub", "rfc2217://127.0.0.1:{port}?ign_set_control",
                "serialhub\nrfc2217 ?ign", "serialhub `rfc2217://…?ign_set_control`"),
+    MatrixPath("hub-pty", "serialhub-pty", "{link}", "serialhub\npty link",
+               "serialhub `pty` link (a local path; esptool `--before/--after no-reset`)"),
     MatrixPath("esp-rfc2217", "esp_rfc2217_server", "rfc2217://127.0.0.1:{port}",
                "esp_rfc2217\n_server", "esp_rfc2217_server `rfc2217://`",
                expect_fail="esp_rfc2217_server never acknowledges SET-CONTROL; its users need ?ign_set_control"),
@@ -1107,6 +1109,26 @@ def wait_binary(timeout: float = 600) -> os.stat_result:
         time.sleep(1)
 
 
+class PtyLink(Server):
+    """`serialhub pty rfc2217://127.0.0.1:PORT --link LINK`: a local path for tools that want one."""
+    name = "serialhub pty"
+
+    def __init__(self, port: int, tmp: Path, tag: str):
+        self.port = port
+        self.link = tmp / f"ttyLINK-{tag}"
+        self.log_path = tmp / f"{tag}.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([BIN, "pty", f"rfc2217://127.0.0.1:{port}", "--link", str(self.link)],
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+        def bridged():
+            if self.proc.poll() is not None:
+                raise BenchError(f"serialhub pty exited {self.proc.returncode}:\n{self.log()}")
+            return "bridged to" in self.log()
+
+        wait_for(bridged, 10, "the pty link")
+
+
 class Rig:
     """One matrix path set up for one esptool run: the chip, the server in front of it, the URL.
     `with Rig(...) as rig:` ... the flash file is checked after the exit (everything stopped)."""
@@ -1115,18 +1137,22 @@ class Rig:
         self.path, self.tmp, self.tag, self.tools = path, tmp, tag, tools
         self.sim: SimPty | None = None
         self.server: Server | None = None
+        self.link: PtyLink | None = None
         self.flash = tmp / f"flash-{tag}.bin"
         self.url = ""
 
     def __enter__(self):
         try:
             wait_binary()
-            if self.path.server == "serialhub":
+            if self.path.server in ("serialhub", "serialhub-pty"):
                 hub = Serialhub([f"sim:{self.flash}=0"], self.tmp, tag=f"hub-{self.tag}")
                 self.server = hub
                 port = hub.wait_port("sim")
                 hub.wait_log(r"opened sim", 10)
                 self.url = self.path.url.format(port=port)
+                if self.path.server == "serialhub-pty":
+                    self.link = PtyLink(port, self.tmp, f"pty-{self.tag}")
+                    self.url = self.path.url.format(link=self.link.link)
                 return self
             self.sim = SimPty(self.tmp, self.tag).__enter__()
             self.flash = self.sim.flash
@@ -1148,6 +1174,8 @@ class Rig:
             raise
 
     def __exit__(self, *exc):
+        if self.link is not None:
+            self.link.stop()
         if self.server is not None:
             self.server.stop()
         if self.sim is not None:
@@ -1182,7 +1210,7 @@ def run_matrix_cell(path: MatrixPath, op: str, baud: int | None, tmp: Path, tag:
         args = [op]
     try:
         with Rig(path, tmp, tag, tools) as rig:
-            if path.server == "serialhub":
+            if path.server in ("serialhub", "serialhub-pty"):
                 cell["bin"] = (os.stat(BIN).st_mtime_ns, os.stat(BIN).st_size)
             limit = esptool_timeout(op, kib, baud or 115200)
             pre = ["--port", rig.url, *([] if path.esptool_defaults else NO_RESET)]
@@ -1297,6 +1325,7 @@ PATH_STYLE = {
     "hub-socket": ("#08519c", ""),
     "hub-rfc2217": ("#4292c6", ""),
     "hub-rfc2217-ign": ("#9ecae1", "//"),
+    "hub-pty": ("#6a51a3", ""),
     "esp-rfc2217": ("#d94801", ""),
     "esp-rfc2217-ign": ("#fdae6b", "//"),
     "ser2net-rfc2217": ("#238b45", ""),
@@ -1502,6 +1531,11 @@ def build_table(hub: dict, ref: dict | None, matrix: dict | None, static: dict |
         rows.append((f"{what}, socket:// (s)", cell("hub-socket"), "—",
                      f"≤ local PTY + 5 % ({fmt(local, '.1f')} s) ({verdict(ok)}); all paths: esptool matrix below"))
         rows.append((f"{what}, rfc2217:// (s)", cell("hub-rfc2217"), cell("ser2net-rfc2217"), ""))
+        link = matrix["cells"].get(("hub-pty", key))
+        if link is not None:
+            ok = None if local is None else (link["s"] is not None and link["s"] <= local * 1.10)
+            rows.append((f"{what}, `serialhub pty` link (s)", cell("hub-pty"), "—",
+                         f"≤ local PTY + 10 % ({fmt(local, '.1f')} s) ({verdict(ok)})"))
     return rows
 
 
@@ -1613,6 +1647,10 @@ def render_matrix_md(m: dict, chart: str | None, tools: dict) -> list[str]:
         "the end, **while the esp_rfc2217_server and ser2net rows (on a PTY chip) use `--before no-reset "
         "--after no-reset`**. With `?ign_set_control` pyserial sleeps 100 ms after each of those DTR/RTS "
         "changes instead of waiting for the acknowledgement.",
+        "- **serialhub `pty` link**: the same daemon and chip, and `serialhub pty rfc2217://127.0.0.1:PORT "
+        "--link LINK` in front of it; esptool on LINK with `--before no-reset --after no-reset` (a pty "
+        "carries no DTR/RTS): the server enters the bootloader at esptool's first SYNC, follows its baud "
+        "change, and resets the chip into its application once esptool has closed the link.",
         "- **esp_rfc2217_server** (from the esptool package in the venv) on the same kind of PTY chip: "
         "`esp_rfc2217_server -p PORT LINK`, started through a small Python wrapper that makes the "
         "modem-line ioctls a PTY refuses with ENOTTY (TIOCMGET/TIOCMSET/TIOCMBIS/TIOCMBIC) succeed on line "
