@@ -19,6 +19,7 @@ USAGE:
                     [--dev-dir DIR] [--sysfs DIR] [--state FILE] [--no-hotplug]
                     [--http ADDR:PORT|off]
     serialhub sim --pty LINK [--flash FILE] [--bootloader]
+    serialhub token [--write FILE]
     serialhub discover|url|monitor|pty …   the client side: `serialhub discover --help`
     serialhub --help | --version
 
@@ -34,6 +35,10 @@ SERVE:
     --no-hotplug         serve only the configured devices
     --http ADDR:PORT|off the portal: discovery API, metrics and web page (default 0.0.0.0:8080;
                          `off` disables it; port 0 lets the OS pick, the log line says which)
+
+TOKEN:
+    a new random API token for `[access] token_file`, on stdout; --write FILE puts it in FILE
+    instead (created with mode 0600; an existing file is not replaced)
 
 SIM:
     --pty LINK           create a pseudo-terminal and symlink its device at LINK
@@ -92,6 +97,7 @@ fn run() -> Result<(), CliError> {
         }
         Some(Value(cmd)) if cmd == "serve" => serve(parser),
         Some(Value(cmd)) if cmd == "sim" => sim(parser),
+        Some(Value(cmd)) if cmd == "token" => token(parser),
         Some(Value(cmd))
             if ["discover", "url", "monitor", "pty"]
                 .iter()
@@ -108,6 +114,39 @@ fn run() -> Result<(), CliError> {
         ))),
         Some(arg) => Err(arg.unexpected().into()),
     }
+}
+
+/// `serialhub token [--write FILE]`.
+fn token(mut parser: lexopt::Parser) -> Result<(), CliError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut write: Option<std::path::PathBuf> = None;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("write") => write = Some(parser.value()?.into()),
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    let token = crate::daemon::access::new_token()
+        .map_err(|e| CliError::Runtime(format!("cannot read random bytes: {e}")))?;
+    match write {
+        None => println!("{token}"),
+        Some(path) => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| CliError::Runtime(format!("cannot create {}: {e}", path.display())))?;
+            writeln!(f, "{token}")
+                .map_err(|e| CliError::Runtime(format!("cannot write {}: {e}", path.display())))?;
+            eprintln!(
+                "serialhub: a new token is in {} (mode 0600)",
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `serve`'s flags: kept, so a SIGHUP reload re-reads the file and applies them again.

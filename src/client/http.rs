@@ -53,7 +53,11 @@ pub(crate) fn connect(authority: &str, timeout: Duration) -> Result<TcpStream, H
     }))
 }
 
-/// One request to `authority` (`host:port`); `body` is sent as JSON.
+/// Where client commands find the portal's API token.
+pub(crate) const TOKEN_ENV: &str = "SERIALHUB_TOKEN";
+
+/// One request to `authority` (`host:port`); `body` is sent as JSON, with `$SERIALHUB_TOKEN`
+/// as the bearer token when it is set.
 pub(crate) fn request(
     authority: &str,
     method: &str,
@@ -74,6 +78,13 @@ pub(crate) fn request(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",
             b.len()
         ));
+    }
+    // The portal's API token (`[access] token_file` on the server), for requests that need it.
+    if let Some(token) = std::env::var(TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        req.push_str(&format!("Authorization: Bearer {}\r\n", token.trim()));
     }
     req.push_str("\r\n");
     let mut bytes = req.into_bytes();

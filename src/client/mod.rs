@@ -27,7 +27,8 @@ USAGE:
     serialhub monitor [TARGET] [SELECTOR] [--baud B] [--raw] [--timestamps]
     serialhub pty [TARGET] [SELECTOR] --link PATH [--baud B] [--format 8N1]
 
-HOST defaults to $SERIALHUB_HOST, then $PI_HOST; the portal's port to 8080.
+HOST defaults to $SERIALHUB_HOST, then $PI_HOST; the portal's port to 8080. A portal that wants
+its API token (`[access] token_file`) gets it from $SERIALHUB_TOKEN.
 TARGET is an rfc2217://HOST:PORT URL, or a HOST whose portal picks the device; without one,
 $ESP32_PORT (a URL), else the default HOST.
 
@@ -58,7 +59,7 @@ pty                  a local pseudo-terminal, symlinked at PATH, bridged to the 
                      --format (default 8N1). A pty has no DTR/RTS either, so programs
                      cannot reset the board through it: use `--before no-reset` with esptool
                      and reset with `serialhub monitor` (Ctrl-T Ctrl-P) or the portal:
-                     curl -X POST http://HOST:8080/api/devices/KEY/reset -d '{\"to\":\"bootloader\"}'
+                     curl -X POST -H 'Content-Type: application/json' http://HOST:8080/api/devices/KEY/reset -d '{\"to\":\"bootloader\"}'
 
 Exit status: 0 ok; 1 no device matches, several do, or the connection failed; 2 bad command
 line, or the host is unreachable.

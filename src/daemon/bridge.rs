@@ -21,6 +21,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{setsockopt, sockopt};
 
+use crate::daemon::access::Allow;
 use crate::daemon::assign::DeviceKey;
 use crate::daemon::config::{After, Busy, DeviceSpec, Protocol};
 use crate::daemon::control::{Reply, RequestError};
@@ -100,6 +101,8 @@ pub(crate) struct Shared {
     pub(crate) open_after: Instant,
     /// The reset policy in force (from the config, or picked from the USB identity).
     pub(crate) policy: Policy,
+    /// Who may connect (the device's `allow`, else `[access] allow`).
+    pub(crate) allow: Allow,
 }
 
 /// Opens the bridge's device (a tty, the simulator; a fake one in tests).
@@ -194,6 +197,7 @@ pub(crate) fn spawn(
         effect: None,
         accept_rest: None,
         peer_log: PeerLog::default(),
+        refusals: PeerLog::with_burst(1),
         buf: vec![0; READ_CHUNK].into_boxed_slice(),
     };
     let thread = thread::Builder::new()
@@ -316,6 +320,8 @@ struct Bridge {
     accept_rest: Option<(Instant, Duration, u32)>,
     /// Log lines each remote address may cause.
     peer_log: PeerLog,
+    /// Refusals each address may cause in the log (one a minute).
+    refusals: PeerLog,
     buf: Box<[u8]>,
 }
 
@@ -746,6 +752,19 @@ impl Bridge {
                 Err(e) => return self.accept_failed(e),
             };
             self.accepting_again();
+            if !self.shared.allow.permits(addr.ip()) {
+                // Closed before a byte reaches the device or the session.
+                let ip = addr.ip();
+                if let Verdict::Log { suppressed } = self.refusals.check(ip, Instant::now()) {
+                    let port = self.listener.local_addr().map_or(0, |a| a.port());
+                    let note = suppressed_note(ip, suppressed);
+                    warn!(
+                        "{}: refused {ip} on port {port}: not in allow{note}",
+                        self.name
+                    );
+                }
+                continue;
+            }
             let open = matches!(self.link, Link::Open(_));
             match admit(self.spec.busy, self.client.is_some(), open) {
                 Admission::Refuse(message) => {
@@ -1192,6 +1211,7 @@ mod tests {
             grace: Duration::ZERO,
             open_after: Instant::now(),
             policy: Policy::Passthrough,
+            allow: Allow::Everyone,
         };
         let spec = DeviceSpec {
             busy,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::daemon::access::{Allow, Token};
 pub(crate) use crate::device::DevicePath;
 use crate::device::Wiring;
 use crate::protocol::reset::Policy;
@@ -43,6 +44,33 @@ pub(crate) struct Config {
     /// the least for the longest makes room.
     #[serde(deserialize_with = "http_connections")]
     pub(crate) http_connections: usize,
+    /// Who may connect (`[access]`).
+    pub(crate) access: Access,
+}
+
+/// The `[access]` table.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Access {
+    /// Addresses and networks that may use device ports and the portal; absent: everyone.
+    #[serde(deserialize_with = "allow_list")]
+    pub(crate) allow: Allow,
+    /// A file holding the portal's API token: every mutating request must carry it.
+    pub(crate) token_file: Option<PathBuf>,
+    /// Reads need the token too.
+    pub(crate) private: bool,
+    /// The token read from `token_file` when the config was loaded.
+    #[serde(skip)]
+    pub(crate) token: Option<Token>,
+}
+
+fn allow_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Allow, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    Allow::parse(&list).map_err(serde::de::Error::custom)
+}
+
+fn device_allow<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Allow>, D::Error> {
+    allow_list(d).map(Some)
 }
 
 /// The portal's default connection cap: a few browsers and scripts, with room to spare.
@@ -157,6 +185,7 @@ impl Default for Config {
             hotplug: Hotplug::default(),
             http: parse_http(DEFAULT_HTTP).expect("the default parses"),
             http_connections: DEFAULT_HTTP_CONNECTIONS,
+            access: Access::default(),
         }
     }
 }
@@ -209,6 +238,9 @@ pub(crate) struct DeviceSpec {
     /// What a second client gets while one is connected.
     #[serde(default)]
     pub(crate) busy: Busy,
+    /// Who may connect to this device's port, instead of `[access] allow`.
+    #[serde(default, deserialize_with = "device_allow")]
+    pub(crate) allow: Option<Allow>,
 }
 
 /// The `protocol` key.
@@ -351,6 +383,7 @@ impl DeviceSpec {
             detect_window: default_detect_window(),
             after: After::default(),
             busy: Busy::default(),
+            allow: None,
             serial: None,
             usb_path: None,
             enabled: true,
@@ -454,11 +487,26 @@ impl Config {
             file: file.to_owned(),
             err,
         })?;
-        Config::parse(&text).map_err(|(line, message)| ConfigError::Parse {
+        let parse_error = |line, message| ConfigError::Parse {
             file: file.to_owned(),
             line,
             message,
-        })
+        };
+        let mut config = Config::parse(&text).map_err(|(line, m)| parse_error(line, m))?;
+        if let Some(path) = &config.access.token_file {
+            let line = text
+                .lines()
+                .position(|l| l.trim_start().starts_with("token_file"))
+                .map_or(1, |i| i + 1);
+            let token = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .and_then(|t| Token::new(&t));
+            match token {
+                Ok(t) => config.access.token = Some(t),
+                Err(e) => return Err(parse_error(line, format!("`token_file`: {e}"))),
+            }
+        }
+        Ok(config)
     }
 
     /// Parse TOML text; on error, the 1-based line and a one-line message naming the key.
@@ -733,5 +781,25 @@ mod tests {
                 "{msg}"
             );
         }
+    }
+
+    #[test]
+    fn access_allow_lists_for_the_daemon_and_per_device() {
+        let c = Config::parse(
+            "[access]\nallow = [\"192.168.1.0/24\", \"::1\"]\n[[device]]\npath = \"sim\"\nallow = [\"10.0.0.7\"]\n",
+        )
+        .unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(
+            c.access.allow.permits(ip("192.168.1.9")) && !c.access.allow.permits(ip("10.0.0.7"))
+        );
+        let dev = c.devices[0].allow.as_ref().unwrap();
+        assert!(dev.permits(ip("10.0.0.7")) && !dev.permits(ip("192.168.1.9")));
+        assert_eq!(Config::default().access.allow, Allow::Everyone);
+        let (_, msg) = Config::parse("[access]\nallow = [\"192.168.1.0/99\"]\n").unwrap_err();
+        assert!(
+            msg.contains("allow") && msg.contains("prefix length"),
+            "{msg}"
+        );
     }
 }

@@ -30,6 +30,10 @@ pub(crate) struct HttpRequest<'a> {
     /// The `Host` header.
     pub(crate) host: Option<&'a str>,
     pub(crate) remote: Option<SocketAddr>,
+    /// The `Authorization` header.
+    pub(crate) authorization: Option<&'a str>,
+    /// The `Content-Type` header.
+    pub(crate) content_type: Option<&'a str>,
     pub(crate) body: &'a [u8],
 }
 
@@ -98,6 +102,8 @@ pub(crate) struct Head {
     pub(crate) method: String,
     pub(crate) target: String,
     pub(crate) host: Option<String>,
+    pub(crate) authorization: Option<String>,
+    pub(crate) content_type: Option<String>,
     pub(crate) content_length: usize,
     /// The body comes in chunks (`Transfer-Encoding: chunked`) instead.
     pub(crate) chunked: bool,
@@ -154,6 +160,8 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Parse {
         method: method.to_owned(),
         target: target.to_owned(),
         host: None,
+        authorization: None,
+        content_type: None,
         content_length: 0,
         chunked: false,
         expect_continue: false,
@@ -167,6 +175,8 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Parse {
         let value = value.trim();
         match name.to_ascii_lowercase().as_str() {
             "host" => head.host = Some(value.to_owned()),
+            "authorization" => head.authorization = Some(value.to_owned()),
+            "content-type" => head.content_type = Some(value.to_owned()),
             "content-length" => {
                 let Ok(n) = value.parse::<u64>() else {
                     return Parse::Refused(400, "malformed Content-Length");
@@ -619,6 +629,8 @@ impl<H: Handler> Server<H> {
             url: &head.target,
             host: head.host.as_deref(),
             remote: Some(c.addr),
+            authorization: head.authorization.as_deref(),
+            content_type: head.content_type.as_deref(),
             body: &body,
         };
         let r = self.handler.handle(&req);

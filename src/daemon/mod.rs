@@ -18,6 +18,7 @@ use crate::daemon::config::Config;
 use crate::daemon::registry::Registry;
 use crate::daemon::supervisor::Supervisor;
 
+pub(crate) mod access; // who may connect: allow-lists, the API token (pure)
 pub(crate) mod assign; // stable TCP port per device key, persisted atomically
 pub(crate) mod bridge; // the per-device thread: a poll loop that performs the session's effects
 pub(crate) mod config; // serialhub.toml and `--device` flags, with errors that name file/line/key
@@ -55,6 +56,7 @@ pub(crate) fn serve(config: Config, reload: Reload) -> Result<(), String> {
     };
     let device_ip = config.bind;
     let http_connections = config.http_connections;
+    let access = config.access.clone();
     let devices = config.devices.clone();
     let registry = Registry::new();
     let mut sup = Supervisor::new(config, registry.clone());
@@ -73,6 +75,7 @@ pub(crate) fn serve(config: Config, reload: Reload) -> Result<(), String> {
             registry,
             handle.clone(),
             http_connections,
+            access,
         )
         .map_err(|e| format!("cannot start the portal: {e}"))?;
     }

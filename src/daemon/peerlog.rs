@@ -31,12 +31,27 @@ struct Peer {
 }
 
 /// Per-address line budgets.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct PeerLog {
     peers: Vec<Peer>,
+    burst: u32,
+}
+
+impl Default for PeerLog {
+    fn default() -> Self {
+        PeerLog::with_burst(BURST)
+    }
 }
 
 impl PeerLog {
+    /// `burst` lines per address a minute.
+    pub(crate) fn with_burst(burst: u32) -> PeerLog {
+        PeerLog {
+            peers: Vec::new(),
+            burst,
+        }
+    }
+
     /// A line caused by `addr` at `now`: write it or not.
     pub(crate) fn check(&mut self, addr: IpAddr, now: Instant) -> Verdict {
         let i = match self.peers.iter().position(|p| p.addr == addr) {
@@ -64,7 +79,7 @@ impl PeerLog {
             p.since = now;
             p.lines = 0;
         }
-        if p.lines >= BURST {
+        if p.lines >= self.burst {
             p.suppressed += 1;
             return Verdict::Quiet;
         }

@@ -17,12 +17,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use log::info;
+use log::{info, warn};
 use serde_json::{json, Map, Value};
 
-use crate::daemon::config::Protocol;
+use crate::daemon::access::Refusal;
+use crate::daemon::config::{Access, Protocol};
 use crate::daemon::control::{Handle, Reply, Request, RequestError};
 use crate::daemon::http::{self, Handler, HttpRequest, HttpResponse, Limits};
+use crate::daemon::peerlog::{suppressed_note, PeerLog, Verdict};
 use crate::daemon::registry::{DeviceEntry, DeviceState, Registry, Stats};
 use crate::protocol::reset::ResetTo;
 
@@ -64,9 +66,10 @@ pub(crate) fn spawn(
     registry: Arc<Registry>,
     commands: impl Commands,
     connections: usize,
+    access: Access,
 ) -> io::Result<JoinHandle<()>> {
     let addr = listener.local_addr()?;
-    let portal = Portal::new(registry, Box::new(commands), device_ip);
+    let portal = Portal::new(registry, Box::new(commands), device_ip).guarded(access);
     info!("portal listening on http://{addr}");
     let limits = Limits {
         connections,
@@ -136,6 +139,9 @@ pub(crate) struct Portal {
     registry: Arc<Registry>,
     commands: Box<dyn Commands>,
     device_ip: IpAddr,
+    access: Access,
+    /// Refusals each address may cause in the log (one a minute).
+    refusals: std::cell::RefCell<PeerLog>,
 }
 
 impl Portal {
@@ -148,11 +154,92 @@ impl Portal {
             registry,
             commands,
             device_ip,
+            access: Access::default(),
+            refusals: std::cell::RefCell::new(PeerLog::with_burst(1)),
         }
+    }
+
+    /// Who may use the portal (`[access]`).
+    pub(crate) fn guarded(mut self, access: Access) -> Portal {
+        self.access = access;
+        self
+    }
+
+    /// The checks every request passes before it is routed: the address, the media type of a
+    /// POST (browsers send cross-site forms as form data or text, never as JSON without
+    /// asking first), and the token for what needs one.
+    fn guard(&self, req: &HttpRequest) -> Option<HttpResponse> {
+        let post = req.method == "POST";
+        if let Some(ip) = req.remote.map(|r| r.ip()) {
+            if !self.access.allow.permits(ip) {
+                return Some(self.refuse_access(req, Refusal::NotAllowed, ip));
+            }
+        }
+        if post {
+            let json = req.content_type.is_some_and(|t| {
+                t.split(';')
+                    .next()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+            });
+            if !json {
+                return Some(HttpResponse::json(
+                    415,
+                    &json!({
+                        "error": "POST bodies must be JSON: send Content-Type: application/json (cross-site forms are refused)",
+                        "rule": "content-type",
+                    }),
+                ));
+            }
+        }
+        if let Some(token) = &self.access.token {
+            if (post || self.access.private) && !token.accepts(req.authorization) {
+                let ip = req
+                    .remote
+                    .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |r| r.ip());
+                return Some(self.refuse_access(req, Refusal::Token, ip));
+            }
+        }
+        None
+    }
+
+    fn refuse_access(&self, req: &HttpRequest, why: Refusal, ip: IpAddr) -> HttpResponse {
+        let port = self.port_of(req);
+        let what = match why {
+            Refusal::NotAllowed => "not in allow",
+            Refusal::Token => "no valid token",
+        };
+        if let Verdict::Log { suppressed } = self
+            .refusals
+            .borrow_mut()
+            .check(ip, std::time::Instant::now())
+        {
+            warn!(
+                "refused {ip} on port {port}: {what}{}",
+                suppressed_note(ip, suppressed)
+            );
+        }
+        let (status, error) = match why {
+            Refusal::NotAllowed => (403, format!("{ip} may not use this portal (access.allow)")),
+            Refusal::Token => (
+                401,
+                "an API token is needed: send Authorization: Bearer TOKEN (access.token_file)"
+                    .to_string(),
+            ),
+        };
+        HttpResponse::json(status, &json!({ "error": error, "rule": why.rule() }))
+    }
+
+    fn port_of(&self, req: &HttpRequest) -> String {
+        req.host
+            .and_then(|h| h.rsplit_once(':').map(|(_, p)| p.to_string()))
+            .unwrap_or_else(|| "?".into())
     }
 
     /// Route one request.
     pub(crate) fn handle(&self, req: &HttpRequest) -> HttpResponse {
+        if let Some(refused) = self.guard(req) {
+            return refused;
+        }
         let (path, query) = req.url.split_once('?').unwrap_or((req.url, ""));
         let path = match path.strip_suffix('/') {
             Some(p) if !p.is_empty() => p,
@@ -837,10 +924,67 @@ mod tests {
             url,
             host: Some("pi.local:8080"),
             remote: Some("192.168.1.9:40000".parse().unwrap()),
+            authorization: None,
+            content_type: Some("application/json"),
             body: body.as_bytes(),
         });
         let v = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
         (r.status, v)
+    }
+
+    #[test]
+    fn access_address_media_type_and_token() {
+        use crate::daemon::access::{Allow, Token};
+        let (p, fake, _) = setup();
+        let p = p.guarded(Access {
+            allow: Allow::parse(&["192.168.1.0/24".into()]).unwrap(),
+            token: Some(Token::new("0123456789abcdef0123").unwrap()),
+            ..Access::default()
+        });
+        let ask = |remote: &str, method: &str, ctype: Option<&str>, auth: Option<&str>| {
+            let r = p.handle(&HttpRequest {
+                method,
+                url: "/api/start-all",
+                host: Some("pi.local:8080"),
+                remote: Some(remote.parse().unwrap()),
+                authorization: auth,
+                content_type: ctype,
+                body: b"{}",
+            });
+            let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+            (r.status, v["rule"].as_str().unwrap_or("").to_string())
+        };
+        let json = Some("application/json; charset=utf-8");
+        let good = Some("Bearer 0123456789abcdef0123");
+        assert_eq!(ask("10.0.0.9:1", "POST", json, good), (403, "allow".into()));
+        assert_eq!(
+            ask("192.168.1.9:1", "POST", Some("text/plain"), good),
+            (415, "content-type".into())
+        );
+        assert_eq!(
+            ask("192.168.1.9:1", "POST", None, good),
+            (415, "content-type".into())
+        );
+        assert_eq!(
+            ask("192.168.1.9:1", "POST", json, None),
+            (401, "token".into())
+        );
+        assert_eq!(
+            ask("192.168.1.9:1", "POST", json, Some("Bearer wrong")),
+            (401, "token".into())
+        );
+        assert!(
+            fake.seen.lock().unwrap().is_empty(),
+            "nothing refused got through"
+        );
+        assert_eq!(ask("192.168.1.9:1", "POST", json, good).0, 200);
+        // Reads stay open to allowed addresses unless `private`.
+        assert_eq!(
+            ask("192.168.1.9:1", "GET", None, None).0,
+            405,
+            "routed (start-all is POST)"
+        );
+        assert_eq!(ask("10.0.0.9:1", "GET", None, None).0, 403);
     }
 
     #[test]
@@ -1016,6 +1160,8 @@ mod tests {
             url: "/metrics",
             host: None,
             remote: None,
+            authorization: None,
+            content_type: Some("application/json"),
             body: b"",
         });
         let text = String::from_utf8(r.body).unwrap();
@@ -1034,6 +1180,8 @@ mod tests {
             url: "/",
             host: Some("pi.local:8080"),
             remote: None,
+            authorization: None,
+            content_type: Some("application/json"),
             body: b"",
         });
         let page = String::from_utf8(r.body).unwrap();

@@ -299,6 +299,10 @@ impl Supervisor {
             grace,
             open_after: Instant::now() + settle,
             policy,
+            allow: spec
+                .allow
+                .clone()
+                .unwrap_or_else(|| self.config.access.allow.clone()),
         };
         let open = bridge::opener(&spec);
         let handle = match bridge::spawn(spec.clone(), listener, shared, open) {
@@ -568,6 +572,7 @@ impl Supervisor {
             ("state_file", old.state_file != self.config.state_file),
             ("http", old.http != self.config.http),
             ("hotplug", old.hotplug != self.config.hotplug),
+            ("access", old.access != self.config.access),
         ] {
             if changed {
                 warn!("SIGHUP: `{what}` changed; restart serialhub to apply it");
@@ -575,6 +580,7 @@ impl Supervisor {
         }
         self.config.bind = old.bind;
         self.config.hotplug = old.hotplug;
+        self.config.access = old.access;
         self.reserved = self
             .config
             .devices

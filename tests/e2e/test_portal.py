@@ -55,7 +55,9 @@ class Portal:
             self.pty_port = daemon.port(pty.path)
 
     def request(self, method: str, path: str, body=None, headers=None, timeout: float = 10.0):
-        """(status, headers, parsed JSON or text) via urllib."""
+        """(status, headers, parsed JSON or text) via urllib; POSTs as JSON unless told."""
+        if method == "POST":
+            headers = {"Content-Type": "application/json", **(headers or {})}
         data = None
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -87,6 +89,9 @@ def curl(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed (apt-get install curl)")
     return subprocess.run(["curl", "-sS", *args], capture_output=True, text=True, timeout=timeout)
+
+
+JSON = "Content-Type: application/json"
 
 
 def curl_json(*args: str) -> tuple[int, dict]:
@@ -177,24 +182,24 @@ def test_discover_urls_open_with_pyserial_and_show_the_client(portal):
 
 def test_start_stop_compatible_commands(portal):
     tty = portal.pty.path
-    status, r = curl_json("-X", "POST", "-d", json.dumps({"tty": tty}), portal.base + "/api/stop")
+    status, r = curl_json("-X", "POST", "-H", JSON, "-d", json.dumps({"tty": tty}), portal.base + "/api/stop")
     assert status == 200 and r["success"] is True and isinstance(r["message"], str), r
     dev = next(d for d in portal.get("/api/devices")["devices"] if d["tty"] == tty)
     assert dev["running"] is False and dev["state"] == "disabled"
     assert tty not in [d["tty"] for d in portal.get("/api/discover")["devices"]]
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", portal.pty_port), timeout=2).close()
-    status, r = curl_json("-X", "POST", "-d", json.dumps({"tty": tty}), portal.base + "/api/start")
+    status, r = curl_json("-X", "POST", "-H", JSON, "-d", json.dumps({"tty": tty}), portal.base + "/api/start")
     assert status == 200 and r["success"] is True, r
     dev = wait_for(lambda: next(d for d in portal.get("/api/devices")["devices"] if d["tty"] == tty and d["running"]),
                    10, what="restarted")
     # Served again (port 0 in the test's --device lets the OS pick a new port).
     socket.create_connection(("127.0.0.1", dev["port"]), timeout=2).close()
 
-    status, r = curl_json("-X", "POST", portal.base + "/api/stop-all")
+    status, r = curl_json("-X", "POST", "-H", JSON, portal.base + "/api/stop-all")
     assert status == 200 and r["success"] is True and len(r["messages"]) == 2, r
     assert portal.get("/api/discover")["devices"] == []
-    status, r = curl_json("-X", "POST", portal.base + "/api/start-all")
+    status, r = curl_json("-X", "POST", "-H", JSON, portal.base + "/api/start-all")
     assert status == 200 and r["success"] is True and len(r["messages"]) == 2, r
     assert len(portal.get("/api/discover")["devices"]) == 2
 
@@ -221,7 +226,7 @@ def test_reset_via_the_api_restarts_the_simulated_app(portal):
     first = wait_for(lambda: boots(portal.log()["data"]), 10, what="first boot in the log")
     n = max(first)
     cursor = portal.log()["next"]
-    status, r = curl_json("-X", "POST", "-H", "Content-Type: application/json", "-d", '{"to": "app"}',
+    status, r = curl_json("-X", "POST", "-H", JSON, "-d", '{"to": "app"}',
                           portal.base + "/api/devices/name%3Asim/reset")
     assert status == 200 and r["success"] is True, r
     wait_for(lambda: n + 1 in boots(portal.log(since=cursor)["data"]), 10, what=f"boot #{n + 1}")
@@ -312,10 +317,10 @@ def test_bodies_over_64_kib_are_refused_with_413(portal):
     big = tempfile.NamedTemporaryFile(suffix=".json")
     big.write(b" " * (64 * 1024) + b"{}")
     big.flush()
-    status, r = curl_json("-X", "POST", "--data-binary", "@" + big.name, portal.base + "/api/start")
+    status, r = curl_json("-X", "POST", "-H", JSON, "--data-binary", "@" + big.name, portal.base + "/api/start")
     assert status == 413 and "64 KiB" in r["error"], r
     # Chunked, so the size is only known while reading: at most 64 KiB + 1 are read.
-    status, r = curl_json("-X", "POST", "-H", "Transfer-Encoding: chunked", "--data-binary", "@" + big.name,
+    status, r = curl_json("-X", "POST", "-H", JSON, "-H", "Transfer-Encoding: chunked", "--data-binary", "@" + big.name,
                           portal.base + "/api/start")
     assert status == 413, r
     # Exactly 64 KiB is fine (whitespace-padded JSON).
