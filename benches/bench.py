@@ -1149,10 +1149,11 @@ class Rig:
                 self.server = hub
                 port = hub.wait_port("sim")
                 hub.wait_log(r"opened sim", 10)
-                self.url = self.path.url.format(port=port)
                 if self.path.server == "serialhub-pty":
                     self.link = PtyLink(port, self.tmp, f"pty-{self.tag}")
                     self.url = self.path.url.format(link=self.link.link)
+                else:
+                    self.url = self.path.url.format(port=port)
                 return self
             self.sim = SimPty(self.tmp, self.tag).__enter__()
             self.flash = self.sim.flash
