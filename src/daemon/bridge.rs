@@ -57,7 +57,7 @@ const POLL_ERROR_PAUSE: Duration = Duration::from_millis(100);
 const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(50);
 const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(2);
 /// How long [`BridgeHandle::stop`] waits for the thread before leaving it to finish alone.
-const STOP_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// How a vanished client is noticed (see [`tune_socket`]).
 const KEEPALIVE_IDLE_S: u32 = 10;
@@ -138,9 +138,16 @@ impl BridgeHandle {
     /// while for it; a thread stuck in the kernel (a tty that will not close) is left to
     /// finish alone, so one device never holds up the others.
     pub(crate) fn stop(self, why: &str) {
+        self.stop_by(why, Instant::now() + STOP_WAIT);
+    }
+
+    /// [`BridgeHandle::stop`] with a deadline shared by several bridges (at shutdown, so the
+    /// slowest sets the pace, not the sum).
+    pub(crate) fn stop_by(self, why: &str, deadline: Instant) {
         self.send(BridgeCommand::Disconnect(why.to_string()));
         self.send(BridgeCommand::Shutdown);
-        match self.ended.recv_timeout(STOP_WAIT) {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match self.ended.recv_timeout(wait) {
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let _ = self.thread.join();
             }

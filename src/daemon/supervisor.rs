@@ -844,8 +844,9 @@ impl Supervisor {
         for s in served.values() {
             s.handle.send(BridgeCommand::Shutdown);
         }
+        let deadline = Instant::now() + bridge::STOP_WAIT;
         for (_, s) in served {
-            s.handle.stop("server shutting down");
+            s.handle.stop_by("server shutting down", deadline);
         }
     }
 
