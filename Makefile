@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN_DEBUG := target/debug/serialhub
 BIN_RELEASE := target/release/serialhub
 
-.PHONY: help build run test unit e2e browser esptools bench soak lint venv clean pi pi-check deb deb-armhf check-package install cargo-deb
+.PHONY: help build run test unit e2e browser esptools labgrid bench soak lint venv clean pi pi-check deb deb-armhf check-package install cargo-deb
 
 PI_TARGET := arm-unknown-linux-musleabihf
 PI_BIN := target/$(PI_TARGET)/release/serialhub
@@ -50,7 +50,16 @@ esptools: $(foreach v,$(ESPTOOL_VERSIONS),.venv-esptool/$(v)/.installed) ## espt
 	.venv-esptool/$*/bin/pip install --quiet --disable-pip-version-check esptool==$*
 	touch $@
 
-e2e: venv browser esptools ## end-to-end tests: esptool (four releases), pyserial, esp-idf-monitor, curl, chromium against the daemon
+# labgrid (coordinator, exporter, client) from PyPI, in a venv of its own (it brings its own
+# pyserial fork).
+labgrid: .venv-labgrid/.installed ## labgrid from PyPI for the lab tests
+
+.venv-labgrid/.installed:
+	python3 -m venv .venv-labgrid
+	.venv-labgrid/bin/pip install --quiet --disable-pip-version-check labgrid
+	touch $@
+
+e2e: venv browser esptools labgrid ## end-to-end tests: esptool (four releases), pyserial, esp-idf-monitor, labgrid, curl, chromium against the daemon
 	$(CARGO) build
 	SERIALHUB_BIN=$(abspath $(BIN_DEBUG)) $(PY) -m pytest -q tests/e2e
 
@@ -101,4 +110,4 @@ install: build ## install binary, config (kept if present), unit and docs under 
 
 clean: ## remove build output and the venv
 	$(CARGO) clean
-	rm -rf $(VENV) .venv-pi .venv-esptool
+	rm -rf $(VENV) .venv-pi .venv-esptool .venv-labgrid

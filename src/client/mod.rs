@@ -8,6 +8,7 @@
 //! host unreachable.
 
 pub(crate) mod http;
+pub(crate) mod labgrid;
 pub(crate) mod monitor;
 pub(crate) mod pty;
 pub(crate) mod rfc;
@@ -26,6 +27,7 @@ USAGE:
     serialhub url [HOST[:PORT]] [SELECTOR] [--socket | --ign-set-control]
     serialhub monitor [TARGET] [SELECTOR] [--baud B] [--raw] [--timestamps]
     serialhub pty [TARGET] [SELECTOR] --link PATH [--baud B] [--format 8N1]
+    serialhub labgrid [HOST[:PORT]]...
 
 HOST defaults to $SERIALHUB_HOST, then $PI_HOST; the portal's port to 8080. A portal that wants
 its API token (`[access] token_file`) gets it from $SERIALHUB_TOKEN.
@@ -60,6 +62,9 @@ pty                  a local pseudo-terminal, symlinked at PATH, bridged to the 
                      cannot reset the board through it: use `--before no-reset` with esptool
                      and reset with `serialhub monitor` (Ctrl-T Ctrl-P) or the portal:
                      curl -X POST -H 'Content-Type: application/json' http://HOST:8080/api/devices/KEY/reset -d '{\"to\":\"bootloader\"}'
+labgrid              a labgrid exporter configuration (YAML, on stdout) with one group per
+                     board of every HOST given (default: $SERIALHUB_HOST): a NetworkSerialPort
+                     with host, port, speed and protocol, for `labgrid-exporter`
 
 Exit status: 0 ok; 1 no device matches, several do, or the connection failed; 2 bad command
 line, or the host is unreachable.
@@ -109,6 +114,7 @@ pub(crate) fn main(cmd: &str, parser: lexopt::Parser) -> i32 {
         "url" => url(parser),
         "monitor" => monitor::main(parser),
         "pty" => pty::main(parser),
+        "labgrid" => labgrid::main(parser),
         _ => Err(ClientError::Usage(format!("unknown command `{cmd}`"))),
     };
     match r {
