@@ -1,4 +1,5 @@
-//! The client side, for containers and CI runners: `discover`, `url`, `monitor`, `pty`.
+//! The client side, for containers and CI runners: `discover`, `url`, `monitor`, `pty`, and
+//! `labgrid` (an exporter configuration for a lab).
 //!
 //! `discover` and `url` read the portal's `/api/discover` (serialhub's, or the old Python
 //! portal's smaller shape); `monitor` and `pty` speak RFC 2217 with the project's own codecs,

@@ -917,12 +917,13 @@ impl Bridge {
                 };
                 c.bytes_out += n as u64;
                 Stats::add(&self.shared.stats.bytes_to_client, n as u64);
+                let now = Instant::now();
                 let mut out = Out {
                     device: &mut self.to_device,
                     client: &mut c.to_client,
                 };
-                let effect = c.session.on_device_bytes(data, Instant::now(), &mut out);
-                self.effect = waiting(effect, Instant::now());
+                let effect = c.session.on_device_bytes(data, now, &mut out);
+                self.effect = waiting(effect, now);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

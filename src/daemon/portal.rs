@@ -69,7 +69,8 @@ pub(crate) fn spawn(
     access: Access,
 ) -> io::Result<JoinHandle<()>> {
     let addr = listener.local_addr()?;
-    let portal = Portal::new(registry, Box::new(commands), device_ip).guarded(access);
+    let mut portal = Portal::new(registry, Box::new(commands), device_ip).guarded(access);
+    portal.port = addr.port();
     info!("portal listening on http://{addr}");
     let limits = Limits {
         connections,
@@ -140,6 +141,8 @@ pub(crate) struct Portal {
     commands: Box<dyn Commands>,
     device_ip: IpAddr,
     access: Access,
+    /// The port the portal listens on, for the refusal log line (never the client's `Host`).
+    port: u16,
     /// Refusals each address may cause in the log (one a minute).
     refusals: std::cell::RefCell<PeerLog>,
 }
@@ -155,6 +158,7 @@ impl Portal {
             commands,
             device_ip,
             access: Access::default(),
+            port: 0,
             refusals: std::cell::RefCell::new(PeerLog::with_burst(1)),
         }
     }
@@ -172,7 +176,7 @@ impl Portal {
         let post = req.method == "POST";
         if let Some(ip) = req.remote.map(|r| r.ip()) {
             if !self.access.allow.permits(ip) {
-                return Some(self.refuse_access(req, Refusal::NotAllowed, ip));
+                return Some(self.refuse_access(Refusal::NotAllowed, ip));
             }
         }
         if post {
@@ -196,14 +200,14 @@ impl Portal {
                 let ip = req
                     .remote
                     .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |r| r.ip());
-                return Some(self.refuse_access(req, Refusal::Token, ip));
+                return Some(self.refuse_access(Refusal::Token, ip));
             }
         }
         None
     }
 
-    fn refuse_access(&self, req: &HttpRequest, why: Refusal, ip: IpAddr) -> HttpResponse {
-        let port = self.port_of(req);
+    fn refuse_access(&self, why: Refusal, ip: IpAddr) -> HttpResponse {
+        let port = self.port;
         let what = match why {
             Refusal::NotAllowed => "not in allow",
             Refusal::Token => "no valid token",
@@ -227,12 +231,6 @@ impl Portal {
             ),
         };
         HttpResponse::json(status, &json!({ "error": error, "rule": why.rule() }))
-    }
-
-    fn port_of(&self, req: &HttpRequest) -> String {
-        req.host
-            .and_then(|h| h.rsplit_once(':').map(|(_, p)| p.to_string()))
-            .unwrap_or_else(|| "?".into())
     }
 
     /// Route one request.
