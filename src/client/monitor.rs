@@ -395,6 +395,9 @@ fn session(
     let mut out = Vec::new();
     // Data that arrived with the answers to our settings.
     conn.take_held(&mut data);
+    if let Some(news) = conn.take_news() {
+        say(&news, interactive);
+    }
     printer.feed(&data, &mut out);
     data.clear();
     if emit(&mut out).is_err() {
@@ -443,6 +446,12 @@ fn session(
             data.clear();
             if emit(&mut out).is_err() {
                 return Outcome::Quit;
+            }
+            // Sharing the port: say when we observe and when we are in control again.
+            if let Some(news) = conn.take_news() {
+                printer.flush_partial(&mut out);
+                let _ = emit(&mut out);
+                say(&news, interactive);
             }
         }
         if stdin_ready {

@@ -35,6 +35,8 @@ pub(crate) struct Conn {
     pub(crate) baud: Option<u32>,
     /// Data received while waiting for an answer, delivered by the next [`Conn::read`].
     held: Vec<u8>,
+    /// What the server said about the port (its role when clients share it), not shown yet.
+    news: Option<String>,
 }
 
 /// Decoded output of one read: data for the user and bytes to answer with.
@@ -69,6 +71,7 @@ impl Conn {
             com_port: false,
             baud: None,
             held: Vec::new(),
+            news: None,
         };
         let mut out = Vec::new();
         for opt in OURS {
@@ -145,6 +148,11 @@ impl Conn {
         self.read_some(data)
     }
 
+    /// What the server last said about the port, once.
+    pub(crate) fn take_news(&mut self) -> Option<String> {
+        self.news.take()
+    }
+
     /// Data that arrived while waiting for answers.
     pub(crate) fn take_held(&mut self, data: &mut Vec<u8>) {
         data.append(&mut self.held);
@@ -183,6 +191,13 @@ impl Conn {
             } => match rfc2217::decode(&payload) {
                 Ok((Direction::ServerToClient, Command::SetBaud(Setting::Value(b)))) => {
                     self.baud = Some(b)
+                }
+                // serialhub's news: "serialhub: observing; …", "serialhub: in control".
+                Ok((Direction::ServerToClient, Command::Signature(text))) => {
+                    let text = String::from_utf8_lossy(&text);
+                    if let Some(news) = text.strip_prefix("serialhub: ") {
+                        self.news = Some(news.chars().filter(|c| !c.is_control()).collect());
+                    }
                 }
                 Ok((_, cmd)) => debug!("server: {cmd:?}"),
                 Err(e) => debug!("server sent a bad COM-PORT subnegotiation: {e}"),

@@ -16,17 +16,17 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{debug, error, info, warn};
+use log::{debug, error, info, log, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::daemon::access::Allow;
 use crate::daemon::assign::DeviceKey;
-use crate::daemon::config::{After, Busy, DeviceSpec, Protocol};
+use crate::daemon::config::{After, Busy, DeviceSpec, Protocol, MAX_CLIENTS};
 use crate::daemon::control::{Reply, RequestError};
 use crate::daemon::peerlog::{suppressed_note, PeerLog, Verdict};
-use crate::daemon::registry::{ClientInfo, DeviceState, LogRing, Registry, Stats};
+use crate::daemon::registry::{ClientInfo, DeviceState, Dropped, LogRing, Registry, Role, Stats};
 use crate::daemon::reopen::{Backoff, Report};
 use crate::device::{Device, DevicePath};
 use crate::protocol::esp::Entry;
@@ -199,8 +199,11 @@ pub(crate) fn spawn(
         lines_refused: false,
         spec,
         shared,
-        client: None,
+        clients: Vec::new(),
+        next_id: 0,
+        next_modem_poll: Instant::now(),
         to_device: Vec::with_capacity(DEVICE_HIGH_WATER),
+        discard: Vec::new(),
         effect: None,
         accept_rest: None,
         peer_log: PeerLog::default(),
@@ -269,7 +272,26 @@ impl Input {
     }
 }
 
+/// Where a client stands in the line for control.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Turn {
+    /// It holds control, or held it and gets it back when those who took it from it leave.
+    Had,
+    /// It arrived while the client in control was flashing: it takes control when that ends.
+    Waiting,
+}
+
+/// An observer that does not read its output as fast as the device makes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lag {
+    Keeping,
+    /// Output is dropped for it: this many bytes since it fell behind.
+    Missing(u64),
+}
+
 struct Client {
+    /// Tells clients apart while the list changes under one round's events.
+    id: u64,
     stream: TcpStream,
     addr: SocketAddr,
     since: Instant,
@@ -277,27 +299,42 @@ struct Client {
     input: Input,
     /// Telnet-escaped device output and session answers, not yet sent to the client.
     to_client: Vec<u8>,
-    next_modem_poll: Instant,
     bytes_in: u64,
     bytes_out: u64,
+    turn: Turn,
+    lag: Lag,
+    /// What it lost while observing, as the portal shows it.
+    dropped: Arc<Dropped>,
+    /// Its writes while observing were dropped, and the log said so (once per client).
+    drop_said: bool,
+}
+
+impl Client {
+    /// Can this client take more output now?
+    fn keeps_up(&self) -> bool {
+        self.to_client.len() < CLIENT_HIGH_WATER && !self.session.suspended()
+    }
 }
 
 /// Who may connect now.
 #[derive(Debug, PartialEq, Eq)]
 enum Admission {
+    /// Alone, or sharing the device with those connected.
     Accept,
     /// Accept, after closing the client in control.
     Kick,
     Refuse(&'static [u8]),
 }
 
-/// The admission rule: one client in control; the device must be there.
-fn admit(busy: Busy, connected: bool, device_open: bool) -> Admission {
-    match (connected, busy, device_open) {
-        (true, Busy::Reject, _) => Admission::Refuse(BUSY_MESSAGE),
+/// The admission rule: `share` takes clients up to `max`, `reject` and `kick` one; the
+/// device must be there.
+fn admit(busy: Busy, connected: usize, max: usize, device_open: bool) -> Admission {
+    match (busy, connected, device_open) {
+        (Busy::Reject, 1.., _) => Admission::Refuse(BUSY_MESSAGE),
+        (Busy::Share, n, _) if n >= max => Admission::Refuse(BUSY_MESSAGE),
         (_, _, false) => Admission::Refuse(NO_DEVICE_MESSAGE),
-        (true, Busy::Kick, true) => Admission::Kick,
-        (false, _, true) => Admission::Accept,
+        (Busy::Kick, 1.., true) => Admission::Kick,
+        _ => Admission::Accept,
     }
 }
 
@@ -317,10 +354,17 @@ struct Bridge {
     lines: LineDriver,
     /// The device refused a line change once (it has no modem lines); said once.
     lines_refused: bool,
-    client: Option<Client>,
+    /// Connected clients: the one in control first, then those who get control back when
+    /// it leaves, most recent first; clients waiting for a flash to end last.
+    clients: Vec<Client>,
+    next_id: u64,
+    /// When modem lines are read next (while clients are connected).
+    next_modem_poll: Instant,
     /// Client data, not yet written to the device.
     to_device: Vec<u8>,
-    /// The effect the client's session waits on, and when it stops waiting for the data
+    /// What observers' sessions write for the device: dropped, after counting.
+    discard: Vec<u8>,
+    /// The effect the controlling session waits on, and when it stops waiting for the data
     /// queued before it.
     effect: Option<(Effect, Instant)>,
     /// Accepting failed: the listener rests until then; the pause, and failures so far.
@@ -336,6 +380,9 @@ enum Stop {
     Shutdown,
 }
 
+/// One poll slot per possible client, plus the listener, the wake fd and the device.
+const SLOTS: usize = 3 + MAX_CLIENTS;
+
 impl Bridge {
     fn run(&mut self) {
         loop {
@@ -347,15 +394,15 @@ impl Bridge {
                 Err(Stop::Shutdown) => break,
             }
         }
-        self.drop_client("server shutting down");
+        self.drop_all("server shutting down");
         debug!("{}: bridge thread done", self.name);
     }
 
     fn open_device(&mut self) {
         let now = Instant::now();
         let settings = self
-            .client
-            .as_ref()
+            .clients
+            .first()
             .map_or(self.configured, |c| c.session.settings());
         let mut dev = match (self.open)(&self.spec.path, &settings) {
             Ok(dev) => dev,
@@ -365,8 +412,8 @@ impl Bridge {
         self.backoff.opened();
         self.lines = LineDriver::new(self.lines.policy());
         let was = std::mem::replace(&mut self.link, Link::Closed { at: now });
-        if let (Some(c), Link::Lost { since, dropped, .. }) = (&mut self.client, was) {
-            // Re-enumerated (a native-USB chip resetting): the client carries on.
+        if let (Some(c), Link::Lost { since, dropped, .. }) = (self.clients.first(), was) {
+            // Re-enumerated (a native-USB chip resetting): the clients carry on.
             let dropped = match dropped {
                 0 => String::new(),
                 n => format!(" ({n} bytes it sent meanwhile were dropped)"),
@@ -378,19 +425,13 @@ impl Bridge {
                 c.addr,
             );
             if let Ok(st) = dev.modem_status() {
-                c.session.modem_status(st, &mut c.to_client);
+                for c in &mut self.clients {
+                    c.session.modem_status(st, &mut c.to_client);
+                }
             }
         }
         self.link = Link::Open(dev);
-        let state = if self.client.is_some() {
-            DeviceState::Connected
-        } else {
-            DeviceState::Idle
-        };
-        self.shared.registry.update(&self.shared.key, |e| {
-            e.state = state;
-            e.tty = self.spec.path.to_string();
-        });
+        self.publish();
     }
 
     fn open_failed(&mut self, e: io::Error, now: Instant) {
@@ -423,63 +464,54 @@ impl Bridge {
     /// One round of poll and the work it reveals.
     fn turn(&mut self) -> Result<(), Stop> {
         let waiting = self.effect.is_some();
-        let client_full = self
-            .client
-            .as_ref()
-            .is_some_and(|c| c.to_client.len() >= CLIENT_HIGH_WATER);
-        let suspended = self.client.as_ref().is_some_and(|c| c.session.suspended());
-        let want_device_in = !client_full && !suspended && !waiting;
-        let want_client_in = !client_full
-            && self.to_device.len() < DEVICE_HIGH_WATER
-            && self
-                .client
-                .as_ref()
-                .is_some_and(|c| c.input.pending().is_empty() && !c.session.client_paused());
+        // Only the client in control holds the device back; observers that fall behind
+        // lose output instead.
+        let want_device_in = !waiting && self.clients.first().is_none_or(Client::keeps_up);
+        let device_has_room = self.to_device.len() < DEVICE_HIGH_WATER;
 
         // A fixed array, no allocation per round: absent slots poll the wake fd for nothing.
         let idle = || PollFd::new(self.wake.as_fd(), PollFlags::empty());
-        let device_fd = match &self.link {
-            Link::Open(dev) => {
-                let mut ev = PollFlags::empty();
-                if want_device_in {
-                    ev |= PollFlags::POLLIN;
-                }
-                if !self.to_device.is_empty() {
-                    ev |= PollFlags::POLLOUT;
-                }
-                Some(PollFd::new(dev.fd(), ev))
-            }
-            _ => None,
-        };
-        let client_fd = self.client.as_ref().map(|c| {
+        let mut fds: [PollFd; SLOTS] = std::array::from_fn(|_| idle());
+        let resting = self
+            .accept_rest
+            .is_some_and(|(until, _, _)| Instant::now() < until);
+        if !resting {
+            fds[0] = PollFd::new(self.listener.as_fd(), PollFlags::POLLIN);
+        }
+        fds[1] = PollFd::new(self.wake.as_fd(), PollFlags::POLLIN);
+        if let Link::Open(dev) = &self.link {
             let mut ev = PollFlags::empty();
-            if want_client_in {
+            if want_device_in {
+                ev |= PollFlags::POLLIN;
+            }
+            if !self.to_device.is_empty() {
+                ev |= PollFlags::POLLOUT;
+            }
+            fds[2] = PollFd::new(dev.fd(), ev);
+        }
+        let mut ids = [0u64; MAX_CLIENTS];
+        for (i, c) in self.clients.iter().enumerate().take(MAX_CLIENTS) {
+            let mut ev = PollFlags::empty();
+            // The controller is read while the device has room for its bytes; observers
+            // whenever they keep up with their answers (what they write is dropped).
+            let room = c.to_client.len() < CLIENT_HIGH_WATER
+                && !c.session.client_paused()
+                && (i > 0 || device_has_room);
+            if room && c.input.pending().is_empty() {
                 ev |= PollFlags::POLLIN;
             }
             if !c.to_client.is_empty() {
                 ev |= PollFlags::POLLOUT;
             }
-            PollFd::new(c.stream.as_fd(), ev)
-        });
-        let resting = self
-            .accept_rest
-            .is_some_and(|(until, _, _)| Instant::now() < until);
-        let listen = if resting {
-            PollFlags::empty()
-        } else {
-            PollFlags::POLLIN
-        };
-        let mut fds = [
-            PollFd::new(self.listener.as_fd(), listen),
-            PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
-            device_fd.unwrap_or_else(idle),
-            client_fd.unwrap_or_else(idle),
-        ];
+            fds[3 + i] = PollFd::new(c.stream.as_fd(), ev);
+            ids[i] = c.id;
+        }
+        let used = 3 + self.clients.len().min(MAX_CLIENTS);
         let timeout = self.next_deadline().map_or(PollTimeout::NONE, |d| {
             let ms = d.saturating_duration_since(Instant::now()).as_millis();
             PollTimeout::try_from(ms.min(POLL_CAP_MS) as i32 + 1).unwrap_or(PollTimeout::MAX)
         });
-        match poll(&mut fds, timeout) {
+        match poll(&mut fds[..used], timeout) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => return Ok(()),
             Err(e) => {
@@ -488,8 +520,8 @@ impl Bridge {
                 return Ok(());
             }
         }
-        let [listener_ready, wake_ready, dev_ready, client_ready] =
-            fds.map(|f| f.revents().unwrap_or(PollFlags::empty()));
+        let ready = fds.map(|f| f.revents().unwrap_or(PollFlags::empty()));
+        let (listener_ready, wake_ready, dev_ready) = (ready[0], ready[1], ready[2]);
 
         if wake_ready.contains(PollFlags::POLLIN) {
             let _ = self.wake.read();
@@ -503,19 +535,23 @@ impl Bridge {
         if dev_ready.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
             self.read_device();
         }
-        if client_ready.contains(PollFlags::POLLOUT) {
-            self.flush_client();
-        }
-        if client_ready.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
-            self.read_client();
+        for (k, &id) in ids.iter().enumerate().take(used - 3) {
+            let ev = ready[3 + k];
+            if ev.contains(PollFlags::POLLOUT) {
+                self.flush_client(id);
+            }
+            if ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+                self.read_client(id);
+            }
         }
         if listener_ready.contains(PollFlags::POLLIN) || self.accept_rest.is_some() && !resting {
             self.accept();
         }
         self.on_timers();
         self.advance();
+        self.settle_control();
         self.flush_device();
-        self.flush_client();
+        self.flush_clients();
         Ok(())
     }
 
@@ -523,9 +559,16 @@ impl Bridge {
         match cmd {
             BridgeCommand::Shutdown => return Err(Stop::Shutdown),
             BridgeCommand::Reset(to, reply) => {
-                let answer = match self.server_reset(to) {
-                    Ok(()) => Ok(format!("{}: reset into {to:?} started", self.shared.key)),
-                    Err(e) => Err(RequestError::Failed(e.to_string())),
+                let answer = match self.clients.first() {
+                    // A reset would cut a flash short: the flasher alone decides.
+                    Some(c) if c.session.loading() => Err(RequestError::Failed(format!(
+                        "{}: {} is flashing the chip; reset it when the flash is over",
+                        self.shared.key, c.addr
+                    ))),
+                    _ => match self.server_reset(to) {
+                        Ok(()) => Ok(format!("{}: reset into {to:?} started", self.shared.key)),
+                        Err(e) => Err(RequestError::Failed(e.to_string())),
+                    },
                 };
                 let _ = reply.send(answer);
             }
@@ -543,7 +586,7 @@ impl Bridge {
                     *at = (*at).min(Instant::now()).max(self.shared.open_after);
                 }
             }
-            BridgeCommand::Disconnect(why) => self.drop_client(&why),
+            BridgeCommand::Disconnect(why) => self.drop_all(&why),
             BridgeCommand::Gone => {
                 if matches!(self.link, Link::Open(_)) {
                     self.device_lost("unplugged");
@@ -554,12 +597,16 @@ impl Bridge {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let modem = self.client.as_ref().map(|c| c.next_modem_poll);
+        let modem = (!self.clients.is_empty()).then_some(self.next_modem_poll);
         let grace = match &self.link {
             Link::Lost { since, .. } => Some(*since + self.shared.grace),
             _ => None,
         };
-        let session = self.client.as_ref().and_then(|c| c.session.deadline());
+        let sessions = self
+            .clients
+            .iter()
+            .filter_map(|c| c.session.deadline())
+            .min();
         let effect = self.effect.map(|(_, until)| until);
         let rest = self.accept_rest.map(|(until, _, _)| until);
         [
@@ -567,7 +614,7 @@ impl Bridge {
             self.link.retry_at(),
             modem,
             grace,
-            session,
+            sessions,
             effect,
             self.lines.deadline(),
         ]
@@ -576,7 +623,7 @@ impl Bridge {
         .min()
     }
 
-    /// Timers: reset steps, the session's own waits, modem lines, the grace period.
+    /// Timers: reset steps, the sessions' own waits, modem lines, the grace period.
     fn on_timers(&mut self) {
         let now = Instant::now();
         let mut played = None;
@@ -600,38 +647,57 @@ impl Bridge {
                 self.link = Link::Closed {
                     at: now + REOPEN_LOST,
                 };
-                return self.drop_client(&format!(
+                return self.drop_all(&format!(
                     "the device did not come back within {:.1} s",
                     self.shared.grace.as_secs_f32()
                 ));
             }
         }
-        let Some(c) = self.client.as_mut() else {
-            return;
-        };
-        if self.effect.is_none() && c.session.deadline().is_some_and(|t| t <= now) {
+        let due = |c: &Client| c.session.deadline().is_some_and(|t| t <= now);
+        if let Some(c) = self.clients.first_mut() {
+            if self.effect.is_none() && due(c) {
+                let mut out = Out {
+                    device: &mut self.to_device,
+                    client: &mut c.to_client,
+                };
+                let effect = c.session.on_timer(now, &mut out);
+                self.effect = waiting(effect, now);
+            }
+        }
+        for c in self.clients.iter_mut().skip(1).filter(|c| due(c)) {
             let mut out = Out {
-                device: &mut self.to_device,
+                device: &mut self.discard,
                 client: &mut c.to_client,
             };
             let effect = c.session.on_timer(now, &mut out);
-            self.effect = waiting(effect, now);
+            pretend(&mut c.session, effect, now, &mut out);
+            self.discard.clear();
         }
-        if now >= c.next_modem_poll {
-            c.next_modem_poll = now + MODEM_POLL;
+        if !self.clients.is_empty() && now >= self.next_modem_poll {
+            self.next_modem_poll = now + MODEM_POLL;
             if let Some(st) = self.link.device().and_then(|d| d.modem_status().ok()) {
-                c.session.modem_status(st, &mut c.to_client);
+                for c in &mut self.clients {
+                    c.session.modem_status(st, &mut c.to_client);
+                }
             }
         }
     }
 
-    /// Move the client's session on: perform the effect it waits on once the data queued
-    /// before it has reached the device (or could not in time), then feed it the client
-    /// bytes it has not taken yet. Returns when it waits on the device or has taken all.
+    /// Move the sessions on. The controlling one: perform the effect it waits on once the
+    /// data queued before it has reached the device (or could not in time), then feed it
+    /// the client bytes it has not taken yet; returns when it waits on the device or has
+    /// taken all. Observers: their requests are answered, their data dropped.
     fn advance(&mut self) {
+        self.advance_controller();
+        for i in (1..self.clients.len()).rev() {
+            self.advance_observer(i);
+        }
+    }
+
+    fn advance_controller(&mut self) {
         loop {
             let now = Instant::now();
-            let Some(c) = self.client.as_mut() else {
+            let Some(c) = self.clients.first_mut() else {
                 self.effect = None;
                 return;
             };
@@ -645,7 +711,7 @@ impl Bridge {
                     Ok(())
                 };
                 let outcome = outcome.and_then(|()| self.perform(effect));
-                let Some(c) = self.client.as_mut() else {
+                let Some(c) = self.clients.first_mut() else {
                     return;
                 };
                 let mut out = Out {
@@ -674,13 +740,62 @@ impl Bridge {
                         return;
                     }
                 }
-                Err(e) => return self.drop_client(&format!("disconnected: {e}")),
+                Err(e) => return self.drop_client(0, &format!("disconnected: {e}")),
             }
         }
     }
 
-    /// Do what the session asked of the device. Without a device (re-enumerating) settings
-    /// are only remembered — the session re-applies them when it is back — and a reset fails.
+    /// An observer's bytes: requests answered as if applied (they are, when it gains
+    /// control), data counted and dropped.
+    fn advance_observer(&mut self, i: usize) {
+        let now = Instant::now();
+        let c = &mut self.clients[i];
+        let mut dropped = 0;
+        let mut failed = None;
+        while !c.input.pending().is_empty() {
+            let mut out = Out {
+                device: &mut self.discard,
+                client: &mut c.to_client,
+            };
+            match c.session.on_client_bytes(c.input.pending(), now, &mut out) {
+                Ok(step) => {
+                    c.input.at += step.consumed;
+                    let stuck = step.consumed == 0 && step.effect.is_none();
+                    pretend(&mut c.session, step.effect, now, &mut out);
+                    dropped += self.discard.len() as u64;
+                    self.discard.clear();
+                    if stuck {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failed = Some(format!("disconnected: {e}"));
+                    break;
+                }
+            }
+        }
+        if dropped > 0 {
+            Stats::add(&c.dropped.from_client, dropped);
+            Stats::add(&self.shared.stats.observer_bytes_dropped, dropped);
+            if !std::mem::replace(&mut c.drop_said, true) {
+                let controller = self.clients[0].addr;
+                let c = &self.clients[i];
+                if let Verdict::Log { .. } = self.peer_log.check(c.addr.ip(), now) {
+                    info!(
+                        "{}: observer {} writes while {controller} is in control; its data is dropped (counted in the portal)",
+                        self.name, c.addr
+                    );
+                }
+            }
+        }
+        if let Some(why) = failed {
+            self.drop_client(i, &why);
+        }
+    }
+
+    /// Do what the controlling session asked of the device. Without a device
+    /// (re-enumerating) settings are only remembered — the session re-applies them when it
+    /// is back — and a reset fails.
     fn perform(&mut self, effect: Effect) -> Result<(), Failure> {
         if let Effect::Purge(Purge::Output | Purge::Both) = effect {
             self.to_device.clear();
@@ -731,20 +846,27 @@ impl Bridge {
         Ok(())
     }
 
-    /// A reset sequence finished: log its timings, tell the session (an ESP raw session
-    /// waits for its bootloader entry).
+    /// A reset sequence finished: log its timings, tell the sessions (an ESP raw session
+    /// waits for its bootloader entry; every session's follower learns where the chip is).
     fn reset_played(&mut self, played: Played) {
         info!(
             "{}: reset into {:?} done, lines (D/R = asserted):{}",
             self.name, played.to, played.steps
         );
-        if let Some(c) = self.client.as_mut() {
+        let now = Instant::now();
+        for (i, c) in self.clients.iter_mut().enumerate() {
+            let device = if i == 0 {
+                &mut self.to_device
+            } else {
+                &mut self.discard
+            };
             let mut out = Out {
-                device: &mut self.to_device,
+                device,
                 client: &mut c.to_client,
             };
-            c.session.reset_done(played.to, Instant::now(), &mut out);
+            c.session.reset_done(played.to, now, &mut out);
         }
+        self.discard.clear();
     }
 
     fn accept(&mut self) {
@@ -773,12 +895,17 @@ impl Bridge {
                 continue;
             }
             let open = matches!(self.link, Link::Open(_));
-            match admit(self.spec.busy, self.client.is_some(), open) {
+            let connected = self.clients.len();
+            match admit(self.spec.busy, connected, self.spec.max_clients, open) {
                 Admission::Refuse(message) => {
-                    let why = match (message == BUSY_MESSAGE, &self.client) {
+                    let why = match (message == BUSY_MESSAGE, self.clients.first()) {
+                        (true, Some(c)) if self.spec.busy == Busy::Share => format!(
+                            "{connected} clients connected already (max_clients), {} in control",
+                            c.addr
+                        ),
                         (true, Some(c)) => {
                             format!(
-                                "port in use by {} (one controlling client per device)",
+                                "port in use by {} (busy = \"reject\": one client per device)",
                                 c.addr
                             )
                         }
@@ -794,11 +921,11 @@ impl Bridge {
                     continue;
                 }
                 Admission::Kick => {
-                    if let Some(c) = &mut self.client {
+                    if let Some(c) = self.clients.first_mut() {
                         // Best effort: the kicked client gets the reason if its socket has room.
                         let _ = c.stream.write(KICKED_MESSAGE);
                     }
-                    self.drop_client(&format!("kicked off by {addr} (busy = \"kick\")"));
+                    self.drop_all(&format!("kicked off by {addr} (busy = \"kick\")"));
                 }
                 Admission::Accept => {}
             }
@@ -868,8 +995,6 @@ impl Bridge {
             session.modem_status(st, &mut to_client);
         }
         session.start(&mut to_client);
-        self.to_device.clear();
-        self.effect = None;
         let voice = match self.peer_log.check(addr.ip(), now) {
             Verdict::Log { suppressed } => {
                 let note = suppressed_note(addr.ip(), suppressed);
@@ -880,11 +1005,9 @@ impl Bridge {
         };
         session = session.with_voice(voice);
         Stats::add(&self.shared.stats.connects, 1);
-        self.shared.registry.update(&self.shared.key, |e| {
-            e.state = DeviceState::Connected;
-            e.client = Some(ClientInfo { addr, since: now });
-        });
-        self.client = Some(Client {
+        let engaged = self.controller_busy();
+        let mut client = Client {
+            id: self.next_id,
             stream,
             addr,
             since: now,
@@ -895,9 +1018,146 @@ impl Bridge {
                 end: 0,
             },
             to_client,
-            next_modem_poll: now + MODEM_POLL,
             bytes_in: 0,
             bytes_out: 0,
+            turn: Turn::Had,
+            lag: Lag::Keeping,
+            dropped: Arc::default(),
+            drop_said: false,
+        };
+        self.next_id += 1;
+        match (self.clients.first(), engaged) {
+            (None, _) => {
+                self.to_device.clear();
+                self.effect = None;
+                self.next_modem_poll = now + MODEM_POLL;
+                self.clients.push(client);
+            }
+            // The client in control is flashing (or in the middle of a change): the
+            // newcomer observes until that ends.
+            (Some(c), Some(engaged)) => {
+                let news = format!(
+                    "serialhub: observing; {} is {}, control follows when it is done",
+                    c.addr,
+                    engaged.as_str()
+                );
+                log!(
+                    voice.info(),
+                    "{}: {addr} waits: {} is {}",
+                    self.name,
+                    c.addr,
+                    engaged.as_str()
+                );
+                client.turn = Turn::Waiting;
+                client.session.tell(&news, &mut client.to_client);
+                self.clients.push(client);
+            }
+            // A newcomer takes control from an idle client, which observes until it leaves.
+            (Some(_), None) => {
+                self.clients.insert(0, client);
+                self.give_control(now);
+            }
+        }
+        self.publish();
+    }
+
+    /// Whether the client in control must not lose it now, and why.
+    fn controller_busy(&self) -> Option<Engaged> {
+        let c = self.clients.first()?;
+        if c.session.loading() {
+            Some(Engaged::Flashing)
+        } else if self.effect.is_some() || c.session.client_paused() || self.lines.playing() {
+            Some(Engaged::Acting)
+        } else {
+            None
+        }
+    }
+
+    /// Clients waiting for a flash to end take control once it has.
+    fn settle_control(&mut self) {
+        if self.clients.iter().all(|c| c.turn == Turn::Had) || self.controller_busy().is_some() {
+            return;
+        }
+        self.promote_waiting();
+        self.give_control(Instant::now());
+        self.publish();
+    }
+
+    /// Move the waiting clients to the front, as if each had taken control on arrival (the
+    /// latest first) — except that a flasher among them (it sent a SYNC while it waited)
+    /// goes before them all: taken over before its next SYNC, it would fail.
+    fn promote_waiting(&mut self) {
+        let (waiting, had): (Vec<Client>, Vec<Client>) = std::mem::take(&mut self.clients)
+            .into_iter()
+            .partition(|c| c.turn == Turn::Waiting);
+        let (flashers, others): (Vec<Client>, Vec<Client>) =
+            waiting.into_iter().partition(|c| c.session.loading());
+        self.clients = flashers
+            .into_iter()
+            .chain(others.into_iter().rev())
+            .chain(had)
+            .collect();
+        for c in &mut self.clients {
+            c.turn = Turn::Had;
+        }
+    }
+
+    /// `clients[0]` takes control: the device gets its settings and lines (what it asked
+    /// for while observing, or had when it lost control), and everyone hears who has it.
+    fn give_control(&mut self, now: Instant) {
+        let in_loader = self.lines.in_loader();
+        let Some(c) = self.clients.first_mut() else {
+            return;
+        };
+        c.session.take_control(in_loader);
+        c.lag = Lag::Keeping;
+        let (settings, lines, addr) = (c.session.settings(), c.session.lines(), c.addr);
+        c.session.tell("serialhub: in control", &mut c.to_client);
+        if let Verdict::Log { .. } = self.peer_log.check(addr.ip(), now) {
+            info!("{}: {addr} is in control, at {settings}", self.name);
+        }
+        let news = format!("serialhub: observing; {addr} is in control");
+        for o in self.clients.iter_mut().skip(1) {
+            o.session.tell(&news, &mut o.to_client);
+        }
+        let Some(dev) = self.link.device() else {
+            return;
+        };
+        if let Err(e) = dev.apply(&settings) {
+            warn!("{}: cannot set {settings} for {addr}: {e}", self.name);
+        }
+        let _ = dev.set_break(false);
+        let played = self
+            .lines
+            .hand_over(lines, now)
+            .and_then(|l| set_lines(&self.name, &mut self.lines, dev, l, &mut self.lines_refused));
+        if let Some(p) = played {
+            self.reset_played(p);
+        }
+    }
+
+    /// Show the clients and the device's state to the rest of the daemon.
+    fn publish(&self) {
+        let clients = self
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ClientInfo {
+                addr: c.addr,
+                since: c.since,
+                role: if i == 0 { Role::Control } else { Role::Observe },
+                dropped: c.dropped.clone(),
+            })
+            .collect();
+        let state = match (&self.link, self.clients.is_empty()) {
+            (Link::Open(_), true) => DeviceState::Idle,
+            (Link::Open(_), false) => DeviceState::Connected,
+            _ => DeviceState::Starting,
+        };
+        self.shared.registry.update(&self.shared.key, |e| {
+            e.state = state;
+            e.tty = self.spec.path.to_string();
+            e.clients = clients;
         });
     }
 
@@ -909,21 +1169,64 @@ impl Bridge {
             Ok(0) => self.device_lost("end of file"),
             Ok(n) => {
                 let data = &self.buf[..n];
-                if let Ok(mut log) = self.shared.log.lock() {
-                    log.push(data);
+                let now = Instant::now();
+                // What the chip says during a flash is for the flasher alone: not for
+                // observers, not for the portal's log.
+                let loading = self.clients.first().is_some_and(|c| c.session.loading());
+                if !loading {
+                    if let Ok(mut log) = self.shared.log.lock() {
+                        log.push(data);
+                    }
                 }
-                let Some(c) = self.client.as_mut() else {
+                let Some((c, observers)) = self.clients.split_first_mut() else {
                     return;
                 };
                 c.bytes_out += n as u64;
                 Stats::add(&self.shared.stats.bytes_to_client, n as u64);
-                let now = Instant::now();
                 let mut out = Out {
                     device: &mut self.to_device,
                     client: &mut c.to_client,
                 };
                 let effect = c.session.on_device_bytes(data, now, &mut out);
                 self.effect = waiting(effect, now);
+                if loading {
+                    return;
+                }
+                for o in observers {
+                    if !o.keeps_up() {
+                        Stats::add(&o.dropped.to_client, n as u64);
+                        Stats::add(&self.shared.stats.observer_output_missed, n as u64);
+                        o.lag = match o.lag {
+                            Lag::Keeping => {
+                                if let Verdict::Log { .. } = self.peer_log.check(o.addr.ip(), now) {
+                                    warn!(
+                                        "{}: observer {} does not keep up; dropping output for it until it does",
+                                        self.name, o.addr
+                                    );
+                                }
+                                Lag::Missing(n as u64)
+                            }
+                            Lag::Missing(k) => Lag::Missing(k + n as u64),
+                        };
+                        continue;
+                    }
+                    if let Lag::Missing(k) = std::mem::replace(&mut o.lag, Lag::Keeping) {
+                        if let Verdict::Log { .. } = self.peer_log.check(o.addr.ip(), now) {
+                            info!(
+                                "{}: observer {} keeps up again; it missed {k} bytes",
+                                self.name, o.addr
+                            );
+                        }
+                    }
+                    o.bytes_out += n as u64;
+                    let mut out = Out {
+                        device: &mut self.discard,
+                        client: &mut o.to_client,
+                    };
+                    let effect = o.session.on_device_bytes(data, now, &mut out);
+                    pretend(&mut o.session, effect, now, &mut out);
+                    self.discard.clear();
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -937,9 +1240,9 @@ impl Bridge {
         self.shared
             .registry
             .set_state(&self.shared.key, DeviceState::Starting);
-        match &self.client {
+        match self.clients.first() {
             Some(c) if !self.shared.grace.is_zero() => {
-                // Native-USB chips vanish for a moment when they reset; keep the client.
+                // Native-USB chips vanish for a moment when they reset; keep the clients.
                 warn!(
                     "{}: device {} went away ({why}); keeping client {} for {:.1} s in case it comes back",
                     self.name,
@@ -960,43 +1263,46 @@ impl Bridge {
                 );
                 let (delay, _) = self.backoff.failed(now);
                 self.link = Link::Closed { at: now + delay };
-                self.drop_client("the device went away");
+                self.drop_all("the device went away");
             }
         }
     }
 
-    fn read_client(&mut self) {
-        let Some(c) = self.client.as_mut() else {
+    fn read_client(&mut self, id: u64) {
+        let Some(i) = self.clients.iter().position(|c| c.id == id) else {
             return;
         };
+        let c = &mut self.clients[i];
         if !c.input.pending().is_empty() {
             return;
         }
         let n = match c.stream.read(&mut c.input.buf) {
-            Ok(0) => return self.drop_client("client closed the connection"),
+            Ok(0) => return self.drop_client(i, "client closed the connection"),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
-            Err(e) => return self.drop_client(&format!("connection error: {e}")),
+            Err(e) => return self.drop_client(i, &format!("connection error: {e}")),
         };
         c.input.at = 0;
         c.input.end = n;
         c.bytes_in += n as u64;
-        Stats::add(&self.shared.stats.bytes_to_device, n as u64);
+        if i == 0 {
+            Stats::add(&self.shared.stats.bytes_to_device, n as u64);
+        }
     }
 
-    fn flush_client(&mut self) {
-        let Some(c) = self.client.as_mut() else {
-            return;
-        };
-        while !c.to_client.is_empty() {
-            match c.stream.write(&c.to_client) {
-                Ok(n) => {
-                    c.to_client.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.drop_client(&format!("connection error: {e}")),
+    fn flush_client(&mut self, id: u64) {
+        if let Some(i) = self.clients.iter().position(|c| c.id == id) {
+            if let Err(why) = send(&mut self.clients[i]) {
+                self.drop_client(i, &why);
+            }
+        }
+    }
+
+    fn flush_clients(&mut self) {
+        for i in (0..self.clients.len()).rev() {
+            if let Err(why) = send(&mut self.clients[i]) {
+                self.drop_client(i, &why);
             }
         }
     }
@@ -1026,15 +1332,34 @@ impl Bridge {
         }
     }
 
-    /// End the client's session: restore what it changed, release both lines, and settle
-    /// the chip where an ESP raw session leaves it.
-    fn drop_client(&mut self, why: &str) {
-        let Some(c) = self.client.take() else {
+    /// Close every client, observers first (so control is never handed to one that is
+    /// about to go).
+    fn drop_all(&mut self, why: &str) {
+        while let Some(last) = self.clients.len().checked_sub(1) {
+            self.drop_client(last, why);
+        }
+    }
+
+    /// Close client `i`. An observer just goes. When the client in control goes, the next
+    /// in line takes control, or — when it was the last — the device gets its configured
+    /// settings back with both lines released; either way the chip is settled where an ESP
+    /// session leaves it.
+    fn drop_client(&mut self, i: usize, why: &str) {
+        if i >= self.clients.len() {
             return;
-        };
+        }
+        let c = self.clients.remove(i);
         if let Verdict::Log { suppressed } = self.peer_log.check(c.addr.ip(), Instant::now()) {
+            let role = if i == 0 { "client" } else { "observer" };
+            let dropped = match (
+                Stats::get(&c.dropped.from_client),
+                Stats::get(&c.dropped.to_client),
+            ) {
+                (0, 0) => String::new(),
+                (w, m) => format!(", {w} bytes it wrote dropped, {m} bytes of output missed"),
+            };
             info!(
-                "{}: client {} left ({why}) after {:.1} s, {} bytes in, {} bytes out{}",
+                "{}: {role} {} left ({why}) after {:.1} s, {} bytes in, {} bytes out{dropped}{}",
                 self.name,
                 c.addr,
                 c.since.elapsed().as_secs_f32(),
@@ -1043,11 +1368,42 @@ impl Bridge {
                 suppressed_note(c.addr.ip(), suppressed)
             );
         }
+        if i == 0 {
+            self.controller_left(&c);
+        }
+        if self.clients.is_empty() {
+            if let Link::Lost { .. } = self.link {
+                self.link = Link::Closed { at: Instant::now() };
+            }
+        }
+        self.publish();
+    }
+
+    fn controller_left(&mut self, c: &Client) {
         self.to_device.clear();
         self.effect = None;
         let now = Instant::now();
-        let released = self.lines.client_left(now);
-        if let Some(dev) = self.link.device() {
+        let end = c.session.esp_end();
+        let next = !self.clients.is_empty();
+        let can_reset = self.lines.policy() != Policy::None && self.link.device().is_some();
+        // A session that entered the loader owes the chip its application; so does a flash
+        // handing over to a client that waited (the monitor sees the new firmware's boot
+        // from its first line, at its own baud, whatever the flasher did at its end).
+        let reset_app = can_reset
+            && self.spec.after == After::Reset
+            && (end == Some(EspEnd::Entered) || next && c.session.loading());
+        if !reset_app {
+            match end {
+                Some(EspEnd::Entered | EspEnd::InLoader) => self.lines.set_in_loader(true),
+                Some(EspEnd::Unknown) => self.lines.set_in_loader(false),
+                None => {}
+            }
+        }
+        if next {
+            self.promote_waiting();
+            self.give_control(now);
+        } else if let Some(dev) = self.link.device() {
+            let released = self.lines.client_left(now);
             if c.session.settings() != self.configured {
                 if let Err(e) = dev.apply(&self.configured) {
                     warn!("{}: cannot restore {}: {e}", self.name, self.configured);
@@ -1060,32 +1416,63 @@ impl Bridge {
             if let Some(p) = played {
                 self.reset_played(p);
             }
-            match c.session.esp_end() {
-                Some(EspEnd::Entered) if self.spec.after == After::Reset => {
-                    if let Err(e) = self.server_reset(ResetTo::App) {
-                        warn!(
-                            "{}: cannot reset the chip into its application: {e}",
-                            self.name
-                        );
-                    }
-                }
-                Some(EspEnd::Entered | EspEnd::InLoader) => self.lines.set_in_loader(true),
-                Some(EspEnd::Unknown) => self.lines.set_in_loader(false),
-                None => {}
+        }
+        if reset_app {
+            if let Err(e) = self.server_reset(ResetTo::App) {
+                warn!(
+                    "{}: cannot reset the chip into its application: {e}",
+                    self.name
+                );
             }
         }
-        if let Link::Lost { .. } = self.link {
-            self.link = Link::Closed { at: now };
-        }
-        let state = match self.link {
-            Link::Open(_) => DeviceState::Idle,
-            _ => DeviceState::Starting,
-        };
-        self.shared.registry.update(&self.shared.key, |e| {
-            e.state = state;
-            e.client = None;
-        });
     }
+}
+
+/// Why the client in control keeps it for now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Engaged {
+    /// A loader session (a flash): never interrupted.
+    Flashing,
+    /// An effect, a parked baud change or a reset is under way: a moment.
+    Acting,
+}
+
+impl Engaged {
+    fn as_str(self) -> &'static str {
+        match self {
+            Engaged::Flashing => "flashing the chip",
+            Engaged::Acting => "changing the port's settings",
+        }
+    }
+}
+
+/// An observer's session asked for an effect: it is answered as done (its settings are
+/// recorded and applied when it gains control), and whatever follows is settled the same
+/// way. Nothing reaches the device.
+fn pretend(session: &mut Session, mut effect: Option<Effect>, now: Instant, out: &mut Out) {
+    // Each answer may ask for one more effect (a parked baud change, then its release);
+    // a bounded number settles any chain.
+    for _ in 0..8 {
+        if effect.is_none() {
+            return;
+        }
+        effect = session.done(Ok(()), now, out);
+    }
+}
+
+/// Write what waits for a client; `Err` says why it must be closed.
+fn send(c: &mut Client) -> Result<(), String> {
+    while !c.to_client.is_empty() {
+        match c.stream.write(&c.to_client) {
+            Ok(n) => {
+                c.to_client.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("connection error: {e}")),
+        }
+    }
+    Ok(())
 }
 
 /// An effect the session now waits on, and until when it waits for the data before it.
@@ -1192,9 +1579,44 @@ mod tests {
         /// The far ends of the device, one per open.
         far: mpsc::Receiver<UnixStream>,
         record: Arc<Mutex<Record>>,
+        registry: Arc<Registry>,
+    }
+
+    impl Rig {
+        /// The clients as the portal sees them: (role, bytes dropped in, output missed).
+        fn clients(&self) -> Vec<(Role, u64, u64)> {
+            let e = self
+                .registry
+                .get(&DeviceKey::name("fake"))
+                .expect("registered");
+            e.clients
+                .iter()
+                .map(|c| {
+                    let d = &c.dropped;
+                    (c.role, Stats::get(&d.from_client), Stats::get(&d.to_client))
+                })
+                .collect()
+        }
+
+        /// Wait until the clients are as `want` says.
+        fn wait_clients(&self, want: impl Fn(&[(Role, u64, u64)]) -> bool) {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let now = self.clients();
+                if want(&now) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "clients stayed {now:?}");
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
 
     fn rig(busy: Busy, protocol: Protocol) -> Rig {
+        rig_with(busy, protocol, 4)
+    }
+
+    fn rig_with(busy: Busy, protocol: Protocol, max_clients: usize) -> Rig {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let (tx, far) = mpsc::channel();
         let record = Arc::new(Mutex::new(Record::default()));
@@ -1224,13 +1646,29 @@ mod tests {
         let spec = DeviceSpec {
             busy,
             protocol,
+            max_clients,
             ..DeviceSpec::new(DevicePath::Tty("/dev/fake".into()))
         };
+        let registry = shared.registry.clone();
+        registry.upsert(crate::daemon::registry::DeviceEntry {
+            key: DeviceKey::name("fake"),
+            name: "fake".into(),
+            tty: "/dev/fake".into(),
+            usb: None,
+            port: 0,
+            state: DeviceState::Starting,
+            clients: Vec::new(),
+            reset: Policy::Passthrough,
+            protocol,
+            stats: Arc::default(),
+            log: Arc::new(Mutex::new(LogRing::new(16))),
+        });
         let handle = spawn(spec, listener, shared, open).unwrap();
         Rig {
             handle,
             far,
             record,
+            registry,
         }
     }
 
@@ -1270,11 +1708,16 @@ mod tests {
 
     #[test]
     fn admission_one_client_in_control_the_next_is_told_busy() {
-        assert_eq!(admit(Busy::Reject, false, true), Admission::Accept);
-        assert_eq!(admit(Busy::Kick, true, true), Admission::Kick);
+        assert_eq!(admit(Busy::Reject, 0, 1, true), Admission::Accept);
+        assert_eq!(admit(Busy::Kick, 1, 1, true), Admission::Kick);
         assert_eq!(
-            admit(Busy::Kick, false, false),
+            admit(Busy::Kick, 0, 1, false),
             Admission::Refuse(NO_DEVICE_MESSAGE)
+        );
+        assert_eq!(admit(Busy::Share, 3, 4, true), Admission::Accept);
+        assert_eq!(
+            admit(Busy::Share, 4, 4, true),
+            Admission::Refuse(BUSY_MESSAGE)
         );
         let rig = rig(Busy::Reject, Protocol::Raw);
         let mut dev = device(&rig);
@@ -1386,6 +1829,134 @@ mod tests {
         assert_eq!(read_n(&mut a, answer.len()), answer);
         let applied = rig.record.lock().unwrap().applied.clone();
         assert_eq!(applied.last(), Some(&(921_600, data.len())), "{applied:?}");
+        rig.handle.stop("test over");
+    }
+
+    /// Read what `client` has been sent until it holds `want` (every wait bounded).
+    fn read_until(client: &mut impl Read, want: &[u8]) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(want.len()).any(|w| w == want) {
+            let n = client.read(&mut buf).expect("output within the wait");
+            assert!(n > 0, "closed before {want:?}; got {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    #[test]
+    fn shared_a_newcomer_takes_control_observers_see_output_and_control_comes_back() {
+        let rig = rig(Busy::Share, Protocol::Raw);
+        let mut dev = device(&rig);
+        let mut a = connect(rig.handle.addr);
+        exchange(&mut a, &mut dev);
+        let mut b = connect(rig.handle.addr);
+        rig.wait_clients(|c| c.len() == 2);
+        assert_eq!(rig.clients()[0].0, Role::Control);
+        // The newcomer is in control; the first client observes: both get the output.
+        exchange(&mut b, &mut dev);
+        assert_eq!(read_n(&mut a, 4), b"pong");
+        // What the observer writes never reaches the device; it is counted.
+        a.write_all(b"ignored").unwrap();
+        rig.wait_clients(|c| c.len() == 2 && c[1] == (Role::Observe, 7, 0));
+        b.write_all(b"mine").unwrap();
+        assert_eq!(read_n(&mut dev, 4), b"mine", "only the controller's bytes");
+        // The newcomer leaves: the first client is in control again.
+        drop(b);
+        rig.wait_clients(|c| c.len() == 1);
+        exchange(&mut a, &mut dev);
+        rig.handle.stop("test over");
+    }
+
+    #[test]
+    fn shared_a_flash_is_never_interrupted_and_its_traffic_is_for_the_flasher_alone() {
+        let rig = rig(Busy::Share, Protocol::Raw);
+        let mut dev = device(&rig);
+        let mut flasher = connect(rig.handle.addr);
+        // esptool's SYNC: a loader session starts (the bridge enters the bootloader, then
+        // passes the SYNC on).
+        // The first is held while the chip resets; like esptool, send one every 100 ms
+        // until one reaches it.
+        let sync = crate::protocol::esp::SYNC_FRAME;
+        dev.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline && !got.windows(sync.len()).any(|w| w == sync) {
+            flasher.write_all(&sync).unwrap();
+            let mut buf = [0u8; 256];
+            while let Ok(n) = dev.read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        assert!(
+            got.windows(sync.len()).any(|w| w == sync),
+            "no SYNC reached the chip"
+        );
+        // Whatever else is in flight (a second SYNC) arrives before the next frame.
+        dev.set_read_timeout(Some(WAIT)).unwrap();
+        flasher.write_all(b"\xc0end\xc0").unwrap();
+        read_until(&mut dev, b"\xc0end\xc0");
+        let mut monitor = connect(rig.handle.addr);
+        rig.wait_clients(|c| c.len() == 2);
+        // The newcomer waits: the flasher keeps control, and the chip's answers reach it
+        // alone.
+        flasher.write_all(b"\xc0frame\xc0").unwrap();
+        assert_eq!(read_n(&mut dev, 7), b"\xc0frame\xc0");
+        monitor.write_all(b"typed").unwrap();
+        dev.write_all(b"\xc0\x01\x08answer\xc0").unwrap();
+        assert_eq!(read_n(&mut flasher, 10), b"\xc0\x01\x08answer\xc0");
+        // The flasher is done: the monitor takes control and sees what comes next, and
+        // nothing of the flash.
+        drop(flasher);
+        rig.wait_clients(|c| c.len() == 1);
+        dev.write_all(b"boot log").unwrap();
+        assert_eq!(read_n(&mut monitor, 8), b"boot log");
+        monitor.write_all(b"key").unwrap();
+        let mut got = Vec::new();
+        while !got.ends_with(b"key") {
+            got.extend(read_n(&mut dev, 1));
+        }
+        assert!(
+            !got.windows(5).any(|w| w == b"typed"),
+            "an observer's bytes leaked: {got:?}"
+        );
+        rig.handle.stop("test over");
+    }
+
+    #[test]
+    fn shared_at_most_max_clients_and_a_slow_observer_slows_nothing() {
+        let rig = rig_with(Busy::Share, Protocol::Raw, 2);
+        let mut dev = device(&rig);
+        // The first client will observe and never read: the newcomer takes control.
+        let slow = connect(rig.handle.addr);
+        rig.wait_clients(|c| c.len() == 1);
+        let mut a = connect(rig.handle.addr);
+        rig.wait_clients(|c| c.len() == 2);
+        exchange(&mut a, &mut dev);
+        let mut third = connect(rig.handle.addr);
+        assert_eq!(until_closed(&mut third), BUSY_MESSAGE);
+        // 4 MiB of device output: the controller gets all of it, in order, while the
+        // observer that does not read loses what it cannot take.
+        let chunk: Vec<u8> = (0..=255u8).cycle().take(64 * 1024).collect();
+        let writer = {
+            let mut dev = dev.try_clone().unwrap();
+            let chunk = chunk.clone();
+            thread::spawn(move || {
+                for _ in 0..64 {
+                    dev.write_all(&chunk).unwrap();
+                }
+            })
+        };
+        for _ in 0..64 {
+            assert_eq!(read_n(&mut a, chunk.len()), chunk);
+        }
+        writer.join().unwrap();
+        let clients = rig.clients();
+        assert_eq!(clients[0].0, Role::Control);
+        assert_eq!(clients[1].0, Role::Observe);
+        assert!(clients[1].2 > 0, "the observer missed output: {clients:?}");
+        drop(slow);
         rig.handle.stop("test over");
     }
 }

@@ -238,6 +238,9 @@ pub(crate) struct DeviceSpec {
     /// What a second client gets while one is connected.
     #[serde(default)]
     pub(crate) busy: Busy,
+    /// `busy = "share"`: clients connected at once, the one in control included.
+    #[serde(default = "default_max_clients", deserialize_with = "max_clients")]
+    pub(crate) max_clients: usize,
     /// Who may connect to this device's port, instead of `[access] allow`.
     #[serde(default, deserialize_with = "device_allow")]
     pub(crate) allow: Option<Allow>,
@@ -282,8 +285,11 @@ pub(crate) enum After {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum Busy {
-    /// The newcomer gets `Port already in use` and is closed.
+    /// Up to `max_clients` share the device: one in control, the others observe (see
+    /// `daemon::bridge`).
     #[default]
+    Share,
+    /// The newcomer gets `Port already in use` and is closed.
     Reject,
     /// The newcomer replaces the connected client, which gets `kicked off, new user is coming`.
     Kick,
@@ -311,6 +317,26 @@ fn yes() -> bool {
 
 fn default_baud() -> u32 {
     115_200
+}
+
+/// A monitor, a flasher, and room for a second look.
+pub(crate) const DEFAULT_MAX_CLIENTS: usize = 4;
+/// Each client costs a socket, its buffers (about 100 KiB at most) and a slot in the
+/// bridge's poll set; more than this on one serial port is a mistake.
+pub(crate) const MAX_CLIENTS: usize = 16;
+
+fn default_max_clients() -> usize {
+    DEFAULT_MAX_CLIENTS
+}
+
+fn max_clients<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = i64::deserialize(d)?;
+    if !(1..=MAX_CLIENTS as i64).contains(&n) {
+        return Err(serde::de::Error::custom(format!(
+            "{n} is not a number of clients from 1 to {MAX_CLIENTS}"
+        )));
+    }
+    Ok(n as usize)
 }
 
 fn default_detect_window() -> Duration {
@@ -383,6 +409,7 @@ impl DeviceSpec {
             detect_window: default_detect_window(),
             after: After::default(),
             busy: Busy::default(),
+            max_clients: DEFAULT_MAX_CLIENTS,
             allow: None,
             serial: None,
             usb_path: None,
@@ -763,6 +790,28 @@ mod tests {
             DevicePath::Tty("sim-uart".into())
         );
         assert!(DeviceSpec::parse_flag("/dev/x=abc").is_err());
+    }
+
+    #[test]
+    fn clients_share_a_device_by_default_and_their_number_is_bounded() {
+        let d = &Config::parse("[[device]]\npath = \"sim\"\n")
+            .unwrap()
+            .devices[0];
+        assert_eq!((d.busy, d.max_clients), (Busy::Share, DEFAULT_MAX_CLIENTS));
+        let d = &Config::parse("[[device]]\npath = \"sim\"\nbusy = \"reject\"\nmax_clients = 2\n")
+            .unwrap()
+            .devices[0];
+        assert_eq!((d.busy, d.max_clients), (Busy::Reject, 2));
+        for bad in ["0", "17", "-1"] {
+            let (_, msg) = Config::parse(&format!(
+                "[[device]]\npath = \"sim\"\nmax_clients = {bad}\n"
+            ))
+            .unwrap_err();
+            assert!(
+                msg.contains("max_clients") && msg.contains("1 to 16"),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::daemon::config::{Access, Protocol};
 use crate::daemon::control::{Handle, Reply, Request, RequestError};
 use crate::daemon::http::{self, Handler, HttpRequest, HttpResponse, Limits};
 use crate::daemon::peerlog::{suppressed_note, PeerLog, Verdict};
-use crate::daemon::registry::{DeviceEntry, DeviceState, Registry, Stats};
+use crate::daemon::registry::{ClientInfo, DeviceEntry, DeviceState, Registry, Role, Stats};
 use crate::protocol::reset::ResetTo;
 
 /// Request bodies larger than this are refused with 413 (at most this + 1 bytes are read).
@@ -412,7 +412,7 @@ impl Portal {
             "uptime": self.registry.uptime().as_secs(),
             "devices": all.len(),
             "running": count(&|e| running(&e.state)),
-            "connected": count(&|e| e.client.is_some()),
+            "connected": count(&|e| !e.clients.is_empty()),
         })
     }
 
@@ -465,7 +465,7 @@ impl Portal {
             &mut std::iter::once(format!(" {}", all.len())),
         );
         type Counter = fn(&Stats) -> u64;
-        let counters: [(&str, &str, Counter); 4] = [
+        let counters: [(&str, &str, Counter); 6] = [
             (
                 "serialhub_device_bytes_to_device_total",
                 "Bytes from clients written to the device.",
@@ -486,6 +486,16 @@ impl Portal {
                 "Resets played (client-started and requested).",
                 |s| Stats::get(&s.resets),
             ),
+            (
+                "serialhub_device_observer_bytes_dropped_total",
+                "Bytes observers wrote, dropped (only the client in control reaches the device).",
+                |s| Stats::get(&s.observer_bytes_dropped),
+            ),
+            (
+                "serialhub_device_observer_output_missed_total",
+                "Device output observers missed by not reading fast enough.",
+                |s| Stats::get(&s.observer_output_missed),
+            ),
         ];
         for (name, help, get) in counters {
             family(
@@ -503,7 +513,19 @@ impl Portal {
             "1 while a client is connected.",
             &mut all
                 .iter()
-                .map(|e| format!("{{{}}} {}", labels(e), u8::from(e.client.is_some()))),
+                .map(|e| format!("{{{}}} {}", labels(e), u8::from(!e.clients.is_empty()))),
+        );
+        family(
+            "serialhub_device_clients",
+            "gauge",
+            "Connected clients by role: the one in control, and observers.",
+            &mut all.iter().flat_map(|e| {
+                let l = labels(e);
+                [Role::Control, Role::Observe].into_iter().map(move |r| {
+                    let n = e.clients.iter().filter(|c| c.role == r).count();
+                    format!("{{{l},role=\"{}\"}} {n}", r.as_str())
+                })
+            }),
         );
         const STATES: [&str; 7] = [
             "absent",
@@ -537,10 +559,15 @@ impl Portal {
         for e in &all {
             let d = device_json(e, host);
             let s = |k: &str| html(d[k].as_str().unwrap_or(""));
-            let client = e
-                .client
-                .as_ref()
-                .map_or_else(|| "—".to_string(), |c| html(&c.addr.to_string()));
+            let client = match e.clients.split_first() {
+                None => "—".to_string(),
+                Some((c, [])) => html(&c.addr.to_string()),
+                Some((c, observers)) => format!(
+                    "{} <small>(+{} observing)</small>",
+                    html(&c.addr.to_string()),
+                    observers.len()
+                ),
+            };
             let _ = writeln!(
                 rows,
                 "<tr><td data-l=\"Name\">{}</td><td data-l=\"Product\">{}</td><td data-l=\"Serial\">{}</td>\
@@ -620,6 +647,25 @@ fn running(s: &DeviceState) -> bool {
     )
 }
 
+/// One connected client: who, since when, its role, what it lost while observing.
+fn client_json(c: &ClientInfo) -> Value {
+    // `seconds` from the monotonic clock, so a wall-clock step cannot change it; `since`
+    // (Unix seconds) is the wall clock now minus that, so it follows the step instead.
+    let connected_for = c.since.elapsed();
+    let since = SystemTime::now()
+        .checked_sub(connected_for)
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0.0, |d| d.as_secs_f64());
+    json!({
+        "addr": c.addr.to_string(),
+        "since": since.floor(),
+        "seconds": connected_for.as_secs(),
+        "role": c.role.as_str(),
+        "dropped_in": Stats::get(&c.dropped.from_client),
+        "dropped_out": Stats::get(&c.dropped.to_client),
+    })
+}
+
 /// One device as JSON: the old portal's fields first, then ours.
 pub(crate) fn device_json(e: &DeviceEntry, host: &str) -> Value {
     let usb = e.usb.as_ref();
@@ -644,20 +690,8 @@ pub(crate) fn device_json(e: &DeviceEntry, host: &str) -> Value {
     } else {
         ""
     };
-    let client = e.client.as_ref().map(|c| {
-        // `seconds` from the monotonic clock, so a wall-clock step cannot change it; `since`
-        // (Unix seconds) is the wall clock now minus that, so it follows the step instead.
-        let connected_for = c.since.elapsed();
-        let since = SystemTime::now()
-            .checked_sub(connected_for)
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0.0, |d| d.as_secs_f64());
-        json!({
-            "addr": c.addr.to_string(),
-            "since": since.floor(),
-            "seconds": connected_for.as_secs(),
-        })
-    });
+    let clients: Vec<Value> = e.clients.iter().map(client_json).collect();
+    let client = clients.first().cloned();
     let problem = match &e.state {
         DeviceState::Error(m) => Some(m.as_str()),
         _ => None,
@@ -684,6 +718,7 @@ pub(crate) fn device_json(e: &DeviceEntry, host: &str) -> Value {
         "state": e.state.as_str(),
         "problem": problem,
         "client": client,
+        "clients": clients,
         "bytes_to_device": Stats::get(&e.stats.bytes_to_device),
         "bytes_to_client": Stats::get(&e.stats.bytes_to_client),
         "connects": Stats::get(&e.stats.connects),
@@ -837,7 +872,7 @@ mod tests {
     use super::*;
     use crate::daemon::assign::DeviceKey;
     use crate::daemon::identity::{UsbId, UsbInfo};
-    use crate::daemon::registry::{ClientInfo, LogRing};
+    use crate::daemon::registry::{Dropped, LogRing};
     use crate::protocol::reset::Policy;
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
@@ -885,10 +920,23 @@ mod tests {
             usb: Some(usb),
             port: 4001,
             state: DeviceState::Connected,
-            client: Some(ClientInfo {
-                addr: "192.168.1.9:50000".parse().unwrap(),
-                since: Instant::now() - Duration::from_secs(90),
-            }),
+            clients: vec![
+                ClientInfo {
+                    addr: "192.168.1.9:50000".parse().unwrap(),
+                    since: Instant::now() - Duration::from_secs(90),
+                    role: Role::Control,
+                    dropped: Arc::default(),
+                },
+                ClientInfo {
+                    addr: "192.168.1.7:50001".parse().unwrap(),
+                    since: Instant::now() - Duration::from_secs(30),
+                    role: Role::Observe,
+                    dropped: Arc::new(Dropped {
+                        from_client: 3.into(),
+                        to_client: 4096.into(),
+                    }),
+                },
+            ],
             reset: Policy::Esp { esp32r0: true },
             protocol: Protocol::Auto,
             stats: Arc::default(),
@@ -901,7 +949,7 @@ mod tests {
             usb: None,
             port: 4002,
             state: DeviceState::Disabled,
-            client: None,
+            clients: Vec::new(),
             reset: Policy::UsbJtag,
             protocol: Protocol::Rfc2217,
             stats: Arc::default(),

@@ -99,6 +99,10 @@ pub(crate) struct Stats {
     pub(crate) bytes_to_client: AtomicU64,
     pub(crate) connects: AtomicU64,
     pub(crate) resets: AtomicU64,
+    /// Bytes observers wrote (dropped: only the client in control reaches the device).
+    pub(crate) observer_bytes_dropped: AtomicU64,
+    /// Device output observers missed by not reading fast enough.
+    pub(crate) observer_output_missed: AtomicU64,
 }
 
 impl Stats {
@@ -111,13 +115,42 @@ impl Stats {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a connected client may do with the device (see `daemon::bridge`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Its bytes, settings and lines reach the device.
+    Control,
+    /// It receives the device's output; what it writes is dropped.
+    Observe,
+}
+
+impl Role {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Role::Control => "control",
+            Role::Observe => "observe",
+        }
+    }
+}
+
+/// What an observer lost, counted by the bridge without a lock.
+#[derive(Debug, Default)]
+pub(crate) struct Dropped {
+    /// Bytes it wrote while observing (never reach the device).
+    pub(crate) from_client: AtomicU64,
+    /// Device output it missed because it did not read fast enough.
+    pub(crate) to_client: AtomicU64,
+}
+
+#[derive(Clone, Debug)]
 pub(crate) struct ClientInfo {
     pub(crate) addr: SocketAddr,
     /// When the client connected, on the monotonic clock: a Pi without an RTC boots in 1970
     /// and NTP steps its wall clock later, which would make "connected for" jump. The wall
     /// time for the API is derived when it is shown.
     pub(crate) since: Instant,
+    pub(crate) role: Role,
+    pub(crate) dropped: Arc<Dropped>,
 }
 
 /// One device as the registry knows it.
@@ -130,7 +163,8 @@ pub(crate) struct DeviceEntry {
     pub(crate) usb: Option<UsbInfo>,
     pub(crate) port: u16,
     pub(crate) state: DeviceState,
-    pub(crate) client: Option<ClientInfo>,
+    /// Connected clients, the one in control first.
+    pub(crate) clients: Vec<ClientInfo>,
     /// The reset policy in force, as configured or picked by `auto`.
     pub(crate) reset: crate::protocol::reset::Policy,
     /// How clients talk to its port (`auto`: both RFC 2217 and raw).
@@ -218,7 +252,7 @@ mod tests {
             usb: None,
             port: 4001,
             state: DeviceState::Starting,
-            client: None,
+            clients: Vec::new(),
             reset: crate::protocol::reset::Policy::Esp { esp32r0: false },
             protocol: Default::default(),
             stats: Arc::default(),

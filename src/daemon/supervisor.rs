@@ -221,7 +221,7 @@ impl Supervisor {
             usb: usb.cloned(),
             port,
             state,
-            client: None,
+            clients: Vec::new(),
             reset: spec.policy(usb.and_then(|u| u.id)),
             protocol: spec.protocol,
             stats: Arc::default(),
@@ -557,7 +557,7 @@ impl Supervisor {
         self.stop_served(key, why);
         self.registry.update(key, |e| {
             e.state = DeviceState::Absent;
-            e.client = None;
+            e.clients.clear();
         });
     }
 
@@ -723,7 +723,7 @@ impl Supervisor {
         self.stopped.insert(key.clone(), parked);
         self.registry.update(key, |e| {
             e.state = DeviceState::Disabled;
-            e.client = None;
+            e.clients.clear();
         });
         info!("{key}: stopped on request");
         Ok(format!("{key}: stopped"))

@@ -22,6 +22,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::protocol::reset::ResetTo;
 use log::{debug, log};
 
 /// SLIP (RFC 1055) framing bytes.
@@ -242,6 +243,11 @@ pub(crate) struct EspWatch {
     parked: Vec<u8>,
     /// Drop device output until the chip's first frame (its boot messages).
     discard: bool,
+    /// The client is running a loader session: it sent a SYNC, or moved its lines into a
+    /// bootloader entry, and the chip has not been reset into its application since. Such a
+    /// session is never interrupted by another client, and what the chip says meanwhile is
+    /// for this client alone.
+    loading: bool,
 }
 
 impl EspWatch {
@@ -268,7 +274,21 @@ impl EspWatch {
             baud: None,
             parked: Vec::new(),
             discard: false,
+            loading: false,
         }
+    }
+
+    /// The same watch for a session that (re)gains control of the chip: it starts over, as
+    /// if it had just connected, with what is known of the chip now.
+    pub(crate) fn restart(&self, in_loader: bool) -> EspWatch {
+        let mut w = EspWatch::new(&self.label, in_loader, self.entry);
+        w.voice = self.voice;
+        w
+    }
+
+    /// The client is running a loader session (see the field).
+    pub(crate) fn loading(&self) -> bool {
+        self.loading
     }
 
     /// This session reset the chip into its loader.
@@ -400,6 +420,7 @@ impl EspWatch {
         action: &mut Option<Action>,
     ) {
         let sync = self.candidate && self.up.len == SYNC_BODY.len() && !self.up.esc;
+        self.loading |= sync;
         if !(sync && self.sync_held_back(now, action)) {
             out(&self.held[..self.held_len]);
         }
@@ -493,19 +514,23 @@ impl EspWatch {
 
     /// The chip was reset into its application (by anyone): a SYNC needs an entry again.
     pub(crate) fn app_started(&mut self) {
+        self.loading = false;
         if !matches!(self.chip, Chip::Entering { .. }) {
             self.chip = Chip::Unknown;
         }
     }
 
-    /// The client moved its own lines in a reset pattern (esptool's own reset over RFC 2217):
-    /// it takes care of the chip, so its SYNCs pass, and the session owes the chip nothing
-    /// at its end. (A policy that plays bootloader entries tells [`bootloader_entered`]
-    /// when the chip is there.)
+    /// The client moved its own lines in a reset pattern (esptool's own reset over RFC 2217),
+    /// into the loader or (EN pulsed) its application: it takes care of the chip, so its
+    /// SYNCs pass, and the session owes the chip nothing at its end. (A policy that plays
+    /// bootloader entries tells [`bootloader_entered`] when the chip is there.) A bootloader
+    /// entry starts a loader session; a hard reset does not end one: it is a flasher's last
+    /// step, and the application it starts runs at the flasher's baud.
     ///
     /// [`bootloader_entered`]: EspWatch::bootloader_entered
-    pub(crate) fn client_resets(&mut self) {
+    pub(crate) fn client_resets(&mut self, to: ResetTo) {
         self.entered = false;
+        self.loading |= to == ResetTo::Bootloader;
         if !matches!(self.chip, Chip::Entering { .. }) {
             self.chip = Chip::Client;
         }
@@ -827,19 +852,32 @@ mod tests {
     #[test]
     fn a_client_that_resets_the_chip_itself_is_trusted_and_owed_nothing() {
         let mut w = EspWatch::new("t", false, Entry::Reset);
-        w.client_resets();
+        w.client_resets(ResetTo::Bootloader);
+        assert!(
+            w.loading(),
+            "a bootloader entry by the client's lines starts a loader session"
+        );
         let (out, actions) = up(&mut w, &sync(), 64);
         assert_eq!((out, actions), (sync(), vec![]));
         assert!(!w.entered());
         // A reset into the application by anyone: the next SYNC needs an entry again.
         w.app_started();
+        assert!(
+            !w.loading(),
+            "the application runs: the loader session is over"
+        );
         let (_, actions) = up(&mut w, &sync(), 64);
         assert_eq!(actions, vec![Action::EnterBootloader]);
+        assert!(w.loading(), "a SYNC starts a loader session");
         // An entry the client's own lines completed counts as done.
         let mut replay = Vec::new();
         w.bootloader_entered(Instant::now(), &mut |b| replay.extend_from_slice(b));
         assert!(w.in_loader() && w.entered());
-        w.client_resets();
+        w.client_resets(ResetTo::App);
+        assert!(
+            w.loading(),
+            "a flasher's hard reset does not end its loader session"
+        );
         assert!(
             !w.entered(),
             "the client's own reset at the end: nothing owed"

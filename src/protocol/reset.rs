@@ -293,13 +293,24 @@ impl Resetter {
 
     /// The client left: its lines count as released. A sequence in progress finishes.
     pub(crate) fn client_left(&mut self, now: Instant) -> Option<Lines> {
-        self.mirror = RELEASED;
+        self.hand_over(RELEASED, now)
+    }
+
+    /// Another client takes control with `lines` as it last set them (while it observed,
+    /// or before it lost control): they apply as the policy passes lines that are not part
+    /// of a reset pattern — as they are for `passthrough`, released for the ESP policies —
+    /// and never start a sequence. One in progress plays on.
+    pub(crate) fn hand_over(&mut self, lines: Lines, now: Instant) -> Option<Lines> {
+        self.mirror = lines;
         self.pending_en_low = None;
         self.en_low_from = None;
-        if self.plan.is_empty() && self.policy != Policy::None {
-            self.set(RELEASED, now)
-        } else {
-            None
+        if !self.plan.is_empty() {
+            return None;
+        }
+        match self.policy {
+            Policy::None => None,
+            Policy::Passthrough => self.set(lines, now),
+            Policy::Esp { .. } | Policy::UsbJtag => self.set(RELEASED, now),
         }
     }
 
@@ -464,6 +475,16 @@ impl LineDriver {
     /// The client left: its lines count as released.
     pub(crate) fn client_left(&mut self, now: Instant) -> Option<Lines> {
         self.resetter.client_left(now)
+    }
+
+    /// Another client takes control with its own lines (see [`Resetter::hand_over`]).
+    pub(crate) fn hand_over(&mut self, lines: Lines, now: Instant) -> Option<Lines> {
+        self.resetter.hand_over(lines, now)
+    }
+
+    /// A reset sequence is being played.
+    pub(crate) fn playing(&self) -> bool {
+        self.resetter.busy().is_some()
     }
 
     /// `lines` reached the device at `at`. Returns the sequence this finished, if any.

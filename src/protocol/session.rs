@@ -231,6 +231,8 @@ pub(crate) struct Session {
     followed: Option<(u32, u32)>,
     /// The effect the bridge is performing, and what follows it.
     in_flight: Option<(Effect, Then)>,
+    /// Said with [`Session::tell`] before the client agreed to COM-PORT.
+    news: Option<String>,
 }
 
 impl Session {
@@ -260,6 +262,7 @@ impl Session {
             scratch: Vec::new(),
             followed: None,
             in_flight: None,
+            news: None,
         }
     }
 
@@ -324,9 +327,41 @@ impl Session {
         }
     }
 
-    /// The line settings in force (what the device has been told).
+    /// The line settings in force (what the device has been told, or — while the client
+    /// observes — what it will be told when the client gains control).
     pub(crate) fn settings(&self) -> LineSettings {
         self.settings
+    }
+
+    /// DTR and RTS as the client last set them.
+    pub(crate) fn lines(&self) -> Lines {
+        self.client_lines
+    }
+
+    /// The client is running a loader session (an ESP flash): it must not be interrupted,
+    /// and the chip's output meanwhile is for it alone.
+    pub(crate) fn loading(&self) -> bool {
+        self.esp.as_ref().is_some_and(EspWatch::loading)
+    }
+
+    /// The client (re)gains control of the device, which is about to be given its settings
+    /// and lines: what it did while observing touched nothing, so the ESP follower starts
+    /// over with what is known of the chip now.
+    pub(crate) fn take_control(&mut self, in_loader: bool) {
+        self.esp = self.esp.as_ref().map(|w| w.restart(in_loader));
+        self.followed = None;
+    }
+
+    /// Tell an RFC 2217 client something about the port (its role when several clients
+    /// share it), as an unsolicited COM-PORT SIGNATURE: clients that do not show it ignore
+    /// it (pyserial does), and it never mixes with the device's data. Sent once the client
+    /// has agreed to COM-PORT; only the latest news is kept until then.
+    pub(crate) fn tell(&mut self, news: &str, client: &mut Vec<u8>) {
+        if self.com_port_agreed {
+            self.reply(Command::Signature(news.as_bytes().to_vec()), client);
+        } else {
+            self.news = Some(news.to_owned());
+        }
     }
 
     /// Stop reading the device: the client asked us to (FLOWCONTROL-SUSPEND), or output
@@ -724,6 +759,9 @@ impl Session {
             // pyserial refuses to read modem lines until it has seen one NOTIFY-MODEMSTATE.
             self.com_port_agreed = true;
             self.notify_modem(true, client);
+            if let Some(news) = self.news.take() {
+                self.reply(Command::Signature(news.into_bytes()), client);
+            }
         }
     }
 
@@ -860,9 +898,15 @@ impl Session {
     /// port (DTR, then RTS released) are not.
     fn client_lines_moved(&mut self, prev: Lines) {
         let now = self.client_lines;
-        let resets = (now == IO0_LOW && prev.rts) || (now == EN_LOW && !prev.rts);
-        if let (true, Some(w)) = (resets, &mut self.esp) {
-            w.client_resets();
+        let to = if now == IO0_LOW && prev.rts {
+            ResetTo::Bootloader
+        } else if now == EN_LOW && !prev.rts {
+            ResetTo::App
+        } else {
+            return;
+        };
+        if let Some(w) = &mut self.esp {
+            w.client_resets(to);
         }
     }
 
@@ -1542,6 +1586,75 @@ mod tests {
         );
         rig.feed(&mut s, &sync_frame());
         assert_eq!(rig.resets, [ResetTo::Bootloader]);
+    }
+
+    #[test]
+    fn a_loader_session_starts_with_a_sync_or_the_clients_bootloader_entry_and_ends_in_the_app() {
+        let mut rig = Rig::default();
+        // A monitor: opening with both lines released, a hard reset with RTS (EN low,
+        // then released): no loader session.
+        let mut s = session().watch_esp(false, Entry::Reset);
+        rig.feed(&mut s, &PYSERIAL_OPEN);
+        let hard_reset = [5, 9, 5, 12, 5, 11, 5, 12]
+            .chunks(2)
+            .map(sb)
+            .collect::<Vec<_>>();
+        rig.feed(&mut s, &hard_reset.concat());
+        assert!(!s.loading());
+        // esptool over RFC 2217: its own bootloader entry starts one (the chip's banner
+        // that follows is the flasher's alone).
+        let classic = [5, 9, 5, 11, 5, 8, 5, 12, 5, 9]
+            .chunks(2)
+            .map(sb)
+            .collect::<Vec<_>>();
+        rig.feed(&mut s, &classic.concat());
+        assert!(s.loading());
+        // The server resets the chip into its application: over.
+        let mut out = Out {
+            device: &mut rig.device,
+            client: &mut rig.client,
+        };
+        s.reset_done(ResetTo::App, Instant::now(), &mut out);
+        assert!(!s.loading());
+        // esptool over socket://: its SYNC starts one.
+        let mut s = Session::raw("t", LineSettings::default()).watch_esp(false, Entry::Reset);
+        rig.feed(&mut s, &sync_frame());
+        assert!(s.loading());
+        // Regaining control starts the follower over.
+        s.take_control(true);
+        assert!(!s.loading());
+        let (dev, _) = rig.feed(&mut s, &sync_frame());
+        assert_eq!(
+            dev,
+            sync_frame(),
+            "a chip known in its loader is not reset again"
+        );
+    }
+
+    #[test]
+    fn news_reach_an_rfc2217_client_as_a_signature_once_it_agreed_to_com_port() {
+        let mut rig = Rig::default();
+        let mut s = session();
+        let mut out = Vec::new();
+        s.start(&mut out);
+        out.clear();
+        s.tell("serialhub: observing", &mut out);
+        assert!(out.is_empty(), "not before COM-PORT is agreed");
+        let (_, answer) = rig.feed(&mut s, &PYSERIAL_OPEN);
+        let mut news = Vec::new();
+        s.reply(
+            Command::Signature(b"serialhub: observing".to_vec()),
+            &mut news,
+        );
+        assert_eq!(answer, [sb(&[107, 0]), news.clone()].concat());
+        let mut out = Vec::new();
+        s.tell("serialhub: observing", &mut out);
+        assert_eq!(out, news, "at once afterwards");
+        // A raw client hears nothing: its stream is the device's alone.
+        let mut raw = Session::raw("t", LineSettings::default());
+        let mut out = Vec::new();
+        raw.tell("serialhub: observing", &mut out);
+        assert!(out.is_empty());
     }
 
     mod properties {
