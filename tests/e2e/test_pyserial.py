@@ -246,8 +246,14 @@ def test_dtr_rts_on_pty(pty_server, query):
 # One controlling client; misbehaving clients
 
 
-def test_second_client_is_refused(pty_server):
-    d, pty, port = pty_server
+def test_second_client_is_refused_with_busy_reject(serialhub, pty_device, tmp_path):
+    """`busy = "reject"` keeps the one-client rule (the default shares: test_share.py)."""
+    pty = pty_device()
+    cfg = tmp_path / "serialhub.toml"
+    cfg.write_text(f'[[device]]\npath = "{pty.path}"\nport = 0\nbusy = "reject"\n')
+    d = serialhub(extra=("--config", str(cfg)))
+    port = d.port(pty.path)
+    d.wait_log(re.escape(pty.path) + r" at 115200 8N1")
     with open_client(port) as ser:
         roundtrip(ser, pty, b"first")
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s2:

@@ -8,7 +8,7 @@ see exactly what reaches the device. What each test proves is in its docstring.
 Conventions of the suite: every wait is a condition with a deadline (`wait_for`); the only
 sleeps are the width of a reset pulse (what esptool itself sleeps) and the pacing of a data
 stream, never synchronisation. The portal's JSON (`clients`, `role`, `dropped_in`,
-`dropped_out`) and `/metrics` (`serialhub_clients{…,role=…}`) are read over HTTP.
+`dropped_out`) and `/metrics` (`serialhub_device_clients{…,role=…}`) are read over HTTP.
 """
 
 from __future__ import annotations
@@ -108,8 +108,8 @@ class Portal:
         return total if found else None
 
     def role_counts(self) -> tuple[float | None, float | None]:
-        return (self.metric("serialhub_clients", role="control"),
-                self.metric("serialhub_clients", role="observe"))
+        return (self.metric("serialhub_device_clients", role="control"),
+                self.metric("serialhub_device_clients", role="observe"))
 
 
 def check_clients(dev: dict):
@@ -485,7 +485,7 @@ def test_monitor_stays_open_through_write_and_verify(shared_sim, tmp_path, monit
             assert poller.saw_observing(mon.addr), \
                 f"the monitor was never shown observing during {args[0]}: {poller.snapshots[:50]}"
             assert poller.saw_counts(1, 1), \
-                f"serialhub_clients never showed 1 control + 1 observe: {poller.snapshots[:50]}"
+                f"serialhub_device_clients never showed 1 control + 1 observe: {poller.snapshots[:50]}"
             assert mon.alive(), f"the monitor's connection dropped during {args[0]}: {mon.describe()}"
             n = wait_boot_seen(mon, d, after=last)
             downloads = boots(d, DOWNLOAD_BOOT)
