@@ -20,7 +20,7 @@ USAGE:
                     [--http ADDR:PORT|off]
     serialhub sim --pty LINK [--flash FILE] [--bootloader]
     serialhub token [--write FILE]
-    serialhub discover|url|monitor|pty|labgrid …   the client side: `serialhub discover --help`
+    serialhub discover|url|monitor|pty|lease|labgrid …   the client side: `serialhub discover --help`
     serialhub --help | --version
 
 SERVE:
@@ -99,7 +99,7 @@ fn run() -> Result<(), CliError> {
         Some(Value(cmd)) if cmd == "sim" => sim(parser),
         Some(Value(cmd)) if cmd == "token" => token(parser),
         Some(Value(cmd))
-            if ["discover", "url", "monitor", "pty", "labgrid"]
+            if ["discover", "url", "monitor", "pty", "lease", "labgrid"]
                 .iter()
                 .any(|c| cmd == *c) =>
         {

@@ -6,18 +6,20 @@
 //! ```text
 //!  cli ─▶ daemon: serve (signals, wiring) ─▶ supervisor ─▶ bridge (one thread per device)
 //!         │        portal (HTTP) ─control─▶ supervisor;  both ─▶ registry (shared view)
-//!         client: discover, url, monitor, pty, labgrid
+//!         │        portal ─grant/release─▶ leases ◀─who may connect─ bridges
+//!         client: discover, url, monitor, pty, lease, labgrid
 //!  device: tty | GPIO-wired | simulated ESP32 (in-process, or on a pty)
 //!  sim:    the simulated chip and board (pure)
 //!  protocol (pure, sans-IO): telnet ─▶ rfc2217 ─▶ session ─▶ effects;  esp (loader follower);
 //!                            reset (policies, line driver);  line (settings, modem lines)
 //!
-//!  client TCP ─▶ bridge ─▶ session ─bytes─▶ device      bridge performs the session's effects
-//!  device ─▶ bridge ─▶ session (escape | raw | esp) ─▶ client, log ring
+//!  client TCP ─▶ bridge ─▶ session ─bytes─▶ device      bridge performs the effects of the
+//!  device ─▶ bridge ─▶ session (escape | raw | esp) ─▶ client, observers, log ring
+//!                                                       session in control; observers' go nowhere
 //! ```
 
 pub mod cli; // command line: `serve`, `sim`, client commands, `--help`, `--version`
-pub(crate) mod client; // the other side: `discover`, `url`, `monitor`, `pty`, `labgrid`
+pub(crate) mod client; // the other side: `discover`, `url`, `monitor`, `pty`, `lease`, `labgrid`
 pub(crate) mod daemon; // `serve`: composition root, supervisor, bridges, portal, registry
 pub(crate) mod device; // device backends behind one trait: tty, GPIO-wired, the simulator
 pub(crate) mod protocol; // the sans-IO cores: telnet, rfc2217, session, esp, reset, line

@@ -1,5 +1,6 @@
-//! The client side, for containers and CI runners: `discover`, `url`, `monitor`, `pty`, and
-//! `labgrid` (an exporter configuration for a lab).
+//! The client side, for containers and CI runners: `discover`, `url`, `monitor`, `pty`,
+//! `lease` (a board reserved for one command), and `labgrid` (an exporter configuration for a
+//! lab).
 //!
 //! `discover` and `url` read the portal's `/api/discover` (serialhub's, or the old Python
 //! portal's smaller shape); `monitor` and `pty` speak RFC 2217 with the project's own codecs,
@@ -10,6 +11,7 @@
 
 pub(crate) mod http;
 pub(crate) mod labgrid;
+pub(crate) mod lease;
 pub(crate) mod monitor;
 pub(crate) mod pty;
 pub(crate) mod rfc;
@@ -29,6 +31,7 @@ USAGE:
     serialhub monitor [TARGET] [SELECTOR] [--baud B] [--raw] [--timestamps]
     serialhub pty [TARGET] [SELECTOR] --link PATH [--baud B] [--format 8N1]
     serialhub labgrid [HOST[:PORT]]...
+    serialhub lease [HOST[:PORT]] [SELECTOR] [--for 30m] [--token-file F] [-- COMMAND...]
 
 HOST defaults to $SERIALHUB_HOST, then $PI_HOST; the portal's port to 8080. A portal that wants
 its API token (`[access] token_file`) gets it from $SERIALHUB_TOKEN.
@@ -63,6 +66,13 @@ pty                  a local pseudo-terminal, symlinked at PATH, bridged to the 
                      cannot reset the board through it: use `--before no-reset` with esptool
                      and reset with `serialhub monitor` (Ctrl-T Ctrl-P) or the portal:
                      curl -X POST -H 'Content-Type: application/json' http://HOST:8080/api/devices/KEY/reset -d '{\"to\":\"bootloader\"}'
+lease                reserve the board for this machine (`[access] lease` on the server) for
+                     --for (30m; s, m, h, d), run COMMAND with {url} and {socket_url} replaced
+                     by its URLs and ESPPORT set, release the lease when it ends (also on
+                     Ctrl-C), and exit with its status:
+                     serialhub lease pi --serial X --for 30m -- esptool --port {socket_url} --before no-reset -b 921600 write-flash 0x10000 app.bin
+                     Without COMMAND: print the URL and the lease id. The token comes from
+                     --token-file or $SERIALHUB_TOKEN.
 labgrid              a labgrid exporter configuration (YAML, on stdout) with one group per
                      board of every HOST given (default: $SERIALHUB_HOST): a NetworkSerialPort
                      with host, port, speed and protocol, for `labgrid-exporter`
@@ -116,6 +126,7 @@ pub(crate) fn main(cmd: &str, parser: lexopt::Parser) -> i32 {
         "monitor" => monitor::main(parser),
         "pty" => pty::main(parser),
         "labgrid" => labgrid::main(parser),
+        "lease" => lease::main(parser),
         _ => Err(ClientError::Usage(format!("unknown command `{cmd}`"))),
     };
     match r {

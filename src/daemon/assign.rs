@@ -229,7 +229,7 @@ impl Assignments {
         Ok(port)
     }
 
-    /// Write the file atomically: temp file in the same directory, fsync, rename, fsync dir.
+    /// Write the file atomically ([`write_atomically`]).
     pub(crate) fn save(&self) -> io::Result<()> {
         let state = StateFile {
             version: 1,
@@ -241,24 +241,27 @@ impl Assignments {
         };
         let mut json = serde_json::to_vec_pretty(&state).map_err(io::Error::other)?;
         json.push(b'\n');
-        let dir = self
-            .file
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let tmp = self
-            .file
-            .with_extension(format!("json.tmp{}", std::process::id()));
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.file)?;
-        std::fs::File::open(dir)?.sync_all()?;
-        Ok(())
+        write_atomically(&self.file, &json)
     }
+}
+
+/// Replace `file` with `bytes` so that a crash leaves the old or the new content, never a
+/// mix: a temp file in the same directory, fsync, rename, fsync the directory.
+pub(crate) fn write_atomically(file: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = file.with_extension(format!("json.tmp{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, file)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 #[cfg(test)]

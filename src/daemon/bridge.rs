@@ -25,6 +25,7 @@ use crate::daemon::access::Allow;
 use crate::daemon::assign::DeviceKey;
 use crate::daemon::config::{After, Busy, DeviceSpec, Protocol, MAX_CLIENTS};
 use crate::daemon::control::{Reply, RequestError};
+use crate::daemon::lease::{self, Expiry, Lease, Leases, Refusal};
 use crate::daemon::peerlog::{suppressed_note, PeerLog, Verdict};
 use crate::daemon::registry::{ClientInfo, DeviceState, Dropped, LogRing, Registry, Role, Stats};
 use crate::daemon::reopen::{Backoff, Report};
@@ -68,6 +69,8 @@ const UNACKED_TIMEOUT_MS: u32 = 25_000;
 const BUSY_MESSAGE: &[u8] = b"Port already in use\r\n";
 const KICKED_MESSAGE: &[u8] = b"kicked off, new user is coming\r\n";
 const NO_DEVICE_MESSAGE: &[u8] = b"Port's device is not available\r\n";
+const NO_LEASE_MESSAGE: &[u8] = b"Port needs a lease: serialhub lease HOST ... -- COMMAND\r\n";
+const LEASED_MESSAGE: &[u8] = b"Port leased to another address\r\n";
 
 /// Requests from other threads, delivered through the wake fd.
 #[derive(Debug)]
@@ -85,6 +88,8 @@ pub(crate) enum BridgeCommand {
     Disconnect(String),
     /// The device node was removed (the supervisor saw it go).
     Gone,
+    /// The device's leases changed: close whom they no longer admit.
+    Leases,
 }
 
 /// What a bridge shares with the rest of the daemon.
@@ -103,6 +108,8 @@ pub(crate) struct Shared {
     pub(crate) policy: Policy,
     /// Who may connect (the device's `allow`, else `[access] allow`).
     pub(crate) allow: Allow,
+    /// Who holds the device (`[access] lease`).
+    pub(crate) leases: Arc<Leases>,
 }
 
 /// Opens the bridge's device (a tty, the simulator; a fake one in tests).
@@ -181,6 +188,7 @@ pub(crate) fn spawn(
         spec.path,
         policy.name()
     );
+    let lease_key = shared.key.to_string();
     let mut bridge = Bridge {
         name: name.clone(),
         configured: LineSettings {
@@ -208,6 +216,9 @@ pub(crate) fn spawn(
         accept_rest: None,
         peer_log: PeerLog::default(),
         refusals: PeerLog::with_burst(1),
+        lease_key,
+        leases: Vec::new(),
+        lease_ends: None,
         buf: vec![0; READ_CHUNK].into_boxed_slice(),
     };
     let thread = thread::Builder::new()
@@ -373,6 +384,11 @@ struct Bridge {
     peer_log: PeerLog,
     /// Refusals each address may cause in the log (one a minute).
     refusals: PeerLog,
+    /// The device's key as the lease book names it.
+    lease_key: String,
+    /// The device's active leases as last read, and when the first of them runs out.
+    leases: Vec<Lease>,
+    lease_ends: Option<Instant>,
     buf: Box<[u8]>,
 }
 
@@ -385,6 +401,7 @@ const SLOTS: usize = 3 + MAX_CLIENTS;
 
 impl Bridge {
     fn run(&mut self) {
+        self.apply_leases();
         loop {
             if self.link.retry_at().is_some_and(|t| Instant::now() >= t) {
                 self.open_device();
@@ -592,8 +609,76 @@ impl Bridge {
                     self.device_lost("unplugged");
                 }
             }
+            BridgeCommand::Leases => self.apply_leases(),
         }
         Ok(())
+    }
+
+    /// The device's leases changed (or the bridge starts): the clients they do not admit
+    /// are closed — a device leased to one address is reserved for it — and the next expiry
+    /// is timed.
+    fn apply_leases(&mut self) {
+        let now = lease::unix_now();
+        self.read_leases(now);
+        let refused: Vec<(usize, Refusal)> = {
+            let book = self.shared.leases.book();
+            (self.clients.iter().enumerate().rev())
+                .filter_map(|(i, c)| {
+                    let ip = c.addr.ip();
+                    book.admits(&self.lease_key, ip, now).err().map(|r| (i, r))
+                })
+                .collect()
+        };
+        for (i, why) in refused {
+            self.drop_client(i, why.as_str());
+        }
+    }
+
+    /// A lease of this device ran out: with `lease_expiry = "close"` its holder's clients
+    /// are closed; otherwise they finish, and the next connection follows the policy.
+    fn lease_expired(&mut self) {
+        let now = lease::unix_now();
+        let close = self.shared.leases.book().expiry == Expiry::Close;
+        let ended: Vec<Lease> = self
+            .leases
+            .iter()
+            .filter(|l| !l.active(now))
+            .cloned()
+            .collect();
+        for l in &ended {
+            info!(
+                "{}: the lease of {} ran out{}",
+                self.name,
+                l.address,
+                if close {
+                    "; closing its connections"
+                } else {
+                    ""
+                }
+            );
+            if close {
+                let holder = l.address.to_canonical();
+                for i in (0..self.clients.len()).rev() {
+                    if self.clients[i].addr.ip().to_canonical() == holder {
+                        self.drop_client(i, "its lease ran out (lease_expiry = \"close\")");
+                    }
+                }
+            }
+        }
+        self.read_leases(now);
+    }
+
+    /// The device's active leases, and when the first of them runs out.
+    fn read_leases(&mut self, now: u64) {
+        self.leases = self
+            .shared
+            .leases
+            .book()
+            .on(&self.lease_key, now)
+            .cloned()
+            .collect();
+        self.lease_ends = (self.leases.iter().map(|l| l.expires).min())
+            .map(|at| Instant::now() + lease::until(at));
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -611,6 +696,7 @@ impl Bridge {
         let rest = self.accept_rest.map(|(until, _, _)| until);
         [
             rest,
+            self.lease_ends,
             self.link.retry_at(),
             modem,
             grace,
@@ -626,6 +712,9 @@ impl Bridge {
     /// Timers: reset steps, the sessions' own waits, modem lines, the grace period.
     fn on_timers(&mut self) {
         let now = Instant::now();
+        if self.lease_ends.is_some_and(|t| now >= t) {
+            self.lease_expired();
+        }
         let mut played = None;
         if let Some(dev) = self.link.device() {
             while let Some(lines) = self.lines.due(now) {
@@ -892,6 +981,28 @@ impl Bridge {
                         self.name
                     );
                 }
+                continue;
+            }
+            let leased =
+                (self.shared.leases.book()).admits(&self.lease_key, addr.ip(), lease::unix_now());
+            if let Err(why) = leased {
+                // Closed before a byte reaches the device or the session, with a word for
+                // netcat users.
+                let ip = addr.ip();
+                Stats::add(&self.shared.stats.lease_refusals, 1);
+                if let Verdict::Log { suppressed } = self.refusals.check(ip, Instant::now()) {
+                    let port = self.listener.local_addr().map_or(0, |a| a.port());
+                    let note = suppressed_note(ip, suppressed);
+                    warn!(
+                        "{}: refused {ip} on port {port}: {}{note}",
+                        self.name,
+                        why.as_str()
+                    );
+                }
+                let _ = stream.write(match why {
+                    Refusal::NoLease => NO_LEASE_MESSAGE,
+                    Refusal::LeasedToOther => LEASED_MESSAGE,
+                });
                 continue;
             }
             let open = matches!(self.link, Link::Open(_));
@@ -1642,6 +1753,7 @@ mod tests {
             open_after: Instant::now(),
             policy: Policy::Passthrough,
             allow: Allow::Everyone,
+            leases: Arc::default(),
         };
         let spec = DeviceSpec {
             busy,

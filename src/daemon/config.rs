@@ -59,6 +59,10 @@ pub(crate) struct Access {
     pub(crate) token_file: Option<PathBuf>,
     /// Reads need the token too.
     pub(crate) private: bool,
+    /// Who may connect to a device with or without a lease.
+    pub(crate) lease: crate::daemon::lease::Policy,
+    /// What happens to a leaseholder's connections when its lease runs out.
+    pub(crate) lease_expiry: crate::daemon::lease::Expiry,
     /// The token read from `token_file` when the config was loaded.
     #[serde(skip)]
     pub(crate) token: Option<Token>,

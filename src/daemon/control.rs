@@ -25,6 +25,8 @@ pub(crate) enum Request {
     StopAll,
     Reset(DeviceKey, ResetTo),
     Disconnect(DeviceKey),
+    /// The device's leases changed: its bridge closes whom they no longer admit.
+    Leased(DeviceKey),
 }
 
 /// A request's outcome: a message for the user, or why it failed.

@@ -5,16 +5,19 @@
 //!  main thread: signals (SIGHUP reload, SIGINT/SIGTERM stop) ──control──▶ supervisor thread
 //!  portal thread (bounded HTTP) ──control (requests)──▶ supervisor ──commands──▶ bridges
 //!  supervisor, bridges ──write──▶ registry ◀──read── portal
+//!  portal ──grant/release──▶ leases ◀──read── bridges (who may connect)
 //! ```
 //!
 //! No module below depends on this one, and none depends on a module it does not name here
 //! as its inputs: the graph is a tree.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use log::{error, info, warn};
 
 use crate::daemon::config::Config;
+use crate::daemon::lease::{Book, Leases};
 use crate::daemon::registry::Registry;
 use crate::daemon::supervisor::Supervisor;
 
@@ -25,6 +28,7 @@ pub(crate) mod config; // serialhub.toml and `--device` flags, with errors that 
 pub(crate) mod control; // the requests the portal and signals send the supervisor
 pub(crate) mod http; // a small bounded HTTP/1.1 server: connection cap, limits, deadlines
 pub(crate) mod identity; // USB identity of a tty from sysfs: ids, serial, physical path
+pub(crate) mod lease; // devices reserved for one address for a while: the book, its file, who may connect
 pub(crate) mod peerlog; // how many log lines a remote address may cause (pure)
 pub(crate) mod portal; // HTTP: discovery API (old portal's shapes), metrics, web page
 pub(crate) mod registry; // the shared view of devices, ports, clients and counters
@@ -59,7 +63,13 @@ pub(crate) fn serve(config: Config, reload: Reload) -> Result<(), String> {
     let access = config.access.clone();
     let devices = config.devices.clone();
     let registry = Registry::new();
-    let mut sup = Supervisor::new(config, registry.clone());
+    let mut book = Book::load(
+        &config.state_file.with_file_name("leases.json"),
+        lease::unix_now(),
+    );
+    book.set_rules(config.access.lease, config.access.lease_expiry);
+    let leases = Arc::new(Leases::new(book));
+    let mut sup = Supervisor::new(config, registry.clone(), leases.clone());
     // Fixed devices are bound up front: a port conflict stops the daemon at start with a
     // message instead of leaving a device unserved.
     let errors = sup.start_fixed(devices);
@@ -76,6 +86,7 @@ pub(crate) fn serve(config: Config, reload: Reload) -> Result<(), String> {
             handle.clone(),
             http_connections,
             access,
+            leases,
         )
         .map_err(|e| format!("cannot start the portal: {e}"))?;
     }

@@ -24,6 +24,7 @@ use crate::daemon::access::Refusal;
 use crate::daemon::config::{Access, Protocol};
 use crate::daemon::control::{Handle, Reply, Request, RequestError};
 use crate::daemon::http::{self, Handler, HttpRequest, HttpResponse, Limits};
+use crate::daemon::lease::{self, Lease, LeaseError, Leases, Policy as LeasePolicy};
 use crate::daemon::peerlog::{suppressed_note, PeerLog, Verdict};
 use crate::daemon::registry::{ClientInfo, DeviceEntry, DeviceState, Registry, Role, Stats};
 use crate::protocol::reset::ResetTo;
@@ -67,9 +68,12 @@ pub(crate) fn spawn(
     commands: impl Commands,
     connections: usize,
     access: Access,
+    leases: Arc<Leases>,
 ) -> io::Result<JoinHandle<()>> {
     let addr = listener.local_addr()?;
-    let mut portal = Portal::new(registry, Box::new(commands), device_ip).guarded(access);
+    let mut portal = Portal::new(registry, Box::new(commands), device_ip)
+        .guarded(access)
+        .leasing(leases);
     portal.port = addr.port();
     info!("portal listening on http://{addr}");
     let limits = Limits {
@@ -145,6 +149,8 @@ pub(crate) struct Portal {
     port: u16,
     /// Refusals each address may cause in the log (one a minute).
     refusals: std::cell::RefCell<PeerLog>,
+    /// Who holds which device; the portal grants and releases.
+    leases: Arc<Leases>,
 }
 
 impl Portal {
@@ -160,7 +166,14 @@ impl Portal {
             access: Access::default(),
             port: 0,
             refusals: std::cell::RefCell::new(PeerLog::with_burst(1)),
+            leases: Arc::default(),
         }
+    }
+
+    /// The lease book it grants from (`[access] lease`).
+    pub(crate) fn leasing(mut self, leases: Arc<Leases>) -> Portal {
+        self.leases = leases;
+        self
     }
 
     /// Who may use the portal (`[access]`).
@@ -174,6 +187,7 @@ impl Portal {
     /// asking first), and the token for what needs one.
     fn guard(&self, req: &HttpRequest) -> Option<HttpResponse> {
         let post = req.method == "POST";
+        let mutating = !matches!(req.method, "GET" | "HEAD");
         if let Some(ip) = req.remote.map(|r| r.ip()) {
             if !self.access.allow.permits(ip) {
                 return Some(self.refuse_access(Refusal::NotAllowed, ip));
@@ -196,7 +210,7 @@ impl Portal {
             }
         }
         if let Some(token) = &self.access.token {
-            if (post || self.access.private) && !token.accepts(req.authorization) {
+            if (mutating || self.access.private) && !token.accepts(req.authorization) {
                 let ip = req
                     .remote
                     .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |r| r.ip());
@@ -330,9 +344,11 @@ impl Portal {
         let allow = match action {
             None | Some("log") => "GET, HEAD",
             Some("reset" | "disconnect") => "POST",
+            Some("lease") => "GET, HEAD, POST",
+            Some(a) if a.starts_with("lease/") => "DELETE",
             Some(_) => return HttpResponse::error(404, "Not found"),
         };
-        if (allow == "POST" && !post) || (allow != "POST" && !get) {
+        if !allow.split(", ").any(|m| m == req.method) {
             return HttpResponse::method_not_allowed(allow);
         }
         let Some(key) = percent_decode(raw_key) else {
@@ -342,7 +358,7 @@ impl Portal {
             return HttpResponse::error(404, format!("no device {key}"));
         };
         match action {
-            None => HttpResponse::json(200, &device_json(&entry, &host())),
+            None => HttpResponse::json(200, &self.device_json(&entry, &host())),
             Some("log") => match query_u64(query, "since") {
                 Ok(since) => HttpResponse::json(200, &log_json(&entry, since.unwrap_or(0))),
                 Err(e) => HttpResponse::error(400, e),
@@ -370,8 +386,116 @@ impl Portal {
                 };
                 HttpResponse::command(self.commands.request(Request::Reset(entry.key, to)))
             }
-            _ => HttpResponse::command(self.commands.request(Request::Disconnect(entry.key))),
+            Some("disconnect") => {
+                HttpResponse::command(self.commands.request(Request::Disconnect(entry.key)))
+            }
+            Some(lease) => self.lease(req, &entry, lease.strip_prefix("lease/"), &host()),
         }
+    }
+
+    /// A device as the API shows it, with its leases (who holds it, until when; the ids
+    /// are in `GET …/lease`).
+    fn device_json(&self, e: &DeviceEntry, host: &str) -> Value {
+        let mut d = device_json(e, host);
+        let now = lease::unix_now();
+        let key = e.key.to_string();
+        let leases: Vec<Value> = (self.leases.book().on(&key, now))
+            .map(|l| json!({ "address": l.address.to_string(), "expires": l.expires, "seconds": l.left(now) }))
+            .collect();
+        d["leases"] = Value::from(leases);
+        d
+    }
+
+    /// `GET …/lease` lists the device's leases, `POST …/lease` grants one, `DELETE
+    /// …/lease/{id}` ends one; the device's bridge then closes whom they no longer admit.
+    fn lease(
+        &self,
+        req: &HttpRequest,
+        entry: &DeviceEntry,
+        id: Option<&str>,
+        host: &str,
+    ) -> HttpResponse {
+        let now = lease::unix_now();
+        let device = entry.key.to_string();
+        let mut book = self.leases.book();
+        if book.policy == LeasePolicy::Off {
+            return HttpResponse::error(404, "leases are off on this server (access.lease)");
+        }
+        let changed = match (req.method, id) {
+            ("GET" | "HEAD", _) => {
+                let leases: Vec<Value> =
+                    book.on(&device, now).map(|l| lease_json(l, now)).collect();
+                return HttpResponse::json(200, &json!({ "leases": leases }));
+            }
+            ("DELETE", Some(id)) => book.release(&device, id, now),
+            _ => {
+                let v = match json_body(req.body) {
+                    Ok(v) => v,
+                    Err(e) => return e,
+                };
+                let seconds = match v.get("seconds") {
+                    None => lease::DEFAULT_SECONDS,
+                    Some(s) => match s.as_u64() {
+                        Some(s) => s,
+                        None => {
+                            return HttpResponse::error(400, "`seconds` must be a whole number")
+                        }
+                    },
+                };
+                let address = match v
+                    .get("address")
+                    .map(|a| a.as_str().map(str::parse::<IpAddr>))
+                {
+                    None => req.remote.map(|r| r.ip().to_canonical()),
+                    Some(Some(Ok(ip))) => Some(ip),
+                    Some(_) => {
+                        return HttpResponse::error(
+                            400,
+                            "`address` must be an IP address, like \"10.0.0.7\"",
+                        )
+                    }
+                };
+                let Some(address) = address else {
+                    return HttpResponse::error(400, "missing field `address`");
+                };
+                book.grant(&device, address, seconds, now, lease_id)
+            }
+        };
+        let lease = match changed {
+            Ok(l) => l,
+            Err(e @ LeaseError::NotFound(_)) => return HttpResponse::error(404, e.to_string()),
+            Err(e @ LeaseError::Held { .. }) => return HttpResponse::error(409, e.to_string()),
+            Err(e @ LeaseError::Length(_)) => return HttpResponse::error(400, e.to_string()),
+        };
+        if let Err(e) = book.save() {
+            warn!("cannot write the leases: {e}; they will not survive a restart");
+        }
+        drop(book);
+        // The bridge closes whom the change excludes (not served now: nothing to close).
+        let _ = self.commands.request(Request::Leased(entry.key.clone()));
+        if req.method == "DELETE" {
+            info!("{device}: lease {} of {} ended", lease.id, lease.address);
+            return HttpResponse::json(
+                200,
+                &json!({ "success": true, "lease": lease_json(&lease, now) }),
+            );
+        }
+        info!(
+            "{device}: leased to {} for {} s (lease {})",
+            lease.address,
+            lease.left(now),
+            lease.id
+        );
+        let d = device_json(entry, host);
+        HttpResponse::json(
+            200,
+            &json!({
+                "success": true,
+                "lease": lease_json(&lease, now),
+                "url": d["url"],
+                "socket_url": d["socket_url"],
+            }),
+        )
     }
 
     /// A device by its key (`serial:0123`), its node (`/dev/ttyUSB0`) or its name.
@@ -422,7 +546,7 @@ impl Portal {
             .snapshot()
             .iter()
             .filter(|e| !served_only || running(&e.state))
-            .map(|e| device_json(e, host))
+            .map(|e| self.device_json(e, host))
             .collect();
         json!({ "devices": devices })
     }
@@ -465,7 +589,7 @@ impl Portal {
             &mut std::iter::once(format!(" {}", all.len())),
         );
         type Counter = fn(&Stats) -> u64;
-        let counters: [(&str, &str, Counter); 6] = [
+        let counters: [(&str, &str, Counter); 7] = [
             (
                 "serialhub_device_bytes_to_device_total",
                 "Bytes from clients written to the device.",
@@ -495,6 +619,11 @@ impl Portal {
                 "serialhub_device_observer_output_missed_total",
                 "Device output observers missed by not reading fast enough.",
                 |s| Stats::get(&s.observer_output_missed),
+            ),
+            (
+                "serialhub_device_lease_refusals_total",
+                "Connections refused for want of a lease.",
+                |s| Stats::get(&s.lease_refusals),
             ),
         ];
         for (name, help, get) in counters {
@@ -527,6 +656,18 @@ impl Portal {
                 })
             }),
         );
+        let now = lease::unix_now();
+        let book = self.leases.book();
+        family(
+            "serialhub_device_leased",
+            "gauge",
+            "1 while the device is leased to an address.",
+            &mut all.iter().map(|e| {
+                let leased = book.on(&e.key.to_string(), now).next().is_some();
+                format!("{{{}}} {}", labels(e), u8::from(leased))
+            }),
+        );
+        drop(book);
         const STATES: [&str; 7] = [
             "absent",
             "starting",
@@ -557,8 +698,12 @@ impl Portal {
         let mut rows = String::new();
         let all = self.registry.snapshot();
         for e in &all {
-            let d = device_json(e, host);
+            let d = self.device_json(e, host);
             let s = |k: &str| html(d[k].as_str().unwrap_or(""));
+            let leased = match d["leases"][0]["address"].as_str() {
+                Some(a) => format!(" <small>(leased to {})</small>", html(a)),
+                None => String::new(),
+            };
             let client = match e.clients.split_first() {
                 None => "—".to_string(),
                 Some((c, [])) => html(&c.addr.to_string()),
@@ -581,7 +726,7 @@ impl Portal {
                 e.port,
                 e.state.as_str(),
                 e.state.as_str(),
-                client,
+                client + &leased,
                 s("url"),
             );
         }
@@ -644,6 +789,26 @@ fn running(s: &DeviceState) -> bool {
     matches!(
         s,
         DeviceState::Starting | DeviceState::Idle | DeviceState::Connected
+    )
+}
+
+/// One lease as the API shows it.
+fn lease_json(l: &Lease, now: u64) -> Value {
+    json!({
+        "id": l.id,
+        "device": l.device,
+        "address": l.address.to_string(),
+        "granted": l.granted,
+        "expires": l.expires,
+        "seconds": l.left(now),
+    })
+}
+
+/// A lease's id: random, so no one ends another's lease by guessing.
+fn lease_id() -> String {
+    crate::daemon::access::new_token().map_or_else(
+        |_| format!("{:x}", lease::unix_now() ^ u64::from(std::process::id())),
+        |t| t[..16].to_string(),
     )
 }
 
@@ -976,6 +1141,64 @@ mod tests {
         });
         let v = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
         (r.status, v)
+    }
+
+    #[test]
+    fn leases_are_granted_listed_shown_and_ended_over_the_api() {
+        use crate::daemon::lease::{Book, Expiry};
+        let (p, fake, _) = setup();
+        let mut book = Book::default();
+        book.set_rules(LeasePolicy::Optional, Expiry::Finish);
+        let p = p.leasing(Arc::new(Leases::new(book)));
+        let dev = "/api/devices/serial%3A0001/lease";
+        // The caller's own address by default; the device's URLs come with it.
+        let (st, v) = call(&p, "POST", dev, r#"{"seconds": 600}"#);
+        assert_eq!(st, 200, "{v}");
+        let id = v["lease"]["id"].as_str().unwrap().to_string();
+        assert_eq!(id.len(), 16);
+        assert_eq!(v["lease"]["address"], "192.168.1.9");
+        assert_eq!(v["lease"]["seconds"], 600);
+        assert_eq!(v["url"], "rfc2217://pi.local:4001");
+        assert!(fake
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.starts_with("Leased")));
+        // Another address is told who holds it.
+        let (st, v) = call(&p, "POST", dev, r#"{"address": "10.0.0.9"}"#);
+        assert_eq!(st, 409, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("192.168.1.9"), "{v}");
+        for bad in [
+            r#"{"seconds": 1}"#,
+            r#"{"seconds": "x"}"#,
+            r#"{"address": "pi"}"#,
+        ] {
+            assert_eq!(call(&p, "POST", dev, bad).0, 400, "{bad}");
+        }
+        // Listed, and shown on the device.
+        let (_, v) = call(&p, "GET", dev, "");
+        assert_eq!(v["leases"][0]["id"], id.as_str());
+        let (_, d) = call(&p, "GET", "/api/devices/serial%3A0001", "");
+        assert_eq!(d["leases"][0]["address"], "192.168.1.9");
+        assert!(
+            d["leases"][0].get("id").is_none(),
+            "ids only in the lease list"
+        );
+        assert!(p
+            .metrics()
+            .contains("serialhub_device_leased{key=\"serial:0001\""));
+        // Ended early; a wrong id is a 404; the method is checked.
+        assert_eq!(call(&p, "DELETE", &format!("{dev}/nope"), "").0, 404);
+        assert_eq!(call(&p, "DELETE", &format!("{dev}/{id}"), "").0, 200);
+        assert_eq!(call(&p, "GET", dev, "").1["leases"], json!([]));
+        assert_eq!(call(&p, "PUT", dev, "").0, 405);
+        // `lease = "off"`: no such endpoint.
+        let (p, _, _) = setup();
+        let mut book = Book::default();
+        book.set_rules(LeasePolicy::Off, Expiry::Finish);
+        let p = p.leasing(Arc::new(Leases::new(book)));
+        assert_eq!(call(&p, "POST", dev, "{}").0, 404);
     }
 
     #[test]

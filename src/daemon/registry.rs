@@ -103,6 +103,8 @@ pub(crate) struct Stats {
     pub(crate) observer_bytes_dropped: AtomicU64,
     /// Device output observers missed by not reading fast enough.
     pub(crate) observer_output_missed: AtomicU64,
+    /// Connections refused for want of a lease.
+    pub(crate) lease_refusals: AtomicU64,
 }
 
 impl Stats {

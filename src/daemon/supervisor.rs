@@ -23,6 +23,7 @@ use crate::daemon::bridge::{self, BridgeCommand, BridgeHandle, Shared};
 use crate::daemon::config::{glob_match, Config, DeviceSpec, Hotplug};
 use crate::daemon::control::{Command, Inbox, Reply, Request, RequestError};
 use crate::daemon::identity::{self, UsbInfo};
+use crate::daemon::lease::Leases;
 use crate::daemon::registry::{DeviceEntry, DeviceState, LogRing, Registry, LOG_RING_BYTES};
 use crate::device::DevicePath;
 use crate::protocol::reset::Policy;
@@ -76,10 +77,12 @@ pub(crate) struct Supervisor {
     flapping_until: HashMap<DeviceKey, Instant>,
     /// Devices stopped on request, with what it takes to start them again.
     stopped: BTreeMap<DeviceKey, Parked>,
+    /// Who holds which device (the portal changes it; the bridges read it).
+    leases: Arc<Leases>,
 }
 
 impl Supervisor {
-    pub(crate) fn new(config: Config, registry: Arc<Registry>) -> Supervisor {
+    pub(crate) fn new(config: Config, registry: Arc<Registry>, leases: Arc<Leases>) -> Supervisor {
         let legacy = config
             .hotplug
             .enabled
@@ -103,6 +106,7 @@ impl Supervisor {
             appearances: HashMap::new(),
             flapping_until: HashMap::new(),
             stopped: BTreeMap::new(),
+            leases,
         }
     }
 
@@ -303,6 +307,7 @@ impl Supervisor {
                 .allow
                 .clone()
                 .unwrap_or_else(|| self.config.access.allow.clone()),
+            leases: self.leases.clone(),
         };
         let open = bridge::opener(&spec);
         let handle = match bridge::spawn(spec.clone(), listener, shared, open) {
@@ -670,6 +675,14 @@ impl Supervisor {
     fn answer(&mut self, req: Request) -> Reply {
         match req {
             Request::Reset(key, _) => Err(RequestError::NotFound(key.to_string())),
+            Request::Leased(key) => {
+                let s = self
+                    .served
+                    .get(&key)
+                    .ok_or_else(|| RequestError::NotFound(key.to_string()))?;
+                s.handle.send(BridgeCommand::Leases);
+                Ok(format!("{key}: leases applied"))
+            }
             Request::Disconnect(key) => {
                 let s = self
                     .served
