@@ -7,11 +7,13 @@
 //!  cli ─▶ daemon: serve (signals, wiring) ─▶ supervisor ─▶ bridge (one thread per device)
 //!         │        portal (HTTP) ─control─▶ supervisor;  both ─▶ registry (shared view)
 //!         │        portal ─grant/release─▶ leases ◀─who may connect─ bridges
+//!         │        supervisor ─serve/withdraw─▶ mdns (responder thread)
 //!         client: discover, url, monitor, pty, lease, labgrid
 //!  device: tty | GPIO-wired | simulated ESP32 (in-process, or on a pty)
 //!  sim:    the simulated chip and board (pure)
 //!  protocol (pure, sans-IO): telnet ─▶ rfc2217 ─▶ session ─▶ effects;  esp (loader follower);
-//!                            reset (policies, line driver);  line (settings, modem lines)
+//!                            reset (policies, line driver);  line (settings, modem lines);
+//!                            mdns (DNS-SD records, responder, browser)
 //!
 //!  client TCP ─▶ bridge ─▶ session ─bytes─▶ device      bridge performs the effects of the
 //!  device ─▶ bridge ─▶ session (escape | raw | esp) ─▶ client, observers, log ring
@@ -19,7 +21,7 @@
 //! ```
 
 pub mod cli; // command line: `serve`, `sim`, client commands, `--help`, `--version`
-pub(crate) mod client; // the other side: `discover`, `url`, `monitor`, `pty`, `lease`, `labgrid`
+pub(crate) mod client; // the other side: `discover`, `url`, `monitor`, `pty`, `lease`, `labgrid`, mDNS browse
 pub(crate) mod daemon; // `serve`: composition root, supervisor, bridges, portal, registry
 pub(crate) mod device; // device backends behind one trait: tty, GPIO-wired, the simulator
 pub(crate) mod protocol; // the sans-IO cores: telnet, rfc2217, session, esp, reset, line

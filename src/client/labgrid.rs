@@ -23,7 +23,11 @@ pub(crate) fn main(mut parser: lexopt::Parser) -> Result<(), ClientError> {
         }
     }
     let portals = if hosts.is_empty() {
-        vec![Portal::from_arg_or_env(None)?]
+        match Portal::given(None)? {
+            Some(p) => vec![p],
+            // Every serialhub on the network.
+            None => super::lan::portals()?,
+        }
     } else {
         hosts
             .iter()
@@ -36,7 +40,9 @@ pub(crate) fn main(mut parser: lexopt::Parser) -> Result<(), ClientError> {
         found.extend(devices);
     }
     if found.is_empty() {
-        return Err(ClientError::Runtime("no boards are served there".into()));
+        return Err(ClientError::Runtime(
+            "no boards are served there (or no serialhub answered on the network)".into(),
+        ));
     }
     print!("{}", exporter_yaml(&found));
     Ok(())

@@ -65,11 +65,16 @@ pub(crate) fn main(mut parser: lexopt::Parser) -> Result<(), ClientError> {
             a => return Err(a.unexpected().into()),
         }
     }
-    let portal = Portal::from_arg_or_env(host.as_deref())?;
     let sel = sel.or_env()?;
-    let (_, devices) = portal.discover()?;
-    let device = sel.pick(&devices, &portal.authority)?;
-    let key = device.key.clone();
+    let (devices, from) = super::devices_of(host.as_deref())?;
+    let device = sel.pick(&devices, &from)?;
+    let Some(portal) = device.portal.clone() else {
+        return Err(ClientError::Select(format!(
+            "{} on {} has no portal to lease it from",
+            device.name, device.host
+        )));
+    };
+    let key = device.api_key();
     let lease = portal.lease(&key, length.as_secs())?;
     if command.is_empty() {
         println!("{}", lease.url);

@@ -11,6 +11,7 @@
 
 pub(crate) mod http;
 pub(crate) mod labgrid;
+pub(crate) mod lan;
 pub(crate) mod lease;
 pub(crate) mod monitor;
 pub(crate) mod pty;
@@ -33,7 +34,9 @@ USAGE:
     serialhub labgrid [HOST[:PORT]]...
     serialhub lease [HOST[:PORT]] [SELECTOR] [--for 30m] [--token-file F] [-- COMMAND...]
 
-HOST defaults to $SERIALHUB_HOST, then $PI_HOST; the portal's port to 8080. A portal that wants
+HOST defaults to $SERIALHUB_HOST, then $PI_HOST; without any, every serialhub on the network is
+found by mDNS (about 1.5 s) and `discover` lists their boards with a HOST column. The portal's
+port defaults to 8080. A portal that wants
 its API token (`[access] token_file`) gets it from $SERIALHUB_TOKEN.
 TARGET is an rfc2217://HOST:PORT URL, or a HOST whose portal picks the device; without one,
 $ESP32_PORT (a URL), else the default HOST.
@@ -74,7 +77,8 @@ lease                reserve the board for this machine (`[access] lease` on the
                      Without COMMAND: print the URL and the lease id. The token comes from
                      --token-file or $SERIALHUB_TOKEN.
 labgrid              a labgrid exporter configuration (YAML, on stdout) with one group per
-                     board of every HOST given (default: $SERIALHUB_HOST): a NetworkSerialPort
+                     board of every HOST given (default: $SERIALHUB_HOST, else every
+                     serialhub found on the network): a NetworkSerialPort
                      with host, port, speed and protocol, for `labgrid-exporter`
 
 Exit status: 0 ok; 1 no device matches, several do, or the connection failed; 2 bad command
@@ -175,19 +179,18 @@ impl Portal {
         Ok(Portal { authority })
     }
 
-    /// From the command line, else `$SERIALHUB_HOST`, else `$PI_HOST`.
-    pub(crate) fn from_arg_or_env(arg: Option<&str>) -> Result<Portal, ClientError> {
+    /// From the command line, else `$SERIALHUB_HOST`, else `$PI_HOST`; `None` when none is
+    /// given (then the network is browsed: [`lan`]).
+    pub(crate) fn given(arg: Option<&str>) -> Result<Option<Portal>, ClientError> {
         if let Some(a) = arg {
-            return Portal::parse(a);
+            return Portal::parse(a).map(Some);
         }
         for var in ["SERIALHUB_HOST", "PI_HOST"] {
             if let Some(v) = std::env::var(var).ok().filter(|v| !v.trim().is_empty()) {
-                return Portal::parse(&v);
+                return Portal::parse(&v).map(Some);
             }
         }
-        Err(ClientError::Usage(
-            "no host: give HOST, or set SERIALHUB_HOST (or PI_HOST)".into(),
-        ))
+        Ok(None)
     }
 
     fn get_json(&self, path: &str) -> Result<Value, ClientError> {
@@ -263,6 +266,10 @@ pub(crate) struct Device {
     pub(crate) name: String,
     pub(crate) key: String,
     pub(crate) state: String,
+    /// Where it was found, when the network was browsed (`HOST` in the listing).
+    pub(crate) host: String,
+    /// The portal that serves it, when known.
+    pub(crate) portal: Option<Portal>,
 }
 
 impl Device {
@@ -283,6 +290,8 @@ impl Device {
             name: s("name"),
             key: s("key"),
             state: s("state"),
+            host: String::new(),
+            portal: None,
         };
         if d.name.is_empty() {
             d.name = d.tty.rsplit('/').next().unwrap_or("").to_string();
@@ -294,6 +303,31 @@ impl Device {
             };
         }
         d
+    }
+
+    /// How the portal's API names it (its key; the old portal's: its node).
+    pub(crate) fn api_key(&self) -> String {
+        if self.key.is_empty() {
+            self.tty.clone()
+        } else {
+            self.key.clone()
+        }
+    }
+
+    /// The listing's JSON for a device found on the network.
+    fn to_json(&self) -> Value {
+        serde_json::json!({
+            "host": self.host,
+            "name": self.name,
+            "product": self.product,
+            "serial": self.serial,
+            "key": self.key,
+            "port": self.port,
+            "state": self.state,
+            "url": self.url,
+            "socket_url": self.socket_url,
+            "portal": self.portal.as_ref().map(|p| format!("http://{}", p.authority)),
+        })
     }
 
     /// One line naming the device, for messages.
@@ -503,7 +537,26 @@ fn discover(mut parser: lexopt::Parser) -> Result<(), ClientError> {
             a => return Err(a.unexpected().into()),
         }
     }
-    let portal = Portal::from_arg_or_env(host.as_deref())?;
+    let Some(portal) = Portal::given(host.as_deref())? else {
+        let devices = lan::devices()?;
+        if devices.is_empty() {
+            return Err(ClientError::Select(format!(
+                "no serialhub answered on the network within {:.1} s (mDNS); give a HOST",
+                lan::BROWSE_FOR.as_secs_f32()
+            )));
+        }
+        if json {
+            let list: Vec<serde_json::Value> = devices.iter().map(Device::to_json).collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "devices": list }))
+                    .unwrap_or_default()
+            );
+        } else {
+            print!("{}", table(&devices));
+        }
+        return Ok(());
+    };
     let (raw, devices) = portal.discover()?;
     if json {
         println!(
@@ -518,9 +571,10 @@ fn discover(mut parser: lexopt::Parser) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// The readable listing: one row per device, columns padded to fit.
+/// The readable listing: one row per device, columns padded to fit; a HOST column when the
+/// devices come from several hosts (the network was browsed).
 pub(crate) fn table(devices: &[Device]) -> String {
-    let head = ["#", "NAME", "PRODUCT", "SERIAL", "PORT", "STATE", "URL"];
+    let hosts = devices.iter().any(|d| !d.host.is_empty());
     let dash = |s: &str| {
         if s.is_empty() {
             "-".to_string()
@@ -528,11 +582,15 @@ pub(crate) fn table(devices: &[Device]) -> String {
             s.to_string()
         }
     };
-    let rows: Vec<[String; 7]> = devices
+    let mut head = vec!["#", "NAME", "PRODUCT", "SERIAL", "PORT", "STATE", "URL"];
+    if hosts {
+        head.insert(1, "HOST");
+    }
+    let rows: Vec<Vec<String>> = devices
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            [
+            let mut r = vec![
                 i.to_string(),
                 dash(&d.name),
                 dash(&d.product),
@@ -540,10 +598,14 @@ pub(crate) fn table(devices: &[Device]) -> String {
                 d.port.to_string(),
                 dash(&d.state),
                 dash(&d.url),
-            ]
+            ];
+            if hosts {
+                r.insert(1, dash(&d.host));
+            }
+            r
         })
         .collect();
-    let mut width = head.map(str::len);
+    let mut width: Vec<usize> = head.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (w, c) in width.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
@@ -592,15 +654,14 @@ fn url(mut parser: lexopt::Parser) -> Result<(), ClientError> {
             a => return Err(a.unexpected().into()),
         }
     }
-    let portal = Portal::from_arg_or_env(host.as_deref())?;
     let sel = sel.or_env()?;
-    let (_, devices) = portal.discover()?;
-    let d = sel.pick(&devices, &portal.authority)?;
+    let (devices, from) = devices_of(host.as_deref())?;
+    let d = sel.pick(&devices, &from)?;
     if socket {
         if d.socket_url.is_empty() {
             return Err(ClientError::Select(format!(
                 "{} on {} serves RFC 2217 only (its protocol setting); use {}",
-                d.name, portal.authority, d.url
+                d.name, from, d.url
             )));
         }
         println!("{}", d.socket_url);
@@ -610,12 +671,32 @@ fn url(mut parser: lexopt::Parser) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// Where `monitor` and `pty` connect: a fixed URL, or a device a portal picks (re-resolved
-/// on every reconnect, and the way to reset the board).
+/// The devices of the given host (or `$SERIALHUB_HOST`, `$PI_HOST`), else of every serialhub
+/// on the network; and where they came from, for messages.
+pub(crate) fn devices_of(host: Option<&str>) -> Result<(Vec<Device>, String), ClientError> {
+    match Portal::given(host)? {
+        Some(p) => {
+            let (_, devices) = p.discover()?;
+            let devices = devices
+                .into_iter()
+                .map(|d| Device {
+                    portal: Some(p.clone()),
+                    ..d
+                })
+                .collect();
+            Ok((devices, p.authority))
+        }
+        None => Ok((lan::devices()?, "the network (mDNS)".into())),
+    }
+}
+
+/// Where `monitor` and `pty` connect: a fixed URL, or a device a portal picks, or one found
+/// on the network (re-resolved on every reconnect, and the way to reset the board).
 #[derive(Clone, Debug)]
 pub(crate) enum Target {
     Url(String),
     Portal(Portal, Selector),
+    Lan(Selector),
 }
 
 /// A resolved target: the RFC 2217 server and, if known, the portal and the device's key.
@@ -651,10 +732,10 @@ impl Target {
                 url_authority(&u)?;
                 Ok(Target::Url(u))
             }
-            None => Ok(Target::Portal(
-                Portal::from_arg_or_env(None)?,
-                sel.or_env()?,
-            )),
+            None => Ok(match Portal::given(None)? {
+                Some(p) => Target::Portal(p, sel.or_env()?),
+                None => Target::Lan(sel.or_env()?),
+            }),
         }
     }
 
@@ -668,15 +749,19 @@ impl Target {
             Target::Portal(p, sel) => {
                 let (_, devices) = p.discover()?;
                 let d = sel.pick(&devices, &p.authority)?;
-                let key = if d.key.is_empty() {
-                    d.tty.clone()
-                } else {
-                    d.key.clone()
-                };
                 Ok(Resolved {
                     authority: url_authority(&d.url)?,
                     url: d.url.clone(),
-                    portal: Some((p.clone(), key)),
+                    portal: Some((p.clone(), d.api_key())),
+                })
+            }
+            Target::Lan(sel) => {
+                let devices = lan::devices()?;
+                let d = sel.pick(&devices, "the network (mDNS)")?;
+                Ok(Resolved {
+                    authority: url_authority(&d.url)?,
+                    url: d.url.clone(),
+                    portal: d.portal.clone().map(|p| (p, d.api_key())),
                 })
             }
         }

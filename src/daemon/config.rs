@@ -46,6 +46,8 @@ pub(crate) struct Config {
     pub(crate) http_connections: usize,
     /// Who may connect (`[access]`).
     pub(crate) access: Access,
+    /// Advertising devices and the portal on the network (`[mdns]`).
+    pub(crate) mdns: crate::daemon::mdns::MdnsConfig,
 }
 
 /// The `[access]` table.
@@ -190,6 +192,7 @@ impl Default for Config {
             http: parse_http(DEFAULT_HTTP).expect("the default parses"),
             http_connections: DEFAULT_HTTP_CONNECTIONS,
             access: Access::default(),
+            mdns: Default::default(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //!  portal thread (bounded HTTP) ──control (requests)──▶ supervisor ──commands──▶ bridges
 //!  supervisor, bridges ──write──▶ registry ◀──read── portal
 //!  portal ──grant/release──▶ leases ◀──read── bridges (who may connect)
+//!  supervisor ──serve/withdraw──▶ mdns thread (advertisements)
 //! ```
 //!
 //! No module below depends on this one, and none depends on a module it does not name here
@@ -29,6 +30,7 @@ pub(crate) mod control; // the requests the portal and signals send the supervis
 pub(crate) mod http; // a small bounded HTTP/1.1 server: connection cap, limits, deadlines
 pub(crate) mod identity; // USB identity of a tty from sysfs: ids, serial, physical path
 pub(crate) mod lease; // devices reserved for one address for a while: the book, its file, who may connect
+pub(crate) mod mdns; // the mDNS responder thread: devices and the portal advertised, goodbyes
 pub(crate) mod peerlog; // how many log lines a remote address may cause (pure)
 pub(crate) mod portal; // HTTP: discovery API (old portal's shapes), metrics, web page
 pub(crate) mod registry; // the shared view of devices, ports, clients and counters
@@ -69,7 +71,8 @@ pub(crate) fn serve(config: Config, reload: Reload) -> Result<(), String> {
     );
     book.set_rules(config.access.lease, config.access.lease_expiry);
     let leases = Arc::new(Leases::new(book));
-    let mut sup = Supervisor::new(config, registry.clone(), leases.clone());
+    let adverts = advertise(&config, http.as_ref().and_then(|l| l.local_addr().ok()));
+    let mut sup = Supervisor::new(config, registry.clone(), leases.clone(), adverts);
     // Fixed devices are bound up front: a port conflict stops the daemon at start with a
     // message instead of leaving a device unserved.
     let errors = sup.start_fixed(devices);
@@ -115,6 +118,39 @@ pub(crate) fn serve(config: Config, reload: Reload) -> Result<(), String> {
     handle.shutdown();
     let _ = thread.join();
     Ok(())
+}
+
+/// Start the mDNS responder unless it is off (`[mdns] enabled = false`) or the devices listen
+/// on loopback only (nothing elsewhere could reach what it advertises); the portal, when it
+/// runs, is advertised at once.
+fn advertise(config: &Config, portal: Option<std::net::SocketAddr>) -> Option<mdns::Adverts> {
+    if !config.mdns.enabled {
+        return None;
+    }
+    if !mdns::reachable(config.bind) {
+        info!(
+            "mDNS off: devices listen on {} only (set bind to advertise them)",
+            config.bind
+        );
+        return None;
+    }
+    let only = match config.bind {
+        std::net::IpAddr::V4(v4) if !v4.is_unspecified() => Some(v4),
+        _ => None,
+    };
+    let (host, label) = mdns::host_names();
+    match mdns::spawn(&config.mdns, only, label) {
+        Ok(a) => {
+            if let Some(p) = portal {
+                a.serve("portal", mdns::portal_service(p.port(), &host));
+            }
+            Some(a)
+        }
+        Err(e) => {
+            warn!("mDNS off: cannot use UDP port 5353: {e}");
+            None
+        }
+    }
 }
 
 /// Tell systemd (`Type=notify`) that every port is listening, so `systemctl start` returns

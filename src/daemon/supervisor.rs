@@ -24,6 +24,7 @@ use crate::daemon::config::{glob_match, Config, DeviceSpec, Hotplug};
 use crate::daemon::control::{Command, Inbox, Reply, Request, RequestError};
 use crate::daemon::identity::{self, UsbInfo};
 use crate::daemon::lease::Leases;
+use crate::daemon::mdns::{self, Adverts};
 use crate::daemon::registry::{DeviceEntry, DeviceState, LogRing, Registry, LOG_RING_BYTES};
 use crate::device::DevicePath;
 use crate::protocol::reset::Policy;
@@ -79,10 +80,19 @@ pub(crate) struct Supervisor {
     stopped: BTreeMap<DeviceKey, Parked>,
     /// Who holds which device (the portal changes it; the bridges read it).
     leases: Arc<Leases>,
+    /// The mDNS responder: served devices are advertised, stopped ones withdrawn.
+    adverts: Option<Adverts>,
+    /// This machine's name in the advertised instance names.
+    host: String,
 }
 
 impl Supervisor {
-    pub(crate) fn new(config: Config, registry: Arc<Registry>, leases: Arc<Leases>) -> Supervisor {
+    pub(crate) fn new(
+        config: Config,
+        registry: Arc<Registry>,
+        leases: Arc<Leases>,
+        adverts: Option<Adverts>,
+    ) -> Supervisor {
         let legacy = config
             .hotplug
             .enabled
@@ -107,6 +117,8 @@ impl Supervisor {
             flapping_until: HashMap::new(),
             stopped: BTreeMap::new(),
             leases,
+            adverts,
+            host: mdns::host_names().0,
         }
     }
 
@@ -295,6 +307,7 @@ impl Supervisor {
             port,
             DeviceState::Starting,
         ));
+        let advert = mdns::device_service(&entry, &self.host);
         let shared = Shared {
             registry: self.registry.clone(),
             key: key.clone(),
@@ -322,6 +335,9 @@ impl Supervisor {
         if let Some(n) = &node {
             self.nodes.insert(n.clone(), key.clone());
         }
+        if let Some(a) = &self.adverts {
+            a.serve(&key.to_string(), advert);
+        }
         self.served.insert(
             key,
             Served {
@@ -342,6 +358,9 @@ impl Supervisor {
         let s = self.served.remove(key)?;
         if let Some(n) = &s.node {
             self.nodes.remove(n);
+        }
+        if let Some(a) = &self.adverts {
+            a.withdraw(&key.to_string());
         }
         s.handle.stop(why);
         Some(Parked {

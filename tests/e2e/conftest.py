@@ -54,8 +54,9 @@ def wait_for(cond, timeout: float, interval: float = 0.02, what: str = "conditio
 class Daemon:
     """One running `serialhub serve`; stderr is collected line by line in a thread."""
 
-    def __init__(self, args: list[str], env: dict | None = None):
-        self.args = [SERIALHUB_BIN, *args]
+    def __init__(self, args: list[str], env: dict | None = None, prefix: tuple[str, ...] = ()):
+        # `prefix`: e.g. `ip netns exec NS`, to run the daemon on another (namespace) host.
+        self.args = [*prefix, SERIALHUB_BIN, *args]
         full_env = dict(os.environ)
         full_env.setdefault("RUST_LOG", "info")
         full_env["RUST_BACKTRACE"] = "1"
@@ -142,7 +143,8 @@ def serialhub():
     exited early, or panicked."""
     started: list[Daemon] = []
 
-    def start(*devices: str, extra: tuple[str, ...] = (), env: dict | None = None) -> Daemon:
+    def start(*devices: str, extra: tuple[str, ...] = (), env: dict | None = None,
+              prefix: tuple[str, ...] = ()) -> Daemon:
         # Hermetic by default: no watching of the machine's /dev, no state in /var/lib.
         # Hotplug tests pass their own --dev-dir/--sysfs/--state in `extra`.
         args = ["serve", "--bind", "127.0.0.1"]
@@ -155,7 +157,7 @@ def serialhub():
         for d in devices:
             args += ["--device", d]
         args += list(extra)
-        d = Daemon(args, env=env)
+        d = Daemon(args, env=env, prefix=prefix)
         started.append(d)
         return d
 

@@ -57,3 +57,46 @@ def host():
     finally:
         _ip("link", "del", here, check=False)
         _ip("netns", "del", name, check=False)
+
+
+@contextlib.contextmanager
+def lan(n: int):
+    """`n` hosts on one Ethernet segment: a bridge in the root namespace (address `.1`, which
+    the root namespace's own daemons use) and a namespace per host (`.2` …), each on a veth
+    whose other end is in the bridge. Multicast (mDNS) reaches every host, the root
+    namespace included. Yields (bridge name, root address, hosts)."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root (CI runs as root)")
+    k = next(_count)
+    tag = f"{os.getpid() % 10000}-{k}"
+    bridge = f"shbr{tag}"
+    subnet = f"10.{(os.getpid() >> 8) % 200 + 20}.{(os.getpid() + k) % 250}"
+    made = _ip("link", "add", bridge, "type", "bridge", check=False)
+    if made.returncode != 0:
+        pytest.skip(f"cannot create a bridge: {made.stderr.strip()}")
+    names: list[str] = []
+    try:
+        _ip("addr", "add", f"{subnet}.1/24", "dev", bridge)
+        _ip("link", "set", bridge, "up")
+        hosts = []
+        for i in range(n):
+            name, here, there = f"shns{tag}-{i}", f"shh{tag}-{i}", f"shn{tag}-{i}"
+            _ip("netns", "add", name)
+            names.append(name)
+            _ip("link", "add", here, "type", "veth", "peer", "name", there)
+            _ip("link", "set", here, "master", bridge)
+            _ip("link", "set", here, "up")
+            _ip("link", "set", there, "netns", name)
+            ip = f"{subnet}.{i + 2}"
+            _ip("netns", "exec", name, "ip", "addr", "add", f"{ip}/24", "dev", there)
+            _ip("netns", "exec", name, "ip", "link", "set", there, "up")
+            _ip("netns", "exec", name, "ip", "link", "set", "lo", "up")
+            # Multicast leaves by the default route's interface unless told otherwise.
+            _ip("netns", "exec", name, "ip", "route", "add", "224.0.0.0/4", "dev", there)
+            hosts.append(Host(name, ip, f"{subnet}.1", here))
+        yield bridge, f"{subnet}.1", hosts
+    finally:
+        for i, name in enumerate(names):
+            _ip("link", "del", f"shh{tag}-{i}", check=False)
+            _ip("netns", "del", name, check=False)
+        _ip("link", "del", bridge, check=False)
