@@ -51,12 +51,14 @@ esptools: $(foreach v,$(ESPTOOL_VERSIONS),.venv-esptool/$(v)/.installed) ## espt
 	touch $@
 
 # labgrid (coordinator, exporter, client) from PyPI, in a venv of its own (it brings its own
-# pyserial fork).
+# pyserial fork); microcom (Debian) for `labgrid-client console`.
 labgrid: .venv-labgrid/.installed ## labgrid from PyPI for the lab tests
 
 .venv-labgrid/.installed:
 	python3 -m venv .venv-labgrid
 	.venv-labgrid/bin/pip install --quiet --disable-pip-version-check labgrid
+	@command -v microcom >/dev/null || { s=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$s apt-get update -q && $$s apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends microcom; }
 	touch $@
 
 e2e: venv browser esptools labgrid ## end-to-end tests: esptool (four releases), pyserial, esp-idf-monitor, labgrid, curl, chromium against the daemon

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import socket
 import subprocess
+import time
 
 from pathlib import Path
 
@@ -108,6 +110,31 @@ def test_two_pis_one_exporter_config_and_a_labgrid_serial_driver(serialhub, tmp_
         assert r.returncode == 0, r.stdout + r.stderr
         # The read went to the second Pi's board.
         assert re.search(r"client 127\.0\.0\.1:\d+ connected", pis[1][0].log), pis[1][0].log
+        # `labgrid-client console` (microcom, from Debian) on a pseudo-terminal, as a person
+        # runs it: the simulated application's output appears.
+        master, slave = os.openpty()
+        con = subprocess.Popen([str(LG / "labgrid-client"), "-x", coord, "-p", "bench", "console"],
+                               stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+        os.close(slave)
+        seen = b""
+        try:
+            end = time.monotonic() + 30
+            while b"sim: app tick" not in seen and time.monotonic() < end and con.poll() is None:
+                r, _, _ = select.select([master], [], [], 0.5)
+                if r:
+                    try:
+                        seen += os.read(master, 4096)
+                    except OSError:
+                        break
+            assert b"sim: app tick" in seen, seen[-2000:]
+        finally:
+            con.terminate()
+            try:
+                con.wait(10)
+            except subprocess.TimeoutExpired:
+                con.kill()
+                con.wait()
+            os.close(master)
         lg("-p", "bench", "release", coord=coord)
     finally:
         for p in reversed(procs):
