@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN_DEBUG := target/debug/serialhub
 BIN_RELEASE := target/release/serialhub
 
-.PHONY: help build run test unit e2e browser esptools labgrid bench soak lint venv clean pi pi-check deb deb-armhf check-package install cargo-deb
+.PHONY: help build run test unit e2e browser esptools labgrid espflash bench soak lint venv clean pi pi-check deb deb-armhf check-package install cargo-deb
 
 PI_TARGET := arm-unknown-linux-musleabihf
 PI_BIN := target/$(PI_TARGET)/release/serialhub
@@ -61,7 +61,14 @@ labgrid: .venv-labgrid/.installed ## labgrid from PyPI for the lab tests
 	  $$s apt-get update -q && $$s apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends microcom; }
 	touch $@
 
-e2e: venv browser esptools labgrid ## end-to-end tests: esptool (four releases), pyserial, esp-idf-monitor, labgrid, curl, chromium against the daemon
+# espflash (crates.io), built once into target/espflash for the pty-link test.
+ESPFLASH_VERSION := 4.5.0
+espflash: target/espflash/bin/espflash ## espflash from crates.io for the end-to-end tests
+
+target/espflash/bin/espflash:
+	cargo install --quiet --locked espflash --version $(ESPFLASH_VERSION) --root target/espflash
+
+e2e: venv browser esptools labgrid espflash ## end-to-end tests: esptool (four releases), pyserial, esp-idf-monitor, labgrid, curl, chromium against the daemon
 	$(CARGO) build
 	SERIALHUB_BIN=$(abspath $(BIN_DEBUG)) $(PY) -m pytest -q tests/e2e
 

@@ -260,7 +260,15 @@ impl Pty {
                 break;
             }
         }
-        before > 0 && self.openers == 0
+        let finished = before > 0 && self.openers == 0;
+        if finished {
+            // A program that opened the link exclusively (espflash: TIOCEXCL, as serialport
+            // does by default) leaves the flag on the tty, which our own fd keeps alive: the
+            // next program would get EBUSY. Clear it.
+            // SAFETY: TIOCNXCL takes no argument.
+            let _ = unsafe { libc::ioctl(self.slave.as_raw_fd(), libc::TIOCNXCL) };
+        }
+        finished
     }
 
     /// The format now in force; puts EXTPROC back if the program cleared it.

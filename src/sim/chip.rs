@@ -992,7 +992,8 @@ impl Core {
             Command::FlashEnd | Command::FlashDeflEnd => self.flash_end(op, data),
             Command::SpiFlashMd5 => self.flash_md5(op, data),
             Command::ReadFlashSlow => {
-                if data.len() != 8 {
+                // esptool sends (address, length); espflash adds two words it does not use.
+                if data.len() < 8 {
                     return self.respond(op, 0, &[], Err(Fail::BadDataLen));
                 }
                 let (addr, len) = (word(0), word(1));
@@ -1218,10 +1219,11 @@ impl Core {
     }
 
     fn flash_end(&mut self, op: u8, data: &[u8]) {
-        if data.len() != 4 {
+        // esptool and espflash ≥ 4.5 send a word; older espflash one byte (1 = stay).
+        if !(1..=4).contains(&data.len()) {
             return self.respond(op, 0, &[], Err(Fail::BadDataLen));
         }
-        let stay = u32_at(data, 0) != 0;
+        let stay = data[0] != 0;
         let op_state = std::mem::replace(&mut self.op, Operation::Idle);
         match self.loader {
             Loader::Rom => {
