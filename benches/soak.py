@@ -6,8 +6,8 @@ sampled all along. Not part of `make test`.
 Each device is a PTY whose master end echoes what it reads (a board that answers); each
 device has a client that sends random data at the byte rate of 921600 baud 8N1 (92,160 B/s)
 and checks that exactly the same bytes come back, reconnecting every RECONNECT seconds; a
-visitor knocks on every port now and then and must be told it is busy. At the end a table
-goes to --out (default docs/soak.md).
+visitor knocks on every port now and then: it observes, and must not disturb the client. At the
+end a table goes to --out (default docs/soak.md).
 
     make soak                               # one hour, three devices
     make soak SOAK_ARGS="--seconds 120"     # a short run while developing
@@ -174,14 +174,15 @@ def main() -> int:
         time.sleep(args.sample)
         st = status(daemon.pid)
         samples.append((time.monotonic() - t0, st))
-        # A visitor on each port: told it is busy (the client holds it), or served if it
-        # arrived between two of the client's sessions.
+        # A visitor on each port: it observes (the client, streaming, keeps control), or is
+        # told it is busy (busy = "reject"), or is served between two of the client's
+        # sessions; it must never disturb the client (checked byte for byte).
         for p in ports.values():
             try:
                 with socket.create_connection(("127.0.0.1", p), timeout=5) as v:
                     v.settimeout(2)
                     msg = v.recv(64)
-                    busy_ok += msg.startswith(b"Port already in use") or msg == b""
+                    busy_ok += 1  # observing (or told busy, or served): not an error
             except OSError:
                 busy_bad += 1
         print(f"  {samples[-1][0]:6.0f} s  RSS {st['VmRSS']} KiB  fds {st['fds']}  threads {st['Threads']}  "
@@ -217,7 +218,7 @@ def main() -> int:
         f"| duration | {args.seconds} s |",
         f"| bytes sent / checked back byte-exact | {sent / 1e6:.1f} MB / {checked / 1e6:.1f} MB |",
         f"| client sessions | {sessions} |",
-        f"| visitors told busy (or served between sessions) / failed | {busy_ok} / {busy_bad} |",
+        f"| visitors observing, told busy or served between sessions / failed | {busy_ok} / {busy_bad} |",
         f"| errors | {len(errors)}{': ' + '; '.join(errors[:3]) if errors else ''} |",
         f"| RSS min / after warm-up / max (KiB) | {min(rss, default=0)} / {warm} / {max(rss, default=0)} |",
         f"| descriptors min / max | {min(fds, default=0)} / {max(fds, default=0)} |",

@@ -57,6 +57,10 @@ const POLL_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// listener that stays readable, and connected clients go on being served meanwhile.
 const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(50);
 const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(2);
+/// A client in control that has sent nothing for this long is idle: a newcomer takes control
+/// from it (a monitor someone is typing into, or a program streaming to the device, keeps it
+/// until it pauses).
+const IDLE_AFTER: Duration = Duration::from_secs(1);
 /// How long [`BridgeHandle::stop`] waits for the thread before leaving it to finish alone.
 pub(crate) const STOP_WAIT: Duration = Duration::from_secs(2);
 
@@ -318,6 +322,9 @@ struct Client {
     dropped: Arc<Dropped>,
     /// Its writes while observing were dropped, and the log said so (once per client).
     drop_said: bool,
+    /// When it last sent anything: a client in control is idle (a newcomer may take over)
+    /// once it has been quiet for [`IDLE_AFTER`].
+    last_input: Instant,
 }
 
 impl Client {
@@ -697,6 +704,7 @@ impl Bridge {
         [
             rest,
             self.lease_ends,
+            self.control_deadline(),
             self.link.retry_at(),
             modem,
             grace,
@@ -1135,6 +1143,7 @@ impl Bridge {
             lag: Lag::Keeping,
             dropped: Arc::default(),
             drop_said: false,
+            last_input: now.checked_sub(IDLE_AFTER).unwrap_or(now),
         };
         self.next_id += 1;
         match (self.clients.first(), engaged) {
@@ -1172,19 +1181,29 @@ impl Bridge {
         self.publish();
     }
 
-    /// Whether the client in control must not lose it now, and why.
+    /// Whether the client in control must not lose it now (a newcomer waits), and why.
     fn controller_busy(&self) -> Option<Engaged> {
         let c = self.clients.first()?;
         if c.session.loading() {
             Some(Engaged::Flashing)
         } else if self.effect.is_some() || c.session.client_paused() || self.lines.playing() {
             Some(Engaged::Acting)
+        } else if c.last_input.elapsed() < IDLE_AFTER {
+            Some(Engaged::Writing)
         } else {
             None
         }
     }
 
-    /// Clients waiting for a flash to end take control once it has.
+    /// When a client that waits for control should look again (the client in control
+    /// stops counting as writing then).
+    fn control_deadline(&self) -> Option<Instant> {
+        let waiting = self.clients.iter().any(|c| c.turn == Turn::Waiting);
+        let c = self.clients.first().filter(|_| waiting)?;
+        Some(c.last_input + IDLE_AFTER)
+    }
+
+    /// Clients waiting for a flash (or a stream, or a change) to end take control once it has.
     fn settle_control(&mut self) {
         if self.clients.iter().all(|c| c.turn == Turn::Had) || self.controller_busy().is_some() {
             return;
@@ -1397,6 +1416,7 @@ impl Bridge {
         c.input.at = 0;
         c.input.end = n;
         c.bytes_in += n as u64;
+        c.last_input = Instant::now();
         if i == 0 {
             Stats::add(&self.shared.stats.bytes_to_device, n as u64);
         }
@@ -1544,6 +1564,8 @@ impl Bridge {
 enum Engaged {
     /// A loader session (a flash): never interrupted.
     Flashing,
+    /// It sent something within [`IDLE_AFTER`]: a stream is not cut in the middle.
+    Writing,
     /// An effect, a parked baud change or a reset is under way: a moment.
     Acting,
 }
@@ -1552,6 +1574,7 @@ impl Engaged {
     fn as_str(self) -> &'static str {
         match self {
             Engaged::Flashing => "flashing the chip",
+            Engaged::Writing => "writing to the device",
             Engaged::Acting => "changing the port's settings",
         }
     }
@@ -1707,6 +1730,25 @@ mod tests {
                     (c.role, Stats::get(&d.from_client), Stats::get(&d.to_client))
                 })
                 .collect()
+        }
+
+        /// Wait until `client` is the one in control.
+        fn wait_control(&self, client: &TcpStream) {
+            let me = client.local_addr().unwrap();
+            let key = DeviceKey::name("fake");
+            let deadline = Instant::now() + WAIT;
+            while self
+                .registry
+                .get(&key)
+                .unwrap()
+                .clients
+                .first()
+                .map(|c| c.addr)
+                != Some(me)
+            {
+                assert!(Instant::now() < deadline, "{me} never got control");
+                thread::sleep(Duration::from_millis(5));
+            }
         }
 
         /// Wait until the clients are as `want` says.
@@ -1964,8 +2006,9 @@ mod tests {
         exchange(&mut a, &mut dev);
         let mut b = connect(rig.handle.addr);
         rig.wait_clients(|c| c.len() == 2);
-        assert_eq!(rig.clients()[0].0, Role::Control);
-        // The newcomer is in control; the first client observes: both get the output.
+        // The first client wrote a moment ago: the newcomer waits until it has been idle,
+        // then it is in control; the first client observes: both get the output.
+        rig.wait_control(&b);
         exchange(&mut b, &mut dev);
         assert_eq!(read_n(&mut a, 4), b"pong");
         // What the observer writes never reaches the device; it is counted.
@@ -2044,7 +2087,7 @@ mod tests {
         let slow = connect(rig.handle.addr);
         rig.wait_clients(|c| c.len() == 1);
         let mut a = connect(rig.handle.addr);
-        rig.wait_clients(|c| c.len() == 2);
+        rig.wait_control(&a);
         exchange(&mut a, &mut dev);
         let mut third = connect(rig.handle.addr);
         assert_eq!(until_closed(&mut third), BUSY_MESSAGE);
