@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use lexopt::prelude::*;
 
 use crate::daemon::config::{Config, DeviceSpec};
-use crate::sim::SimOptions;
+use crate::sim::{SimBoard, SimOptions};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -18,7 +18,7 @@ USAGE:
     serialhub serve [--config FILE] [--device PATH[=PORT]]... [--bind ADDR] [--demo]
                     [--dev-dir DIR] [--sysfs DIR] [--state FILE] [--no-hotplug]
                     [--http ADDR:PORT|off]
-    serialhub sim --pty LINK [--flash FILE] [--bootloader]
+    serialhub sim --pty LINK [--flash FILE] [--bootloader] [--board BOARD]
     serialhub token [--write FILE]
     serialhub discover|url|monitor|pty|lease|labgrid …   the client side: `serialhub discover --help`
     serialhub --help | --version
@@ -26,7 +26,8 @@ USAGE:
 SERVE:
     --config FILE        TOML configuration (default /etc/serialhub/serialhub.toml if it exists)
     --device PATH[=PORT] serve this device (repeatable); PORT 0 lets the OS pick one.
-                         PATH `sim` (or `sim:FLASHFILE`) is the built-in simulated ESP32.
+                         PATH `sim` (or `sim:FLASHFILE`) is the built-in simulated ESP32;
+                         `sim-usb`, `sim-gpio`, `sim-esp8266` the other simulated boards.
     --bind ADDR          address to listen on (default 0.0.0.0)
     --demo               also serve a simulated ESP32 on the first free port from base_port
     --dev-dir DIR        watch DIR for hotplugged devices (default /dev; [hotplug] dir)
@@ -44,6 +45,7 @@ SIM:
     --pty LINK           create a pseudo-terminal and symlink its device at LINK
     --flash FILE         keep the simulated 4 MiB flash in FILE
     --bootloader         start in the ROM download mode (a PTY has no DTR/RTS to reset it)
+    --board BOARD        which simulated board: sim (default), sim-usb, sim-gpio, sim-esp8266
 
 Logging goes to stderr; set RUST_LOG=debug for more.
 ";
@@ -253,6 +255,11 @@ fn sim(mut parser: lexopt::Parser) -> Result<(), CliError> {
             Long("pty") => link = Some(parser.value()?.into()),
             Long("flash") => opts.flash_file = Some(parser.value()?.into()),
             Long("bootloader") => opts.start_in_bootloader = true,
+            Long("board") => {
+                let name = parser.value()?.string()?;
+                opts.board = SimBoard::from_path_name(&name)
+                    .ok_or_else(|| CliError::Usage(format!("sim: no simulated board `{name}`")))?;
+            }
             Long("help") | Short('h') => {
                 print!("{HELP}");
                 return Ok(());

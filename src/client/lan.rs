@@ -133,7 +133,7 @@ fn browse_failed(e: io::Error) -> ClientError {
 }
 
 /// Every board of every serialhub on the network, each with its `host` (and its portal, when
-/// it has one), sorted by host.
+/// it has one), sorted by host; an error when nothing answered.
 pub(crate) fn devices() -> Result<Vec<Device>, ClientError> {
     let found = browse(&[PORTALS, PORTS], BROWSE_FOR).map_err(browse_failed)?;
     let mut out: Vec<Device> = Vec::new();
@@ -183,6 +183,12 @@ pub(crate) fn devices() -> Result<Vec<Device>, ClientError> {
             host: ip.to_string(),
             portal: None,
         });
+    }
+    if out.is_empty() {
+        return Err(ClientError::Select(format!(
+            "no serialhub answered on the network within {:.1} s (mDNS); give a HOST, or set SERIALHUB_HOST",
+            BROWSE_FOR.as_secs_f32()
+        )));
     }
     out.sort_by(|a, b| a.host.cmp(&b.host));
     Ok(out)

@@ -539,12 +539,6 @@ fn discover(mut parser: lexopt::Parser) -> Result<(), ClientError> {
     }
     let Some(portal) = Portal::given(host.as_deref())? else {
         let devices = lan::devices()?;
-        if devices.is_empty() {
-            return Err(ClientError::Select(format!(
-                "no serialhub answered on the network within {:.1} s (mDNS); give a HOST",
-                lan::BROWSE_FOR.as_secs_f32()
-            )));
-        }
         if json {
             let list: Vec<serde_json::Value> = devices.iter().map(Device::to_json).collect();
             println!(

@@ -916,6 +916,11 @@ impl Bridge {
                         self.name
                     );
                     Stats::add(&self.shared.stats.resets, 1);
+                    if to == ResetTo::Bootloader {
+                        if let Some(c) = self.clients.first_mut() {
+                            c.session.entry_started();
+                        }
+                    }
                 }
                 let played = change.and_then(|l| {
                     set_lines(&self.name, &mut self.lines, dev, l, &mut self.lines_refused)

@@ -450,7 +450,7 @@ impl DeviceSpec {
                 // sim-gpio's GPIO wiring is the simulator's own (`sim::SimGpioWired`).
                 DevicePath::Sim { board, .. } => match board {
                     SimBoard::UsbJtag => Policy::UsbJtag,
-                    SimBoard::DevKit | SimBoard::Gpio => esp,
+                    SimBoard::DevKit | SimBoard::Gpio | SimBoard::Esp8266DevKit => esp,
                 },
                 DevicePath::Tty(_) => match usb {
                     Some(id) if id.is_esp_usb_jtag() => Policy::UsbJtag,

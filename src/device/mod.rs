@@ -42,7 +42,8 @@ pub(crate) trait Device: Send {
 pub(crate) enum DevicePath {
     Tty(PathBuf),
     /// A built-in simulated board (`sim`: ESP32 DevKit, `sim-usb`: ESP32-C3 on USB-Serial/JTAG,
-    /// `sim-gpio`: ESP32 with EN/IO0 on GPIOs), optionally keeping its flash in a file
+    /// `sim-gpio`: ESP32 with EN/IO0 on GPIOs, `sim-esp8266`: ESP8266 board), optionally
+    /// keeping its flash in a file
     /// (`sim-usb:FLASHFILE`).
     Sim {
         board: SimBoard,

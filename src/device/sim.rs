@@ -649,6 +649,40 @@ mod tests {
         });
         assert!(contains(&got, b"ESP-ROM:esp32c3"));
     }
+
+    #[test]
+    fn esp8266_board_is_a_device_path_and_boots_at_74880() {
+        let (mut dev, handle) = match crate::device::DevicePath::parse("sim-esp8266") {
+            crate::device::DevicePath::Sim { board, .. } => open(SimOptions {
+                board,
+                ..SimOptions::default()
+            })
+            .unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(handle.status().board, SimBoard::Esp8266DevKit);
+        // At the bridge's 115200 the ROM's log is garbage, the application's lines are not.
+        let got = read_until(dev.as_mut(), Duration::from_secs(5), |g| {
+            contains(g, b"sim: app tick 0, boot #1\r\n")
+        });
+        assert!(contains(&got, b"sim: app start, boot #1\r\n"));
+        assert!(!contains(&got, b"ets Jan"));
+        // Its DTR/RTS go through the auto-reset circuit: RST low, then GPIO0 low as it rises;
+        // the download banner comes at 74880, which the line is set to first.
+        dev.apply(&LineSettings {
+            baud: 74_880,
+            ..LineSettings::default()
+        })
+        .unwrap();
+        dev.set_lines(crate::protocol::reset::EN_LOW).unwrap();
+        dev.set_lines(crate::protocol::reset::IO0_LOW).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        dev.set_lines(crate::protocol::reset::RELEASED).unwrap();
+        assert_eq!((handle.mode(), handle.boot_count()), (Mode::Download, 2));
+        read_until(dev.as_mut(), Duration::from_secs(5), |g| {
+            contains(g, b"boot mode:(1,7)")
+        });
+    }
 }
 
 #[cfg(test)]

@@ -235,7 +235,9 @@ pub(crate) fn run(link: &Path, opts: SimOptions) -> io::Result<()> {
     let mut uart = Uart::new(epoch);
     let mut line = LineSettings::default();
     eprintln!(
-        "sim: ESP32 on {} ({}), {}",
+        "sim: {} ({}) on {} ({}), {}",
+        opts.board.target().name(),
+        opts.board,
         link.display(),
         slave_path.display(),
         if opts.start_in_bootloader {

@@ -291,6 +291,12 @@ impl EspWatch {
         self.loading
     }
 
+    /// The client's lines started a bootloader entry that the server plays: its loader
+    /// session starts now, before the chip's download banner can come out.
+    pub(crate) fn entry_started(&mut self) {
+        self.loading = true;
+    }
+
     /// This session reset the chip into its loader.
     pub(crate) fn entered(&self) -> bool {
         self.entered

@@ -344,6 +344,14 @@ impl Session {
         self.esp.as_ref().is_some_and(EspWatch::loading)
     }
 
+    /// The client's line changes started a bootloader entry (the server plays it): from now
+    /// on this is a loader session (see [`Session::loading`]).
+    pub(crate) fn entry_started(&mut self) {
+        if let Some(w) = &mut self.esp {
+            w.entry_started();
+        }
+    }
+
     /// The client (re)gains control of the device, which is about to be given its settings
     /// and lines: what it did while observing touched nothing, so the ESP follower starts
     /// over with what is known of the chip now.

@@ -6,13 +6,15 @@
 //!  DevKit   DTR/RTS ─▶ two transistors (crate::protocol::reset::levels) ─▶ EN (RC, ~1 ms) / IO0   ESP32
 //!  UsbJtag  DTR/RTS ─▶ USB-Serial/JTAG logic: entering (released, asserted) resets   ESP32-C3
 //!  Gpio     DTR/RTS ─▶ nothing;  GPIO lines ─▶ EN (RC) / IO0 (`SimHandle::set_pins`)  ESP32
+//!  Esp8266DevKit  DTR/RTS ─▶ the same two transistors ─▶ RST (RC) / GPIO0   ESP8266
 //! ```
 
 use std::time::Duration;
 
 use crate::protocol::line::Lines;
 
-/// The board variant, selected by the device path (`sim`, `sim-usb`, `sim-gpio`).
+/// The board variant, selected by the device path (`sim`, `sim-usb`, `sim-gpio`,
+/// `sim-esp8266`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) enum SimBoard {
     /// ESP32 DevKit: a USB-UART bridge whose DTR/RTS drive EN/IO0 through the two-transistor
@@ -25,10 +27,18 @@ pub(crate) enum SimBoard {
     /// ESP32 whose EN and IO0 are wired to GPIOs (a Pi UART): the UART's DTR/RTS are not
     /// connected; the pins are set directly.
     Gpio,
+    /// ESP8266 board of the NodeMCU kind: a USB-UART bridge with the same two-transistor
+    /// auto-reset circuit as `DevKit`, on the ESP8266's RST and GPIO0.
+    Esp8266DevKit,
 }
 
 impl SimBoard {
-    pub(crate) const ALL: [SimBoard; 3] = [SimBoard::DevKit, SimBoard::UsbJtag, SimBoard::Gpio];
+    pub(crate) const ALL: [SimBoard; 4] = [
+        SimBoard::DevKit,
+        SimBoard::UsbJtag,
+        SimBoard::Gpio,
+        SimBoard::Esp8266DevKit,
+    ];
 
     /// The device path naming this board (before an optional `:FLASHFILE`).
     pub(crate) fn path_name(self) -> &'static str {
@@ -36,6 +46,7 @@ impl SimBoard {
             SimBoard::DevKit => "sim",
             SimBoard::UsbJtag => "sim-usb",
             SimBoard::Gpio => "sim-gpio",
+            SimBoard::Esp8266DevKit => "sim-esp8266",
         }
     }
 
@@ -48,6 +59,7 @@ impl SimBoard {
         match self {
             SimBoard::DevKit | SimBoard::Gpio => Target::Esp32,
             SimBoard::UsbJtag => Target::Esp32c3,
+            SimBoard::Esp8266DevKit => Target::Esp8266,
         }
     }
 
@@ -70,6 +82,19 @@ pub(crate) enum Target {
     Esp32,
     /// ESP32-C3 revision v0.4 (see `esp32c3`).
     Esp32c3,
+    /// ESP8266EX with a 26 MHz crystal (see `esp8266`).
+    Esp8266,
+}
+
+impl Target {
+    /// The chip's name as esptool prints it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Target::Esp32 => "ESP32",
+            Target::Esp32c3 => "ESP32-C3",
+            Target::Esp8266 => "ESP8266",
+        }
+    }
 }
 
 /// Lines after which the USB-Serial/JTAG peripheral resets the chip: DTR released, RTS
@@ -222,5 +247,9 @@ mod tests {
         }
         assert_eq!(SimBoard::from_path_name("sim-uart"), None);
         assert_eq!(SimBoard::UsbJtag.target(), Target::Esp32c3);
+        assert_eq!(
+            SimBoard::from_path_name("sim-esp8266").map(SimBoard::target),
+            Some(Target::Esp8266)
+        );
     }
 }

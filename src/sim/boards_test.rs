@@ -1,4 +1,4 @@
-//! The three boards against the reset policies that serve them, in simulated time: truth
+//! The boards against the reset policies that serve them, in simulated time: truth
 //! tables, EN's RC delay, the USB-Serial/JTAG sequence, the application's tick lines, and
 //! the input/boot record.
 
@@ -259,35 +259,7 @@ fn usb_jtag_resets_on_its_own_pattern() {
 fn usb_jtag_ignores_the_baud_rate() {
     use super::uart::Uart;
     use crate::protocol::line::LineSettings;
-    use std::collections::VecDeque;
-    use std::io::{self, Read, Write};
-
-    #[derive(Default)]
-    struct Host {
-        to_chip: VecDeque<u8>,
-        from_chip: Vec<u8>,
-    }
-    impl Read for Host {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            if self.to_chip.is_empty() {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            let n = buf.len().min(self.to_chip.len());
-            for (d, s) in buf.iter_mut().zip(self.to_chip.drain(..n)) {
-                *d = s;
-            }
-            Ok(n)
-        }
-    }
-    impl Write for Host {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.from_chip.extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::sim::testkit::Host;
 
     let t0 = Instant::now();
     let mut c = Chip::for_board(SimBoard::UsbJtag, Flash::new(), true, Duration::ZERO);

@@ -1,8 +1,8 @@
-//! The simulated ESP32, sans-IO: the board's reset inputs (auto-reset circuit with the RC on
-//! EN, USB-Serial/JTAG logic, or GPIO-driven pins; see `board`), the boot ROM (banner,
-//! download mode), the application, and the serial loader protocol in its two dialects (ROM
-//! loader and esptool's flasher stub). Bytes and line changes go in, bytes come out; time is
-//! a `Duration` the caller passes in. No threads, sockets or clocks in here.
+//! The simulated ESP32 (ESP32-C3, ESP8266), sans-IO: the board's reset inputs (auto-reset
+//! circuit with the RC on EN, USB-Serial/JTAG logic, or GPIO-driven pins; see `board`), the
+//! boot ROM (banner, download mode), the application, and the serial loader protocol in its
+//! two dialects (ROM loader and esptool's flasher stub). Bytes and line changes go in, bytes
+//! come out; time is a `Duration` the caller passes in. No threads, sockets or clocks in here.
 //!
 //! The application prints `sim: app start, boot #N` when it starts and then
 //! `sim: app tick T, boot #N` every 100 ms (T = 0, 1, ...), so a reader can tell a board
@@ -10,9 +10,13 @@
 //!
 //! Wire format (esptool `loader.py`): a request is the SLIP frame
 //! `00 op len:u16le chk:u32le data[len]`, a response `01 op len:u16le value:u32le data`,
-//! where `data` ends with status bytes: 4 under the ESP32 ROM (status, error, 0, 0) and 2
-//! under the stub (error code, 0). `chk` is 0xEF XORed with the payload of the *_DATA
-//! commands (after their 16-byte header).
+//! where `data` ends with status bytes: 4 under the ESP32 ROM (status, error, 0, 0), 2 under
+//! the ESP8266 ROM (status, error) and 2 under the stub (error code, 0). `chk` is 0xEF XORed
+//! with the payload of the *_DATA commands (after their 16-byte header).
+//!
+//! The ESP8266 differs in its ROM: it prints its boot log at 74880 baud (`esp8266`), knows
+//! only the first nine commands (no SPI_ATTACH, CHANGE_BAUDRATE, compressed writes or MD5:
+//! esptool needs the stub for those) and erases too much on FLASH_BEGIN.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -29,10 +33,11 @@ use super::flash::{Flash, SECTOR_SIZE};
 use super::md5::{self, Md5};
 use super::slip;
 use super::spi::{self, SpiController};
-use super::{esp32, esp32c3};
+use super::{esp32, esp32c3, esp8266};
 use crate::protocol::line::Lines;
 
-/// The rate the ROM talks at after every reset.
+/// The rate the ROM talks at after every reset (the ESP8266's once its boot log is out: its
+/// loader finds the host's rate by itself, modelled as esptool's 115200).
 pub(crate) const ROM_BAUD: u32 = 115_200;
 
 /// Largest block esptool's stub dialect sends (`FLASH_WRITE_SIZE` of the stub).
@@ -135,6 +140,23 @@ impl Command {
     fn rom_only(self) -> bool {
         matches!(self, Command::ReadFlashSlow)
     }
+
+    /// Commands the ESP8266 ROM loader knows (esptool: "supported by ESP8266 ROM
+    /// bootloader"); everything later came with the ESP32's ROM or the stub.
+    fn in_esp8266_rom(self) -> bool {
+        matches!(
+            self,
+            Command::FlashBegin
+                | Command::FlashData
+                | Command::FlashEnd
+                | Command::MemBegin
+                | Command::MemEnd
+                | Command::MemData
+                | Command::Sync
+                | Command::WriteReg
+                | Command::ReadReg
+        )
+    }
 }
 
 /// Why a command failed; each dialect encodes it its own way (see `status_bytes`).
@@ -156,7 +178,7 @@ pub(crate) enum Fail {
 /// Which program answers on the UART while in download mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Loader {
-    /// The mask ROM loader: 4 status bytes, ROM semantics.
+    /// The mask ROM loader: 4 status bytes (the ESP8266's: 2), ROM semantics.
     Rom,
     /// esptool's flasher stub, uploaded to RAM: 2 status bytes, extra commands.
     Stub,
@@ -181,6 +203,9 @@ fn reset_banner(target: Target, cause: ResetCause) -> &'static str {
         (Target::Esp32c3, ResetCause::Software) => "rst:0x3 (RTC_SW_SYS_RST)",
         (Target::Esp32c3, ResetCause::UsbJtag) => "rst:0x15 (USB_UART_CHIP_RESET)",
         (Target::Esp32c3, _) => "rst:0x1 (POWERON)",
+        // The ESP8266 ROM reports a software restart like its RST pin.
+        (Target::Esp8266, ResetCause::PowerOn) => "rst cause:1,",
+        (Target::Esp8266, _) => "rst cause:2,",
     }
 }
 
@@ -273,7 +298,7 @@ struct Core {
     inflate_buf: Vec<u8>,
 }
 
-/// The simulated ESP32 (or ESP32-C3) on its board.
+/// The simulated ESP32 (ESP32-C3, ESP8266) on its board.
 pub(crate) struct Chip {
     rx: slip::Decoder,
     core: Core,
@@ -410,7 +435,8 @@ impl Chip {
         self.core.boot_count
     }
 
-    /// The rate the chip's UART runs at: 115200 after reset, then what CHANGE_BAUDRATE set.
+    /// The rate the chip's UART runs at: 115200 after reset (74880 while an ESP8266 prints
+    /// its boot log), then what CHANGE_BAUDRATE set.
     pub(crate) fn expected_baud(&self) -> u32 {
         self.core.expected_baud
     }
@@ -436,7 +462,9 @@ impl Chip {
         self.record(Input::Lines(lines), now);
         let prev = std::mem::replace(&mut self.lines, lines);
         match self.board {
-            SimBoard::DevKit => self.drive_pins(auto_reset_circuit(lines), now),
+            SimBoard::DevKit | SimBoard::Esp8266DevKit => {
+                self.drive_pins(auto_reset_circuit(lines), now)
+            }
             SimBoard::UsbJtag => {
                 // The chip held in reset by its EN pin cannot be reset any further.
                 if let Some(download) = usb_jtag_reset(prev, lines) {
@@ -602,6 +630,7 @@ fn spi_layout(target: Target) -> spi::SpiLayout {
     match target {
         Target::Esp32 => spi::ESP32_LAYOUT,
         Target::Esp32c3 => spi::ESP32C3_LAYOUT,
+        Target::Esp8266 => spi::ESP8266_LAYOUT,
     }
 }
 
@@ -675,6 +704,20 @@ impl Core {
                      Saved PC:0x40048b82\r\n\
                      waiting for download\r\n",
                 );
+            }
+            (Target::Esp8266, _) => {
+                // The ROM's log runs at 74880; then the loader (or the application) talks
+                // at 115200, which is why a monitor sees garbage before the first line.
+                self.expected_baud = esp8266::ROM_LOG_BAUD;
+                self.push_str(esp8266::ROM_BANNER);
+                self.push_str(rst);
+                if mode == BootMode::App {
+                    self.push_str(esp8266::BOOT_MODE_FLASH);
+                    self.push_str(esp8266::ROM_LOAD_LOG);
+                } else {
+                    self.push_str(esp8266::BOOT_MODE_DOWNLOAD);
+                }
+                self.defer(Deferred::SetBaud(ROM_BAUD));
             }
         }
         match mode {
@@ -809,8 +852,9 @@ impl Core {
     fn status_bytes(&self, result: Result<(), Fail>) -> ([u8; 4], usize) {
         match self.loader {
             Loader::Rom => {
+                let n = if self.target == Target::Esp8266 { 2 } else { 4 };
                 let err = match result {
-                    Ok(()) => return ([0; 4], 4),
+                    Ok(()) => return ([0; 4], n),
                     Err(Fail::BadDataLen | Fail::Invalid) => 0x05,
                     Err(Fail::BadChecksum) => 0x07,
                     Err(Fail::Inflate) => 0x0B,
@@ -822,7 +866,7 @@ impl Core {
                         | Fail::TooMuchData,
                     ) => 0x06,
                 };
-                ([1, err, 0, 0], 4)
+                ([1, err, 0, 0], n)
             }
             Loader::Stub => {
                 let code = match result {
@@ -877,17 +921,22 @@ impl Core {
             self.respond(op, 0, &[], Err(Fail::Invalid));
             return;
         };
-        let no_security_info = cmd == Command::GetSecurityInfo && self.target == Target::Esp32;
-        let unsupported = no_security_info
-            || match self.loader {
-                Loader::Rom => cmd.stub_only(),
-                Loader::Stub => cmd.rom_only(),
-            };
-        if unsupported {
+        if !self.supports(cmd) {
             self.respond(op, 0, &[], Err(Fail::Invalid));
             return;
         }
         self.execute(cmd, data, chk);
+    }
+
+    /// Whether the loader running now implements `cmd`.
+    fn supports(&self, cmd: Command) -> bool {
+        match (self.loader, self.target) {
+            // Only the ESP32-C3's ROM (and its stub) has it among ours.
+            _ if cmd == Command::GetSecurityInfo => self.target == Target::Esp32c3,
+            (Loader::Rom, Target::Esp8266) => cmd.in_esp8266_rom(),
+            (Loader::Rom, _) => !cmd.stub_only(),
+            (Loader::Stub, _) => !cmd.rom_only(),
+        }
     }
 
     fn execute(&mut self, cmd: Command, data: &[u8], chk: u32) {
@@ -1012,7 +1061,7 @@ impl Core {
                 }
                 match self.target {
                     Target::Esp32c3 => self.respond(op, 0, &esp32c3::security_info(), Ok(())),
-                    Target::Esp32 => self.respond(op, 0, &[], Err(Fail::Invalid)),
+                    Target::Esp32 | Target::Esp8266 => self.respond(op, 0, &[], Err(Fail::Invalid)),
                 }
             }
             Command::EraseFlash => {
@@ -1125,9 +1174,13 @@ impl Core {
         }
         // Both dialects end up erasing the sectors the image covers: the ROM up front
         // (size = erase size), the stub as it goes (size = image size).
-        self.flash
-            .erase_covering(offset, size)
-            .map_err(|_| Fail::Failed)?;
+        if (self.loader, self.target) == (Loader::Rom, Target::Esp8266) {
+            self.esp8266_rom_erase(offset, size)?;
+        } else {
+            self.flash
+                .erase_covering(offset, size)
+                .map_err(|_| Fail::Failed)?;
+        }
         if deflate {
             self.inflater.reset(DataFormat::Zlib);
         }
@@ -1142,6 +1195,24 @@ impl Core {
             reboot_on_end: size == 0,
         });
         Ok(())
+    }
+
+    /// The ESP8266 ROM's FLASH_BEGIN erase, bug included (`esp8266::rom_erase_sectors`);
+    /// sectors past the end of the chip are skipped.
+    fn esp8266_rom_erase(&mut self, offset: u32, size: u32) -> Result<(), Fail> {
+        let sector = SECTOR_SIZE as u64;
+        let (first, count) = esp8266::rom_erase_sectors(offset, size, SECTOR_SIZE as u32);
+        if count == 0 {
+            return Ok(());
+        }
+        let start = u64::from(first) * sector;
+        let end = (start + u64::from(count) * sector).min(self.flash.size() as u64);
+        if start >= end {
+            return Err(Fail::Failed);
+        }
+        self.flash
+            .erase_covering(start as u32, (end - start) as u32)
+            .map_err(|_| Fail::Failed)
     }
 
     fn flash_data(&mut self, data: &[u8], chk: u32, deflate: bool) -> Result<(), Fail> {
@@ -1272,6 +1343,7 @@ impl Core {
             (Target::Esp32, Loader::Rom) => esp32::APB_ROM_HZ,
             (Target::Esp32, Loader::Stub) => esp32::APB_STUB_HZ,
             (Target::Esp32c3, _) => esp32c3::APB_HZ,
+            (Target::Esp8266, _) => esp8266::UART_CLK_HZ,
         }
     }
 
@@ -1281,14 +1353,16 @@ impl Core {
         match self.target {
             Target::Esp32 => esp32::identity_reg(addr, baud, self.apb_hz(), strap),
             Target::Esp32c3 => esp32c3::identity_reg(addr, baud, strap),
+            Target::Esp8266 => esp8266::identity_reg(addr, baud),
         }
     }
 
-    /// The offset into the SPI1 block, if `addr` is in it.
+    /// The offset into the flash controller's block, if `addr` is in it.
     fn spi_offset(&self, addr: u32) -> Option<u32> {
         let (base, len) = match self.target {
             Target::Esp32 => (esp32::SPI_BASE, esp32::SPI_BLOCK_LEN),
             Target::Esp32c3 => (esp32c3::SPI_BASE, esp32c3::SPI_BLOCK_LEN),
+            Target::Esp8266 => (esp8266::SPI_BASE, esp8266::SPI_BLOCK_LEN),
         };
         (base..base + len).contains(&addr).then(|| addr - base)
     }
@@ -1317,32 +1391,9 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::testkit::{block_request, request, words};
 
     const T0: Duration = Duration::ZERO;
-
-    /// A request frame as esptool builds it.
-    fn request(op: u8, data: &[u8], chk: u32) -> Vec<u8> {
-        let mut body = vec![0x00, op];
-        body.extend_from_slice(&(data.len() as u16).to_le_bytes());
-        body.extend_from_slice(&chk.to_le_bytes());
-        body.extend_from_slice(data);
-        let mut out = Vec::new();
-        slip::encode_frame(&mut out, &[&body]);
-        out
-    }
-
-    fn block_request(op: u8, seq: u32, payload: &[u8]) -> Vec<u8> {
-        let mut data = Vec::new();
-        for w in [payload.len() as u32, seq, 0, 0] {
-            data.extend_from_slice(&w.to_le_bytes());
-        }
-        data.extend_from_slice(payload);
-        request(op, &data, checksum(payload))
-    }
-
-    fn words(ws: &[u32]) -> Vec<u8> {
-        ws.iter().flat_map(|w| w.to_le_bytes()).collect()
-    }
 
     /// Drain everything the chip sends and split it into SLIP frames.
     fn frames(chip: &mut Chip) -> Vec<Vec<u8>> {

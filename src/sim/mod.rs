@@ -1,4 +1,4 @@
-//! Simulated ESP32: something real esptool can flash, for tests, `serve --demo` and
+//! Simulated ESP32 (and ESP8266): something real esptool can flash, for tests, `serve --demo` and
 //! measuring servers on the same chip (`serialhub sim --pty LINK`).
 //!
 //! ```text
@@ -6,14 +6,16 @@
 //!  DTR/RTS ───▶ board (transistors + RC on EN | USB-Serial/JTAG logic | nothing) ─▶ reset
 //!  GPIOs ─────▶ EN / IO0 (sim-gpio: device::sim's SimHandle::set_pins or SimGpioWired)
 //!  chip: slip ─▶ loader protocol (ROM dialect, stub dialect) ─▶ flash (NOR), spi, esp32 regs
+//!        (esp32c3, esp8266: their registers, and the ESP8266 ROM's quirks)
 //! ```
 //!
-//! Three boards (`board::SimBoard`, device paths `sim`, `sim-usb`, `sim-gpio`): an ESP32
-//! DevKit, an ESP32-C3 on its native USB-Serial/JTAG, an ESP32 with EN/IO0 on GPIOs.
+//! Four boards (`board::SimBoard`, device paths `sim`, `sim-usb`, `sim-gpio`, `sim-esp8266`):
+//! an ESP32 DevKit, an ESP32-C3 on its native USB-Serial/JTAG, an ESP32 with EN/IO0 on GPIOs,
+//! an ESP8266 board with the DevKit's auto-reset circuit.
 //!
 //! Everything here is pure: bytes, line changes and a time in, bytes out — the chip
-//! (`chip`, `board`, `slip`, `flash`, `md5`, `spi`, `esp32`, `esp32c3`) and `uart`, which
-//! paces the wire. The thin I/O around it lives with the other devices: `device::sim` (the
+//! (`chip`, `board`, `slip`, `flash`, `md5`, `spi`, `esp32`, `esp32c3`, `esp8266`) and
+//! `uart`, which paces the wire. The thin I/O around it lives with the other devices: `device::sim` (the
 //! in-process `Device`, with the flash file) and `device::sim_pty` (`serialhub sim --pty`).
 
 pub(crate) mod board;
@@ -22,10 +24,15 @@ mod boards_test;
 pub(crate) mod chip;
 pub(crate) mod esp32;
 pub(crate) mod esp32c3;
+pub(crate) mod esp8266;
+#[cfg(test)]
+mod esp8266_test;
 pub(crate) mod flash;
 pub(crate) mod md5;
 pub(crate) mod slip;
 pub(crate) mod spi;
+#[cfg(test)]
+mod testkit;
 pub(crate) mod uart;
 
 use std::path::PathBuf;

@@ -1,17 +1,34 @@
-//! The ESP32's (and ESP32-C3's) SPI1 flash controller in "user command" mode, plus the bits of the flash
-//! chip behind it that esptool talks to directly (`run_spiflash_command`: JEDEC id, SFDP,
-//! status registers, the XMC/reset dance). Flash programming goes through the loader
-//! commands instead, so it is not modelled here.
+//! The SPI flash controller of the ESP32, ESP32-C3 (SPI1) and ESP8266 (SPI0) in "user
+//! command" mode, plus the bits of the flash chip behind it that esptool talks to directly
+//! (`run_spiflash_command`: JEDEC id, SFDP, status registers, the XMC/reset dance). Flash
+//! programming goes through the loader commands instead, so it is not modelled here.
 //!
 //! esptool's sequence: write USR (phases), USR1 (address/dummy lengths), USR2 (opcode),
 //! MOSI/MISO bit lengths, ADDR, W0.. (data out), then CMD with the USR bit; poll CMD until
 //! the bit clears; read W0. Our command completes at once, so the first poll sees it clear.
+//! The ESP8266 has no MOSI/MISO length registers: the bit lengths sit in USR1.
 
 use super::flash::Flash;
 
-/// Register offsets inside the SPI1 block that are the same on every chip.
+/// Register offsets inside the SPI block that are the same on every chip.
 const CMD: u32 = 0x00;
 const ADDR: u32 = 0x04;
+
+/// Where a chip keeps the MOSI and MISO bit lengths of a user command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BitLengths {
+    /// ESP32 and later: registers of their own (`SPI_MOSI_DLEN_OFFS`, `SPI_MISO_DLEN_OFFS`),
+    /// each holding the bit count minus one.
+    Registers { mosi_dlen: u32, miso_dlen: u32 },
+    /// ESP8266: in USR1, next to the address length (`SPI_MOSI_BITLEN_S` 17,
+    /// `SPI_MISO_BITLEN_S` 8, 9 bits each, bit count minus one).
+    InUsr1,
+}
+
+/// USR1 fields of the ESP8266 layout.
+const USR1_MOSI_BITLEN_SHIFT: u32 = 17;
+const USR1_MISO_BITLEN_SHIFT: u32 = 8;
+const USR1_BITLEN_MASK: u32 = 0x1FF;
 
 /// Where a chip keeps the user-command registers (esptool's `SPI_*_OFFS`), and whether
 /// `SPI_ADDR_REG` holds the address MSB-aligned (`SPI_ADDR_REG_MSB`).
@@ -20,8 +37,7 @@ pub(crate) struct SpiLayout {
     pub(crate) usr: u32,
     pub(crate) usr1: u32,
     pub(crate) usr2: u32,
-    pub(crate) mosi_dlen: u32,
-    pub(crate) miso_dlen: u32,
+    pub(crate) lengths: BitLengths,
     pub(crate) w0: u32,
     pub(crate) addr_msb: bool,
 }
@@ -30,8 +46,10 @@ pub(crate) const ESP32_LAYOUT: SpiLayout = SpiLayout {
     usr: 0x1C,
     usr1: 0x20,
     usr2: 0x24,
-    mosi_dlen: 0x28,
-    miso_dlen: 0x2C,
+    lengths: BitLengths::Registers {
+        mosi_dlen: 0x28,
+        miso_dlen: 0x2C,
+    },
     w0: 0x80,
     addr_msb: true,
 };
@@ -40,10 +58,22 @@ pub(crate) const ESP32C3_LAYOUT: SpiLayout = SpiLayout {
     usr: 0x18,
     usr1: 0x1C,
     usr2: 0x20,
-    mosi_dlen: 0x24,
-    miso_dlen: 0x28,
+    lengths: BitLengths::Registers {
+        mosi_dlen: 0x24,
+        miso_dlen: 0x28,
+    },
     w0: 0x58,
     addr_msb: false,
+};
+
+/// ESP8266 SPI0 (`SPI_REG_BASE` 0x60000200): W0 at 0x40, lengths in USR1.
+pub(crate) const ESP8266_LAYOUT: SpiLayout = SpiLayout {
+    usr: 0x1C,
+    usr1: 0x20,
+    usr2: 0x24,
+    lengths: BitLengths::InUsr1,
+    w0: 0x40,
+    addr_msb: true,
 };
 
 /// A register of the block.
@@ -62,14 +92,24 @@ enum Reg {
 
 impl SpiLayout {
     fn decode(&self, offset: u32) -> Option<Reg> {
+        if let BitLengths::Registers {
+            mosi_dlen,
+            miso_dlen,
+        } = self.lengths
+        {
+            if offset == mosi_dlen {
+                return Some(Reg::MosiDlen);
+            }
+            if offset == miso_dlen {
+                return Some(Reg::MisoDlen);
+            }
+        }
         Some(match offset {
             CMD => Reg::Cmd,
             ADDR => Reg::Addr,
             o if o == self.usr => Reg::Usr,
             o if o == self.usr1 => Reg::Usr1,
             o if o == self.usr2 => Reg::Usr2,
-            o if o == self.mosi_dlen => Reg::MosiDlen,
-            o if o == self.miso_dlen => Reg::MisoDlen,
             o if (self.w0..self.w0 + 64).contains(&o) && o % 4 == 0 => {
                 Reg::W(((o - self.w0) / 4) as usize)
             }
@@ -138,7 +178,7 @@ const SFDP: [u8; 24] = [
     0x84, 0x00, 0x01, 0x02, 0xD0, 0x00, 0x00, 0xFF, // 4-byte address instruction table
 ];
 
-/// Register file of SPI1 and the status registers of the flash chip.
+/// Register file of the SPI flash controller and the status registers of the flash chip.
 #[derive(Clone, Debug)]
 pub(crate) struct SpiController {
     layout: SpiLayout,
@@ -230,13 +270,21 @@ impl SpiController {
         } else {
             0
         };
+        // Bit counts minus one, wherever this chip keeps them.
+        let (mosi_dlen, miso_dlen) = match self.layout.lengths {
+            BitLengths::Registers { .. } => (self.mosi_dlen & 0x7FF, self.miso_dlen & 0x7FF),
+            BitLengths::InUsr1 => (
+                (self.usr1 >> USR1_MOSI_BITLEN_SHIFT) & USR1_BITLEN_MASK,
+                (self.usr1 >> USR1_MISO_BITLEN_SHIFT) & USR1_BITLEN_MASK,
+            ),
+        };
         let mosi_bytes = if self.usr & USR_MOSI != 0 {
-            ((self.mosi_dlen & 0x7FF) as usize + 1).div_ceil(8).min(64)
+            (mosi_dlen as usize + 1).div_ceil(8).min(64)
         } else {
             0
         };
         let miso_bits = if self.usr & USR_MISO != 0 {
-            (self.miso_dlen & 0x7FF) as usize + 1
+            miso_dlen as usize + 1
         } else {
             0
         };
@@ -299,15 +347,24 @@ mod tests {
         let flash = Flash::new();
         let l = spi.layout;
         let mut usr = 1 << 31;
+        let mut usr1 = 0;
         if read_bits > 0 {
             usr |= USR_MISO;
-            spi.write(l.miso_dlen, read_bits - 1, &flash);
+            match l.lengths {
+                BitLengths::Registers { miso_dlen, .. } => {
+                    spi.write(miso_dlen, read_bits - 1, &flash)
+                }
+                BitLengths::InUsr1 => usr1 |= (read_bits - 1) << USR1_MISO_BITLEN_SHIFT,
+            }
         }
         if let Some((a, bits)) = addr {
             usr |= USR_ADDR;
-            spi.write(l.usr1, (bits - 1) << 26, &flash);
+            usr1 |= (bits - 1) << 26;
             let a = if l.addr_msb { a << (32 - bits) } else { a };
             spi.write(ADDR, a, &flash);
+        }
+        if usr1 != 0 || l.lengths == BitLengths::InUsr1 {
+            spi.write(l.usr1, usr1, &flash);
         }
         spi.write(l.usr, usr, &flash);
         spi.write(l.usr2, 7 << 28 | u32::from(cmd), &flash);
@@ -319,7 +376,7 @@ mod tests {
 
     #[test]
     fn jedec_id_status_and_sfdp() {
-        for layout in [ESP32_LAYOUT, ESP32C3_LAYOUT] {
+        for layout in [ESP32_LAYOUT, ESP32C3_LAYOUT, ESP8266_LAYOUT] {
             let mut spi = SpiController::new(layout);
             assert_eq!(run(&mut spi, 0x9F, None, 24), 0x0016_40EF);
             assert_eq!(run(&mut spi, 0x05, None, 8), 0x00);

@@ -310,6 +310,7 @@ mod tests {
     use super::*;
     use crate::sim::chip::{Chip, Mode};
     use crate::sim::flash::Flash;
+    use crate::sim::testkit::Host;
 
     #[test]
     fn character_times() {
@@ -356,36 +357,6 @@ mod tests {
         }
         assert!(seen.iter().all(|&s| s));
         assert_ne!(garble(0xC0), 0xC0);
-    }
-
-    /// An in-memory host endpoint.
-    #[derive(Default)]
-    struct Host {
-        to_chip: VecDeque<u8>,
-        from_chip: Vec<u8>,
-    }
-
-    impl Read for Host {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            if self.to_chip.is_empty() {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            let n = buf.len().min(self.to_chip.len());
-            for (d, s) in buf.iter_mut().zip(self.to_chip.drain(..n)) {
-                *d = s;
-            }
-            Ok(n)
-        }
-    }
-
-    impl Write for Host {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.from_chip.extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
     }
 
     const SYNC: [u8; 46] = {

@@ -136,8 +136,8 @@ def test_unreachable_host_is_exit_2_naming_host_and_reason():
         assert r.returncode == 2, (cmd, r)
         assert f"127.0.0.1:{port}" in r.stderr and "refused" in r.stderr.lower(), r.stderr
         assert r.stdout == ""
-    r = cli("url")  # no host at all: usage
-    assert r.returncode == 2 and "SERIALHUB_HOST" in r.stderr
+    r = cli("url")  # no host at all: the network is browsed; nothing answers here
+    assert r.returncode == 1 and "mDNS" in r.stderr and "SERIALHUB_HOST" in r.stderr, r.stderr
 
 
 # ---------------------------------------------------------------------------------------------
