@@ -211,6 +211,7 @@ pub(crate) fn spawn(
         names: config.interfaces.clone(),
         only,
         ifaces: Vec::new(),
+        base_host: label.clone(),
         responder: Responder {
             host: label,
             services: Vec::new(),
@@ -279,6 +280,8 @@ struct Runner {
     only: Option<Ipv4Addr>,
     ifaces: Vec<Iface>,
     responder: Responder,
+    /// The host label we started with (a clash renames it once, from this).
+    base_host: String,
     /// Device key → its instance label (for withdrawals).
     keys: BTreeMap<String, String>,
     /// When the second announcement is due.
@@ -510,15 +513,16 @@ impl Runner {
         let ours: Vec<Ipv4Addr> = self.ifaces.iter().flat_map(|i| i.addrs.clone()).collect();
         if self.responder.host_taken(m, &ours) {
             // Another host has our name (two Pis both called raspberrypi, cloned from one
-            // image): ours takes a suffix from this host's own address, and is probed again.
+            // image): ours takes a suffix from this host's own address, once, and is probed
+            // again. A second claim (or a peer that claims every name) changes nothing more:
+            // the name, and the log, stay bounded.
             let old = self.responder.host.clone();
+            if old != self.base_host {
+                debug!("mDNS: {old}.local is claimed too; keeping it");
+                return;
+            }
             let suffix = ours.first().map_or(2, |ip| ip.octets()[3]);
-            let base = old
-                .rsplit_once('-')
-                .filter(|(_, n)| n.parse::<u8>().is_ok())
-                .map_or(old.as_str(), |(b, _)| b);
-            let new = format!("{base}-{suffix}");
-            let new = if new == old { format!("{old}-2") } else { new };
+            let new = format!("{old}-{suffix}");
             warn!("mDNS: another host is called {old}.local; this one is now {new}.local");
             self.responder.host = new;
             self.start_probing();
@@ -529,8 +533,8 @@ impl Runner {
         };
         let host = self.responder.host.clone();
         let renamed = format!("{instance} ({host})");
-        if instance.ends_with(&format!("({host})")) {
-            return; // renamed already; leave it to the other side
+        if instance.ends_with(')') {
+            return; // renamed once already: the rest is the other side's (bounded)
         }
         warn!("mDNS: another host advertises {instance:?}; ours is now {renamed:?}");
         for s in &mut self.responder.services {

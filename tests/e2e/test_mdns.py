@@ -45,6 +45,22 @@ zc.close()
 """
 
 
+# 20 mDNS answers claiming HOST.local for ADDR, sent to the group (as a hostile or confused
+# peer would).
+SPOOF = r"""
+import socket, struct, sys, time
+host, addr = sys.argv[1], sys.argv[2]
+name = bytes([len(host)]) + host.encode() + bytes([5]) + b"local" + b"\0"
+rec = name + struct.pack(">HHIH", 1, 0x8001, 120, 4) + socket.inet_aton(addr)
+pkt = struct.pack(">HHHHHH", 0, 0x8400, 0, 1, 0, 0) + rec
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
+for _ in range(20):
+    s.sendto(pkt, ("224.0.0.251", 5353))
+    time.sleep(0.02)
+"""
+
+
 class Browser:
     """python-zeroconf browsing in namespace `h`; events collected in a thread."""
 
@@ -106,6 +122,11 @@ def test_boards_found_on_the_network_by_zeroconf_and_by_serialhub(serialhub, tmp
         assert second != first
         for d in (d1, d2):
             d.wait_log(r"opened sim")
+        # A peer that claims every name it hears cannot make the second rename again and again
+        # (the name and the log stay bounded): 20 spoofed answers for its new name.
+        r = subprocess.run(lab.cmd(sys.executable, "-c", SPOOF, second, lab.ip), capture_output=True, text=True,
+                           timeout=20)
+        assert r.returncode == 0, r.stderr
         zc = Browser(lab)
         try:
             host = hostname()
@@ -137,6 +158,8 @@ def test_boards_found_on_the_network_by_zeroconf_and_by_serialhub(serialhub, tmp
             assert any(f"{pi1.ip}:8080" in ln and f"rfc2217://{pi1.ip}:4001" in ln for ln in lines), r.stdout
             assert any(f"rfc2217://{pi2.ip}:4001" in ln for ln in lines), r.stdout
             assert took < 5, f"discover took {took:.1f} s"
+            # Answered after the spoofed claims: Pi 2 kept its one new name.
+            assert len(re.findall(r"another host is called", d2.log)) == 1, d2.log
             j = json.loads(serialhub_in(lab, "discover", "--json").stdout)
             assert {d["url"] for d in j["devices"]} == {f"rfc2217://{pi1.ip}:4001", f"rfc2217://{pi2.ip}:4001"}, j
             # `url` finds a board on whichever host serves it (here by index, both are "sim").

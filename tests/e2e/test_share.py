@@ -32,6 +32,7 @@ import pytest
 import serial
 
 from conftest import SERIALHUB_BIN, recv_until_eof, wait_for
+from test_client import Reader
 from test_esptool import assert_flash_holds, esptool, flash_region
 from test_socket import APP_BOOT, DOWNLOAD_BOOT, boots, esptool_socket, recv_exactly, running_app_boot
 
@@ -180,31 +181,6 @@ class RolePoller:
 
 # ---------------------------------------------------------------------------------------------
 # Monitors: pyserial in a thread, miniterm and `serialhub monitor` as processes
-
-
-class Reader:
-    """Collects a file descriptor's bytes in a thread."""
-
-    def __init__(self, fd: int):
-        self.fd = fd
-        self.buf = bytearray()
-        self.lock = threading.Lock()
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self):
-        while True:
-            try:
-                chunk = os.read(self.fd, 65536)
-            except OSError:
-                return
-            if not chunk:
-                return
-            with self.lock:
-                self.buf += chunk
-
-    def data(self) -> bytes:
-        with self.lock:
-            return bytes(self.buf)
 
 
 class PySerialMonitor:
