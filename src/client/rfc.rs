@@ -171,7 +171,7 @@ impl Conn {
             reply: Vec::new(),
             conn_events: Vec::new(),
         };
-        self.decoder.decode(&buf[..n], &mut sink);
+        self.decoder.decode(&mut buf[..n], &mut sink);
         let (events, mut reply) = (sink.conn_events, sink.reply);
         for ev in events {
             self.on_event(ev, &mut reply);

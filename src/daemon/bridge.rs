@@ -285,6 +285,11 @@ impl Input {
     fn pending(&self) -> &[u8] {
         &self.buf[self.at..self.end]
     }
+
+    /// The same bytes, for a session that decodes them in place.
+    fn pending_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.at..self.end]
+    }
 }
 
 /// Where a client stands in the line for control.
@@ -827,7 +832,10 @@ impl Bridge {
                 device: &mut self.to_device,
                 client: &mut c.to_client,
             };
-            match c.session.on_client_bytes(c.input.pending(), now, &mut out) {
+            match c
+                .session
+                .on_client_bytes(c.input.pending_mut(), now, &mut out)
+            {
                 Ok(step) => {
                     c.input.at += step.consumed;
                     let stuck = step.consumed == 0 && step.effect.is_none();
@@ -854,7 +862,10 @@ impl Bridge {
                 device: &mut self.discard,
                 client: &mut c.to_client,
             };
-            match c.session.on_client_bytes(c.input.pending(), now, &mut out) {
+            match c
+                .session
+                .on_client_bytes(c.input.pending_mut(), now, &mut out)
+            {
                 Ok(step) => {
                     c.input.at += step.consumed;
                     let stuck = step.consumed == 0 && step.effect.is_none();
@@ -2096,19 +2107,29 @@ mod tests {
         exchange(&mut a, &mut dev);
         let mut third = connect(rig.handle.addr);
         assert_eq!(until_closed(&mut third), BUSY_MESSAGE);
-        // 4 MiB of device output: the controller gets all of it, in order, while the
-        // observer that does not read loses what it cannot take.
+        // More device output than the kernel can buffer towards the observer (the server's
+        // send buffer grows up to tcp_wmem's maximum; the observer's receive buffer, while it
+        // does not read, stays below rmem_default): the controller gets all of it, in
+        // order, while the observer that does not read loses what it cannot take.
         let chunk: Vec<u8> = (0..=255u8).cycle().take(64 * 1024).collect();
+        let kernel_max = |f: &str| {
+            let text = std::fs::read_to_string(f).unwrap_or_default();
+            let max = text.split_whitespace().last().and_then(|v| v.parse().ok());
+            max.unwrap_or(4 << 20)
+        };
+        let buffered: usize = kernel_max("/proc/sys/net/ipv4/tcp_wmem")
+            + kernel_max("/proc/sys/net/core/rmem_default");
+        let chunks = (2 * buffered / chunk.len()).max(64);
         let writer = {
             let mut dev = dev.try_clone().unwrap();
             let chunk = chunk.clone();
             thread::spawn(move || {
-                for _ in 0..64 {
+                for _ in 0..chunks {
                     dev.write_all(&chunk).unwrap();
                 }
             })
         };
-        for _ in 0..64 {
+        for _ in 0..chunks {
             assert_eq!(read_n(&mut a, chunk.len()), chunk);
         }
         writer.join().unwrap();

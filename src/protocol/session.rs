@@ -605,7 +605,7 @@ impl Session {
     /// `input` is to be fed again once [`Session::done`] has been called.
     pub(crate) fn on_client_bytes(
         &mut self,
-        input: &[u8],
+        input: &mut [u8],
         now: Instant,
         out: &mut Out,
     ) -> Result<Step, SessionError> {
@@ -1054,14 +1054,15 @@ mod tests {
         }
 
         fn feed_all(&mut self, s: &mut Session, input: &[u8]) -> Result<(), SessionError> {
-            let mut rest = input;
+            let mut input = input.to_vec();
+            let mut rest = &mut input[..];
             loop {
                 let mut out = Out {
                     device: &mut self.device,
                     client: &mut self.client,
                 };
                 let step = s.on_client_bytes(rest, Instant::now(), &mut out)?;
-                rest = &rest[step.consumed..];
+                rest = &mut rest[step.consumed..];
                 self.settle(s, step.effect);
                 if rest.is_empty() {
                     return Ok(());
@@ -1188,7 +1189,9 @@ mod tests {
             device: &mut dev,
             client: &mut cli,
         };
-        let step = s.on_client_bytes(&wire, Instant::now(), &mut out).unwrap();
+        let step = s
+            .on_client_bytes(&mut wire.clone(), Instant::now(), &mut out)
+            .unwrap();
         let want = LineSettings {
             baud: 921_600,
             ..LineSettings::default()
@@ -1203,7 +1206,9 @@ mod tests {
         assert_eq!((out.device.as_slice(), out.client.len()), (&b"ab"[..], 0));
         assert!(s.client_paused());
         // Until the effect is done, nothing more is taken.
-        let again = s.on_client_bytes(b"cd", Instant::now(), &mut out).unwrap();
+        let again = s
+            .on_client_bytes(&mut b"cd".to_vec(), Instant::now(), &mut out)
+            .unwrap();
         assert_eq!(
             again,
             Step {
@@ -1225,7 +1230,7 @@ mod tests {
             client: &mut cli,
         };
         let step = s
-            .on_client_bytes(&sb(&[1, 0, 0, 0x25, 0x80]), Instant::now(), &mut out)
+            .on_client_bytes(&mut sb(&[1, 0, 0, 0x25, 0x80]), Instant::now(), &mut out)
             .unwrap();
         assert!(step.effect.is_some());
         s.done(Err(Failure::Stalled), Instant::now(), &mut out);
@@ -1477,7 +1482,7 @@ mod tests {
             client: &mut cli,
         };
         let now = Instant::now();
-        let step = s.on_client_bytes(&sync, now, &mut out).unwrap();
+        let step = s.on_client_bytes(&mut sync.clone(), now, &mut out).unwrap();
         assert_eq!(step.effect, Some(Effect::Reset(ResetTo::Bootloader)));
         let failure = Failure::Reset(ResetError::LinesDisabled);
         assert_eq!(s.done(Err(failure), now, &mut out), None);

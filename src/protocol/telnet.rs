@@ -124,38 +124,39 @@ impl Decoder {
     }
 
     /// Decode `input` into `sink` and return how many bytes were consumed: all of them,
-    /// unless the sink paused after an event or a run of data (feed the rest later). Runs of plain data are
-    /// passed on as slices of `input` (no copy); only IAC sequences go byte by byte.
-    pub(crate) fn decode(&mut self, input: &[u8], sink: &mut dyn Sink) -> usize {
-        let mut rest = input;
-        while !rest.is_empty() {
+    /// unless the sink paused after an event or a run of data (feed the rest later).
+    ///
+    /// Decoding is in place: a doubled 0xFF is made one by moving the data after it down, so
+    /// that a run of data up to the next Telnet command reaches the sink as one slice, however
+    /// many 0xFF it holds (firmware images are a third 0xFF: a call per escaped byte was most
+    /// of the server's CPU). Only the consumed part of `input` is changed; the rest is as given.
+    pub(crate) fn decode(&mut self, input: &mut [u8], sink: &mut dyn Sink) -> usize {
+        let mut at = 0;
+        while at < input.len() {
             if self.state == State::Data {
-                match memchr::memchr(IAC, rest) {
-                    None => {
-                        sink.data(rest);
-                        return input.len();
-                    }
-                    Some(i) => {
-                        if i > 0 {
-                            sink.data(&rest[..i]);
-                            if sink.paused() {
-                                return input.len() - rest.len() + i;
-                            }
-                        }
-                        self.state = State::Iac;
-                        rest = &rest[i + 1..];
-                        continue;
+                let (run, next) = unescape_run(input, at);
+                if !run.is_empty() {
+                    sink.data(&input[run]);
+                    if sink.paused() {
+                        return next;
                     }
                 }
+                if next == input.len() {
+                    return next;
+                }
+                // input[next] is an IAC that starts a command (or ends this chunk).
+                self.state = State::Iac;
+                at = next + 1;
+                continue;
             }
-            let b = rest[0];
-            rest = &rest[1..];
+            let b = input[at];
+            at += 1;
             self.step(b, sink);
             if sink.paused() {
                 break;
             }
         }
-        input.len() - rest.len()
+        at
     }
 
     fn step(&mut self, b: u8, sink: &mut dyn Sink) {
@@ -230,15 +231,51 @@ impl Decoder {
     }
 }
 
+/// The data run that starts at `input[from]`, unescaped in place: `IAC IAC` pairs are made one
+/// byte by moving what follows down. Returns the range that holds the run's data and where
+/// the run ended in `input`: its end, or a lone IAC (a command, or the chunk's last byte).
+fn unescape_run(input: &mut [u8], from: usize) -> (std::ops::Range<usize>, usize) {
+    // Up to the first IAC nothing moves.
+    let Some(first) = memchr::memchr(IAC, &input[from..]) else {
+        return (from..input.len(), input.len());
+    };
+    let (mut read, mut write) = (from + first, from + first);
+    while read < input.len() {
+        let b = input[read];
+        if b == IAC {
+            if input.get(read + 1) != Some(&IAC) {
+                break;
+            }
+            read += 1;
+        }
+        input[write] = b;
+        write += 1;
+        read += 1;
+    }
+    (from..write, read)
+}
+
 /// Append `data` with every 0xFF doubled.
 pub(crate) fn escape_into(data: &[u8], out: &mut Vec<u8>) {
-    let mut rest = data;
-    while let Some(i) = rest.iter().position(|&b| b == IAC) {
-        out.extend_from_slice(&rest[..=i]);
-        out.push(IAC);
-        rest = &rest[i + 1..];
+    let Some(first) = memchr::memchr(IAC, data) else {
+        return out.extend_from_slice(data);
+    };
+    let rest = &data[first..];
+    let doubled = rest.iter().filter(|&&b| b == IAC).count();
+    let base = out.len();
+    out.resize(base + data.len() + doubled, 0);
+    let (head, tail) = out[base..].split_at_mut(first);
+    head.copy_from_slice(&data[..first]);
+    // One pass of stores, no call per byte: IAC-dense data (firmware) would pay one per byte.
+    let mut at = 0;
+    for &b in rest {
+        tail[at] = b;
+        at += 1;
+        if b == IAC {
+            tail[at] = IAC;
+            at += 1;
+        }
     }
-    out.extend_from_slice(rest);
 }
 
 /// Append `IAC verb option`.
@@ -275,7 +312,8 @@ mod tests {
         let mut d = Decoder::new();
         let mut c = Collect::default();
         for chunk in chunks {
-            d.decode(chunk, &mut c);
+            let mut chunk = chunk.to_vec();
+            assert_eq!(d.decode(&mut chunk, &mut c), chunk.len());
         }
         (c.0, c.1)
     }
@@ -320,6 +358,52 @@ mod tests {
         let (wire, data, events) = sample();
         let chunks: Vec<&[u8]> = wire.chunks(1).collect();
         assert_eq!(decode_all(&chunks), (data, events));
+    }
+
+    #[test]
+    fn a_run_of_escaped_data_reaches_the_sink_as_one_slice() {
+        let data: Vec<u8> = (0..3000u32)
+            .map(|i| if i % 3 == 0 { IAC } else { i as u8 | 1 })
+            .collect();
+        let mut wire = Vec::new();
+        escape_into(&data, &mut wire);
+        negotiate(Verb::Do, option::COM_PORT, &mut wire);
+        wire.extend_from_slice(b"tail");
+        struct Calls(Vec<Vec<u8>>, usize);
+        impl Sink for Calls {
+            fn data(&mut self, bytes: &[u8]) {
+                self.0.push(bytes.to_vec());
+            }
+            fn event(&mut self, _: Event) {
+                self.1 += 1;
+            }
+        }
+        let mut calls = Calls(Vec::new(), 0);
+        let n = Decoder::new().decode(&mut wire, &mut calls);
+        assert_eq!(n, wire.len());
+        assert_eq!(calls.0, [data, b"tail".to_vec()]);
+        assert_eq!(calls.1, 1);
+    }
+
+    #[test]
+    fn a_pause_leaves_the_unconsumed_input_as_it_was() {
+        struct PauseOnEvent(bool);
+        impl Sink for PauseOnEvent {
+            fn data(&mut self, _: &[u8]) {}
+            fn event(&mut self, _: Event) {
+                self.0 = true;
+            }
+            fn paused(&self) -> bool {
+                self.0
+            }
+        }
+        let mut wire = vec![1, IAC, IAC, 2];
+        negotiate(Verb::Will, option::COM_PORT, &mut wire);
+        let rest = [IAC, IAC, 3, IAC, IAC];
+        wire.extend_from_slice(&rest);
+        let n = Decoder::new().decode(&mut wire, &mut PauseOnEvent(false));
+        assert_eq!(n, wire.len() - rest.len());
+        assert_eq!(wire[n..], rest);
     }
 
     #[test]
@@ -411,7 +495,8 @@ mod tests {
             cuts.sort();
             for cut in cuts.into_iter().chain([wire.len()]) {
                 let cut = cut.min(wire.len()).max(last);
-                d.decode(&wire[last..cut], &mut c);
+                let mut chunk = wire[last..cut].to_vec();
+                d.decode(&mut chunk, &mut c);
                 last = cut;
             }
             prop_assert!(c.0.len() <= wire.len());
