@@ -23,9 +23,12 @@ use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::daemon::access::Allow;
 use crate::daemon::assign::DeviceKey;
-use crate::daemon::config::{After, Busy, DeviceSpec, Protocol, MAX_CLIENTS};
+use crate::daemon::config::{After, Busy, DeviceSpec, MAX_CLIENTS};
 use crate::daemon::control::{Reply, RequestError};
 use crate::daemon::lease::{self, Expiry, Lease, Leases, Refusal};
+use crate::daemon::lineup::{
+    admit, Admission, Engaged, Joined, LineUp, Member, Turn, BUSY_MESSAGE, IDLE_AFTER,
+};
 use crate::daemon::peerlog::{suppressed_note, PeerLog, Verdict};
 use crate::daemon::registry::{ClientInfo, DeviceState, Dropped, LogRing, Registry, Role, Stats};
 use crate::daemon::reopen::{Backoff, Report};
@@ -34,7 +37,7 @@ use crate::protocol::esp::Entry;
 use crate::protocol::line::{LineSettings, Lines, Purge};
 use crate::protocol::reset::{LineDriver, Played, Policy, ResetError, ResetTo};
 use crate::protocol::session::{Effect, EspEnd, Failure, Out, Session};
-use crate::protocol::Voice;
+use crate::protocol::{Protocol, Voice};
 
 /// Stop reading the device (and the client) once this much output waits for the client.
 const CLIENT_HIGH_WATER: usize = 64 * 1024;
@@ -57,11 +60,6 @@ const POLL_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// listener that stays readable, and connected clients go on being served meanwhile.
 const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(50);
 const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(2);
-/// A client in control that has sent nothing for this long is idle: a newcomer takes control
-/// from it (a monitor someone is typing into, or a program streaming to the device, keeps it
-/// until it pauses).
-const IDLE_AFTER: Duration = Duration::from_secs(1);
-/// How long [`BridgeHandle::stop`] waits for the thread before leaving it to finish alone.
 pub(crate) const STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// How a vanished client is noticed (see [`tune_socket`]).
@@ -70,9 +68,7 @@ const KEEPALIVE_INTERVAL_S: u32 = 5;
 const KEEPALIVE_PROBES: u32 = 3;
 const UNACKED_TIMEOUT_MS: u32 = 25_000;
 
-const BUSY_MESSAGE: &[u8] = b"Port already in use\r\n";
 const KICKED_MESSAGE: &[u8] = b"kicked off, new user is coming\r\n";
-const NO_DEVICE_MESSAGE: &[u8] = b"Port's device is not available\r\n";
 const NO_LEASE_MESSAGE: &[u8] = b"Port needs a lease: serialhub lease HOST ... -- COMMAND\r\n";
 const LEASED_MESSAGE: &[u8] = b"Port leased to another address\r\n";
 
@@ -211,7 +207,7 @@ pub(crate) fn spawn(
         lines_refused: false,
         spec,
         shared,
-        clients: Vec::new(),
+        clients: LineUp::default(),
         next_id: 0,
         next_modem_poll: Instant::now(),
         to_device: Vec::with_capacity(DEVICE_HIGH_WATER),
@@ -292,15 +288,6 @@ impl Input {
     }
 }
 
-/// Where a client stands in the line for control.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Turn {
-    /// It holds control, or held it and gets it back when those who took it from it leave.
-    Had,
-    /// It arrived while the client in control was flashing: it takes control when that ends.
-    Waiting,
-}
-
 /// An observer that does not read its output as fast as the device makes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Lag {
@@ -339,25 +326,24 @@ impl Client {
     }
 }
 
-/// Who may connect now.
-#[derive(Debug, PartialEq, Eq)]
-enum Admission {
-    /// Alone, or sharing the device with those connected.
-    Accept,
-    /// Accept, after closing the client in control.
-    Kick,
-    Refuse(&'static [u8]),
-}
-
-/// The admission rule: `share` takes clients up to `max`, `reject` and `kick` one; the
-/// device must be there.
-fn admit(busy: Busy, connected: usize, max: usize, device_open: bool) -> Admission {
-    match (busy, connected, device_open) {
-        (Busy::Reject, 1.., _) => Admission::Refuse(BUSY_MESSAGE),
-        (Busy::Share, n, _) if n >= max => Admission::Refuse(BUSY_MESSAGE),
-        (_, _, false) => Admission::Refuse(NO_DEVICE_MESSAGE),
-        (Busy::Kick, 1.., true) => Admission::Kick,
-        _ => Admission::Accept,
+impl Member for Client {
+    fn turn(&self) -> Turn {
+        self.turn
+    }
+    fn set_turn(&mut self, turn: Turn) {
+        self.turn = turn;
+    }
+    fn last_input(&self) -> Instant {
+        self.last_input
+    }
+    fn loading(&self) -> bool {
+        self.session.loading()
+    }
+    fn paused(&self) -> bool {
+        self.session.client_paused()
+    }
+    fn ip(&self) -> std::net::IpAddr {
+        self.addr.ip()
     }
 }
 
@@ -379,7 +365,7 @@ struct Bridge {
     lines_refused: bool,
     /// Connected clients: the one in control first, then those who get control back when
     /// it leaves, most recent first; clients waiting for a flash to end last.
-    clients: Vec<Client>,
+    clients: LineUp<Client>,
     next_id: u64,
     /// When modem lines are read next (while clients are connected).
     next_modem_poll: Instant,
@@ -454,7 +440,7 @@ impl Bridge {
                 c.addr,
             );
             if let Ok(st) = dev.modem_status() {
-                for c in &mut self.clients {
+                for c in self.clients.iter_mut() {
                     c.session.modem_status(st, &mut c.to_client);
                 }
             }
@@ -632,15 +618,7 @@ impl Bridge {
     fn apply_leases(&mut self) {
         let now = lease::unix_now();
         self.read_leases(now);
-        let refused: Vec<(usize, Refusal)> = {
-            let book = self.shared.leases.book();
-            (self.clients.iter().enumerate().rev())
-                .filter_map(|(i, c)| {
-                    let ip = c.addr.ip();
-                    book.admits(&self.lease_key, ip, now).err().map(|r| (i, r))
-                })
-                .collect()
-        };
+        let refused = (self.clients).refused_by(&self.shared.leases.book(), &self.lease_key, now);
         for (i, why) in refused {
             self.drop_client(i, why.as_str());
         }
@@ -669,11 +647,8 @@ impl Bridge {
                 }
             );
             if close {
-                let holder = l.address.to_canonical();
-                for i in (0..self.clients.len()).rev() {
-                    if self.clients[i].addr.ip().to_canonical() == holder {
-                        self.drop_client(i, "its lease ran out (lease_expiry = \"close\")");
-                    }
+                for i in self.clients.clients_of(l.address) {
+                    self.drop_client(i, "its lease ran out (lease_expiry = \"close\")");
                 }
             }
         }
@@ -709,7 +684,7 @@ impl Bridge {
         [
             rest,
             self.lease_ends,
-            self.control_deadline(),
+            self.clients.deadline(),
             self.link.retry_at(),
             modem,
             grace,
@@ -778,7 +753,7 @@ impl Bridge {
         if !self.clients.is_empty() && now >= self.next_modem_poll {
             self.next_modem_poll = now + MODEM_POLL;
             if let Some(st) = self.link.device().and_then(|d| d.modem_status().ok()) {
-                for c in &mut self.clients {
+                for c in self.clients.iter_mut() {
                     c.session.modem_status(st, &mut c.to_client);
                 }
             }
@@ -1140,8 +1115,7 @@ impl Bridge {
         };
         session = session.with_voice(voice);
         Stats::add(&self.shared.stats.connects, 1);
-        let engaged = self.controller_busy();
-        let mut client = Client {
+        let client = Client {
             id: self.next_id,
             stream,
             addr,
@@ -1162,89 +1136,57 @@ impl Bridge {
             last_input: now.checked_sub(IDLE_AFTER).unwrap_or(now),
         };
         self.next_id += 1;
-        match (self.clients.first(), engaged) {
-            (None, _) => {
-                self.to_device.clear();
-                self.effect = None;
-                self.next_modem_poll = now + MODEM_POLL;
-                self.clients.push(client);
-            }
+        if self.clients.is_empty() {
+            self.to_device.clear();
+            self.effect = None;
+            self.next_modem_poll = now + MODEM_POLL;
+        }
+        let controller = self.clients.first().map(|c| c.addr);
+        let waiting_news = |engaged: Engaged| {
+            let c = controller.map_or_else(String::new, |a| a.to_string());
+            (
+                format!(
+                    "serialhub: observing; {c} is {}, control follows when it is done",
+                    engaged.as_str()
+                ),
+                c,
+            )
+        };
+        let acting = self.acting();
+        let id = client.id;
+        match self.clients.join(client, acting, now) {
+            Joined::Alone => {}
             // The client in control is flashing (or in the middle of a change): the
             // newcomer observes until that ends.
-            (Some(c), Some(engaged)) => {
-                let news = format!(
-                    "serialhub: observing; {} is {}, control follows when it is done",
-                    c.addr,
-                    engaged.as_str()
-                );
+            Joined::Waits(engaged) => {
+                let (news, c) = waiting_news(engaged);
                 log!(
                     voice.info(),
-                    "{}: {addr} waits: {} is {}",
+                    "{}: {addr} waits: {c} is {}",
                     self.name,
-                    c.addr,
                     engaged.as_str()
                 );
-                client.turn = Turn::Waiting;
-                client.session.tell(&news, &mut client.to_client);
-                self.clients.push(client);
+                if let Some(w) = self.clients.iter_mut().find(|w| w.id == id) {
+                    w.session.tell(&news, &mut w.to_client);
+                }
             }
             // A newcomer takes control from an idle client, which observes until it leaves.
-            (Some(_), None) => {
-                self.clients.insert(0, client);
-                self.give_control(now);
-            }
+            Joined::TookControl => self.give_control(now),
         }
         self.publish();
     }
 
-    /// Whether the client in control must not lose it now (a newcomer waits), and why.
-    fn controller_busy(&self) -> Option<Engaged> {
-        let c = self.clients.first()?;
-        if c.session.loading() {
-            Some(Engaged::Flashing)
-        } else if self.effect.is_some() || c.session.client_paused() || self.lines.playing() {
-            Some(Engaged::Acting)
-        } else if c.last_input.elapsed() < IDLE_AFTER {
-            Some(Engaged::Writing)
-        } else {
-            None
-        }
-    }
-
-    /// When a client that waits for control should look again (the client in control
-    /// stops counting as writing then).
-    fn control_deadline(&self) -> Option<Instant> {
-        let waiting = self.clients.iter().any(|c| c.turn == Turn::Waiting);
-        let c = self.clients.first().filter(|_| waiting)?;
-        Some(c.last_input + IDLE_AFTER)
+    /// The device is busy on the controller's behalf: an effect waits, a reset plays.
+    fn acting(&self) -> bool {
+        self.effect.is_some() || self.lines.playing()
     }
 
     /// Clients waiting for a flash (or a stream, or a change) to end take control once it has.
     fn settle_control(&mut self) {
-        if self.clients.iter().all(|c| c.turn == Turn::Had) || self.controller_busy().is_some() {
-            return;
-        }
-        self.promote_waiting();
-        self.give_control(Instant::now());
-        self.publish();
-    }
-
-    /// Move the waiting clients to the front, as if each had taken control on arrival (the
-    /// latest first) — except that a flasher among them (it sent a SYNC while it waited)
-    /// goes before them all: taken over before its next SYNC, it would fail.
-    fn promote_waiting(&mut self) {
-        let (waiting, had): (Vec<Client>, Vec<Client>) = std::mem::take(&mut self.clients)
-            .into_iter()
-            .partition(|c| c.turn == Turn::Waiting);
-        let (flashers, others): (Vec<Client>, Vec<Client>) =
-            waiting.into_iter().partition(|c| c.session.loading());
-        self.clients = flashers
-            .into_iter()
-            .chain(others.into_iter().rev())
-            .chain(had)
-            .collect();
-        for c in &mut self.clients {
-            c.turn = Turn::Had;
+        let acting = self.acting();
+        if self.clients.settle(acting, Instant::now()) {
+            self.give_control(Instant::now());
+            self.publish();
         }
     }
 
@@ -1495,7 +1437,9 @@ impl Bridge {
         if i >= self.clients.len() {
             return;
         }
-        let c = self.clients.remove(i);
+        let Some(c) = self.clients.leave(i) else {
+            return;
+        };
         if let Verdict::Log { suppressed } = self.peer_log.check(c.addr.ip(), Instant::now()) {
             let role = if i == 0 { "client" } else { "observer" };
             let dropped = match (
@@ -1547,7 +1491,7 @@ impl Bridge {
             }
         }
         if next {
-            self.promote_waiting();
+            // The line-up has moved the waiting clients up already.
             self.give_control(now);
         } else if let Some(dev) = self.link.device() {
             let released = self.lines.client_left(now);
@@ -1571,27 +1515,6 @@ impl Bridge {
                     self.name
                 );
             }
-        }
-    }
-}
-
-/// Why the client in control keeps it for now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Engaged {
-    /// A loader session (a flash): never interrupted.
-    Flashing,
-    /// It sent something within [`IDLE_AFTER`]: a stream is not cut in the middle.
-    Writing,
-    /// An effect, a parked baud change or a reset is under way: a moment.
-    Acting,
-}
-
-impl Engaged {
-    fn as_str(self) -> &'static str {
-        match self {
-            Engaged::Flashing => "flashing the chip",
-            Engaged::Writing => "writing to the device",
-            Engaged::Acting => "changing the port's settings",
         }
     }
 }
@@ -1878,17 +1801,6 @@ mod tests {
 
     #[test]
     fn admission_one_client_in_control_the_next_is_told_busy() {
-        assert_eq!(admit(Busy::Reject, 0, 1, true), Admission::Accept);
-        assert_eq!(admit(Busy::Kick, 1, 1, true), Admission::Kick);
-        assert_eq!(
-            admit(Busy::Kick, 0, 1, false),
-            Admission::Refuse(NO_DEVICE_MESSAGE)
-        );
-        assert_eq!(admit(Busy::Share, 3, 4, true), Admission::Accept);
-        assert_eq!(
-            admit(Busy::Share, 4, 4, true),
-            Admission::Refuse(BUSY_MESSAGE)
-        );
         let rig = rig(Busy::Reject, Protocol::Raw);
         let mut dev = device(&rig);
         let mut a = connect(rig.handle.addr);

@@ -14,6 +14,7 @@ use crate::daemon::access::{Allow, Token};
 pub(crate) use crate::device::DevicePath;
 use crate::device::Wiring;
 use crate::protocol::reset::Policy;
+use crate::protocol::Protocol;
 
 pub(crate) use crate::sim::SimBoard;
 
@@ -47,7 +48,7 @@ pub(crate) struct Config {
     /// Who may connect (`[access]`).
     pub(crate) access: Access,
     /// Advertising devices and the portal on the network (`[mdns]`).
-    pub(crate) mdns: crate::daemon::mdns::MdnsConfig,
+    pub(crate) mdns: MdnsConfig,
 }
 
 /// The `[access]` table.
@@ -251,30 +252,6 @@ pub(crate) struct DeviceSpec {
     /// Who may connect to this device's port, instead of `[access] allow`.
     #[serde(default, deserialize_with = "device_allow")]
     pub(crate) allow: Option<Allow>,
-}
-
-/// The `protocol` key.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) enum Protocol {
-    /// The client's first byte decides: IAC is RFC 2217, anything else (or silence while
-    /// device output waits) raw.
-    #[default]
-    Auto,
-    /// RFC 2217 (Telnet COM-PORT-OPTION): pyserial's `rfc2217://`, esptool, idf.py.
-    Rfc2217,
-    /// A plain TCP byte stream at the configured baud: `socket://`, netcat.
-    Raw,
-}
-
-impl Protocol {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Auto => "auto",
-            Protocol::Rfc2217 => "rfc2217",
-            Protocol::Raw => "raw",
-        }
-    }
 }
 
 /// The `after` key.
@@ -583,6 +560,24 @@ impl Config {
             }
         }
         Ok(config)
+    }
+}
+
+/// The `[mdns]` table.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct MdnsConfig {
+    pub(crate) enabled: bool,
+    /// Interface names to advertise on; empty: every up, multicast, non-loopback one.
+    pub(crate) interfaces: Vec<String>,
+}
+
+impl Default for MdnsConfig {
+    fn default() -> Self {
+        MdnsConfig {
+            enabled: true,
+            interfaces: Vec::new(),
+        }
     }
 }
 

@@ -29,9 +29,10 @@ use nix::sys::socket::{
     SockType, SockaddrIn,
 };
 
-use crate::daemon::config::Protocol;
+use crate::daemon::config::MdnsConfig;
 use crate::daemon::registry::DeviceEntry;
 use crate::protocol::mdns::{self, Dest, Responder, Service, GROUP, PORT};
+use crate::protocol::Protocol;
 
 /// The most answers sent per second, all interfaces together.
 const ANSWERS_PER_SECOND: u32 = 50;
@@ -52,24 +53,6 @@ enum Change {
     /// Say goodbye to `key`'s service.
     Withdraw(String),
     Shutdown,
-}
-
-/// The `[mdns]` table.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct MdnsConfig {
-    pub(crate) enabled: bool,
-    /// Interface names to advertise on; empty: every up, multicast, non-loopback one.
-    pub(crate) interfaces: Vec<String>,
-}
-
-impl Default for MdnsConfig {
-    fn default() -> Self {
-        MdnsConfig {
-            enabled: true,
-            interfaces: Vec::new(),
-        }
-    }
 }
 
 /// How the supervisor and `serve` reach the responder.

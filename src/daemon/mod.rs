@@ -30,6 +30,7 @@ pub(crate) mod control; // the requests the portal and signals send the supervis
 pub(crate) mod http; // a small bounded HTTP/1.1 server: connection cap, limits, deadlines
 pub(crate) mod identity; // USB identity of a tty from sysfs: ids, serial, physical path
 pub(crate) mod lease; // devices reserved for one address for a while: the book, its file, who may connect
+pub(crate) mod lineup; // who holds a device: control, observers, the waiting; who may join (pure)
 pub(crate) mod mdns; // the mDNS responder thread: devices and the portal advertised, goodbyes
 pub(crate) mod peerlog; // how many log lines a remote address may cause (pure)
 pub(crate) mod portal; // HTTP: discovery API (old portal's shapes), metrics, web page

@@ -21,13 +21,14 @@ use log::{info, warn};
 use serde_json::{json, Map, Value};
 
 use crate::daemon::access::Refusal;
-use crate::daemon::config::{Access, Protocol};
+use crate::daemon::config::Access;
 use crate::daemon::control::{Handle, Reply, Request, RequestError};
 use crate::daemon::http::{self, Handler, HttpRequest, HttpResponse, Limits};
 use crate::daemon::lease::{self, Lease, LeaseError, Leases, Policy as LeasePolicy};
 use crate::daemon::peerlog::{suppressed_note, PeerLog, Verdict};
 use crate::daemon::registry::{ClientInfo, DeviceEntry, DeviceState, Registry, Role, Stats};
 use crate::protocol::reset::ResetTo;
+use crate::protocol::Protocol;
 
 /// Request bodies larger than this are refused with 413 (at most this + 1 bytes are read).
 pub(crate) const MAX_BODY: usize = 64 * 1024;

@@ -170,7 +170,7 @@ pub(crate) struct DeviceEntry {
     /// The reset policy in force, as configured or picked by `auto`.
     pub(crate) reset: crate::protocol::reset::Policy,
     /// How clients talk to its port (`auto`: both RFC 2217 and raw).
-    pub(crate) protocol: crate::daemon::config::Protocol,
+    pub(crate) protocol: crate::protocol::Protocol,
     pub(crate) stats: Arc<Stats>,
     pub(crate) log: Arc<Mutex<LogRing>>,
 }

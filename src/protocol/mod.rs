@@ -11,6 +11,31 @@ pub(crate) mod rfc2217; // COM-PORT-OPTION (44) requests and replies as typed va
 pub(crate) mod session; // one client's negotiation state: bytes in, ordered effects out
 pub(crate) mod telnet; // Telnet byte codec: IAC framing, option verbs, 0xFF doubling
 
+/// What a port speaks (its `protocol` key), and what a session turned out to speak (never
+/// `Auto` then). One type for both: the config, the sessions, the portal and mDNS name it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Protocol {
+    /// The client's first byte decides: IAC is RFC 2217, anything else (or silence while
+    /// device output waits) raw.
+    #[default]
+    Auto,
+    /// RFC 2217 (Telnet COM-PORT-OPTION): pyserial's `rfc2217://`, esptool, idf.py.
+    Rfc2217,
+    /// A plain TCP byte stream at the configured baud: `socket://`, netcat.
+    Raw,
+}
+
+impl Protocol {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Auto => "auto",
+            Protocol::Rfc2217 => "rfc2217",
+            Protocol::Raw => "raw",
+        }
+    }
+}
+
 /// How loudly a session speaks in the log. The bridge gives each connection a budget of log
 /// lines per remote address; a peer past it has its sessions logged at debug, so no client
 /// can flood the log through the protocol cores.

@@ -24,7 +24,7 @@ use crate::protocol::line::{FlowControl, LineSettings, Lines, ModemStatus, Purge
 use crate::protocol::reset::{ResetError, ResetTo, EN_LOW, IO0_LOW};
 use crate::protocol::rfc2217::{self, Command, Control, DecodeError, Direction, Setting};
 use crate::protocol::telnet::{self, option, Event, Verb, IAC};
-use crate::protocol::Voice;
+use crate::protocol::{Protocol, Voice};
 
 /// Where a session writes; the bridge owns both buffers.
 pub(crate) struct Out<'a> {
@@ -102,28 +102,6 @@ enum Mode {
     Telnet,
     /// A plain byte stream (`socket://` clients, netcat): no Telnet, no escaping.
     Raw,
-}
-
-/// The protocol a session speaks, once known.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Protocol {
-    Rfc2217,
-    /// An RFC 2217 session that follows the ESP loader protocol.
-    Rfc2217Esp,
-    Raw,
-    /// A raw session that follows the ESP loader protocol.
-    RawEsp,
-}
-
-impl Protocol {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Rfc2217 => "rfc2217",
-            Protocol::Rfc2217Esp => "rfc2217, esp-aware",
-            Protocol::Raw => "raw",
-            Protocol::RawEsp => "raw, esp-aware",
-        }
-    }
 }
 
 /// Where an ESP-aware session leaves the chip (see [`Session::esp_end`]).
@@ -383,13 +361,11 @@ impl Session {
         self.in_flight.is_some() || self.esp.as_ref().is_some_and(EspWatch::parked)
     }
 
-    /// The protocol the client speaks, once known.
+    /// The protocol the client speaks, once known (`Rfc2217` or `Raw`).
     pub(crate) fn protocol(&self) -> Option<Protocol> {
         match self.mode {
             Mode::Detect { .. } => None,
-            Mode::Telnet if self.esp.is_some() => Some(Protocol::Rfc2217Esp),
             Mode::Telnet => Some(Protocol::Rfc2217),
-            Mode::Raw if self.esp.is_some() => Some(Protocol::RawEsp),
             Mode::Raw => Some(Protocol::Raw),
         }
     }
@@ -468,9 +444,14 @@ impl Session {
         }
         log!(
             self.voice.info(),
-            "{}: the client speaks {}",
+            "{}: the client speaks {}{}",
             self.label,
-            self.protocol().map_or("?", Protocol::as_str)
+            self.protocol().map_or("?", Protocol::as_str),
+            if self.esp.is_some() {
+                ", esp-aware"
+            } else {
+                ""
+            }
         );
         let held = std::mem::take(&mut self.held);
         self.on_device_bytes(&held, now, out)
@@ -1526,7 +1507,8 @@ mod tests {
         let mut s = session().watch_esp(false, Entry::Reset);
         let mut rig = Rig::default();
         rig.feed(&mut s, &PYSERIAL_OPEN);
-        assert_eq!(s.protocol(), Some(Protocol::Rfc2217Esp));
+        assert_eq!(s.protocol(), Some(Protocol::Rfc2217));
+        assert!(s.esp.is_some());
         let sync = sync_frame();
         // A setting right behind the SYNC waits until the entry has been asked for.
         let wire = [sync.clone(), sb(&[1, 0, 1, 0xC2, 0])].concat();
