@@ -8,7 +8,8 @@
 //! the least for the longest makes room, so a flood of slow or idle connections cannot lock a
 //! real client out: its request arrives in one go and is answered at once.
 //!
-//! The parsing is pure ([`parse_head`]); the loop only moves bytes. Requests are answered on
+//! The parsing is pure (`protocol::http`: httparse for the head, our limits); the loop only
+//! moves bytes. Requests are answered on
 //! the loop's thread by the [`Handler`] (the portal's router, which reads a registry snapshot
 //! or asks the supervisor, and answers at once).
 
@@ -20,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::protocol::http::{dechunk, parse_head, Chunks, Head, Parse};
 
 /// A request as the router sees it.
 #[derive(Debug, Clone, Copy)]
@@ -95,173 +98,6 @@ const ACCEPTS_PER_ROUND: usize = 64;
 /// After a failed accept (out of descriptors), the listener rests this long.
 const ACCEPT_REST: Duration = Duration::from_millis(100);
 const READ_CHUNK: usize = 4096;
-
-/// A request head, parsed.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Head {
-    pub(crate) method: String,
-    pub(crate) target: String,
-    pub(crate) host: Option<String>,
-    pub(crate) authorization: Option<String>,
-    pub(crate) content_type: Option<String>,
-    pub(crate) content_length: usize,
-    /// The body comes in chunks (`Transfer-Encoding: chunked`) instead.
-    pub(crate) chunked: bool,
-    pub(crate) expect_continue: bool,
-    /// The client wants the connection closed after this request (or speaks HTTP/1.0).
-    pub(crate) close: bool,
-}
-
-/// What the bytes received so far make.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Parse {
-    /// Not a whole head yet.
-    Incomplete,
-    /// A head of this many bytes.
-    Head(Head, usize),
-    /// A request the server refuses: status and reason.
-    Refused(u16, &'static str),
-}
-
-/// Parse a request head from the start of `buf`.
-pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Parse {
-    let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
-        return if buf.len() >= limits.head {
-            Parse::Refused(431, "request head too large")
-        } else {
-            Parse::Incomplete
-        };
-    };
-    if end + 4 > limits.head {
-        return Parse::Refused(431, "request head too large");
-    }
-    let Ok(text) = std::str::from_utf8(&buf[..end]) else {
-        return Parse::Refused(400, "request head is not text");
-    };
-    let mut lines = text.split("\r\n");
-    let mut first = lines.next().unwrap_or_default().split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (first.next(), first.next(), first.next(), first.next())
-    else {
-        return Parse::Refused(400, "malformed request line");
-    };
-    let http10 = match version {
-        "HTTP/1.1" => false,
-        "HTTP/1.0" => true,
-        _ => return Parse::Refused(505, "only HTTP/1.0 and HTTP/1.1 are spoken here"),
-    };
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Parse::Refused(400, "malformed method");
-    }
-    if !target.starts_with('/') {
-        return Parse::Refused(400, "the request target must be a path");
-    }
-    let mut head = Head {
-        method: method.to_owned(),
-        target: target.to_owned(),
-        host: None,
-        authorization: None,
-        content_type: None,
-        content_length: 0,
-        chunked: false,
-        expect_continue: false,
-        close: http10,
-    };
-    let mut length: Option<usize> = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Parse::Refused(400, "malformed header");
-        };
-        let value = value.trim();
-        match name.to_ascii_lowercase().as_str() {
-            "host" => head.host = Some(value.to_owned()),
-            "authorization" => head.authorization = Some(value.to_owned()),
-            "content-type" => head.content_type = Some(value.to_owned()),
-            "content-length" => {
-                let Ok(n) = value.parse::<u64>() else {
-                    return Parse::Refused(400, "malformed Content-Length");
-                };
-                if length.is_some_and(|l| l as u64 != n) {
-                    return Parse::Refused(400, "conflicting Content-Length");
-                }
-                if n > limits.body as u64 {
-                    return Parse::Refused(413, "request body too large");
-                }
-                length = Some(n as usize);
-            }
-            "transfer-encoding" if value.eq_ignore_ascii_case("chunked") => head.chunked = true,
-            "transfer-encoding" => return Parse::Refused(501, "unknown transfer encoding"),
-            "expect" if value.eq_ignore_ascii_case("100-continue") => head.expect_continue = true,
-            "connection" => {
-                let v = value.to_ascii_lowercase();
-                if v.contains("close") {
-                    head.close = true;
-                } else if v.contains("keep-alive") {
-                    head.close = false;
-                }
-            }
-            _ => {}
-        }
-    }
-    if head.chunked && length.is_some() {
-        return Parse::Refused(400, "both Content-Length and chunked");
-    }
-    head.content_length = length.unwrap_or(0);
-    Parse::Head(head, end + 4)
-}
-
-/// What a chunked body's bytes so far make.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Chunks {
-    /// More to come; this many input bytes were taken (their data is in the body).
-    More(usize),
-    /// The body is complete; this many input bytes were taken.
-    Done(usize),
-    Refused(u16, &'static str),
-}
-
-/// Take whole chunks from `input` into `body`, which may not grow past `limit`.
-pub(crate) fn dechunk(input: &[u8], body: &mut Vec<u8>, limit: usize) -> Chunks {
-    let mut at = 0;
-    loop {
-        let rest = &input[at..];
-        let Some(eol) = memchr::memmem::find(rest, b"\r\n") else {
-            // A size line is a few bytes; one that does not end is not a size line.
-            return if rest.len() > 64 {
-                Chunks::Refused(400, "malformed chunk size")
-            } else {
-                Chunks::More(at)
-            };
-        };
-        let line = &rest[..eol];
-        let hex = line.split(|&b| b == b';').next().unwrap_or_default();
-        let size = std::str::from_utf8(hex)
-            .ok()
-            .and_then(|h| usize::from_str_radix(h.trim(), 16).ok());
-        let Some(size) = size else {
-            return Chunks::Refused(400, "malformed chunk size");
-        };
-        if size == 0 {
-            // The last chunk; no trailers are taken, only the final empty line.
-            return match rest.get(eol + 2..eol + 4) {
-                Some(b"\r\n") => Chunks::Done(at + eol + 4),
-                Some(_) => Chunks::Refused(400, "trailers are not accepted"),
-                None => Chunks::More(at),
-            };
-        }
-        if body.len().saturating_add(size) > limit {
-            return Chunks::Refused(413, "request body too large");
-        }
-        let Some(data) = rest.get(eol + 2..eol + 2 + size + 2) else {
-            return Chunks::More(at);
-        };
-        if &data[size..] != b"\r\n" {
-            return Chunks::Refused(400, "malformed chunk");
-        }
-        body.extend_from_slice(&data[..size]);
-        at += eol + 2 + size + 2;
-    }
-}
 
 /// A response on the wire; the body is left out for HEAD.
 pub(crate) fn serialize(r: &HttpResponse, head_only: bool, close: bool, out: &mut Vec<u8>) {
@@ -566,7 +402,7 @@ impl<H: Handler> Server<H> {
         let limits = self.limits;
         let c = &mut self.conns[i];
         if let Stage::Head = c.stage {
-            match parse_head(&c.input, &limits) {
+            match parse_head(&c.input, limits.head, limits.body) {
                 Parse::Incomplete => return true,
                 Parse::Refused(status, why) => {
                     debug!("portal: {} refused: {status} {why}", c.addr);
@@ -693,85 +529,6 @@ impl<H: Handler> Server<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn limits() -> Limits {
-        Limits::portal(64 * 1024)
-    }
-
-    fn head(text: &str) -> Parse {
-        parse_head(text.as_bytes(), &limits())
-    }
-
-    #[test]
-    fn heads_are_parsed_and_bad_ones_refused_with_the_right_status() {
-        let Parse::Head(h, n) =
-            head("POST /api/stop HTTP/1.1\r\nHost: pi:8080\r\nContent-Length: 5\r\n\r\nhello")
-        else {
-            panic!()
-        };
-        assert_eq!(n, 61);
-        assert_eq!(
-            (h.method.as_str(), h.target.as_str(), h.host.as_deref()),
-            ("POST", "/api/stop", Some("pi:8080"))
-        );
-        assert_eq!((h.content_length, h.close), (5, false));
-        assert!(matches!(head("GET / HTTP/1.0\r\n\r\n"), Parse::Head(h, _) if h.close));
-        assert_eq!(head("GET / HTTP/1.1\r\nHost: x\r\n"), Parse::Incomplete);
-        let refused = |t: &str| match head(t) {
-            Parse::Refused(s, _) => s,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(refused("GET / HTTP/2\r\n\r\n"), 505);
-        assert_eq!(refused("get / HTTP/1.1\r\n\r\n"), 400);
-        assert_eq!(refused("GET http://x/ HTTP/1.1\r\n\r\n"), 400);
-        assert_eq!(
-            refused("POST / HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n"),
-            413
-        );
-        assert_eq!(
-            refused("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
-            400
-        );
-        assert_eq!(
-            refused("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
-            501
-        );
-        assert_eq!(refused("GET / HTTP/1.1\r\nnocolon\r\n\r\n"), 400);
-        let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(9000));
-        assert_eq!(refused(&huge), 431, "no end yet, but already too long");
-    }
-
-    #[test]
-    fn chunked_bodies_are_taken_whole_chunks_at_a_time_and_bounded() {
-        let wire = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n";
-        let mut body = Vec::new();
-        assert_eq!(dechunk(wire, &mut body, 64), Chunks::Done(wire.len()));
-        assert_eq!(body, b"hello world");
-        for cut in 0..wire.len() {
-            let mut body = Vec::new();
-            let Chunks::More(n) = dechunk(&wire[..cut], &mut body, 64) else {
-                panic!("cut {cut}")
-            };
-            assert_eq!(
-                dechunk(&wire[n..], &mut body, 64),
-                Chunks::Done(wire.len() - n)
-            );
-            assert_eq!(body, b"hello world", "cut {cut}");
-        }
-        let mut body = Vec::new();
-        assert_eq!(
-            dechunk(b"ffffffffff\r\n", &mut body, 64),
-            Chunks::Refused(413, "request body too large")
-        );
-        assert!(matches!(
-            dechunk(b"zz\r\n", &mut body, 64),
-            Chunks::Refused(400, _)
-        ));
-        assert!(matches!(
-            dechunk(b"2\r\nabX\r\n", &mut body, 64),
-            Chunks::Refused(400, _)
-        ));
-    }
 
     #[test]
     fn responses_carry_length_and_connection_and_no_body_for_head() {

@@ -4,6 +4,7 @@
 //! `tests::purity` checks the imports.
 
 pub(crate) mod esp; // the ESP loader protocol as it passes a session: SYNC, CHANGE_BAUDRATE
+pub(crate) mod http; // HTTP/1.1 framing: request heads (httparse), responses, chunked bodies
 pub(crate) mod line; // the vocabulary of a serial line: format, modem lines, purge
 pub(crate) mod mdns; // multicast DNS / DNS-SD: a responder for a few services, a one-shot browser
 pub(crate) mod reset; // reset policies: client DTR/RTS patterns to timed line changes
