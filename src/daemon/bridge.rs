@@ -8,6 +8,10 @@
 //! is bounded: a client that does not read its answers and output stops being read (and the
 //! device with it, so back-pressure lands in the device's kernel buffer, as with a slow local
 //! reader); a fast client fills `to_device`, which stops us reading the socket.
+//!
+//! Why one file of ~2,000 lines: the loop, the device's life and the clients' sessions still
+//! share one set of buffers and one effect in flight; issue 21 moves them into a sans-IO hub
+//! piece by piece (the line-up went first, to `lineup.rs`), leaving the fds and syscalls here.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -9,6 +9,9 @@
 //! commands to the supervisor, which passes them to the bridges through their wake fds.
 //! The bounded server in [`crate::daemon::http`] carries the requests; the routing
 //! ([`Portal::handle`]) takes a plain [`HttpRequest`] so it is tested without sockets.
+//!
+//! Why one file of ~1,500 lines: routes, JSON, the page and the metrics render the same device
+//! view; issue 21 splits it into a route table and one typed view (not done yet).
 
 use std::fmt::Write as _;
 use std::io;
