@@ -1,17 +1,16 @@
-//! The per-device thread: one `poll()` over the listener, the client socket, the device and
-//! a wake fd; one controlling client at a time; the device stays open across clients.
+//! The per-device thread: one `poll()` over the listener, the clients' sockets, the device
+//! and a wake fd; the device stays open across clients.
 //!
-//! The loop only moves bytes and performs what the client's [`Session`] asks for. Nothing in
-//! it waits: a setting that must follow data still queued for a slow (or flow-stopped) UART
-//! waits as the session's effect in flight, while the client is not read and everything else
-//! — commands from the supervisor, new connections, the reset steps — goes on. Every buffer
-//! is bounded: a client that does not read its answers and output stops being read (and the
-//! device with it, so back-pressure lands in the device's kernel buffer, as with a slow local
-//! reader); a fast client fills `to_device`, which stops us reading the socket.
-//!
-//! Why one file of ~2,000 lines: the loop, the device's life and the clients' sessions still
-//! share one set of buffers and one effect in flight; issue 21 moves them into a sans-IO hub
-//! piece by piece (the line-up went first, to `lineup.rs`), leaving the fds and syscalls here.
+//! The thread owns the descriptors and makes the syscalls; what to do with the bytes is the
+//! [`Hub`]'s (admission, sessions, control, effects, resets, the device's life). One round
+//! of the loop: ask the hub what to poll for, poll, hand it what happened, write what it
+//! has for each client, close whom it says. Nothing in it waits: a setting that must follow
+//! data still queued for a slow (or flow-stopped) UART waits as the session's effect in
+//! flight, while the client is not read and everything else — commands from the
+//! supervisor, new connections, the reset steps — goes on. Every buffer is bounded: a client
+//! that does not read its answers and output stops being read (and the device with it, so
+//! back-pressure lands in the device's kernel buffer, as with a slow local reader); a fast
+//! client fills the device's queue, which stops us reading the socket.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -20,41 +19,19 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{debug, error, info, log, warn};
+use log::{debug, error, info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{setsockopt, sockopt};
 
-use crate::daemon::access::Allow;
-use crate::daemon::assign::DeviceKey;
-use crate::daemon::config::{After, Busy, DeviceSpec, MAX_CLIENTS};
-use crate::daemon::control::{Reply, RequestError};
-use crate::daemon::lease::{self, Expiry, Lease, Leases, Refusal};
-use crate::daemon::lineup::{
-    admit, Admission, Engaged, Joined, LineUp, Member, Turn, BUSY_MESSAGE, IDLE_AFTER,
-};
-use crate::daemon::peerlog::{suppressed_note, PeerLog, Verdict};
-use crate::daemon::registry::{ClientInfo, DeviceState, Dropped, LogRing, Registry, Role, Stats};
-use crate::daemon::reopen::{Backoff, Report};
+use crate::daemon::config::{DeviceSpec, MAX_CLIENTS};
+use crate::daemon::control::Reply;
+pub(crate) use crate::daemon::hub::Shared;
+use crate::daemon::hub::{Action, Hub};
 use crate::device::{Device, DevicePath};
-use crate::protocol::esp::Entry;
-use crate::protocol::line::{LineSettings, Lines, Purge};
-use crate::protocol::reset::{LineDriver, Played, Policy, ResetError, ResetTo};
-use crate::protocol::session::{Effect, EspEnd, Failure, Out, Session};
-use crate::protocol::{Protocol, Voice};
+use crate::protocol::line::LineSettings;
+use crate::protocol::reset::ResetTo;
 
-/// Stop reading the device (and the client) once this much output waits for the client.
-const CLIENT_HIGH_WATER: usize = 64 * 1024;
-/// Stop reading the client once this much data waits for the device.
-const DEVICE_HIGH_WATER: usize = 16 * 1024;
-const READ_CHUNK: usize = 16 * 1024;
-/// How often modem lines (CTS/DSR/RI/CD) are checked while a client is connected.
-const MODEM_POLL: Duration = Duration::from_secs(1);
-/// Re-open cadence while a vanished device may be re-enumerating.
-const REOPEN_LOST: Duration = Duration::from_millis(50);
-/// How long an effect may wait for the data queued before it to reach the device; then it
-/// fails (the answer reports the setting still in force), as a stalled local port would.
-const DRAIN_WAIT: Duration = Duration::from_secs(2);
 /// How long poll may sleep when nothing is due (it is woken for everything that matters).
 const POLL_CAP_MS: u128 = 60_000;
 /// After a failed poll, pause this long so a persistent error cannot spin the thread.
@@ -71,10 +48,6 @@ const KEEPALIVE_IDLE_S: u32 = 10;
 const KEEPALIVE_INTERVAL_S: u32 = 5;
 const KEEPALIVE_PROBES: u32 = 3;
 const UNACKED_TIMEOUT_MS: u32 = 25_000;
-
-const KICKED_MESSAGE: &[u8] = b"kicked off, new user is coming\r\n";
-const NO_LEASE_MESSAGE: &[u8] = b"Port needs a lease: serialhub lease HOST ... -- COMMAND\r\n";
-const LEASED_MESSAGE: &[u8] = b"Port leased to another address\r\n";
 
 /// Requests from other threads, delivered through the wake fd.
 #[derive(Debug)]
@@ -94,26 +67,6 @@ pub(crate) enum BridgeCommand {
     Gone,
     /// The device's leases changed: close whom they no longer admit.
     Leases,
-}
-
-/// What a bridge shares with the rest of the daemon.
-pub(crate) struct Shared {
-    pub(crate) registry: Arc<Registry>,
-    pub(crate) key: DeviceKey,
-    pub(crate) stats: Arc<Stats>,
-    /// The device's recent output (the portal's boot log), fed whether or not a client is
-    /// connected.
-    pub(crate) log: Arc<std::sync::Mutex<LogRing>>,
-    /// How long a client outlives its vanished device (re-enumeration grace).
-    pub(crate) grace: Duration,
-    /// Do not open the device before this (driver settle delay after hotplug).
-    pub(crate) open_after: Instant,
-    /// The reset policy in force (from the config, or picked from the USB identity).
-    pub(crate) policy: Policy,
-    /// Who may connect (the device's `allow`, else `[access] allow`).
-    pub(crate) allow: Allow,
-    /// Who holds the device (`[access] lease`).
-    pub(crate) leases: Arc<Leases>,
 }
 
 /// Opens the bridge's device (a tty, the simulator; a fake one in tests).
@@ -186,44 +139,19 @@ pub(crate) fn spawn(
     )?);
     let (tx, rx) = mpsc::channel();
     let (ended_tx, ended) = mpsc::channel::<()>();
-    let policy = shared.policy;
     info!(
         "{name} ({}) listening on {addr}, reset policy {}",
         spec.path,
-        policy.name()
+        shared.policy.name()
     );
-    let lease_key = shared.key.to_string();
     let mut bridge = Bridge {
-        name: name.clone(),
-        configured: LineSettings {
-            baud: spec.baud,
-            ..LineSettings::default()
-        },
+        hub: Hub::new(spec, shared, addr.port(), Instant::now()),
         listener,
         wake: wake.clone(),
         commands: rx,
         open,
-        link: Link::Closed {
-            at: shared.open_after,
-        },
-        backoff: Backoff::new(shared.open_after),
-        lines: LineDriver::new(policy),
-        lines_refused: false,
-        spec,
-        shared,
-        clients: LineUp::default(),
-        next_id: 0,
-        next_modem_poll: Instant::now(),
-        to_device: Vec::with_capacity(DEVICE_HIGH_WATER),
-        discard: Vec::new(),
-        effect: None,
+        streams: Vec::with_capacity(MAX_CLIENTS),
         accept_rest: None,
-        peer_log: PeerLog::default(),
-        refusals: PeerLog::with_burst(1),
-        lease_key,
-        leases: Vec::new(),
-        lease_ends: None,
-        buf: vec![0; READ_CHUNK].into_boxed_slice(),
     };
     let thread = thread::Builder::new()
         .name(format!("bridge {name}"))
@@ -241,253 +169,49 @@ pub(crate) fn spawn(
     })
 }
 
-/// The device's life, one state at a time.
-enum Link {
-    /// Not open; the next try is at `at`.
-    Closed {
-        at: Instant,
-    },
-    Open(Box<dyn Device>),
-    /// Vanished while a client was connected (a native-USB chip re-enumerating as it
-    /// resets): the client waits up to the grace period; what it sends meanwhile is dropped.
-    Lost {
-        since: Instant,
-        at: Instant,
-        dropped: u64,
-    },
-}
-
-impl Link {
-    fn device(&mut self) -> Option<&mut dyn Device> {
-        match self {
-            Link::Open(d) => Some(d.as_mut()),
-            _ => None,
-        }
-    }
-
-    /// When the next open should be tried, if the device is not open.
-    fn retry_at(&self) -> Option<Instant> {
-        match self {
-            Link::Closed { at } | Link::Lost { at, .. } => Some(*at),
-            Link::Open(_) => None,
-        }
-    }
-}
-
-/// Client bytes read but not yet taken by the session (it paused for an effect).
-struct Input {
-    buf: Box<[u8]>,
-    at: usize,
-    end: usize,
-}
-
-impl Input {
-    fn pending(&self) -> &[u8] {
-        &self.buf[self.at..self.end]
-    }
-
-    /// The same bytes, for a session that decodes them in place.
-    fn pending_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.at..self.end]
-    }
-}
-
-/// An observer that does not read its output as fast as the device makes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Lag {
-    Keeping,
-    /// Output is dropped for it: this many bytes since it fell behind.
-    Missing(u64),
-}
-
-struct Client {
-    /// Tells clients apart while the list changes under one round's events.
-    id: u64,
-    stream: TcpStream,
-    addr: SocketAddr,
-    since: Instant,
-    session: Session,
-    input: Input,
-    /// Telnet-escaped device output and session answers, not yet sent to the client.
-    to_client: Vec<u8>,
-    bytes_in: u64,
-    bytes_out: u64,
-    turn: Turn,
-    lag: Lag,
-    /// What it lost while observing, as the portal shows it.
-    dropped: Arc<Dropped>,
-    /// Its writes while observing were dropped, and the log said so (once per client).
-    drop_said: bool,
-    /// When it last sent anything: a client in control is idle (a newcomer may take over)
-    /// once it has been quiet for [`IDLE_AFTER`].
-    last_input: Instant,
-}
-
-impl Client {
-    /// Can this client take more output now?
-    fn keeps_up(&self) -> bool {
-        self.to_client.len() < CLIENT_HIGH_WATER && !self.session.suspended()
-    }
-}
-
-impl Member for Client {
-    fn turn(&self) -> Turn {
-        self.turn
-    }
-    fn set_turn(&mut self, turn: Turn) {
-        self.turn = turn;
-    }
-    fn last_input(&self) -> Instant {
-        self.last_input
-    }
-    fn loading(&self) -> bool {
-        self.session.loading()
-    }
-    fn paused(&self) -> bool {
-        self.session.client_paused()
-    }
-    fn ip(&self) -> std::net::IpAddr {
-        self.addr.ip()
-    }
-}
-
 struct Bridge {
-    name: String,
-    spec: DeviceSpec,
-    /// The settings the device has when no client is connected.
-    configured: LineSettings,
+    hub: Hub,
     listener: TcpListener,
     wake: Arc<EventFd>,
     commands: mpsc::Receiver<BridgeCommand>,
-    shared: Shared,
     open: Opener,
-    link: Link,
-    backoff: Backoff,
-    /// The device's reset policy and any sequence in progress; outlives clients.
-    lines: LineDriver,
-    /// The device refused a line change once (it has no modem lines); said once.
-    lines_refused: bool,
-    /// Connected clients: the one in control first, then those who get control back when
-    /// it leaves, most recent first; clients waiting for a flash to end last.
-    clients: LineUp<Client>,
-    next_id: u64,
-    /// When modem lines are read next (while clients are connected).
-    next_modem_poll: Instant,
-    /// Client data, not yet written to the device.
-    to_device: Vec<u8>,
-    /// What observers' sessions write for the device: dropped, after counting.
-    discard: Vec<u8>,
-    /// The effect the controlling session waits on, and when it stops waiting for the data
-    /// queued before it.
-    effect: Option<(Effect, Instant)>,
+    /// The clients' sockets, by the hub's client id.
+    streams: Vec<(u64, TcpStream)>,
     /// Accepting failed: the listener rests until then; the pause, and failures so far.
     accept_rest: Option<(Instant, Duration, u32)>,
-    /// Log lines each remote address may cause.
-    peer_log: PeerLog,
-    /// Refusals each address may cause in the log (one a minute).
-    refusals: PeerLog,
-    /// The device's key as the lease book names it.
-    lease_key: String,
-    /// The device's active leases as last read, and when the first of them runs out.
-    leases: Vec<Lease>,
-    lease_ends: Option<Instant>,
-    buf: Box<[u8]>,
 }
 
-enum Stop {
-    Shutdown,
-}
+struct Shutdown;
 
 /// One poll slot per possible client, plus the listener, the wake fd and the device.
 const SLOTS: usize = 3 + MAX_CLIENTS;
 
 impl Bridge {
     fn run(&mut self) {
-        self.apply_leases();
         loop {
-            if self.link.retry_at().is_some_and(|t| Instant::now() >= t) {
-                self.open_device();
+            let now = Instant::now();
+            if self.hub.open_due(now) {
+                self.open_device(now);
             }
-            match self.turn() {
-                Ok(()) => {}
-                Err(Stop::Shutdown) => break,
+            if self.turn().is_err() {
+                break;
             }
         }
-        self.drop_all("server shutting down");
-        debug!("{}: bridge thread done", self.name);
+        self.hub.drop_all("server shutting down", Instant::now());
+        self.close_clients();
+        debug!("{}: bridge thread done", self.hub.name());
     }
 
-    fn open_device(&mut self) {
-        let now = Instant::now();
-        let settings = self
-            .clients
-            .first()
-            .map_or(self.configured, |c| c.session.settings());
-        let mut dev = match (self.open)(&self.spec.path, &settings) {
-            Ok(dev) => dev,
-            Err(e) => return self.open_failed(e, now),
-        };
-        info!("{}: opened {} at {}", self.name, self.spec.path, settings);
-        self.backoff.opened();
-        self.lines = LineDriver::new(self.lines.policy());
-        let was = std::mem::replace(&mut self.link, Link::Closed { at: now });
-        if let (Some(c), Link::Lost { since, dropped, .. }) = (self.clients.first(), was) {
-            // Re-enumerated (a native-USB chip resetting): the clients carry on.
-            let dropped = match dropped {
-                0 => String::new(),
-                n => format!(" ({n} bytes it sent meanwhile were dropped)"),
-            };
-            info!(
-                "{}: device is back after {:.2} s; client {} carries on at {settings}{dropped}",
-                self.name,
-                since.elapsed().as_secs_f32(),
-                c.addr,
-            );
-            if let Ok(st) = dev.modem_status() {
-                for c in self.clients.iter_mut() {
-                    c.session.modem_status(st, &mut c.to_client);
-                }
-            }
+    fn open_device(&mut self, now: Instant) {
+        let settings = self.hub.open_settings();
+        match (self.open)(self.hub.path(), &settings) {
+            Ok(dev) => self.hub.opened(dev, now),
+            Err(e) => self.hub.open_failed(e, now),
         }
-        self.link = Link::Open(dev);
-        self.publish();
-    }
-
-    fn open_failed(&mut self, e: io::Error, now: Instant) {
-        let path = &self.spec.path;
-        if let Link::Lost { at, .. } = &mut self.link {
-            debug!("{}: {path} not back yet: {e}", self.name);
-            *at = now + REOPEN_LOST;
-            return;
-        }
-        let (delay, report) = self.backoff.failed(now);
-        let hint = "check that it is plugged in and that this user may open it";
-        match report {
-            Report::Once => error!("{}: cannot open {path}: {e}; retrying ({hint})", self.name),
-            Report::Quiet => debug!("{}: {path} not openable yet: {e}", self.name),
-            Report::Error => {
-                error!(
-                    "{}: cannot open {path}: {e}; retrying in {:.1} s ({hint})",
-                    self.name,
-                    delay.as_secs_f32()
-                );
-                self.shared.registry.set_state(
-                    &self.shared.key,
-                    DeviceState::Error(format!("cannot open {path}: {e}")),
-                );
-            }
-        }
-        self.link = Link::Closed { at: now + delay };
     }
 
     /// One round of poll and the work it reveals.
-    fn turn(&mut self) -> Result<(), Stop> {
-        let waiting = self.effect.is_some();
-        // Only the client in control holds the device back; observers that fall behind
-        // lose output instead.
-        let want_device_in = !waiting && self.clients.first().is_none_or(Client::keeps_up);
-        let device_has_room = self.to_device.len() < DEVICE_HIGH_WATER;
-
+    fn turn(&mut self) -> Result<(), Shutdown> {
         // A fixed array, no allocation per round: absent slots poll the wake fd for nothing.
         let idle = || PollFd::new(self.wake.as_fd(), PollFlags::empty());
         let mut fds: [PollFd; SLOTS] = std::array::from_fn(|_| idle());
@@ -498,35 +222,23 @@ impl Bridge {
             fds[0] = PollFd::new(self.listener.as_fd(), PollFlags::POLLIN);
         }
         fds[1] = PollFd::new(self.wake.as_fd(), PollFlags::POLLIN);
-        if let Link::Open(dev) = &self.link {
-            let mut ev = PollFlags::empty();
-            if want_device_in {
-                ev |= PollFlags::POLLIN;
-            }
-            if !self.to_device.is_empty() {
-                ev |= PollFlags::POLLOUT;
-            }
-            fds[2] = PollFd::new(dev.fd(), ev);
+        if let Some(fd) = self.hub.device_fd() {
+            let want = self.hub.device_interest();
+            fds[2] = PollFd::new(fd, flags(want));
         }
         let mut ids = [0u64; MAX_CLIENTS];
-        for (i, c) in self.clients.iter().enumerate().take(MAX_CLIENTS) {
-            let mut ev = PollFlags::empty();
-            // The controller is read while the device has room for its bytes; observers
-            // whenever they keep up with their answers (what they write is dropped).
-            let room = c.to_client.len() < CLIENT_HIGH_WATER
-                && !c.session.client_paused()
-                && (i > 0 || device_has_room);
-            if room && c.input.pending().is_empty() {
-                ev |= PollFlags::POLLIN;
-            }
-            if !c.to_client.is_empty() {
-                ev |= PollFlags::POLLOUT;
-            }
-            fds[3 + i] = PollFd::new(c.stream.as_fd(), ev);
-            ids[i] = c.id;
+        let mut used = 3;
+        for id in self.hub.client_ids().take(MAX_CLIENTS) {
+            let Some((_, s)) = self.streams.iter().find(|(i, _)| *i == id) else {
+                continue;
+            };
+            fds[used] = PollFd::new(s.as_fd(), flags(self.hub.client_interest(id)));
+            ids[used - 3] = id;
+            used += 1;
         }
-        let used = 3 + self.clients.len().min(MAX_CLIENTS);
-        let timeout = self.next_deadline().map_or(PollTimeout::NONE, |d| {
+        let rest = self.accept_rest.map(|(until, _, _)| until);
+        let deadline = [rest, self.hub.poll_timeout()].into_iter().flatten().min();
+        let timeout = deadline.map_or(PollTimeout::NONE, |d| {
             let ms = d.saturating_duration_since(Instant::now()).as_millis();
             PollTimeout::try_from(ms.min(POLL_CAP_MS) as i32 + 1).unwrap_or(PollTimeout::MAX)
         });
@@ -534,434 +246,119 @@ impl Bridge {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => return Ok(()),
             Err(e) => {
-                error!("{}: poll failed: {e}", self.name);
+                error!("{}: poll failed: {e}", self.hub.name());
                 thread::sleep(POLL_ERROR_PAUSE);
                 return Ok(());
             }
         }
         let ready = fds.map(|f| f.revents().unwrap_or(PollFlags::empty()));
         let (listener_ready, wake_ready, dev_ready) = (ready[0], ready[1], ready[2]);
+        let now = Instant::now();
 
         if wake_ready.contains(PollFlags::POLLIN) {
             let _ = self.wake.read();
             while let Ok(cmd) = self.commands.try_recv() {
-                self.command(cmd)?;
+                self.command(cmd, now)?;
             }
         }
         if dev_ready.contains(PollFlags::POLLOUT) {
-            self.flush_device();
+            self.hub.device_writable(now);
         }
         if dev_ready.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
-            self.read_device();
+            self.hub.device_readable(now);
         }
         for (k, &id) in ids.iter().enumerate().take(used - 3) {
             let ev = ready[3 + k];
             if ev.contains(PollFlags::POLLOUT) {
-                self.flush_client(id);
+                self.send(id, now);
             }
             if ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
-                self.read_client(id);
+                self.receive(id, now);
             }
         }
         if listener_ready.contains(PollFlags::POLLIN) || self.accept_rest.is_some() && !resting {
-            self.accept();
+            self.accept(now);
         }
-        self.on_timers();
-        self.advance();
-        self.settle_control();
-        self.flush_device();
-        self.flush_clients();
+        self.hub.handle_timeout(now);
+        self.hub.advance(now);
+        let ids: Vec<u64> = self.hub.client_ids().collect();
+        for id in ids.into_iter().rev() {
+            self.send(id, now);
+        }
+        self.close_clients();
         Ok(())
     }
 
-    fn command(&mut self, cmd: BridgeCommand) -> Result<(), Stop> {
+    fn command(&mut self, cmd: BridgeCommand, now: Instant) -> Result<(), Shutdown> {
         match cmd {
-            BridgeCommand::Shutdown => return Err(Stop::Shutdown),
-            BridgeCommand::Reset(to, reply) => {
-                let answer = match self.clients.first() {
-                    // A reset would cut a flash short: the flasher alone decides.
-                    Some(c) if c.session.loading() => Err(RequestError::Failed(format!(
-                        "{}: {} is flashing the chip; reset it when the flash is over",
-                        self.shared.key, c.addr
-                    ))),
-                    _ => match self.server_reset(to) {
-                        Ok(()) => Ok(format!("{}: reset into {to:?} started", self.shared.key)),
-                        Err(e) => Err(RequestError::Failed(e.to_string())),
-                    },
-                };
-                let _ = reply.send(answer);
-            }
-            BridgeCommand::Replace(path) => {
-                info!("{}: device now at {path}", self.name);
-                self.spec.path = path;
-                if let Link::Lost { at, .. } = &mut self.link {
-                    *at = Instant::now();
-                } else {
-                    self.link = Link::Closed { at: Instant::now() };
-                }
-            }
-            BridgeCommand::Retry => {
-                if let Link::Closed { at } = &mut self.link {
-                    *at = (*at).min(Instant::now()).max(self.shared.open_after);
-                }
-            }
-            BridgeCommand::Disconnect(why) => self.drop_all(&why),
-            BridgeCommand::Gone => {
-                if matches!(self.link, Link::Open(_)) {
-                    self.device_lost("unplugged");
-                }
-            }
-            BridgeCommand::Leases => self.apply_leases(),
+            BridgeCommand::Shutdown => return Err(Shutdown),
+            BridgeCommand::Reset(to, reply) => self.hub.reset(to, now, &reply),
+            BridgeCommand::Replace(path) => self.hub.replace(path, now),
+            BridgeCommand::Retry => self.hub.retry(now),
+            BridgeCommand::Disconnect(why) => self.hub.drop_all(&why, now),
+            BridgeCommand::Gone => self.hub.gone(now),
+            BridgeCommand::Leases => self.hub.apply_leases(now),
         }
         Ok(())
     }
 
-    /// The device's leases changed (or the bridge starts): the clients they do not admit
-    /// are closed — a device leased to one address is reserved for it — and the next expiry
-    /// is timed.
-    fn apply_leases(&mut self) {
-        let now = lease::unix_now();
-        self.read_leases(now);
-        let refused = (self.clients).refused_by(&self.shared.leases.book(), &self.lease_key, now);
-        for (i, why) in refused {
-            self.drop_client(i, why.as_str());
-        }
-    }
-
-    /// A lease of this device ran out: with `lease_expiry = "close"` its holder's clients
-    /// are closed; otherwise they finish, and the next connection follows the policy.
-    fn lease_expired(&mut self) {
-        let now = lease::unix_now();
-        let close = self.shared.leases.book().expiry == Expiry::Close;
-        let ended: Vec<Lease> = self
-            .leases
-            .iter()
-            .filter(|l| !l.active(now))
-            .cloned()
-            .collect();
-        for l in &ended {
-            info!(
-                "{}: the lease of {} ran out{}",
-                self.name,
-                l.address,
-                if close {
-                    "; closing its connections"
-                } else {
-                    ""
-                }
-            );
-            if close {
-                for i in self.clients.clients_of(l.address) {
-                    self.drop_client(i, "its lease ran out (lease_expiry = \"close\")");
+    /// Close the sockets of the clients the hub let go.
+    fn close_clients(&mut self) {
+        while let Some(Action::Close { id, last_words }) = self.hub.poll_effect() {
+            if let Some(k) = self.streams.iter().position(|(i, _)| *i == id) {
+                let (_, mut s) = self.streams.swap_remove(k);
+                if !last_words.is_empty() {
+                    let _ = s.write(last_words);
                 }
             }
         }
-        self.read_leases(now);
     }
 
-    /// The device's active leases, and when the first of them runs out.
-    fn read_leases(&mut self, now: u64) {
-        self.leases = self
-            .shared
-            .leases
-            .book()
-            .on(&self.lease_key, now)
-            .cloned()
-            .collect();
-        self.lease_ends = (self.leases.iter().map(|l| l.expires).min())
-            .map(|at| Instant::now() + lease::until(at));
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        let modem = (!self.clients.is_empty()).then_some(self.next_modem_poll);
-        let grace = match &self.link {
-            Link::Lost { since, .. } => Some(*since + self.shared.grace),
-            _ => None,
+    /// Read what client `id` sent, when the hub has room for it.
+    fn receive(&mut self, id: u64, now: Instant) {
+        let Some(k) = self.streams.iter().position(|(i, _)| *i == id) else {
+            return;
         };
-        let sessions = self
-            .clients
-            .iter()
-            .filter_map(|c| c.session.deadline())
-            .min();
-        let effect = self.effect.map(|(_, until)| until);
-        let rest = self.accept_rest.map(|(until, _, _)| until);
-        [
-            rest,
-            self.lease_ends,
-            self.clients.deadline(),
-            self.link.retry_at(),
-            modem,
-            grace,
-            sessions,
-            effect,
-            self.lines.deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-    }
-
-    /// Timers: reset steps, the sessions' own waits, modem lines, the grace period.
-    fn on_timers(&mut self) {
-        let now = Instant::now();
-        if self.lease_ends.is_some_and(|t| now >= t) {
-            self.lease_expired();
-        }
-        let mut played = None;
-        if let Some(dev) = self.link.device() {
-            while let Some(lines) = self.lines.due(now) {
-                played = set_lines(
-                    &self.name,
-                    &mut self.lines,
-                    dev,
-                    lines,
-                    &mut self.lines_refused,
-                )
-                .or(played);
-            }
-        }
-        if let Some(p) = played {
-            self.reset_played(p);
-        }
-        if let Link::Lost { since, .. } = self.link {
-            if since.elapsed() >= self.shared.grace {
-                self.link = Link::Closed {
-                    at: now + REOPEN_LOST,
-                };
-                return self.drop_all(&format!(
-                    "the device did not come back within {:.1} s",
-                    self.shared.grace.as_secs_f32()
-                ));
-            }
-        }
-        let due = |c: &Client| c.session.deadline().is_some_and(|t| t <= now);
-        if let Some(c) = self.clients.first_mut() {
-            if self.effect.is_none() && due(c) {
-                let mut out = Out {
-                    device: &mut self.to_device,
-                    client: &mut c.to_client,
-                };
-                let effect = c.session.on_timer(now, &mut out);
-                self.effect = waiting(effect, now);
-            }
-        }
-        for c in self.clients.iter_mut().skip(1).filter(|c| due(c)) {
-            let mut out = Out {
-                device: &mut self.discard,
-                client: &mut c.to_client,
-            };
-            let effect = c.session.on_timer(now, &mut out);
-            pretend(&mut c.session, effect, now, &mut out);
-            self.discard.clear();
-        }
-        if !self.clients.is_empty() && now >= self.next_modem_poll {
-            self.next_modem_poll = now + MODEM_POLL;
-            if let Some(st) = self.link.device().and_then(|d| d.modem_status().ok()) {
-                for c in self.clients.iter_mut() {
-                    c.session.modem_status(st, &mut c.to_client);
-                }
-            }
+        let Some(buf) = self.hub.client_input(id) else {
+            return;
+        };
+        match self.streams[k].1.read(buf) {
+            Ok(0) => self
+                .hub
+                .client_gone(id, "client closed the connection", now),
+            Ok(n) => self.hub.client_bytes(id, n, now),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => self
+                .hub
+                .client_gone(id, &format!("connection error: {e}"), now),
         }
     }
 
-    /// Move the sessions on. The controlling one: perform the effect it waits on once the
-    /// data queued before it has reached the device (or could not in time), then feed it
-    /// the client bytes it has not taken yet; returns when it waits on the device or has
-    /// taken all. Observers: their requests are answered, their data dropped.
-    fn advance(&mut self) {
-        self.advance_controller();
-        for i in (1..self.clients.len()).rev() {
-            self.advance_observer(i);
-        }
-    }
-
-    fn advance_controller(&mut self) {
+    /// Write what waits for client `id`.
+    fn send(&mut self, id: u64, now: Instant) {
+        let Some(k) = self.streams.iter().position(|(i, _)| *i == id) else {
+            return;
+        };
         loop {
-            let now = Instant::now();
-            let Some(c) = self.clients.first_mut() else {
-                self.effect = None;
-                return;
-            };
-            if let Some((effect, until)) = self.effect {
-                let outcome = if effect.after_data() && !self.to_device.is_empty() {
-                    if now < until {
-                        return; // POLLOUT on the device, or the deadline, brings us back.
-                    }
-                    Err(Failure::Stalled)
-                } else {
-                    Ok(())
-                };
-                let outcome = outcome.and_then(|()| self.perform(effect));
-                let Some(c) = self.clients.first_mut() else {
-                    return;
-                };
-                let mut out = Out {
-                    device: &mut self.to_device,
-                    client: &mut c.to_client,
-                };
-                let next = c.session.done(outcome, now, &mut out);
-                self.effect = waiting(next, now);
-                self.flush_device();
-                continue;
-            }
-            if c.input.pending().is_empty() {
+            let out = self.hub.client_output(id);
+            if out.is_empty() {
                 return;
             }
-            let mut out = Out {
-                device: &mut self.to_device,
-                client: &mut c.to_client,
-            };
-            match c
-                .session
-                .on_client_bytes(c.input.pending_mut(), now, &mut out)
-            {
-                Ok(step) => {
-                    c.input.at += step.consumed;
-                    let stuck = step.consumed == 0 && step.effect.is_none();
-                    self.effect = waiting(step.effect, now);
-                    self.flush_device();
-                    if stuck {
-                        return;
-                    }
-                }
-                Err(e) => return self.drop_client(0, &format!("disconnected: {e}")),
-            }
-        }
-    }
-
-    /// An observer's bytes: requests answered as if applied (they are, when it gains
-    /// control), data counted and dropped.
-    fn advance_observer(&mut self, i: usize) {
-        let now = Instant::now();
-        let c = &mut self.clients[i];
-        let mut dropped = 0;
-        let mut failed = None;
-        while !c.input.pending().is_empty() {
-            let mut out = Out {
-                device: &mut self.discard,
-                client: &mut c.to_client,
-            };
-            match c
-                .session
-                .on_client_bytes(c.input.pending_mut(), now, &mut out)
-            {
-                Ok(step) => {
-                    c.input.at += step.consumed;
-                    let stuck = step.consumed == 0 && step.effect.is_none();
-                    pretend(&mut c.session, step.effect, now, &mut out);
-                    dropped += self.discard.len() as u64;
-                    self.discard.clear();
-                    if stuck {
-                        break;
-                    }
-                }
+            match self.streams[k].1.write(out) {
+                Ok(n) => self.hub.client_sent(id, n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    failed = Some(format!("disconnected: {e}"));
-                    break;
+                    return self
+                        .hub
+                        .client_gone(id, &format!("connection error: {e}"), now)
                 }
             }
         }
-        if dropped > 0 {
-            Stats::add(&c.dropped.from_client, dropped);
-            Stats::add(&self.shared.stats.observer_bytes_dropped, dropped);
-            if !std::mem::replace(&mut c.drop_said, true) {
-                let controller = self.clients[0].addr;
-                let c = &self.clients[i];
-                if let Verdict::Log { .. } = self.peer_log.check(c.addr.ip(), now) {
-                    info!(
-                        "{}: observer {} writes while {controller} is in control; its data is dropped (counted in the portal)",
-                        self.name, c.addr
-                    );
-                }
-            }
-        }
-        if let Some(why) = failed {
-            self.drop_client(i, &why);
-        }
     }
 
-    /// Do what the controlling session asked of the device. Without a device
-    /// (re-enumerating) settings are only remembered — the session re-applies them when it
-    /// is back — and a reset fails.
-    fn perform(&mut self, effect: Effect) -> Result<(), Failure> {
-        if let Effect::Purge(Purge::Output | Purge::Both) = effect {
-            self.to_device.clear();
-        }
-        if let Effect::Reset(to) = effect {
-            return self.server_reset(to).map_err(Failure::Reset);
-        }
-        let Some(dev) = self.link.device() else {
-            return Ok(());
-        };
-        match effect {
-            Effect::Apply(s) => dev.apply(&s).map_err(Failure::Device),
-            Effect::Break(on) => dev.set_break(on).map_err(Failure::Device),
-            Effect::Purge(p) => dev.purge(p).map_err(Failure::Device),
-            Effect::Lines(lines) => {
-                let now = Instant::now();
-                let (change, started) = self.lines.client_lines(lines, now);
-                if let Some(to) = started {
-                    info!(
-                        "{}: client started a reset into {to:?}; playing it locally",
-                        self.name
-                    );
-                    Stats::add(&self.shared.stats.resets, 1);
-                    if to == ResetTo::Bootloader {
-                        if let Some(c) = self.clients.first_mut() {
-                            c.session.entry_started();
-                        }
-                    }
-                }
-                let played = change.and_then(|l| {
-                    set_lines(&self.name, &mut self.lines, dev, l, &mut self.lines_refused)
-                });
-                if let Some(p) = played {
-                    self.reset_played(p);
-                }
-                Ok(())
-            }
-            Effect::Reset(_) => Ok(()),
-        }
-    }
-
-    /// A reset on the server's initiative (the portal, an ESP session's SYNC, a session end).
-    fn server_reset(&mut self, to: ResetTo) -> Result<(), ResetError> {
-        let dev = self.link.device().ok_or(ResetError::NoDevice)?;
-        let first = self.lines.reset(to, Instant::now())?;
-        info!("{}: reset into {to:?} requested by the server", self.name);
-        Stats::add(&self.shared.stats.resets, 1);
-        let played = first
-            .and_then(|l| set_lines(&self.name, &mut self.lines, dev, l, &mut self.lines_refused));
-        if let Some(p) = played {
-            self.reset_played(p);
-        }
-        Ok(())
-    }
-
-    /// A reset sequence finished: log its timings, tell the sessions (an ESP raw session
-    /// waits for its bootloader entry; every session's follower learns where the chip is).
-    fn reset_played(&mut self, played: Played) {
-        info!(
-            "{}: reset into {:?} done, lines (D/R = asserted):{}",
-            self.name, played.to, played.steps
-        );
-        let now = Instant::now();
-        for (i, c) in self.clients.iter_mut().enumerate() {
-            let device = if i == 0 {
-                &mut self.to_device
-            } else {
-                &mut self.discard
-            };
-            let mut out = Out {
-                device,
-                client: &mut c.to_client,
-            };
-            c.session.reset_done(played.to, now, &mut out);
-        }
-        self.discard.clear();
-    }
-
-    fn accept(&mut self) {
+    fn accept(&mut self, now: Instant) {
         loop {
             let (mut stream, addr) = match self.listener.accept() {
                 Ok(x) => x,
@@ -970,99 +367,38 @@ impl Bridge {
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.accept_failed(e),
+                Err(e) => return self.accept_failed(e, now),
             };
             self.accepting_again();
-            if !self.shared.allow.permits(addr.ip()) {
-                // Closed before a byte reaches the device or the session.
-                let ip = addr.ip();
-                if let Verdict::Log { suppressed } = self.refusals.check(ip, Instant::now()) {
-                    let port = self.listener.local_addr().map_or(0, |a| a.port());
-                    let note = suppressed_note(ip, suppressed);
-                    warn!(
-                        "{}: refused {ip} on port {port}: not in allow{note}",
-                        self.name
-                    );
-                }
-                continue;
-            }
-            let leased =
-                (self.shared.leases.book()).admits(&self.lease_key, addr.ip(), lease::unix_now());
-            if let Err(why) = leased {
-                // Closed before a byte reaches the device or the session, with a word for
-                // netcat users.
-                let ip = addr.ip();
-                Stats::add(&self.shared.stats.lease_refusals, 1);
-                if let Verdict::Log { suppressed } = self.refusals.check(ip, Instant::now()) {
-                    let port = self.listener.local_addr().map_or(0, |a| a.port());
-                    let note = suppressed_note(ip, suppressed);
-                    warn!(
-                        "{}: refused {ip} on port {port}: {}{note}",
-                        self.name,
-                        why.as_str()
-                    );
-                }
-                let _ = stream.write(match why {
-                    Refusal::NoLease => NO_LEASE_MESSAGE,
-                    Refusal::LeasedToOther => LEASED_MESSAGE,
-                });
-                continue;
-            }
-            let open = matches!(self.link, Link::Open(_));
-            let connected = self.clients.len();
-            match admit(self.spec.busy, connected, self.spec.max_clients, open) {
-                Admission::Refuse(message) => {
-                    let why = match (message == BUSY_MESSAGE, self.clients.first()) {
-                        (true, Some(c)) if self.spec.busy == Busy::Share => format!(
-                            "{connected} clients connected already (max_clients), {} in control",
-                            c.addr
-                        ),
-                        (true, Some(c)) => {
-                            format!(
-                                "port in use by {} (busy = \"reject\": one client per device)",
-                                c.addr
-                            )
-                        }
-                        _ => format!("device {} is not open", self.spec.path),
-                    };
-                    if let Verdict::Log { suppressed } =
-                        self.peer_log.check(addr.ip(), Instant::now())
-                    {
-                        let note = suppressed_note(addr.ip(), suppressed);
-                        info!("{}: refused {addr}: {why}{note}", self.name);
-                    }
-                    let _ = stream.write(message);
-                    continue;
-                }
-                Admission::Kick => {
-                    if let Some(c) = self.clients.first_mut() {
-                        // Best effort: the kicked client gets the reason if its socket has room.
-                        let _ = c.stream.write(KICKED_MESSAGE);
-                    }
-                    self.drop_all(&format!("kicked off by {addr} (busy = \"kick\")"));
-                }
-                Admission::Accept => {}
-            }
+            // Closed before a byte reaches the device or the session.
             if let Err(e) = tune_socket(&stream) {
                 warn!(
                     "{}: cannot set up the connection from {addr}: {e}",
-                    self.name
+                    self.hub.name()
                 );
                 continue;
             }
-            self.connect(stream, addr);
+            match self.hub.accept(addr, now) {
+                Ok(id) => self.streams.push((id, stream)),
+                Err(refused) => {
+                    if !refused.0.is_empty() {
+                        let _ = stream.write(refused.0);
+                    }
+                }
+            }
+            // A kick closes the client in control before the newcomer is served.
+            self.close_clients();
         }
     }
 
     /// Accepting failed (out of descriptors, most likely: EMFILE): rest the listener, say so
     /// once, try again later.
-    fn accept_failed(&mut self, e: io::Error) {
-        let now = Instant::now();
+    fn accept_failed(&mut self, e: io::Error, now: Instant) {
         let (pause, failures) = match self.accept_rest {
             None => {
                 warn!(
                     "{}: cannot accept connections: {e}; retrying every {:.0} s at most, connected clients are still served (too many open files? raise LimitNOFILE)",
-                    self.name,
+                    self.hub.name(),
                     ACCEPT_PAUSE_MAX.as_secs_f32()
                 );
                 (ACCEPT_PAUSE_MIN, 1)
@@ -1076,503 +412,21 @@ impl Bridge {
         if let Some((_, _, failures)) = self.accept_rest.take() {
             info!(
                 "{}: accepting connections again ({failures} attempts failed)",
-                self.name
+                self.hub.name()
             );
         }
     }
-
-    fn connect(&mut self, stream: TcpStream, addr: SocketAddr) {
-        let now = Instant::now();
-        let settings = self.configured;
-        let signature = format!(
-            "serialhub {} {} ({})",
-            env!("CARGO_PKG_VERSION"),
-            self.name,
-            self.spec.path
-        );
-        let mut session = match self.spec.protocol {
-            Protocol::Rfc2217 => Session::new(&self.name, signature, settings),
-            Protocol::Raw => Session::raw(&self.name, settings),
-            Protocol::Auto => {
-                Session::detect(&self.name, signature, settings, self.spec.detect_window)
-            }
-        };
-        // Every session follows the ESP loader protocol: following CHANGE_BAUDRATE needs no
-        // wiring, and a bootloader entry is tried wherever the policy can move lines.
-        let entry = match self.lines.policy() {
-            Policy::None => Entry::Never,
-            _ => Entry::Reset,
-        };
-        session = session.watch_esp(self.lines.in_loader(), entry);
-        let mut to_client = Vec::with_capacity(READ_CHUNK);
-        if let Some(st) = self.link.device().and_then(|d| d.modem_status().ok()) {
-            session.modem_status(st, &mut to_client);
-        }
-        session.start(&mut to_client);
-        let voice = match self.peer_log.check(addr.ip(), now) {
-            Verdict::Log { suppressed } => {
-                let note = suppressed_note(addr.ip(), suppressed);
-                info!("{}: client {addr} connected{note}", self.name);
-                Voice::Normal
-            }
-            Verdict::Quiet => Voice::Quiet,
-        };
-        session = session.with_voice(voice);
-        Stats::add(&self.shared.stats.connects, 1);
-        let client = Client {
-            id: self.next_id,
-            stream,
-            addr,
-            since: now,
-            session,
-            input: Input {
-                buf: vec![0; READ_CHUNK].into_boxed_slice(),
-                at: 0,
-                end: 0,
-            },
-            to_client,
-            bytes_in: 0,
-            bytes_out: 0,
-            turn: Turn::Had,
-            lag: Lag::Keeping,
-            dropped: Arc::default(),
-            drop_said: false,
-            last_input: now.checked_sub(IDLE_AFTER).unwrap_or(now),
-        };
-        self.next_id += 1;
-        if self.clients.is_empty() {
-            self.to_device.clear();
-            self.effect = None;
-            self.next_modem_poll = now + MODEM_POLL;
-        }
-        let controller = self.clients.first().map(|c| c.addr);
-        let waiting_news = |engaged: Engaged| {
-            let c = controller.map_or_else(String::new, |a| a.to_string());
-            (
-                format!(
-                    "serialhub: observing; {c} is {}, control follows when it is done",
-                    engaged.as_str()
-                ),
-                c,
-            )
-        };
-        let acting = self.acting();
-        let id = client.id;
-        match self.clients.join(client, acting, now) {
-            Joined::Alone => {}
-            // The client in control is flashing (or in the middle of a change): the
-            // newcomer observes until that ends.
-            Joined::Waits(engaged) => {
-                let (news, c) = waiting_news(engaged);
-                log!(
-                    voice.info(),
-                    "{}: {addr} waits: {c} is {}",
-                    self.name,
-                    engaged.as_str()
-                );
-                if let Some(w) = self.clients.iter_mut().find(|w| w.id == id) {
-                    w.session.tell(&news, &mut w.to_client);
-                }
-            }
-            // A newcomer takes control from an idle client, which observes until it leaves.
-            Joined::TookControl => self.give_control(now),
-        }
-        self.publish();
-    }
-
-    /// The device is busy on the controller's behalf: an effect waits, a reset plays.
-    fn acting(&self) -> bool {
-        self.effect.is_some() || self.lines.playing()
-    }
-
-    /// Clients waiting for a flash (or a stream, or a change) to end take control once it has.
-    fn settle_control(&mut self) {
-        let acting = self.acting();
-        if self.clients.settle(acting, Instant::now()) {
-            self.give_control(Instant::now());
-            self.publish();
-        }
-    }
-
-    /// `clients[0]` takes control: the device gets its settings and lines (what it asked
-    /// for while observing, or had when it lost control), and everyone hears who has it.
-    fn give_control(&mut self, now: Instant) {
-        let in_loader = self.lines.in_loader();
-        let Some(c) = self.clients.first_mut() else {
-            return;
-        };
-        c.session.take_control(in_loader);
-        c.lag = Lag::Keeping;
-        let (settings, lines, addr) = (c.session.settings(), c.session.lines(), c.addr);
-        c.session.tell("serialhub: in control", &mut c.to_client);
-        if let Verdict::Log { .. } = self.peer_log.check(addr.ip(), now) {
-            info!("{}: {addr} is in control, at {settings}", self.name);
-        }
-        let news = format!("serialhub: observing; {addr} is in control");
-        for o in self.clients.iter_mut().skip(1) {
-            o.session.tell(&news, &mut o.to_client);
-        }
-        let Some(dev) = self.link.device() else {
-            return;
-        };
-        if let Err(e) = dev.apply(&settings) {
-            warn!("{}: cannot set {settings} for {addr}: {e}", self.name);
-        }
-        let _ = dev.set_break(false);
-        let played = self
-            .lines
-            .hand_over(lines, now)
-            .and_then(|l| set_lines(&self.name, &mut self.lines, dev, l, &mut self.lines_refused));
-        if let Some(p) = played {
-            self.reset_played(p);
-        }
-    }
-
-    /// Show the clients and the device's state to the rest of the daemon.
-    fn publish(&self) {
-        let clients = self
-            .clients
-            .iter()
-            .enumerate()
-            .map(|(i, c)| ClientInfo {
-                addr: c.addr,
-                since: c.since,
-                role: if i == 0 { Role::Control } else { Role::Observe },
-                dropped: c.dropped.clone(),
-            })
-            .collect();
-        let state = match (&self.link, self.clients.is_empty()) {
-            (Link::Open(_), true) => DeviceState::Idle,
-            (Link::Open(_), false) => DeviceState::Connected,
-            _ => DeviceState::Starting,
-        };
-        self.shared.registry.update(&self.shared.key, |e| {
-            e.state = state;
-            e.tty = self.spec.path.to_string();
-            e.clients = clients;
-        });
-    }
-
-    fn read_device(&mut self) {
-        let Some(dev) = self.link.device() else {
-            return;
-        };
-        match dev.read(&mut self.buf) {
-            Ok(0) => self.device_lost("end of file"),
-            Ok(n) => {
-                let data = &self.buf[..n];
-                let now = Instant::now();
-                // What the chip says during a flash is for the flasher alone: not for
-                // observers, not for the portal's log.
-                let loading = self.clients.first().is_some_and(|c| c.session.loading());
-                if !loading {
-                    if let Ok(mut log) = self.shared.log.lock() {
-                        log.push(data);
-                    }
-                }
-                let Some((c, observers)) = self.clients.split_first_mut() else {
-                    return;
-                };
-                c.bytes_out += n as u64;
-                Stats::add(&self.shared.stats.bytes_to_client, n as u64);
-                let mut out = Out {
-                    device: &mut self.to_device,
-                    client: &mut c.to_client,
-                };
-                let effect = c.session.on_device_bytes(data, now, &mut out);
-                self.effect = waiting(effect, now);
-                if loading {
-                    return;
-                }
-                for o in observers {
-                    if !o.keeps_up() {
-                        Stats::add(&o.dropped.to_client, n as u64);
-                        Stats::add(&self.shared.stats.observer_output_missed, n as u64);
-                        o.lag = match o.lag {
-                            Lag::Keeping => {
-                                if let Verdict::Log { .. } = self.peer_log.check(o.addr.ip(), now) {
-                                    warn!(
-                                        "{}: observer {} does not keep up; dropping output for it until it does",
-                                        self.name, o.addr
-                                    );
-                                }
-                                Lag::Missing(n as u64)
-                            }
-                            Lag::Missing(k) => Lag::Missing(k + n as u64),
-                        };
-                        continue;
-                    }
-                    if let Lag::Missing(k) = std::mem::replace(&mut o.lag, Lag::Keeping) {
-                        if let Verdict::Log { .. } = self.peer_log.check(o.addr.ip(), now) {
-                            info!(
-                                "{}: observer {} keeps up again; it missed {k} bytes",
-                                self.name, o.addr
-                            );
-                        }
-                    }
-                    o.bytes_out += n as u64;
-                    let mut out = Out {
-                        device: &mut self.discard,
-                        client: &mut o.to_client,
-                    };
-                    let effect = o.session.on_device_bytes(data, now, &mut out);
-                    pretend(&mut o.session, effect, now, &mut out);
-                    self.discard.clear();
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => self.device_lost(&e.to_string()),
-        }
-    }
-
-    fn device_lost(&mut self, why: &str) {
-        let now = Instant::now();
-        self.to_device.clear();
-        self.shared
-            .registry
-            .set_state(&self.shared.key, DeviceState::Starting);
-        match self.clients.first() {
-            Some(c) if !self.shared.grace.is_zero() => {
-                // Native-USB chips vanish for a moment when they reset; keep the clients.
-                warn!(
-                    "{}: device {} went away ({why}); keeping client {} for {:.1} s in case it comes back",
-                    self.name,
-                    self.spec.path,
-                    c.addr,
-                    self.shared.grace.as_secs_f32()
-                );
-                self.link = Link::Lost {
-                    since: now,
-                    at: now + REOPEN_LOST,
-                    dropped: 0,
-                };
-            }
-            _ => {
-                error!(
-                    "{}: device {} failed: {why}; closing it and retrying",
-                    self.name, self.spec.path
-                );
-                let (delay, _) = self.backoff.failed(now);
-                self.link = Link::Closed { at: now + delay };
-                self.drop_all("the device went away");
-            }
-        }
-    }
-
-    fn read_client(&mut self, id: u64) {
-        let Some(i) = self.clients.iter().position(|c| c.id == id) else {
-            return;
-        };
-        let c = &mut self.clients[i];
-        if !c.input.pending().is_empty() {
-            return;
-        }
-        let n = match c.stream.read(&mut c.input.buf) {
-            Ok(0) => return self.drop_client(i, "client closed the connection"),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
-            Err(e) => return self.drop_client(i, &format!("connection error: {e}")),
-        };
-        c.input.at = 0;
-        c.input.end = n;
-        c.bytes_in += n as u64;
-        c.last_input = Instant::now();
-        if i == 0 {
-            Stats::add(&self.shared.stats.bytes_to_device, n as u64);
-        }
-    }
-
-    fn flush_client(&mut self, id: u64) {
-        if let Some(i) = self.clients.iter().position(|c| c.id == id) {
-            if let Err(why) = send(&mut self.clients[i]) {
-                self.drop_client(i, &why);
-            }
-        }
-    }
-
-    fn flush_clients(&mut self) {
-        for i in (0..self.clients.len()).rev() {
-            if let Err(why) = send(&mut self.clients[i]) {
-                self.drop_client(i, &why);
-            }
-        }
-    }
-
-    fn flush_device(&mut self) {
-        let dev = match &mut self.link {
-            Link::Open(dev) => dev,
-            Link::Lost { dropped, .. } => {
-                *dropped += self.to_device.len() as u64;
-                self.to_device.clear();
-                return;
-            }
-            Link::Closed { .. } => {
-                self.to_device.clear();
-                return;
-            }
-        };
-        while !self.to_device.is_empty() {
-            match dev.write(&self.to_device) {
-                Ok(n) => {
-                    self.to_device.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.device_lost(&e.to_string()),
-            }
-        }
-    }
-
-    /// Close every client, observers first (so control is never handed to one that is
-    /// about to go).
-    fn drop_all(&mut self, why: &str) {
-        while let Some(last) = self.clients.len().checked_sub(1) {
-            self.drop_client(last, why);
-        }
-    }
-
-    /// Close client `i`. An observer just goes. When the client in control goes, the next
-    /// in line takes control, or — when it was the last — the device gets its configured
-    /// settings back with both lines released; either way the chip is settled where an ESP
-    /// session leaves it.
-    fn drop_client(&mut self, i: usize, why: &str) {
-        if i >= self.clients.len() {
-            return;
-        }
-        let Some(c) = self.clients.leave(i) else {
-            return;
-        };
-        if let Verdict::Log { suppressed } = self.peer_log.check(c.addr.ip(), Instant::now()) {
-            let role = if i == 0 { "client" } else { "observer" };
-            let dropped = match (
-                Stats::get(&c.dropped.from_client),
-                Stats::get(&c.dropped.to_client),
-            ) {
-                (0, 0) => String::new(),
-                (w, m) => format!(", {w} bytes it wrote dropped, {m} bytes of output missed"),
-            };
-            info!(
-                "{}: {role} {} left ({why}) after {:.1} s, {} bytes in, {} bytes out{dropped}{}",
-                self.name,
-                c.addr,
-                c.since.elapsed().as_secs_f32(),
-                c.bytes_in,
-                c.bytes_out,
-                suppressed_note(c.addr.ip(), suppressed)
-            );
-        }
-        if i == 0 {
-            self.controller_left(&c);
-        }
-        if self.clients.is_empty() {
-            if let Link::Lost { .. } = self.link {
-                self.link = Link::Closed { at: Instant::now() };
-            }
-        }
-        self.publish();
-    }
-
-    fn controller_left(&mut self, c: &Client) {
-        self.to_device.clear();
-        self.effect = None;
-        let now = Instant::now();
-        let end = c.session.esp_end();
-        let next = !self.clients.is_empty();
-        let can_reset = self.lines.policy() != Policy::None && self.link.device().is_some();
-        // A session that entered the loader owes the chip its application; so does a flash
-        // handing over to a client that waited (the monitor sees the new firmware's boot
-        // from its first line, at its own baud, whatever the flasher did at its end).
-        let reset_app = can_reset
-            && self.spec.after == After::Reset
-            && (end == Some(EspEnd::Entered) || next && c.session.loading());
-        if !reset_app {
-            match end {
-                Some(EspEnd::Entered | EspEnd::InLoader) => self.lines.set_in_loader(true),
-                Some(EspEnd::Unknown) => self.lines.set_in_loader(false),
-                None => {}
-            }
-        }
-        if next {
-            // The line-up has moved the waiting clients up already.
-            self.give_control(now);
-        } else if let Some(dev) = self.link.device() {
-            let released = self.lines.client_left(now);
-            if c.session.settings() != self.configured {
-                if let Err(e) = dev.apply(&self.configured) {
-                    warn!("{}: cannot restore {}: {e}", self.name, self.configured);
-                }
-            }
-            let _ = dev.set_break(false);
-            let played = released.and_then(|l| {
-                set_lines(&self.name, &mut self.lines, dev, l, &mut self.lines_refused)
-            });
-            if let Some(p) = played {
-                self.reset_played(p);
-            }
-        }
-        if reset_app {
-            if let Err(e) = self.server_reset(ResetTo::App) {
-                warn!(
-                    "{}: cannot reset the chip into its application: {e}",
-                    self.name
-                );
-            }
-        }
-    }
 }
 
-/// An observer's session asked for an effect: it is answered as done (its settings are
-/// recorded and applied when it gains control), and whatever follows is settled the same
-/// way. Nothing reaches the device.
-fn pretend(session: &mut Session, mut effect: Option<Effect>, now: Instant, out: &mut Out) {
-    // Each answer may ask for one more effect (a parked baud change, then its release);
-    // a bounded number settles any chain.
-    for _ in 0..8 {
-        if effect.is_none() {
-            return;
-        }
-        effect = session.done(Ok(()), now, out);
+fn flags(want: crate::daemon::hub::Interest) -> PollFlags {
+    let mut ev = PollFlags::empty();
+    if want.read {
+        ev |= PollFlags::POLLIN;
     }
-}
-
-/// Write what waits for a client; `Err` says why it must be closed.
-fn send(c: &mut Client) -> Result<(), String> {
-    while !c.to_client.is_empty() {
-        match c.stream.write(&c.to_client) {
-            Ok(n) => {
-                c.to_client.drain(..n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("connection error: {e}")),
-        }
+    if want.write {
+        ev |= PollFlags::POLLOUT;
     }
-    Ok(())
-}
-
-/// An effect the session now waits on, and until when it waits for the data before it.
-fn waiting(effect: Option<Effect>, now: Instant) -> Option<(Effect, Instant)> {
-    effect.map(|e| (e, now + DRAIN_WAIT))
-}
-
-/// Set both lines in one call and tell the driver when they got there.
-/// A device without modem lines (a PTY, some adapters) is said once, at debug: a policy
-/// that tries a bootloader entry on any tty meets them routinely.
-fn set_lines(
-    name: &str,
-    driver: &mut LineDriver,
-    dev: &mut dyn Device,
-    lines: Lines,
-    refused_said: &mut bool,
-) -> Option<Played> {
-    if let Err(e) = dev.set_lines(lines) {
-        if !std::mem::replace(refused_said, true) {
-            debug!("{name}: cannot set DTR/RTS ({e}); this device has no modem lines");
-        }
-    }
-    driver.applied(lines, Instant::now())
+    ev
 }
 
 /// Non-blocking, TCP_NODELAY (every answer is latency-critical), keepalive (about 10 s idle,
@@ -1597,8 +451,17 @@ mod tests {
     //! end of) and real TCP clients on 127.0.0.1.
 
     use super::*;
-    use crate::protocol::line::ModemStatus;
+    use crate::daemon::access::Allow;
+    use crate::daemon::assign::DeviceKey;
+    use crate::daemon::config::Busy;
+    use crate::daemon::hub::{DRAIN_WAIT, KICKED_MESSAGE};
+    use crate::daemon::lineup::BUSY_MESSAGE;
+    use crate::daemon::registry::{DeviceState, LogRing, Registry, Role, Stats};
+    use crate::protocol::line::{Lines, ModemStatus, Purge};
+    use crate::protocol::reset::Policy;
+    use crate::protocol::session::Session;
     use crate::protocol::telnet;
+    use crate::protocol::Protocol;
     use std::os::fd::BorrowedFd;
     use std::os::unix::net::UnixStream;
     use std::sync::Mutex;

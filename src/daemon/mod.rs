@@ -24,10 +24,11 @@ use crate::daemon::supervisor::Supervisor;
 
 pub(crate) mod access; // who may connect: allow-lists, the API token (pure)
 pub(crate) mod assign; // stable TCP port per device key, persisted atomically
-pub(crate) mod bridge; // the per-device thread: a poll loop that performs the session's effects
+pub(crate) mod bridge; // the per-device thread: descriptors, poll and syscalls for its hub
 pub(crate) mod config; // serialhub.toml and `--device` flags, with errors that name file/line/key
 pub(crate) mod control; // the requests the portal and signals send the supervisor
 pub(crate) mod http; // a small bounded HTTP/1.1 server: connection cap, limits, deadlines
+pub(crate) mod hub; // one device and its clients without sockets: admission, sessions, control, effects
 pub(crate) mod identity; // USB identity of a tty from sysfs: ids, serial, physical path
 pub(crate) mod lease; // devices reserved for one address for a while: the book, its file, who may connect
 pub(crate) mod lineup; // who holds a device: control, observers, the waiting; who may join (pure)
