@@ -100,16 +100,24 @@ impl BridgeHandle {
 
     /// Close the client (with `why`), restore the device and end the thread. Waits a short
     /// while for it; a thread stuck in the kernel (a tty that will not close) is left to
-    /// finish alone, so one device never holds up the others.
+    /// finish alone, so one device never holds up the others. (The supervisor stops
+    /// several at once: [`BridgeHandle::signal_stop`], then [`BridgeHandle::join_by`].)
+    #[cfg(test)]
     pub(crate) fn stop(self, why: &str) {
-        self.stop_by(why, Instant::now() + STOP_WAIT);
+        self.signal_stop(why);
+        self.join_by(Instant::now() + STOP_WAIT);
     }
 
-    /// [`BridgeHandle::stop`] with a deadline shared by several bridges (at shutdown, so the
-    /// slowest sets the pace, not the sum).
-    pub(crate) fn stop_by(self, why: &str, deadline: Instant) {
+    /// The first half of [`BridgeHandle::stop`]: tell the bridge to close its client (with
+    /// `why`) and end. Several bridges are signalled first and joined after, with one
+    /// deadline (daemon/stopping.rs), so the slowest sets the pace, not the sum.
+    pub(crate) fn signal_stop(&self, why: &str) {
         self.send(BridgeCommand::Disconnect(why.to_string()));
         self.send(BridgeCommand::Shutdown);
+    }
+
+    /// The second half: wait until `deadline` for the thread to end.
+    pub(crate) fn join_by(self, deadline: Instant) {
         let wait = deadline.saturating_duration_since(Instant::now());
         match self.ended.recv_timeout(wait) {
             Err(mpsc::RecvTimeoutError::Disconnected) => {

@@ -34,9 +34,11 @@ pub(crate) mod lease; // devices reserved for one address for a while: the book,
 pub(crate) mod lineup; // who holds a device: control, observers, the waiting; who may join (pure)
 pub(crate) mod mdns; // the mDNS responder thread: devices and the portal advertised, goodbyes
 pub(crate) mod peerlog; // how many log lines a remote address may cause (pure)
+pub(crate) mod plan; // hotplug decisions: serve/stop/park, keying, flap damping, reload diff (pure)
 pub(crate) mod portal; // HTTP: discovery API (old portal's shapes), metrics, web page
 pub(crate) mod registry; // the shared view of devices, ports, clients and counters
 pub(crate) mod reopen; // when to try opening a device again (pure)
+pub(crate) mod stopping; // stopping several bridges with one shared deadline
 pub(crate) mod supervisor; // hotplug (inotify), stable ports, the bridges' lifecycle
 
 /// Re-reads the configuration (file plus command line) on SIGHUP.
