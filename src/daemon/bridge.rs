@@ -289,8 +289,14 @@ impl Bridge {
         }
         self.hub.handle_timeout(now);
         self.hub.advance(now);
-        let ids: Vec<u64> = self.hub.client_ids().collect();
-        for id in ids.into_iter().rev() {
+        // Observers first, as the line-up may change under a failed write.
+        let mut ids = [0u64; MAX_CLIENTS];
+        let mut n = 0;
+        for (slot, id) in ids.iter_mut().zip(self.hub.client_ids()) {
+            *slot = id;
+            n += 1;
+        }
+        for &id in ids[..n].iter().rev() {
             self.send(id, now);
         }
         self.close_clients();
