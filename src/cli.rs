@@ -17,7 +17,7 @@ serialhub — share serial ports over RFC 2217, ESP32-aware
 USAGE:
     serialhub serve [--config FILE] [--device PATH[=PORT]]... [--bind ADDR] [--demo]
                     [--dev-dir DIR] [--sysfs DIR] [--state FILE] [--no-hotplug]
-                    [--http ADDR:PORT|off]
+                    [--http ADDR:PORT|off] [--ready-fd N]
     serialhub sim --pty LINK [--flash FILE] [--bootloader] [--board BOARD]
     serialhub token [--write FILE]
     serialhub discover|url|monitor|pty|lease|labgrid …   the client side: `serialhub discover --help`
@@ -36,6 +36,9 @@ SERVE:
     --no-hotplug         serve only the configured devices
     --http ADDR:PORT|off the portal: discovery API, metrics and web page (default 0.0.0.0:8080;
                          `off` disables it; port 0 lets the OS pick, the log line says which)
+    --ready-fd N         once every port listens, write one JSON line to descriptor N and close
+                         it: {\"portal\": ADDR:PORT|null, \"devices\": [{key, name, tty, port, state}]}
+                         (for a supervisor script or test; like s6's notification-fd)
 
 TOKEN:
     a new random API token for `[access] token_file`, on stdout; --write FILE puts it in FILE
@@ -165,10 +168,29 @@ struct ServeFlags {
     http: Option<String>,
 }
 
+/// `--ready-fd N`: the descriptor, checked to be open, taken over (written once, then closed).
+fn ready_fd(n: &str) -> Result<std::fs::File, CliError> {
+    use std::os::fd::FromRawFd as _;
+    let fd: std::os::fd::RawFd =
+        n.parse().ok().filter(|&fd| fd > 2).ok_or_else(|| {
+            CliError::Usage(format!("--ready-fd: `{n}` is not a descriptor above 2"))
+        })?;
+    if nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_err() {
+        return Err(CliError::Usage(format!(
+            "--ready-fd: descriptor {fd} is not open (e.g. `serialhub serve --ready-fd 3 3>ready.json`)"
+        )));
+    }
+    // SAFETY: `fd` is open (checked above), was handed to us for this purpose, and nothing
+    // else in the process uses it: the File becomes its only owner.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
 fn serve(mut parser: lexopt::Parser) -> Result<(), CliError> {
     let mut f = ServeFlags::default();
+    let mut ready = None;
     while let Some(arg) = parser.next()? {
         match arg {
+            Long("ready-fd") => ready = Some(ready_fd(&parser.value()?.string()?)?),
             Long("dev-dir") => f.dev_dir = Some(parser.value()?.into()),
             Long("sysfs") => f.sysfs = Some(parser.value()?.into()),
             Long("state") => f.state = Some(parser.value()?.into()),
@@ -197,7 +219,7 @@ fn serve(mut parser: lexopt::Parser) -> Result<(), CliError> {
         ));
     }
     let reload = move || build_config(&f).map_err(|e| e.to_string());
-    crate::daemon::serve(config, Box::new(reload)).map_err(CliError::Runtime)
+    crate::daemon::serve(config, Box::new(reload), ready).map_err(CliError::Runtime)
 }
 
 /// The config file (or the defaults) with the command line's flags applied on top.

@@ -45,8 +45,12 @@ pub(crate) mod supervisor; // hotplug (inotify), stable ports, the bridges' life
 pub(crate) type Reload = Box<dyn Fn() -> Result<Config, String>>;
 
 /// Run the daemon until SIGINT or SIGTERM: start the supervisor, report readiness to
-/// systemd, then restore every device and exit.
-pub(crate) fn serve(config: Config, reload: Reload) -> Result<(), String> {
+/// systemd (and to `ready`, `--ready-fd`), then restore every device and exit.
+pub(crate) fn serve(
+    config: Config,
+    reload: Reload,
+    ready: Option<std::fs::File>,
+) -> Result<(), String> {
     use nix::sys::signal::{SigSet, Signal};
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGINT);
@@ -75,7 +79,8 @@ pub(crate) fn serve(config: Config, reload: Reload) -> Result<(), String> {
     );
     book.set_rules(config.access.lease, config.access.lease_expiry);
     let leases = Arc::new(Leases::new(book));
-    let adverts = advertise(&config, http.as_ref().and_then(|l| l.local_addr().ok()));
+    let portal_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+    let adverts = advertise(&config, portal_addr);
     let mut sup = Supervisor::new(config, registry.clone(), leases.clone(), adverts);
     // Fixed devices are bound up front: a port conflict stops the daemon at start with a
     // message instead of leaving a device unserved.
@@ -89,7 +94,7 @@ pub(crate) fn serve(config: Config, reload: Reload) -> Result<(), String> {
         portal::spawn(
             listener,
             device_ip,
-            registry,
+            registry.clone(),
             handle.clone(),
             http_connections,
             access,
@@ -102,6 +107,9 @@ pub(crate) fn serve(config: Config, reload: Reload) -> Result<(), String> {
         .spawn(move || sup.run(inbox))
         .map_err(|e| format!("cannot start the supervisor: {e}"))?;
     notify_systemd("READY=1");
+    if let Some(f) = ready {
+        notify_ready(f, portal_addr, &registry);
+    }
     loop {
         match mask.wait() {
             Ok(Signal::SIGHUP) => match reload() {
@@ -154,6 +162,34 @@ fn advertise(config: &Config, portal: Option<std::net::SocketAddr>) -> Option<md
             warn!("mDNS off: cannot use UDP port 5353: {e}");
             None
         }
+    }
+}
+
+/// `--ready-fd`: one JSON line, then the descriptor is closed — the portal's address and
+/// every device served at start with its port — for a supervisor script or a test that
+/// needs the ports without parsing the log (s6's notification-fd also waits for the newline).
+/// Later hotplugged devices are in the portal's `/api/devices`.
+fn notify_ready(mut f: std::fs::File, portal: Option<std::net::SocketAddr>, registry: &Registry) {
+    use std::io::Write as _;
+    let devices: Vec<serde_json::Value> = registry
+        .snapshot()
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "key": e.key.to_string(),
+                "name": e.name,
+                "tty": e.tty,
+                "port": e.port,
+                "state": e.state.as_str(),
+            })
+        })
+        .collect();
+    let line = serde_json::json!({
+        "portal": portal.map(|a| a.to_string()),
+        "devices": devices,
+    });
+    if let Err(e) = writeln!(f, "{line}") {
+        warn!("--ready-fd: cannot write the ready line: {e}");
     }
 }
 
