@@ -12,7 +12,8 @@
 //!  device: tty | GPIO-wired | simulated ESP32 (in-process, or on a pty)
 //!  sim:    the simulated chip and board (pure)
 //!  protocol (pure, sans-IO): telnet ─▶ rfc2217 ─▶ session ─▶ effects;  esp (loader follower);
-//!                            reset (policies, line driver);  line (settings, modem lines);
+//!                            slip (the one SLIP codec);  reset (policies, line driver);
+//!                            line (settings, modem lines);
 //!                            mdns (DNS-SD records, responder, browser)
 //!
 //!  client TCP ─▶ bridge ─▶ session ─bytes─▶ device      bridge performs the effects of the

@@ -4,15 +4,15 @@
 //!
 //! Line changes (`set_lines`) go straight into the chip under the shared lock, so a reset
 //! sequence reaches the board's reset inputs with exactly the timing the bridge plays it.
+//! The sim thread holds that lock only for the pure step of the wire and the chip
+//! (`Uart::step`) and to copy a bounded piece of changed flash out; it reads and writes its
+//! socket and the flash file with the lock released.
 //! On a `sim-gpio` board the UART's DTR/RTS go nowhere; [`SimGpioWired`] is the GPIO wiring
 //! the bridge uses instead (DTR/RTS through the transistor table onto EN/IO0).
 
-use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -21,13 +21,15 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{setsockopt, sockopt};
 
+use super::sim_flash::{stage_flash, write_staged, FlashStore};
 use crate::device::Device;
 use crate::protocol::line::{LineSettings, Lines, ModemStatus, Purge};
 #[cfg(test)]
 use crate::sim::board::{BootRecord, InputRecord};
 use crate::sim::board::{Pins, SimBoard};
-use crate::sim::chip::{Chip, Loader, Mode};
-use crate::sim::flash::{self, Flash};
+use crate::sim::chip::{Chip, Mode};
+use crate::sim::flash::Flash;
+use crate::sim::loader::Loader;
 use crate::sim::uart::Uart;
 use crate::sim::SimOptions;
 
@@ -57,14 +59,16 @@ struct State {
     chip: Chip,
     line: LineSettings,
     brk: bool,
-    purge_rx: bool,
-    purge_tx: bool,
 }
 
 struct Shared {
     state: Mutex<State>,
     epoch: Instant,
     stop: AtomicBool,
+    /// Purge requests (the bridge's end was drained already), taken by the sim thread at
+    /// the start of its next round.
+    purge_rx: AtomicBool,
+    purge_tx: AtomicBool,
     /// Writing a byte here wakes the sim thread.
     wake: UnixStream,
 }
@@ -203,11 +207,11 @@ impl SimDevice {
                 chip,
                 line: LineSettings::default(),
                 brk: false,
-                purge_rx: false,
-                purge_tx: false,
             }),
             epoch,
             stop: AtomicBool::new(false),
+            purge_rx: AtomicBool::new(false),
+            purge_tx: AtomicBool::new(false),
             wake,
         });
         let thread_shared = Arc::clone(&shared);
@@ -290,10 +294,12 @@ impl Device for SimDevice {
                 }
             }
         }
-        {
-            let mut st = self.handle.shared.lock();
-            st.purge_tx |= matches!(which, Purge::Input | Purge::Both);
-            st.purge_rx |= matches!(which, Purge::Output | Purge::Both);
+        let shared = &self.handle.shared;
+        if matches!(which, Purge::Input | Purge::Both) {
+            shared.purge_tx.store(true, Ordering::SeqCst);
+        }
+        if matches!(which, Purge::Output | Purge::Both) {
+            shared.purge_rx.store(true, Ordering::SeqCst);
         }
         self.poke();
         Ok(())
@@ -370,43 +376,40 @@ fn sim_thread(
     mut store: Option<FlashStore>,
 ) {
     let mut uart = Uart::new(shared.epoch);
+    let mut host = sim_end;
     while !shared.stop.load(Ordering::SeqCst) {
-        let now = Instant::now();
-        let wait = {
+        if shared.purge_rx.swap(false, Ordering::SeqCst) {
+            uart.discard_rx();
+            drain(sim_end);
+        }
+        if shared.purge_tx.swap(false, Ordering::SeqCst) {
+            uart.discard_tx();
+        }
+        if let Err(e) = uart.io_before_step(&mut host) {
+            log::warn!("sim: device side failed: {e}");
+            break;
+        }
+        // Under the lock: the pure step, and a copy of what changed in the flash.
+        let more_flash = {
             let mut st = shared.lock();
-            if std::mem::take(&mut st.purge_rx) {
-                uart.discard_rx();
-                drain(sim_end);
-            }
-            if std::mem::take(&mut st.purge_tx) {
-                uart.discard_tx();
-            }
-            let line = st.line;
-            let rx_enabled = !st.brk;
-            let mut host = sim_end;
-            let wait = match uart.step(
-                &mut host,
+            let (line, rx_enabled) = (st.line, !st.brk);
+            uart.step(
                 &mut st.chip,
                 &line,
                 rx_enabled,
-                now,
+                Instant::now(),
                 shared.epoch,
-            ) {
-                Ok(w) => w,
-                Err(e) => {
-                    log::warn!("sim: device side failed: {e}");
-                    return;
-                }
-            };
-            if let Some(store) = store.as_mut() {
-                if let Err(e) = store.persist(st.chip.flash_mut()) {
-                    log::warn!("sim: cannot write the flash file: {e}");
-                }
-            } else {
-                st.chip.flash_mut().take_dirty();
-            }
-            wait
+            );
+            stage_flash(store.as_mut(), st.chip.flash_mut())
         };
+        let wait = match uart.io_after_step(&mut host) {
+            Ok(w) => w,
+            Err(e) => {
+                log::warn!("sim: device side failed: {e}");
+                break;
+            }
+        };
+        write_staged(store.as_mut());
 
         let mut events = PollFlags::empty();
         if wait.want_read {
@@ -419,24 +422,27 @@ fn sim_thread(
             PollFd::new(sim_end.as_fd(), events),
             PollFd::new(wake_rx.as_fd(), PollFlags::POLLIN),
         ];
-        let sleep = wait
-            .deadline
-            .map_or(MAX_SLEEP, |d| d.saturating_duration_since(Instant::now()))
-            .min(MAX_SLEEP);
+        let sleep = if more_flash {
+            Duration::ZERO
+        } else {
+            wait.deadline
+                .map_or(MAX_SLEEP, |d| d.saturating_duration_since(Instant::now()))
+                .min(MAX_SLEEP)
+        };
         // Round up so we do not spin just short of a deadline.
         let ms = u16::try_from(sleep.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
         match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => {
                 log::warn!("sim: poll failed: {e}");
-                return;
+                break;
             }
         }
         if fds[0]
             .revents()
             .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
         {
-            return; // the device end is gone
+            break; // the device end is gone
         }
         if fds[1]
             .revents()
@@ -445,50 +451,17 @@ fn sim_thread(
             drain(wake_rx);
         }
     }
-}
-
-/// The flash image on disk: loaded once, then every changed range is written back, so the
-/// file always holds what the chip holds (tests compare it with the image they flashed).
-pub(crate) struct FlashStore {
-    file: File,
-}
-
-impl FlashStore {
-    /// Open (or create, erased) `path` and load the flash from it. A shorter file is
-    /// padded with erased bytes, a longer one is used for its first 4 MiB.
-    pub(crate) fn open(path: &Path) -> io::Result<(FlashStore, Flash)> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        let mut image = Vec::with_capacity(flash::FLASH_SIZE);
-        (&mut file)
-            .take(flash::FLASH_SIZE as u64)
-            .read_to_end(&mut image)?;
-        let flash = Flash::from_image(&image);
-        if image.len() < flash::FLASH_SIZE {
-            let pad = &flash.as_bytes()[image.len()..];
-            file.write_all_at(pad, image.len() as u64)?;
-        }
-        Ok((FlashStore { file }, flash))
+    // What changed last goes to the file before the thread ends.
+    while stage_flash(store.as_mut(), shared.lock().chip.flash_mut()) {
+        write_staged(store.as_mut());
     }
-
-    /// Write back what changed since the last call.
-    pub(crate) fn persist(&mut self, flash: &mut Flash) -> io::Result<()> {
-        if let Some(r) = flash.take_dirty() {
-            self.file
-                .write_all_at(&flash.as_bytes()[r.clone()], r.start as u64)?;
-        }
-        Ok(())
-    }
+    write_staged(store.as_mut());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::slip;
+    use crate::protocol::slip;
 
     /// Read from the device until `pred` holds for what arrived, or panic after `limit`.
     fn read_until(dev: &mut dyn Device, limit: Duration, pred: impl Fn(&[u8]) -> bool) -> Vec<u8> {
@@ -555,7 +528,7 @@ mod tests {
         let mut sync = vec![0x00, 0x08, 36, 0, 0, 0, 0, 0, 0x07, 0x07, 0x12, 0x20];
         sync.extend_from_slice(&[0x55; 32]);
         let mut frame = Vec::new();
-        slip::encode_frame(&mut frame, &[&sync]);
+        slip::encode_into(&sync, &mut frame);
         assert_eq!(dev.write(&frame).unwrap(), frame.len());
         let got = read_until(&mut dev, Duration::from_secs(5), |g| {
             g.iter().filter(|&&b| b == 0xC0).count() >= 16
@@ -682,26 +655,5 @@ mod tests {
         read_until(dev.as_mut(), Duration::from_secs(5), |g| {
             contains(g, b"boot mode:(1,7)")
         });
-    }
-}
-
-#[cfg(test)]
-mod flash_store_tests {
-    use super::*;
-
-    #[test]
-    fn flash_store_creates_pads_and_persists() {
-        let dir = std::env::temp_dir().join(format!("serialhub-sim-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("flash.bin");
-        std::fs::write(&path, [0x12, 0x34]).unwrap();
-        let (mut store, mut flash) = FlashStore::open(&path).unwrap();
-        assert_eq!(flash.read(0, 3).unwrap(), &[0x12, 0x34, 0xFF]);
-        flash.program(0x1000, &[0x00, 0x0F]).unwrap();
-        store.persist(&mut flash).unwrap();
-        let on_disk = std::fs::read(&path).unwrap();
-        assert_eq!(on_disk.len(), flash::FLASH_SIZE);
-        assert_eq!(&on_disk[0x1000..0x1003], &[0x00, 0x0F, 0xFF]);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use super::sim::FlashStore;
+use super::sim_flash::FlashStore;
 use crate::protocol::line::{DataBits, FlowControl, LineSettings, Parity, StopBits};
 use crate::sim::chip::Chip;
 use crate::sim::flash::Flash;
@@ -253,7 +253,7 @@ pub(crate) fn run(link: &Path, opts: SimOptions) -> io::Result<()> {
             line = l;
         }
         let mut host = &master;
-        let wait = uart.step(&mut host, &mut chip, &line, true, Instant::now(), epoch)?;
+        let wait = uart.run(&mut host, &mut chip, &line, true, Instant::now(), epoch)?;
         if let Some(store) = store.as_mut() {
             store.persist(chip.flash_mut())?;
         } else {

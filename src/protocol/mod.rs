@@ -10,6 +10,7 @@ pub(crate) mod mdns; // multicast DNS / DNS-SD: a responder for a few services, 
 pub(crate) mod reset; // reset policies: client DTR/RTS patterns to timed line changes
 pub(crate) mod rfc2217; // COM-PORT-OPTION (44) requests and replies as typed values
 pub(crate) mod session; // one client's negotiation state: bytes in, ordered effects out
+pub(crate) mod slip; // SLIP framing (RFC 1055) of the ESP loader: the one encoder and decoder
 pub(crate) mod telnet; // Telnet byte codec: IAC framing, option verbs, 0xFF doubling
 
 /// What a port speaks (its `protocol` key), and what a session turned out to speak (never

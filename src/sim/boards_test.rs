@@ -8,9 +8,10 @@ use super::board::{BootMode, Input, Pins, ResetCause, SimBoard, EN_RC_DELAY, REC
 use super::chip::{Chip, Mode, APP_TICK};
 use super::esp32c3;
 use super::flash::Flash;
-use super::slip;
+use super::testkit::split_frames;
 use crate::protocol::line::Lines;
 use crate::protocol::reset::{Policy, Resetter, BOTH, EN_LOW, IO0_LOW, RELEASED};
+use crate::protocol::slip;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -272,9 +273,9 @@ fn usb_jtag_ignores_the_baud_rate() {
     };
     let mut sync = vec![0x00, 0x08, 36, 0, 0, 0, 0, 0, 0x07, 0x07, 0x12, 0x20];
     sync.extend_from_slice(&[0x55; 32]);
-    slip::encode_frame(&mut host.to_chip, &[&sync]);
+    slip::encode_into(&sync, &mut host.to_chip);
     for i in 0..=20 {
-        uart.step(&mut host, &mut c, &line, true, t0 + ms(i), t0)
+        uart.run(&mut host, &mut c, &line, true, t0 + ms(i), t0)
             .unwrap();
     }
     let out = String::from_utf8_lossy(&host.from_chip).into_owned();
@@ -408,17 +409,13 @@ fn c3_answers_get_security_info_in_both_dialects() {
         body.extend_from_slice(&[0; 4]);
         body.extend_from_slice(data);
         let mut out = Vec::new();
-        slip::encode_frame(&mut out, &[&body]);
+        slip::encode_into(&body, &mut out);
         out
     };
     let frames = |c: &mut Chip| {
-        let mut dec = slip::Decoder::new(1 << 16);
         let mut buf = vec![0u8; 1 << 16];
         let n = c.take_tx(&mut buf, Duration::ZERO);
-        buf[..n]
-            .iter()
-            .filter_map(|&b| dec.push(b).map(<[u8]>::to_vec))
-            .collect::<Vec<_>>()
+        split_frames(&buf[..n])
     };
     c.receive(&request(0x14, &[]), Duration::ZERO);
     let f = frames(&mut c);
@@ -447,7 +444,7 @@ fn c3_answers_get_security_info_in_both_dialects() {
     body.extend_from_slice(&chk.to_le_bytes());
     body.extend_from_slice(&block);
     let mut frame = Vec::new();
-    slip::encode_frame(&mut frame, &[&body]);
+    slip::encode_into(&body, &mut frame);
     c.receive(&frame, Duration::ZERO);
     read.clear();
     for w in [0u32, 0x4038_0000] {

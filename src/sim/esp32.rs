@@ -39,6 +39,19 @@ const XTAL_HZ: u32 = 40_000_000;
 pub(crate) const STRAP_DOWNLOAD: u32 = 0x03;
 pub(crate) const STRAP_SPI_BOOT: u32 = 0x13;
 
+/// The ROM's first line, before `rst:`.
+pub(crate) const ROM_BANNER: &str = "ets Jun  8 2016 00:22:57\r\n\r\n";
+/// The rest of the ROM's boot log when it boots the application from flash.
+pub(crate) const BOOT_LOG_APP: &str = ",boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n\
+     configsip: 0, SPIWP:0xee\r\n\
+     clk_drv:0x00,q_drv:0x00,d_drv:0x00,cs0_drv:0x00,hd_drv:0x00,wp_drv:0x00\r\n\
+     mode:DIO, clock div:2\r\n\
+     entry 0x400806a8\r\n";
+/// The rest of the ROM's boot log when it enters the download mode.
+pub(crate) const BOOT_LOG_DOWNLOAD: &str =
+    ",boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))\r\n\
+     waiting for download\r\n";
+
 /// The CRC-8 the MAC eFuse word carries (polynomial 0x07 reflected, as ESP-IDF's
 /// `esp_crc8`), so tools that check it (espefuse) see a consistent MAC.
 fn mac_crc8(mac: &[u8; 6]) -> u8 {

@@ -34,6 +34,19 @@ pub(crate) const MAC: [u8; 6] = [0x34, 0x85, 0x18, 0x0C, 0x3A, 0x5E];
 pub(crate) const STRAP_DOWNLOAD: u32 = 0x07;
 pub(crate) const STRAP_SPI_BOOT: u32 = 0x0C;
 
+/// The ROM's first lines, before `rst:`.
+pub(crate) const ROM_BANNER: &str = "ESP-ROM:esp32c3-api1-20210207\r\nBuild:Feb  7 2021\r\n";
+/// The rest of the ROM's boot log when it boots the application from flash.
+pub(crate) const BOOT_LOG_APP: &str = ",boot:0xc (SPI_FAST_FLASH_BOOT)\r\n\
+     Saved PC:0x40380dd2\r\n\
+     SPIWP:0xee\r\n\
+     mode:DIO, clock div:1\r\n\
+     entry 0x403cc710\r\n";
+/// The rest of the ROM's boot log when it enters the download mode.
+pub(crate) const BOOT_LOG_DOWNLOAD: &str = ",boot:0x7 (DOWNLOAD(USB/UART0/1))\r\n\
+     Saved PC:0x40048b82\r\n\
+     waiting for download\r\n";
+
 /// APB clock under the ROM and the stub (the UART divider follows it).
 pub(crate) const APB_HZ: u32 = 40_000_000;
 

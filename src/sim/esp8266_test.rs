@@ -7,15 +7,16 @@
 use std::time::{Duration, Instant};
 
 use super::board::{BootMode, SimBoard};
-use super::chip::{Chip, Command, Loader, Mode, ROM_BAUD};
+use super::chip::{Chip, Mode, ROM_BAUD};
 use super::esp8266;
 use super::flash::Flash;
+use super::loader::{Command, Loader};
 use super::md5;
-use super::slip;
 use super::testkit::{self, words, Host};
 use super::uart::Uart;
 use crate::protocol::line::LineSettings;
 use crate::protocol::reset::{EN_LOW, IO0_LOW, RELEASED};
+use crate::protocol::slip;
 
 const T0: Duration = Duration::ZERO;
 
@@ -57,10 +58,8 @@ struct Response {
 }
 
 fn responses(chip: &mut Chip, op: Command) -> Vec<Response> {
-    let mut dec = slip::Decoder::new(1 << 16);
-    drain(chip, T0)
+    testkit::split_frames(&drain(chip, T0))
         .into_iter()
-        .filter_map(|b| dec.push(b).map(<[u8]>::to_vec))
         .filter(|f| f.len() >= 10 && f[0] == 0x01)
         .map(|f| {
             assert_eq!(f[1], op as u8, "answer to {op:?}");
@@ -118,11 +117,7 @@ fn upload_stub(chip: &mut Chip) {
     chip.receive(&block(Command::MemData, 0, &[1, 2, 3, 4, 5, 6, 7, 8]), T0);
     assert_eq!(responses(chip, Command::MemData)[0].status, [0, 0]);
     chip.receive(&request(Command::MemEnd, &words(&[0, 0x4010_E004]), 0), T0);
-    let mut dec = slip::Decoder::new(1 << 16);
-    let frames: Vec<Vec<u8>> = drain(chip, T0)
-        .into_iter()
-        .filter_map(|b| dec.push(b).map(<[u8]>::to_vec))
-        .collect();
+    let frames = testkit::split_frames(&drain(chip, T0));
     assert_eq!(frames.last().map(Vec::as_slice), Some(&b"OHAI"[..]));
     assert_eq!(chip.loader(), Loader::Stub);
 }
@@ -142,7 +137,7 @@ fn powered_on_through_the_uart(download: bool, baud: u32, until: u64) -> Vec<u8>
         ..LineSettings::default()
     };
     for i in 0..=until {
-        uart.step(&mut host, &mut chip, &line, true, t0 + ms(i), t0)
+        uart.run(&mut host, &mut chip, &line, true, t0 + ms(i), t0)
             .unwrap();
     }
     host.from_chip

@@ -122,6 +122,22 @@ impl Flash {
         self.dirty.take()
     }
 
+    /// At most `max` bytes of the changed range, from its start; the rest stays changed
+    /// (for a caller that persists through a bounded buffer).
+    pub(crate) fn take_dirty_upto(&mut self, max: usize) -> Option<Range<usize>> {
+        let d = self.dirty.take()?;
+        let end = d.end.min(d.start.saturating_add(max.max(1)));
+        if end < d.end {
+            self.dirty = Some(end..d.end);
+        }
+        Some(d.start..end)
+    }
+
+    /// Whether anything changed since the last `take_dirty`.
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty.is_some()
+    }
+
     #[cfg(test)]
     fn erase_aligned(&mut self, addr: u32, unit: usize) -> Result<(), OutOfRange> {
         let start = addr as usize;
@@ -217,5 +233,13 @@ mod tests {
         f.erase_sector(0x5000).unwrap();
         assert_eq!(f.take_dirty(), Some(0x2000..0x6000));
         assert_eq!(f.take_dirty(), None);
+        // Piece by piece: what is left stays dirty, and a new change joins it.
+        f.program(0x2000, &[0]).unwrap();
+        f.erase_sector(0x5000).unwrap();
+        assert_eq!(f.take_dirty_upto(0x1000), Some(0x2000..0x3000));
+        f.program(0x7000, &[0]).unwrap();
+        assert_eq!(f.take_dirty_upto(0x10000), Some(0x3000..0x7001));
+        assert!(!f.is_dirty());
+        assert_eq!(f.take_dirty_upto(0x10000), None);
     }
 }

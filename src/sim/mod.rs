@@ -5,8 +5,9 @@
 //!  host bytes ─▶ uart (pacing at the sender's baud, garbling on mismatch; USB: neither) ─▶ chip
 //!  DTR/RTS ───▶ board (transistors + RC on EN | USB-Serial/JTAG logic | nothing) ─▶ reset
 //!  GPIOs ─────▶ EN / IO0 (sim-gpio: device::sim's SimHandle::set_pins or SimGpioWired)
-//!  chip: slip ─▶ loader protocol (ROM dialect, stub dialect) ─▶ flash (NOR), spi, esp32 regs
-//!        (esp32c3, esp8266: their registers, and the ESP8266 ROM's quirks)
+//!  chip (board model: reset, boot ROM banner, application, UART queue)
+//!    └ protocol::slip ─▶ loader (commands: ROM / stub dialects; flash_ops; regs)
+//!                         ─▶ flash (NOR), md5, spi, esp32 / esp32c3 / esp8266 registers
 //! ```
 //!
 //! Four boards (`board::SimBoard`, device paths `sim`, `sim-usb`, `sim-gpio`, `sim-esp8266`):
@@ -14,22 +15,26 @@
 //! an ESP8266 board with the DevKit's auto-reset circuit.
 //!
 //! Everything here is pure: bytes, line changes and a time in, bytes out — the chip
-//! (`chip`, `board`, `slip`, `flash`, `md5`, `spi`, `esp32`, `esp32c3`, `esp8266`) and
-//! `uart`, which paces the wire. The thin I/O around it lives with the other devices: `device::sim` (the
-//! in-process `Device`, with the flash file) and `device::sim_pty` (`serialhub sim --pty`).
+//! (`chip`, `board`, `loader`, `flash`, `md5`, `spi`, `esp32`, `esp32c3`, `esp8266`; SLIP is
+//! `protocol::slip`) and `uart`, which paces the wire (its `step` is pure; its
+//! `io_before_step` / `io_after_step` move bytes to and from a host endpoint without the
+//! chip). The thin I/O around it lives with the other devices: `device::sim` (the in-process
+//! `Device`, with the flash file) and `device::sim_pty` (`serialhub sim --pty`).
 
 pub(crate) mod board;
 #[cfg(test)]
 mod boards_test;
 pub(crate) mod chip;
+#[cfg(test)]
+mod chip_test;
 pub(crate) mod esp32;
 pub(crate) mod esp32c3;
 pub(crate) mod esp8266;
 #[cfg(test)]
 mod esp8266_test;
 pub(crate) mod flash;
+pub(crate) mod loader;
 pub(crate) mod md5;
-pub(crate) mod slip;
 pub(crate) mod spi;
 #[cfg(test)]
 mod testkit;

@@ -3,16 +3,17 @@
 //! the format). Over USB CDC (`sim-usb`) the host's line settings mean nothing: bytes move
 //! at a fixed rate and are never garbled. Shared by the in-process device and the PTY runner.
 //!
-//! `Pacer` and `garble` are pure; `Uart::step` moves bytes between a host endpoint
-//! (`Read + Write`, non-blocking) and a `Chip`.
+//! `Pacer`, `garble` and `Uart::step` are pure: the step moves bytes between the wire's
+//! buffers and a `Chip`. `Uart::io_before_step` and `Uart::io_after_step` move them between
+//! the buffers and a host endpoint (`Read + Write`, non-blocking), without the chip.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use super::chip::{Chip, USB_CDC_BAUD};
-use super::slip;
 use crate::protocol::line::{DataBits, LineSettings, Parity, StopBits};
+use crate::protocol::slip;
 
 /// How far apart the two rates may be before the receiver mis-samples: a UART resyncs on
 /// every start bit and tolerates a few percent over a 10-bit character.
@@ -115,47 +116,80 @@ pub(crate) struct Wait {
     pub(crate) want_write: bool,
 }
 
-/// Both directions of the wire, with their buffers.
+/// Both directions of the wire, with their buffers (all fixed in size, allocated once).
+///
+/// One round is three calls: [`Uart::io_before_step`] (the host's bytes in, output the host
+/// had no room for retried), [`Uart::step`] (pure: the chip and the pacing, nothing else),
+/// [`Uart::io_after_step`] (the chip's bytes out). A caller that shares the chip behind a
+/// lock holds it for the step alone; [`Uart::run`] is the round for one that does not.
 #[derive(Debug)]
 pub(crate) struct Uart {
+    /// Read from the host, not yet seen by a step (which may drop it: a break).
+    inbox: Box<[u8]>,
+    inbox_len: usize,
     rx: VecDeque<u8>,
     rx_pacer: Pacer,
-    tx_hold: Vec<u8>,
-    tx_hold_pos: usize,
+    /// Chip output whose time on the wire has come, not yet written to the host.
+    hold: Box<[u8]>,
+    hold_pos: usize,
+    hold_len: usize,
     tx_pacer: Pacer,
-    /// The chip had nothing to send when the last step ended: what it sends now starts
-    /// now (the wire must not credit the time it was idle).
+    /// The chip had nothing to send, or the host took nothing, when the last round ended:
+    /// what the chip sends now starts now (the wire must not credit the time it was idle).
     tx_idle: bool,
-    scratch: Box<[u8; TX_CHUNK]>,
+    /// What the last step found, for the wait its round ends with.
+    plan: Plan,
+    scratch: Box<[u8]>,
+}
+
+/// What a step leaves for the I/O after it to turn into a [`Wait`].
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    /// The chip's next deadline, or when the host's next frame is through.
+    deadline: Option<Instant>,
+    /// When the next batch of chip output is due, if the host takes what is held.
+    tx_due: Option<Instant>,
+    /// The chip had more to send when the step ended.
+    chip_tx_ready: bool,
+    want_read: bool,
 }
 
 impl Uart {
     pub(crate) fn new(now: Instant) -> Uart {
         Uart {
+            inbox: vec![0; RX_AHEAD].into_boxed_slice(),
+            inbox_len: 0,
             rx: VecDeque::with_capacity(RX_AHEAD),
             rx_pacer: Pacer::new(now),
-            tx_hold: Vec::with_capacity(TX_CHUNK),
-            tx_hold_pos: 0,
+            hold: vec![0; TX_CHUNK].into_boxed_slice(),
+            hold_pos: 0,
+            hold_len: 0,
             tx_pacer: Pacer::new(now),
             tx_idle: true,
-            scratch: Box::new([0; TX_CHUNK]),
+            plan: Plan {
+                deadline: None,
+                tx_due: None,
+                chip_tx_ready: false,
+                want_read: true,
+            },
+            scratch: vec![0; TX_CHUNK].into_boxed_slice(),
         }
     }
 
     /// Drop what the host wrote and the chip has not received yet (purge output).
     pub(crate) fn discard_rx(&mut self) {
         self.rx.clear();
+        self.inbox_len = 0;
     }
 
     /// Drop what the chip sent and the host has not taken yet (purge input).
     pub(crate) fn discard_tx(&mut self) {
-        self.tx_hold.clear();
-        self.tx_hold_pos = 0;
+        self.hold_pos = 0;
+        self.hold_len = 0;
     }
 
-    /// Move whatever is due at `now`. `line` is the host side's setting; `rx_enabled`
-    /// false (a break on the line) swallows host bytes.
-    pub(crate) fn step<H: Read + Write>(
+    /// A whole round: [`Uart::io_before_step`], [`Uart::step`], [`Uart::io_after_step`].
+    pub(crate) fn run<H: Read + Write>(
         &mut self,
         host: &mut H,
         chip: &mut Chip,
@@ -164,6 +198,42 @@ impl Uart {
         now: Instant,
         epoch: Instant,
     ) -> io::Result<Wait> {
+        self.io_before_step(host)?;
+        self.step(chip, line, rx_enabled, now, epoch);
+        self.io_after_step(host)
+    }
+
+    /// I/O before a step, without the chip: retry what the host had no room for, then read
+    /// what it wrote, as far as there is room ahead of the chip.
+    pub(crate) fn io_before_step<H: Read + Write>(&mut self, host: &mut H) -> io::Result<()> {
+        self.flush_hold(host)?;
+        loop {
+            let room = RX_AHEAD.saturating_sub(self.rx.len());
+            if self.inbox_len >= room {
+                break;
+            }
+            match host.read(&mut self.inbox[self.inbox_len..room]) {
+                Ok(0) => break,
+                Ok(n) => self.inbox_len += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Move whatever is due at `now` between the buffers and the chip; pure (no I/O), so a
+    /// caller may hold the chip's lock for it alone. `line` is the host side's setting;
+    /// `rx_enabled` false (a break on the line) swallows host bytes.
+    pub(crate) fn step(
+        &mut self,
+        chip: &mut Chip,
+        line: &LineSettings,
+        rx_enabled: bool,
+        now: Instant,
+        epoch: Instant,
+    ) {
         let t = now.saturating_duration_since(epoch);
         // USB CDC: whatever the host set, both ends agree and bytes move at the link's rate.
         let usb_line;
@@ -183,20 +253,10 @@ impl Uart {
         if self.rx.is_empty() {
             self.rx_pacer.idle_until(now);
         }
-        while self.rx.len() < RX_AHEAD {
-            let room = (RX_AHEAD - self.rx.len()).min(TX_CHUNK);
-            match host.read(&mut self.scratch[..room]) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if rx_enabled {
-                        self.rx.extend(&self.scratch[..n]);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
+        if rx_enabled {
+            self.rx.extend(&self.inbox[..self.inbox_len]);
         }
+        self.inbox_len = 0;
         let due = self.rx_pacer.due(now, rx_ct).min(self.rx.len());
         if due > 0 {
             self.rx_pacer.consume(due, rx_ct);
@@ -216,48 +276,41 @@ impl Uart {
             }
         }
 
-        // Chip -> host, at the chip's rate.
-        self.flush_hold(host)?;
+        // Chip -> host, at the chip's rate, into `hold` (the I/O after the step writes it).
         if self.tx_idle {
             self.tx_pacer.idle_until(now);
         }
-        if self.tx_hold_pos == self.tx_hold.len() {
+        if self.hold_pos == self.hold_len {
+            self.hold_pos = 0;
+            self.hold_len = 0;
             if !chip.tx_ready() {
                 self.tx_pacer.idle_until(now);
             } else {
-                loop {
+                while self.hold_len < self.hold.len() {
                     let tx_ct = char_time(chip.wire_baud(), &chip_format());
-                    let due = self.tx_pacer.due(now, tx_ct).min(TX_CHUNK);
+                    let room = self.hold.len() - self.hold_len;
+                    let due = self.tx_pacer.due(now, tx_ct).min(room);
                     if due == 0 {
                         break;
                     }
                     let garbled = !line_matches(line, chip.wire_baud());
-                    let n = chip.take_tx(&mut self.scratch[..due], t);
+                    let out = &mut self.hold[self.hold_len..self.hold_len + due];
+                    let n = chip.take_tx(out, t);
                     if n == 0 {
                         self.tx_pacer.idle_until(now);
                         break;
                     }
                     self.tx_pacer.consume(n, tx_ct);
                     if garbled {
-                        self.scratch[..n].iter_mut().for_each(|b| *b = garble(*b));
+                        out[..n].iter_mut().for_each(|b| *b = garble(*b));
                     }
-                    self.tx_hold.clear();
-                    self.tx_hold.extend_from_slice(&self.scratch[..n]);
-                    self.tx_hold_pos = 0;
-                    self.flush_hold(host)?;
-                    if self.tx_hold_pos < self.tx_hold.len() {
-                        break; // host not reading: hold on to it
-                    }
+                    self.hold_len += n;
                 }
             }
         }
 
-        let blocked = self.tx_hold_pos < self.tx_hold.len();
-        self.tx_idle = blocked || !chip.tx_ready();
+        let chip_tx_ready = chip.tx_ready();
         let mut deadline = chip.next_deadline().map(|d| epoch + d);
-        let mut soonest = |at: Instant| {
-            deadline = Some(deadline.map_or(at, |d| d.min(at)));
-        };
         if !self.rx.is_empty() {
             // Nothing the chip does depends on a byte before its frame ends, so sleep
             // until the next delimiter is through, or until it is time to top up.
@@ -268,41 +321,59 @@ impl Uart {
                 .map_or(usize::MAX, |p| p + 1);
             let to_refill = self.rx.len().saturating_sub(RX_AHEAD / 2).max(1);
             let n = to_delimiter.min(to_refill).min(self.rx.len());
-            soonest(self.rx_pacer.finish_of(n, rx_ct));
+            deadline = soonest(deadline, self.rx_pacer.finish_of(n, rx_ct));
         }
-        if !blocked && chip.tx_ready() {
-            // Hand bytes over in batches of a few milliseconds, as a USB-UART does,
-            // but a short reply as soon as its last byte is through.
+        // Hand bytes over in batches of a few milliseconds, as a USB-UART does, but a short
+        // reply as soon as its last byte is through.
+        let tx_due = chip_tx_ready.then(|| {
             let tx_ct = char_time(chip.wire_baud(), &chip_format());
             let batch = (TX_BATCH.as_nanos() / tx_ct.as_nanos().max(1)).max(1) as usize;
             let n = chip.tx_len().clamp(1, batch);
-            soonest(self.tx_pacer.finish_of(n, tx_ct));
-        }
-        Ok(Wait {
+            self.tx_pacer.finish_of(n, tx_ct)
+        });
+        self.plan = Plan {
             deadline,
+            tx_due,
+            chip_tx_ready,
             // Top up only at half empty: polling for input while plenty is buffered would
             // wake us for every byte the host writes.
             want_read: self.rx.len() <= RX_AHEAD / 2,
+        };
+    }
+
+    /// I/O after a step, without the chip: write what the step took from it. Returns when
+    /// to come back at the latest, and what to wait for.
+    pub(crate) fn io_after_step<H: Write>(&mut self, host: &mut H) -> io::Result<Wait> {
+        self.flush_hold(host)?;
+        let blocked = self.hold_pos < self.hold_len;
+        self.tx_idle = blocked || !self.plan.chip_tx_ready;
+        let deadline = match self.plan.tx_due.filter(|_| !blocked) {
+            Some(at) => soonest(self.plan.deadline, at),
+            None => self.plan.deadline,
+        };
+        Ok(Wait {
+            deadline,
+            want_read: self.plan.want_read,
             want_write: blocked,
         })
     }
 
     fn flush_hold<H: Write>(&mut self, host: &mut H) -> io::Result<()> {
-        while self.tx_hold_pos < self.tx_hold.len() {
-            match host.write(&self.tx_hold[self.tx_hold_pos..]) {
+        while self.hold_pos < self.hold_len {
+            match host.write(&self.hold[self.hold_pos..self.hold_len]) {
                 Ok(0) => break,
-                Ok(n) => self.tx_hold_pos += n,
+                Ok(n) => self.hold_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
         }
-        if self.tx_hold_pos == self.tx_hold.len() {
-            self.tx_hold.clear();
-            self.tx_hold_pos = 0;
-        }
         Ok(())
     }
+}
+
+fn soonest(deadline: Option<Instant>, at: Instant) -> Option<Instant> {
+    Some(deadline.map_or(at, |d| d.min(at)))
 }
 
 #[cfg(test)]
@@ -383,7 +454,7 @@ mod tests {
         ms: u64,
     ) {
         for i in 0..=ms {
-            uart.step(host, chip, line, true, t0 + Duration::from_millis(i), t0)
+            uart.run(host, chip, line, true, t0 + Duration::from_millis(i), t0)
                 .unwrap();
         }
     }
@@ -409,7 +480,7 @@ mod tests {
         host.to_chip.extend(SYNC);
         let start = t0 + Duration::from_millis(20);
         for i in 0..200 {
-            uart.step(
+            uart.run(
                 &mut host,
                 &mut chip,
                 &line,
