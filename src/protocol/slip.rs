@@ -4,7 +4,7 @@
 //! encodes its responses with it, the ESP loader follower (`esp`) shares its bytes.
 //!
 //! Pure: the encoder appends to a buffer the caller owns ([`Sink`]: a `Vec` or a
-//! `VecDeque`), the decoder is fed chunks as they arrive and hands out whole frames from one
+//! `VecDeque`; or [`encode_to_slice`] into a fixed array), the decoder is fed chunks as they arrive and hands out whole frames from one
 //! reusable buffer, bounded by a maximum frame length.
 
 use std::collections::VecDeque;
@@ -59,6 +59,57 @@ pub(crate) fn encode_parts(parts: &[&[u8]], out: &mut impl Sink) {
         escape_into(part, out);
     }
     out.put(END);
+}
+
+/// The most bytes a frame of `len` content bytes takes on the wire: every byte escaped, and
+/// the two delimiters (for sizing a fixed buffer to [`encode_to_slice`]).
+// For `protocol::esp::command`'s fixed-size requests; until it switches, only the tests use
+// this and `encode_to_slice`.
+#[allow(dead_code)]
+pub(crate) const fn max_encoded_len(len: usize) -> usize {
+    2 * len + 2
+}
+
+/// One complete frame holding `frame`, written to the start of `out` (a fixed buffer of the
+/// caller's: no allocation); its length, or `None` if it does not fit (then `out` holds a
+/// partial frame, to be ignored). `out` of [`max_encoded_len`] always fits.
+#[allow(dead_code)]
+pub(crate) fn encode_to_slice(frame: &[u8], out: &mut [u8]) -> Option<usize> {
+    let mut sink = SliceSink {
+        buf: out,
+        len: 0,
+        overflow: false,
+    };
+    encode_into(frame, &mut sink);
+    (!sink.overflow).then_some(sink.len)
+}
+
+/// A fixed buffer as a [`Sink`]: what does not fit is counted as an overflow, not written.
+struct SliceSink<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+    overflow: bool,
+}
+
+impl Sink for SliceSink<'_> {
+    fn put(&mut self, b: u8) {
+        match self.buf.get_mut(self.len) {
+            Some(slot) => {
+                *slot = b;
+                self.len += 1;
+            }
+            None => self.overflow = true,
+        }
+    }
+    fn put_slice(&mut self, bytes: &[u8]) {
+        match self.buf.get_mut(self.len..self.len + bytes.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(bytes);
+                self.len += bytes.len();
+            }
+            None => self.overflow = true,
+        }
+    }
 }
 
 /// Appends `bytes` escaped, without delimiters.
@@ -331,6 +382,23 @@ mod tests {
         let mut parts = VecDeque::new();
         encode_parts(&[&[1, END], &[], &[2, ESC, 3]], &mut parts);
         assert_eq!(parts, out);
+    }
+
+    #[test]
+    fn encodes_into_a_fixed_buffer() {
+        let frame = [1, END, ESC, 2];
+        let mut vec = Vec::new();
+        encode_into(&frame, &mut vec);
+        let mut buf = [0u8; max_encoded_len(4)];
+        let n = encode_to_slice(&frame, &mut buf).unwrap();
+        assert_eq!(&buf[..n], &vec[..]);
+        // Worst case: every byte escaped.
+        let all = [END; 4];
+        assert_eq!(encode_to_slice(&all, &mut buf), Some(max_encoded_len(4)));
+        // Too small: refused, not cut.
+        assert_eq!(encode_to_slice(&frame, &mut buf[..n - 1]), None);
+        assert_eq!(encode_to_slice(&[], &mut [0u8; 1]), None);
+        assert_eq!(encode_to_slice(&[], &mut [0u8; 2]), Some(2));
     }
 
     #[test]
