@@ -7,6 +7,7 @@ pub(crate) mod esp; // the ESP loader protocol as it passes a session: SYNC, CHA
 pub(crate) mod http; // HTTP/1.1 framing: request heads (httparse), responses, chunked bodies
 pub(crate) mod line; // the vocabulary of a serial line: format, modem lines, purge
 pub(crate) mod mdns; // multicast DNS / DNS-SD: a responder for a few services, a one-shot browser
+pub(crate) mod notes; // what the cores have to say, as values the daemon logs
 pub(crate) mod reset; // reset policies: client DTR/RTS patterns to timed line changes
 pub(crate) mod rfc2217; // COM-PORT-OPTION (44) requests and replies as typed values
 pub(crate) mod session; // one client's negotiation state: bytes in, ordered effects out

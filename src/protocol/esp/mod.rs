@@ -29,17 +29,18 @@
 
 mod command;
 mod frame;
+mod note;
 #[cfg(test)]
 mod tests;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use log::{debug, log};
-
 pub(crate) use self::command::{Command, InjectError, Reply};
 use self::frame::{baud_meant, Framer, END, HEAD, LOOK, REQUEST, RESPONSE, SYNC_BODY};
 pub(crate) use self::frame::{Op, SYNC_FRAME};
+pub(crate) use self::note::Note;
+use crate::protocol::notes::Notes;
 use crate::protocol::reset::ResetTo;
 
 /// How long client bytes may wait for the chip's answer to CHANGE_BAUDRATE (esptool's own
@@ -125,9 +126,8 @@ pub(crate) enum Entry {
 /// One session's view of the ESP loader protocol.
 #[derive(Debug)]
 pub(crate) struct EspWatch {
-    label: String,
-    /// How loudly to log.
-    pub(crate) voice: crate::protocol::Voice,
+    /// What it has to say, until the session takes it.
+    pub(crate) notes: Notes<Note>,
     entry: Entry,
     chip: Chip,
     /// This session started a bootloader entry (so it owes the chip a reset into its app).
@@ -176,10 +176,9 @@ pub(crate) struct EspWatch {
 impl EspWatch {
     /// `in_loader`: the chip is known to be in its loader already (a previous session left
     /// it there, or the server put it there), so a SYNC must not reset it again.
-    pub(crate) fn new(label: &str, in_loader: bool, entry: Entry) -> EspWatch {
+    pub(crate) fn new(in_loader: bool, entry: Entry) -> EspWatch {
         EspWatch {
-            label: label.to_owned(),
-            voice: crate::protocol::Voice::Normal,
+            notes: Notes::default(),
             entry,
             chip: if in_loader {
                 Chip::Loader
@@ -212,9 +211,7 @@ impl EspWatch {
     /// if it had just connected, with what is known of the chip now (the server's commands
     /// still queued are dropped with the session that wanted them).
     pub(crate) fn restart(&self, in_loader: bool) -> EspWatch {
-        let mut w = EspWatch::new(&self.label, in_loader, self.entry);
-        w.voice = self.voice;
-        w
+        EspWatch::new(in_loader, self.entry)
     }
 
     /// The client is running a loader session (see the field).
@@ -303,7 +300,7 @@ impl EspWatch {
         let Some((cmd, _)) = self.queue.pop_front() else {
             return false;
         };
-        debug!("{}: sending {:?} of the server's own", self.label, cmd.op());
+        self.notes.push(Note::SendingOurs(cmd.op()));
         cmd.encode(to_chip);
         self.hold = Hold::Ours {
             cmd,
@@ -395,19 +392,11 @@ impl EspWatch {
             }
             Chip::Client => false,
             Chip::Loader | Chip::Unknown => {
-                if self.chip == Chip::Loader {
-                    log!(
-                        self.voice.info(),
-                        "{}: the chip did not answer {} SYNCs; entering its bootloader",
-                        self.label,
-                        self.unanswered
-                    );
+                self.notes.push(if self.chip == Chip::Loader {
+                    Note::SyncsUnanswered(self.unanswered)
                 } else {
-                    log!(self.voice.info(),
-                        "{}: esptool is syncing with a chip that may be running its application; entering the bootloader",
-                        self.label
-                    );
-                }
+                    Note::SyncToApp
+                });
                 self.chip = Chip::Entering { since: now };
                 self.entered = true;
                 self.replay_until = Some(now + SYNC_ANSWER_WAIT);
@@ -447,10 +436,7 @@ impl EspWatch {
         {
             let (new, old) = (self.up.word(8), self.up.word(12));
             let rate = baud_meant(new, old);
-            debug!(
-                "{}: CHANGE_BAUDRATE ({new}, {old}): {rate} once the chip answers",
-                self.label
-            );
+            self.notes.push(Note::BaudAsked { new, old, rate });
             self.hold = Hold::Baud {
                 rate,
                 until: now + BAUD_ANSWER_WAIT,
@@ -475,7 +461,7 @@ impl EspWatch {
         if self.discard {
             match memchr::memchr(END, rest) {
                 Some(k) => {
-                    debug!("{}: dropped {k} bytes of boot output", self.label);
+                    self.notes.push(Note::BootOutputDropped(k));
                     self.discard = false;
                     rest = &rest[k..];
                 }
@@ -572,7 +558,7 @@ impl EspWatch {
         let mut action = None;
         if let Some(op) = self.down.packet(RESPONSE) {
             if self.chip == Chip::Unknown {
-                debug!("{}: the chip answers: it is in its loader", self.label);
+                self.notes.push(Note::InLoader);
                 self.chip = Chip::Loader;
             }
             self.unanswered = 0;
@@ -662,30 +648,17 @@ impl EspWatch {
     ) -> Option<Action> {
         if let Chip::Entering { since } = self.chip {
             if now >= since + ENTRY_WAIT {
-                log!(
-                    self.voice.warn(),
-                    "{}: the bootloader entry did not finish in {:.1} s; letting SYNCs through",
-                    self.label,
-                    ENTRY_WAIT.as_secs_f32()
-                );
+                self.notes.push(Note::EntryTimedOut);
                 self.bootloader_entered(now, to_chip);
             }
         }
         match self.hold {
             Hold::Baud { rate, until } if now >= until => {
-                log!(self.voice.warn(),
-                    "{}: the chip did not answer CHANGE_BAUDRATE to {rate}; staying at the current rate",
-                    self.label
-                );
+                self.notes.push(Note::BaudUnanswered(rate));
                 self.resume(now, to_chip)
             }
             Hold::Ours { cmd, until, .. } if now >= until => {
-                log!(
-                    self.voice.warn(),
-                    "{}: the chip did not answer the server's {:?}",
-                    self.label,
-                    cmd.op()
-                );
+                self.notes.push(Note::OursUnanswered(cmd.op()));
                 to_client.extend_from_slice(&self.frame[..self.frame_len]);
                 self.frame_len = 0;
                 self.hold = Hold::Resume;

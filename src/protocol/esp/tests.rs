@@ -73,10 +73,11 @@ fn sync_frame_constant_is_esptools_request() {
 #[test]
 fn first_sync_enters_the_bootloader_once_and_is_replayed_when_ready() {
     for chunk in 1..=sync().len() + 1 {
-        let mut w = EspWatch::new("t", false, Entry::Reset);
+        let mut w = EspWatch::new(false, Entry::Reset);
         let twice = [sync(), sync()].concat();
         let (out, actions) = up(&mut w, &twice, chunk);
         assert_eq!(actions, vec![Action::EnterBootloader], "chunk {chunk}");
+        assert_eq!(w.notes.drain(), [Note::SyncToApp]);
         // Only the frame delimiters reach the chip while it resets.
         assert!(out.iter().all(|&b| b == END), "chunk {chunk}: {out:02x?}");
         let mut replay = Vec::new();
@@ -91,7 +92,7 @@ fn first_sync_enters_the_bootloader_once_and_is_replayed_when_ready() {
 
 #[test]
 fn a_sync_esptool_no_longer_waits_on_is_not_replayed() {
-    let mut w = EspWatch::new("t", false, Entry::Reset);
+    let mut w = EspWatch::new(false, Entry::Reset);
     let t0 = Instant::now();
     w.on_client(&sync(), t0, &mut |_| {});
     let mut out = Vec::new();
@@ -101,7 +102,7 @@ fn a_sync_esptool_no_longer_waits_on_is_not_replayed() {
 
 #[test]
 fn a_chip_known_in_its_loader_is_not_reset() {
-    let mut w = EspWatch::new("t", true, Entry::Reset);
+    let mut w = EspWatch::new(true, Entry::Reset);
     let (out, actions) = up(&mut w, &sync(), 7);
     assert_eq!((out, actions), (sync(), vec![]));
     assert!(!w.entered());
@@ -109,7 +110,7 @@ fn a_chip_known_in_its_loader_is_not_reset() {
 
 #[test]
 fn a_loader_that_never_answers_is_reset_after_a_few_syncs() {
-    let mut w = EspWatch::new("t", true, Entry::Reset);
+    let mut w = EspWatch::new(true, Entry::Reset);
     let n = UNANSWERED_SYNCS as usize;
     let (out, actions) = up(&mut w, &sync().repeat(n), 64);
     assert_eq!((out, actions), (sync().repeat(n), vec![]));
@@ -117,7 +118,7 @@ fn a_loader_that_never_answers_is_reset_after_a_few_syncs() {
     assert_eq!(actions, vec![Action::EnterBootloader]);
 
     // An answer in between resets the count.
-    let mut w = EspWatch::new("t", true, Entry::Reset);
+    let mut w = EspWatch::new(true, Entry::Reset);
     for _ in 0..2 * n {
         let (out, actions) = up(&mut w, &sync(), 64);
         assert_eq!((out, actions), (sync(), vec![]));
@@ -127,7 +128,7 @@ fn a_loader_that_never_answers_is_reset_after_a_few_syncs() {
 
 #[test]
 fn boot_output_is_dropped_until_the_chips_first_frame() {
-    let mut w = EspWatch::new("t", false, Entry::Reset);
+    let mut w = EspWatch::new(false, Entry::Reset);
     up(&mut w, &sync(), 64);
     let answer = response(0x08, &[0, 0]);
     let stream = [
@@ -145,7 +146,7 @@ fn boot_output_is_dropped_until_the_chips_first_frame() {
 #[test]
 fn stub_baud_change_parks_the_client_until_the_answer() {
     for chunk in [1, 3, 8, 200] {
-        let mut w = EspWatch::new("t", true, Entry::Reset);
+        let mut w = EspWatch::new(true, Entry::Reset);
         let req = baud(921_600, 115_200);
         let later = request(0x02, &[1, 2, 3]);
         let (out, actions) = up(&mut w, &[req.clone(), later.clone()].concat(), chunk);
@@ -163,7 +164,7 @@ fn stub_baud_change_parks_the_client_until_the_answer() {
 
 #[test]
 fn rom_baud_change_goes_to_the_standard_rate_meant() {
-    let mut w = EspWatch::new("t", true, Entry::Reset);
+    let mut w = EspWatch::new(true, Entry::Reset);
     // esptool scaled 460800 by a ROM crystal estimate of 39.2 MHz / 40 MHz.
     up(&mut w, &baud(451_584, 0), 64);
     let (_, actions) = down(&mut w, &response(0x0F, &[0, 0, 0, 0]), 64);
@@ -176,7 +177,7 @@ fn rom_baud_change_goes_to_the_standard_rate_meant() {
 
 #[test]
 fn a_refused_baud_change_stays_and_releases() {
-    let mut w = EspWatch::new("t", true, Entry::Reset);
+    let mut w = EspWatch::new(true, Entry::Reset);
     up(&mut w, &baud(921_600, 115_200), 64);
     let (_, actions) = down(&mut w, &response(0x0F, &[1, 5]), 64);
     assert_eq!(actions, vec![Action::BaudAnswered(None)]);
@@ -184,7 +185,7 @@ fn a_refused_baud_change_stays_and_releases() {
 
 #[test]
 fn an_unanswered_baud_change_releases_after_the_wait() {
-    let mut w = EspWatch::new("t", true, Entry::Reset);
+    let mut w = EspWatch::new(true, Entry::Reset);
     up(&mut w, &baud(921_600, 115_200), 64);
     up(&mut w, b"after", 64);
     let at = w.deadline().expect("a deadline while parked");
@@ -204,7 +205,7 @@ fn an_unanswered_baud_change_releases_after_the_wait() {
 
 #[test]
 fn an_unfinished_bootloader_entry_lets_syncs_through_after_a_while() {
-    let mut w = EspWatch::new("t", false, Entry::Reset);
+    let mut w = EspWatch::new(false, Entry::Reset);
     up(&mut w, &sync(), 64);
     let at = w.deadline().unwrap();
     let mut out = Vec::new();
@@ -229,7 +230,7 @@ fn anything_else_passes_unchanged_both_ways() {
     garbage.extend_from_slice(&[ESC, ESC, END, 0x01, 0x0F, END]);
     garbage.extend((0..=255u8).cycle().take(3000));
     for chunk in [1, 2, 5, 17, 4096] {
-        let mut w = EspWatch::new("t", true, Entry::Reset);
+        let mut w = EspWatch::new(true, Entry::Reset);
         let (out, actions) = up(&mut w, &garbage, chunk);
         assert_eq!(out, garbage, "chunk {chunk}");
         assert!(actions.is_empty() && !w.parked());
@@ -242,7 +243,7 @@ fn anything_else_passes_unchanged_both_ways() {
 fn a_sync_with_escaped_bytes_in_its_header_is_still_seen() {
     // A SYNC whose frame starts with a stray escape pair still decodes to 00 08 ...:
     // the decoder is what decides, not byte patterns.
-    let mut w = EspWatch::new("t", false, Entry::Reset);
+    let mut w = EspWatch::new(false, Entry::Reset);
     let (out, actions) = up(&mut w, &[b"noise".to_vec(), sync()].concat(), 1);
     assert_eq!(actions, vec![Action::EnterBootloader]);
     assert_eq!(out, [b"noise".to_vec(), vec![END, END]].concat());
@@ -250,7 +251,7 @@ fn a_sync_with_escaped_bytes_in_its_header_is_still_seen() {
 
 #[test]
 fn without_an_entry_syncs_pass_and_the_baud_follows_once_the_chip_answers() {
-    let mut w = EspWatch::new("t", false, Entry::Never);
+    let mut w = EspWatch::new(false, Entry::Never);
     let (out, actions) = up(&mut w, &sync().repeat(5), 64);
     assert_eq!((out, actions), (sync().repeat(5), vec![]));
     assert!(!w.entered());
@@ -263,7 +264,7 @@ fn without_an_entry_syncs_pass_and_the_baud_follows_once_the_chip_answers() {
 
 #[test]
 fn a_client_that_resets_the_chip_itself_is_trusted_and_owed_nothing() {
-    let mut w = EspWatch::new("t", false, Entry::Reset);
+    let mut w = EspWatch::new(false, Entry::Reset);
     w.client_resets(ResetTo::Bootloader);
     assert!(
         w.loading(),
@@ -330,7 +331,7 @@ fn down_to(
 
 /// A watch whose client has synced with a chip in its loader, with nothing outstanding.
 fn synced() -> EspWatch {
-    let mut w = EspWatch::new("t", true, Entry::Reset);
+    let mut w = EspWatch::new(true, Entry::Reset);
     up(&mut w, &sync(), 64);
     down_to(&mut w, &response(0x08, &[0, 0]), 64, Instant::now());
     w
@@ -372,7 +373,7 @@ fn a_command_of_ours_goes_between_two_of_the_clients_and_its_answer_is_taken_out
     let next = request(0x02, &[1, 2, 3]);
     for chunk in 1..=ours.len() + stray.len() + 1 {
         let t0 = Instant::now();
-        let mut w = EspWatch::new("t", true, Entry::Reset);
+        let mut w = EspWatch::new(true, Entry::Reset);
         // Before the chip has answered anything: it waits.
         up(&mut w, &sync(), 64);
         assert!(inject_now(&mut w, cmd, t0).is_empty(), "chunk {chunk}");
@@ -509,7 +510,7 @@ fn a_reset_while_ours_waits_ends_the_wait_at_once() {
 fn the_queue_is_bounded_and_a_command_that_never_finds_its_moment_is_reported() {
     let cmd = Command::read_reg(REG);
     let t0 = Instant::now();
-    let mut w = EspWatch::new("t", false, Entry::Reset);
+    let mut w = EspWatch::new(false, Entry::Reset);
     for _ in 0..INJECT_QUEUE {
         w.inject(cmd, t0, None).unwrap();
     }
@@ -596,7 +597,7 @@ mod properties {
         /// reset the chip), however it is split; no input makes the watch panic.
         #[test]
         fn device_output_passes_unchanged(data in bytes(), chunk in 1usize..300) {
-            let mut w = EspWatch::new("p", true, Entry::Reset);
+            let mut w = EspWatch::new(true, Entry::Reset);
             let (out, _) = down(&mut w, &data, chunk);
             prop_assert_eq!(out, data);
         }
@@ -606,7 +607,7 @@ mod properties {
         /// before parks what follows).
         #[test]
         fn client_bytes_pass_unchanged(data in bytes(), chunk in 1usize..300) {
-            let mut w = EspWatch::new("p", false, Entry::Never);
+            let mut w = EspWatch::new(false, Entry::Never);
             let (out, actions) = up(&mut w, &data, chunk);
             prop_assert!(actions.is_empty());
             prop_assert_eq!(out, data);

@@ -1,10 +1,8 @@
 //! The COM-PORT requests (RFC 2217): what each asks of the device, and how it is answered —
 //! at once with the value in force, or once its effect is done.
 
-use log::debug;
-
 use super::negotiation::reply;
-use super::{Effect, Out, Session, SessionError, Then};
+use super::{Effect, Note, Out, Session, SessionError, Then};
 use crate::protocol::line::{FlowControl, LineSettings, Lines, Purge};
 use crate::protocol::reset::{ResetTo, EN_LOW, IO0_LOW};
 use crate::protocol::rfc2217::{self, Command, Control, DecodeError, Direction, Setting};
@@ -40,19 +38,11 @@ impl Session {
                 payload,
             } => match rfc2217::decode(&payload) {
                 Ok((Direction::ClientToServer, cmd)) => return Ok(self.command(cmd, out.client)),
-                Ok((Direction::ServerToClient, _)) => {
-                    debug!(
-                        "{}: ignoring a server-side command from the client",
-                        self.label
-                    )
-                }
+                Ok((Direction::ServerToClient, _)) => self.notes.push(Note::ServerCommandIgnored),
                 Err(e) => self.bad_command(e, out.client),
             },
             Event::Subnegotiation { option, .. } => {
-                debug!(
-                    "{}: ignoring subnegotiation for option {option}",
-                    self.label
-                )
+                self.notes.push(Note::SubnegotiationIgnored(option))
             }
             Event::SubnegotiationTooLong { option } => {
                 return Err(SessionError::Garbage(format!(
@@ -61,12 +51,9 @@ impl Session {
                 )))
             }
             Event::SubnegotiationAborted { option } => {
-                debug!(
-                    "{}: client cut a subnegotiation for option {option} short",
-                    self.label
-                )
+                self.notes.push(Note::SubnegotiationAborted(option))
             }
-            Event::Command(c) => debug!("{}: ignoring Telnet command {c:#04x}", self.label),
+            Event::Command(c) => self.notes.push(Note::TelnetCommandIgnored(c)),
         }
         Ok(None)
     }
@@ -211,7 +198,7 @@ impl Session {
     }
 
     fn bad_command(&mut self, e: DecodeError, client: &mut Vec<u8>) {
-        debug!("{}: {e}", self.label);
+        self.notes.push(Note::BadCommand(e.clone()));
         // Answer a bad setting with the value in force, so the client sees the rejection
         // at once instead of waiting for its timeout.
         let answer = match e {

@@ -21,20 +21,23 @@
 
 mod comport;
 mod negotiation;
+mod note;
 #[cfg(test)]
 mod tests;
 
+use std::fmt::Display;
 use std::time::{Duration, Instant};
-
-use log::{debug, log};
 
 use self::comport::Answer;
 use self::negotiation::{reply, Negotiation};
 use crate::protocol::esp::{Action, Command as LoaderCommand, Entry, EspWatch, InjectError};
 use crate::protocol::line::{LineSettings, Lines, ModemStatus, Purge};
+use crate::protocol::notes::{Notes, Weight};
 use crate::protocol::reset::{ResetError, ResetTo};
 use crate::protocol::telnet::{self, Event, IAC};
-use crate::protocol::{Protocol, Voice};
+use crate::protocol::Protocol;
+
+pub(crate) use self::note::Note;
 
 /// Where a session writes; the bridge owns both buffers.
 pub(crate) struct Out<'a> {
@@ -156,8 +159,8 @@ enum Then {
 
 /// The state of one client's session.
 pub(crate) struct Session {
-    label: String,
-    voice: Voice,
+    /// What it has to say, until the daemon takes it ([`Session::take_notes`]).
+    notes: Notes<Note>,
     signature: String,
     decoder: telnet::Decoder,
     neg: Negotiation,
@@ -182,12 +185,11 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// `settings` is what is in force on the device when the client arrives; `label` names the
-    /// device in logs and `signature` answers SIGNATURE queries.
-    pub(crate) fn new(label: &str, signature: String, settings: LineSettings) -> Session {
+    /// `settings` is what is in force on the device when the client arrives; `signature`
+    /// answers SIGNATURE queries.
+    pub(crate) fn new(signature: String, settings: LineSettings) -> Session {
         Session {
-            label: label.to_owned(),
-            voice: Voice::Normal,
+            notes: Notes::default(),
             signature,
             decoder: telnet::Decoder::new(),
             neg: Negotiation::new(),
@@ -206,28 +208,23 @@ impl Session {
     }
 
     /// A session that passes bytes through untouched both ways.
-    pub(crate) fn raw(label: &str, settings: LineSettings) -> Session {
+    pub(crate) fn raw(settings: LineSettings) -> Session {
         Session {
             mode: Mode::Raw,
-            ..Session::new(label, String::new(), settings)
+            ..Session::new(String::new(), settings)
         }
     }
 
     /// A session whose client's first byte decides: IAC starts RFC 2217, anything else (or
     /// silence for `window` while device output waits) a raw session. Nothing is lost or
     /// reordered: device output is held until then.
-    pub(crate) fn detect(
-        label: &str,
-        signature: String,
-        settings: LineSettings,
-        window: Duration,
-    ) -> Session {
+    pub(crate) fn detect(signature: String, settings: LineSettings, window: Duration) -> Session {
         Session {
             mode: Mode::Detect {
                 window,
                 since: None,
             },
-            ..Session::new(label, signature, settings)
+            ..Session::new(signature, settings)
         }
     }
 
@@ -235,19 +232,27 @@ impl Session {
     /// the chip is known `in_loader` (or `entry` is `Never`), and switch the UART on
     /// CHANGE_BAUDRATE.
     pub(crate) fn watch_esp(mut self, in_loader: bool, entry: Entry) -> Session {
-        let mut w = EspWatch::new(&self.label, in_loader, entry);
-        w.voice = self.voice;
-        self.esp = Some(w);
+        self.esp = Some(EspWatch::new(in_loader, entry));
         self
     }
 
-    /// Log this session's events at `voice`'s levels.
-    pub(crate) fn with_voice(mut self, voice: Voice) -> Session {
-        self.voice = voice;
+    /// Hand what the session (and its ESP follower) has to say to `f`, oldest first, with its
+    /// weight; returns how many notes were not kept since the last time.
+    pub(crate) fn take_notes(&mut self, f: &mut dyn FnMut(Weight, &dyn Display)) -> u32 {
+        self.esp_notes();
+        self.notes.take(f)
+    }
+
+    /// Nothing to say.
+    pub(crate) fn quiet(&self) -> bool {
+        self.notes.is_empty() && self.esp.as_ref().is_none_or(|w| w.notes.is_empty())
+    }
+
+    /// The follower's notes join the session's, in the order they were made.
+    fn esp_notes(&mut self) {
         if let Some(w) = &mut self.esp {
-            w.voice = voice;
+            w.notes.move_into(&mut self.notes, Note::Esp);
         }
-        self
     }
 
     /// Our opening offers, sent as soon as an RFC 2217 client connects (as pyserial's own
@@ -347,12 +352,7 @@ impl Session {
         match self.mode {
             Mode::Detect { window, since } => {
                 if since.is_some_and(|t| now >= t + window) {
-                    log!(
-                        self.voice.info(),
-                        "{}: client sent nothing for {} ms while device output waited: raw session",
-                        self.label,
-                        window.as_millis()
-                    );
+                    self.notes.push(Note::SilentClientRaw(window));
                     return self.decide(Mode::Raw, now, out);
                 }
                 None
@@ -392,17 +392,10 @@ impl Session {
         if mode == Mode::Telnet {
             self.start(out.client);
         }
-        log!(
-            self.voice.info(),
-            "{}: the client speaks {}{}",
-            self.label,
-            self.protocol().map_or("?", Protocol::as_str),
-            if self.esp.is_some() {
-                ", esp-aware"
-            } else {
-                ""
-            }
-        );
+        if let Some(protocol) = self.protocol() {
+            let esp = self.esp.is_some();
+            self.notes.push(Note::Speaks { protocol, esp });
+        }
         let held = std::mem::take(&mut self.held);
         self.on_device_bytes(&held, now, out)
     }
@@ -416,6 +409,7 @@ impl Session {
     /// What the ESP watch asked for, as an effect (or, for a baud that needs no change, at
     /// once).
     fn act(&mut self, action: Option<Action>, now: Instant, out: &mut Out) -> Option<Effect> {
+        self.esp_notes();
         match action? {
             Action::EnterBootloader => self.begin(
                 Effect::Reset(ResetTo::Bootloader),
@@ -423,7 +417,10 @@ impl Session {
             ),
             Action::BaudAnswered(rate) => self.follow_baud(rate, now, out),
             Action::Injected(cmd, reply) => {
-                debug!("{}: the server's {:?}: {reply:?}", self.label, cmd.op());
+                self.notes.push(Note::Ours {
+                    op: cmd.op(),
+                    reply,
+                });
                 match cmd.baud() {
                     Some(rate) => self.follow_baud(reply.ok().then_some(rate), now, out),
                     None => self.release_parked(now, out),
@@ -495,50 +492,35 @@ impl Session {
         match (effect, outcome) {
             (Effect::Apply(new), Ok(())) => {
                 if new.baud != self.settings.baud {
-                    log!(
-                        self.voice.info(),
-                        "{}: baud {} -> {}",
-                        self.label,
-                        self.settings.baud,
-                        new.baud
-                    );
+                    self.notes.push(Note::Baud {
+                        from: self.settings.baud,
+                        to: new.baud,
+                    });
                 } else {
-                    debug!("{}: line settings {new}", self.label);
+                    self.notes.push(Note::Settings(new));
                 }
                 self.settings = new;
             }
-            (Effect::Apply(new), Err(e)) => log!(
-                self.voice.warn(),
-                "{}: device refused {new} ({e}); keeping {}",
-                self.label,
-                self.settings
-            ),
+            (Effect::Apply(asked), Err(e)) => self.notes.push(Note::Refused {
+                asked,
+                kept: self.settings,
+                error: e.to_string(),
+            }),
             (Effect::Break(on), Ok(())) => self.break_on = on,
-            (Effect::Break(on), Err(e)) => log!(
-                self.voice.warn(),
-                "{}: cannot set break {on}: {e}",
-                self.label
-            ),
+            (Effect::Break(on), Err(e)) => self.notes.push(Note::BreakFailed {
+                on,
+                error: e.to_string(),
+            }),
             (Effect::Lines(_), Err(e)) => {
                 // PTYs and some adapters have no modem lines; say so once, then stay quiet.
                 if !self.lines_unsupported_logged {
-                    log!(
-                        self.voice.warn(),
-                        "{}: cannot set DTR/RTS ({e}); continuing without",
-                        self.label
-                    );
+                    self.notes.push(Note::LinesUnsupported(e.to_string()));
                     self.lines_unsupported_logged = true;
                 }
             }
-            (Effect::Purge(_), Err(e)) => {
-                log!(self.voice.warn(), "{}: purge failed: {e}", self.label)
-            }
+            (Effect::Purge(_), Err(e)) => self.notes.push(Note::PurgeFailed(e.to_string())),
             (Effect::Reset(_), Err(e)) => {
-                log!(
-                    self.voice.warn(),
-                    "{}: cannot enter the bootloader: {e}",
-                    self.label
-                );
+                self.notes.push(Note::EntryFailed(e.to_string()));
                 if let Some(w) = &mut self.esp {
                     w.bootloader_entered(now, &mut |b| out.device.extend_from_slice(b));
                 }

@@ -112,7 +112,7 @@ fn sb(cmd: &[u8]) -> Vec<u8> {
 }
 
 fn session() -> Session {
-    Session::new("test", "serialhub test".into(), LineSettings::default())
+    Session::new("serialhub test".into(), LineSettings::default())
 }
 
 /// pyserial's opening: DO ECHO, WILL SGA, DO SGA, DO COM-PORT, WILL COM-PORT.
@@ -166,6 +166,32 @@ fn baud_is_applied_once_and_answered_with_the_value_in_force() {
     // Query.
     let (_, out) = rig.feed(&mut s, &sb(&[1, 0, 0, 0, 0]));
     assert_eq!(out, sb(&[101, 0, 0x0E, 0x10, 0x00]));
+}
+
+#[test]
+fn a_session_says_what_happened_in_notes_and_a_flood_of_them_costs_a_count() {
+    let mut s = session();
+    let mut rig = Rig::default();
+    rig.feed(&mut s, &sb(&[1, 0, 0x0E, 0x10, 0x00]));
+    let mut said = Vec::new();
+    let lost = s.take_notes(&mut |w, n| said.push((w, n.to_string())));
+    assert_eq!(
+        (said, lost),
+        (vec![(Weight::Told, "baud 115200 -> 921600".to_owned())], 0)
+    );
+    assert!(s.quiet());
+    // Every unknown Telnet command is a note; only the first few are kept.
+    rig.feed(&mut s, &[IAC, 0xF1].repeat(100));
+    let mut kept = 0;
+    let lost = s.take_notes(&mut |w, n| {
+        assert_eq!(
+            (w, n.to_string()),
+            (Weight::Trace, "ignoring Telnet command 0xf1".into())
+        );
+        kept += 1;
+    });
+    assert_eq!((kept, lost), (16, 84));
+    assert!(s.quiet());
 }
 
 #[test]
@@ -358,7 +384,7 @@ fn data_before_a_baud_change_is_written_before_it() {
 
 #[test]
 fn raw_sessions_pass_bytes_untouched() {
-    let mut s = Session::raw("test", LineSettings::default());
+    let mut s = Session::raw(LineSettings::default());
     let mut rig = Rig::default();
     let mut out = Vec::new();
     s.start(&mut out);
@@ -372,7 +398,7 @@ fn raw_sessions_pass_bytes_untouched() {
 
 fn detecting() -> Session {
     let window = Duration::from_millis(300);
-    Session::detect("test", "sig".into(), LineSettings::default(), window)
+    Session::detect("sig".into(), LineSettings::default(), window)
 }
 
 #[test]
@@ -473,7 +499,7 @@ fn esp_raw_session_resets_on_sync_and_switches_baud_after_the_answer() {
 
 #[test]
 fn a_baud_change_of_the_servers_moves_the_uart_and_the_client_never_sees_its_answer() {
-    let mut s = Session::raw("test", LineSettings::default()).watch_esp(true, Entry::Reset);
+    let mut s = Session::raw(LineSettings::default()).watch_esp(true, Entry::Reset);
     let mut rig = Rig::default();
     let (dev, _) = rig.feed(&mut s, &sync_frame());
     assert_eq!(dev, sync_frame());
@@ -516,7 +542,7 @@ fn a_baud_change_of_the_servers_moves_the_uart_and_the_client_never_sees_its_ans
     assert!(!s.client_paused());
 
     // A session that does not follow the loader protocol cannot.
-    let mut plain = Session::raw("test", LineSettings::default());
+    let mut plain = Session::raw(LineSettings::default());
     let mut out = Out {
         device: &mut rig.device,
         client: &mut rig.client,
@@ -529,7 +555,7 @@ fn a_baud_change_of_the_servers_moves_the_uart_and_the_client_never_sees_its_ans
 
 #[test]
 fn a_failed_bootloader_entry_lets_the_sync_through() {
-    let mut s = Session::raw("test", LineSettings::default()).watch_esp(false, Entry::Reset);
+    let mut s = Session::raw(LineSettings::default()).watch_esp(false, Entry::Reset);
     let mut sync = vec![0xC0, 0, 0x08, 0x24, 0, 0, 0, 0, 0, 7, 7, 0x12, 0x20];
     sync.extend_from_slice(&[0x55; 32]);
     sync.push(0xC0);
@@ -688,7 +714,7 @@ fn a_loader_session_starts_with_a_sync_or_the_clients_bootloader_entry_and_ends_
     s.reset_done(ResetTo::App, Instant::now(), &mut out);
     assert!(!s.loading());
     // esptool over socket://: its SYNC starts one.
-    let mut s = Session::raw("t", LineSettings::default()).watch_esp(false, Entry::Reset);
+    let mut s = Session::raw(LineSettings::default()).watch_esp(false, Entry::Reset);
     rig.feed(&mut s, &sync_frame());
     assert!(s.loading());
     // Regaining control starts the follower over.
@@ -722,7 +748,7 @@ fn news_reach_an_rfc2217_client_as_a_signature_once_it_agreed_to_com_port() {
     s.tell("serialhub: observing", &mut out);
     assert_eq!(out, news, "at once afterwards");
     // A raw client hears nothing: its stream is the device's alone.
-    let mut raw = Session::raw("t", LineSettings::default());
+    let mut raw = Session::raw(LineSettings::default());
     let mut out = Vec::new();
     raw.tell("serialhub: observing", &mut out);
     assert!(out.is_empty());
@@ -775,7 +801,7 @@ mod properties {
         ) {
             let s = match mode {
                 0 => session(),
-                1 => Session::raw("p", LineSettings::default()),
+                1 => Session::raw(LineSettings::default()),
                 _ => detecting(),
             };
             let mut s = s.watch_esp(false, Entry::Reset);
@@ -800,7 +826,7 @@ mod properties {
             wire in hostile(),
             cuts in proptest::collection::vec(0usize..4096, 0..6),
         ) {
-            let mut s = Session::raw("p", LineSettings::default()).watch_esp(false, Entry::Never);
+            let mut s = Session::raw(LineSettings::default()).watch_esp(false, Entry::Never);
             let mut rig = Rig::default();
             for chunk in chunks(&wire, &cuts) {
                 rig.feed_all(&mut s, &chunk).unwrap();
