@@ -5,7 +5,11 @@
 
 use lexopt::ValueExt;
 
-use super::{help_requested, ClientError, Device, Portal, HELP};
+use super::device::Device;
+use super::error::ClientError;
+use super::lan;
+use super::portal::Portal;
+use super::{help_requested, HELP};
 
 /// The rate labgrid's `SerialDriver` opens the port at unless the place says otherwise.
 const SPEED: u32 = 115_200;
@@ -26,7 +30,7 @@ pub(crate) fn main(mut parser: lexopt::Parser) -> Result<(), ClientError> {
         match Portal::given(None)? {
             Some(p) => vec![p],
             // Every serialhub on the network.
-            None => super::lan::portals()?,
+            None => lan::portals()?,
         }
     } else {
         hosts

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use nix::net::if_::InterfaceFlags;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use super::{ClientError, Device, Portal};
+use super::device::Device;
+use super::error::ClientError;
+use super::portal::Portal;
 use crate::protocol::mdns::{browse_query, Browser, Found, GROUP, PORT};
 
 /// How long answers are collected.
@@ -145,7 +147,7 @@ pub(crate) fn devices() -> Result<Vec<Device>, ClientError> {
                 hosts_with_portal.push(f.target.clone());
                 out.extend(devices.into_iter().map(|mut d| {
                     d.host = portal.authority.clone();
-                    d.portal = Some(portal.clone());
+                    d.portal = Some(portal.authority.clone());
                     d
                 }));
             }

@@ -13,10 +13,14 @@ use lexopt::ValueExt;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
-use serde_json::{json, Value};
 
+use super::device::Selector;
+use super::error::ClientError;
+use super::http;
 use super::monitor::{install_signal_handlers, stopped};
-use super::{help_requested, http, ClientError, Portal, Selector, HELP};
+use super::portal::{Granted, Portal};
+use super::target::devices_of;
+use super::{help_requested, HELP};
 
 /// A lease's length when `--for` is not given (the server's default too).
 const DEFAULT_FOR: Duration = Duration::from_secs(1800);
@@ -66,9 +70,9 @@ pub(crate) fn main(mut parser: lexopt::Parser) -> Result<(), ClientError> {
         }
     }
     let sel = sel.or_env()?;
-    let (devices, from) = super::devices_of(host.as_deref())?;
+    let (devices, from) = devices_of(host.as_deref())?;
     let device = sel.pick(&devices, &from)?;
-    let Some(portal) = device.portal.clone() else {
+    let Some(portal) = Portal::serving(device) else {
         return Err(ClientError::Select(format!(
             "{} on {} has no portal to lease it from",
             device.name, device.host
@@ -120,60 +124,6 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, ClientError> {
         }
     };
     Ok(Duration::from_secs(n.saturating_mul(scale)))
-}
-
-/// What the portal granted.
-#[derive(Debug)]
-pub(crate) struct Granted {
-    pub(crate) id: String,
-    pub(crate) seconds: u64,
-    pub(crate) url: String,
-    pub(crate) socket_url: String,
-}
-
-impl Portal {
-    /// `POST /api/devices/{key}/lease`.
-    pub(crate) fn lease(&self, key: &str, seconds: u64) -> Result<Granted, ClientError> {
-        let path = format!("/api/devices/{}/lease", http::encode_segment(key));
-        let body = json!({ "seconds": seconds }).to_string();
-        let v = self.call("POST", &path, Some(body.as_bytes()))?;
-        let s = |v: &Value| v.as_str().unwrap_or("").to_string();
-        Ok(Granted {
-            id: s(&v["lease"]["id"]),
-            seconds: v["lease"]["seconds"].as_u64().unwrap_or(seconds),
-            url: s(&v["url"]),
-            socket_url: s(&v["socket_url"]),
-        })
-    }
-
-    /// `DELETE /api/devices/{key}/lease/{id}`.
-    pub(crate) fn release(&self, key: &str, id: &str) -> Result<(), ClientError> {
-        let path = format!(
-            "/api/devices/{}/lease/{}",
-            http::encode_segment(key),
-            http::encode_segment(id)
-        );
-        self.call("DELETE", &path, None).map(|_| ())
-    }
-
-    /// One request; a refusal says which rule refused it (the portal's `error`).
-    fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Value, ClientError> {
-        let r = http::request(&self.authority, method, path, body).map_err(|e| {
-            ClientError::Unreachable(format!(
-                "cannot reach the portal at http://{}: {e}",
-                self.authority
-            ))
-        })?;
-        let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-        if r.status == 200 {
-            return Ok(v);
-        }
-        let why = v["error"].as_str().unwrap_or("").to_string();
-        Err(ClientError::Runtime(format!(
-            "{method} http://{}{path}: HTTP {} {why}",
-            self.authority, r.status
-        )))
-    }
 }
 
 /// Run `command` with the board's URLs in it and `ESPPORT` set; its exit status (128 + the

@@ -13,8 +13,10 @@ use lexopt::ValueExt;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::termios::{self, SetArg, Termios};
 
+use super::device::Selector;
+use super::error::ClientError;
 use super::rfc::Conn;
-use super::{ClientError, Resolved, Selector, Target};
+use super::target::{Resolved, Target};
 
 pub(crate) const DEFAULT_BAUD: u32 = 115_200;
 const BACKOFF_START: Duration = Duration::from_millis(500);

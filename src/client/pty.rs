@@ -30,9 +30,11 @@ use lexopt::ValueExt;
 use log::debug;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use super::device::Selector;
+use super::error::ClientError;
 use super::monitor::{install_signal_handlers, stopped, DEFAULT_BAUD};
 use super::rfc::Conn;
-use super::{ClientError, Selector, Target};
+use super::target::Target;
 use crate::protocol::line::{DataBits, Parity, StopBits};
 
 const BACKOFF_START: Duration = Duration::from_millis(500);

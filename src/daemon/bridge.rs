@@ -769,7 +769,7 @@ mod tests {
         let mut a = connect(rig.handle.addr);
         // Our offers, then data the device will not take yet, then SET-BAUD 921600.
         let mut offers = Vec::new();
-        Session::new("t", String::new(), LineSettings::default()).start(&mut offers);
+        Session::new(String::new(), LineSettings::default()).start(&mut offers);
         assert_eq!(read_n(&mut a, offers.len()), offers);
         let data = vec![b'd'; 64 * 1024];
         let mut baud = Vec::new();

@@ -46,7 +46,7 @@ pub(crate) struct HttpResponse {
     pub(crate) content_type: &'static str,
     pub(crate) body: Vec<u8>,
     /// The `Allow` header of a 405.
-    pub(crate) allow: Option<&'static str>,
+    pub(crate) allow: Option<String>,
 }
 
 /// Answers requests.
@@ -111,7 +111,7 @@ pub(crate) fn serialize(r: &HttpResponse, head_only: bool, close: bool, out: &mu
         r.content_type,
         r.body.len()
     );
-    if let Some(a) = r.allow {
+    if let Some(a) = &r.allow {
         let _ = write!(h, "Allow: {a}\r\n");
     }
     h.push_str(if close {
@@ -536,7 +536,7 @@ mod tests {
             status: 405,
             content_type: "application/json",
             body: b"{}\n".to_vec(),
-            allow: Some("GET, HEAD"),
+            allow: Some("GET, HEAD".into()),
         };
         let mut out = Vec::new();
         serialize(&r, false, true, &mut out);

@@ -4,14 +4,17 @@
 //!
 //! One thread, one `poll()` over the mDNS socket, a netlink socket that says when addresses
 //! come and go (a Pi whose Wi-Fi comes up after boot), and a wake fd for the supervisor's
-//! changes; no timer runs while nothing changes. The records themselves are
-//! [`crate::protocol::mdns`]'s. Answers go out on the interface the question came in on, with
-//! that interface's address, so a host on one network is never told another's.
+//! changes. The thread only moves things: packets (with the interface they came in on),
+//! interfaces and the supervisor's changes go into [`Machine`], which decides — probing,
+//! announcing, conflicts and renames, goodbyes, what answers what and the answer budget
+//! ([`crate::protocol::mdns`]) — and what it gives back is sent, out of the interface it
+//! names; the thread sleeps until the machine's next timeout (none while nothing changes) and
+//! logs the machine's notes.
 //!
-//! Bounded: at most [`ANSWERS_PER_SECOND`] answers leave per second (a flood of questions
-//! cannot make the daemon flood the network), packets are read into one fixed buffer.
+//! Bounded: at most `ANSWERS_PER_SECOND` answers leave per second (the machine's budget),
+//! at most 64 packets are read per wakeup (so a flood cannot starve the changes), into one
+//! fixed buffer.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -31,17 +34,9 @@ use nix::sys::socket::{
 
 use crate::daemon::config::MdnsConfig;
 use crate::daemon::registry::DeviceEntry;
-use crate::protocol::mdns::{self, Dest, Responder, Service, GROUP, PORT};
+use crate::protocol::mdns::{Iface, Machine, Note, Service, To, GROUP, PORT};
 use crate::protocol::Protocol;
 
-/// The most answers sent per second, all interfaces together.
-const ANSWERS_PER_SECOND: u32 = 50;
-/// Announcements are sent twice, this far apart (RFC 6762 §8.3).
-const ANNOUNCE_AGAIN: Duration = Duration::from_secs(1);
-/// A new host name is probed this many times, this far apart, before it is used (RFC 6762
-/// §8.1).
-const PROBES: u8 = 3;
-const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// The netlink groups for IPv4 address and link changes.
 const RTMGRP_LINK: u32 = 0x1;
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
@@ -193,16 +188,7 @@ pub(crate) fn spawn(
         rx,
         names: config.interfaces.clone(),
         only,
-        ifaces: Vec::new(),
-        base_host: label.clone(),
-        responder: Responder {
-            host: label,
-            services: Vec::new(),
-        },
-        keys: BTreeMap::new(),
-        again: None,
-        probing: None,
-        budget: (Instant::now(), ANSWERS_PER_SECOND),
+        machine: Machine::new(label, Instant::now()),
         buf: vec![0; 9000].into_boxed_slice(),
     };
     let thread = thread::Builder::new()
@@ -245,14 +231,15 @@ fn address_watch() -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// An interface in use: its index and IPv4 addresses.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Iface {
+/// An interface to use: its index, name (for the log) and IPv4 addresses.
+#[derive(Debug)]
+struct Nic {
     index: u32,
     name: String,
     addrs: Vec<Ipv4Addr>,
 }
 
+/// The thread's half: descriptors, the mailbox and the buffer; the policy is the machine's.
 struct Runner {
     sock: OwnedFd,
     netlink: Option<OwnedFd>,
@@ -261,32 +248,17 @@ struct Runner {
     /// Configured interface names (empty: all).
     names: Vec<String>,
     only: Option<Ipv4Addr>,
-    ifaces: Vec<Iface>,
-    responder: Responder,
-    /// The host label we started with (a clash renames it once, from this).
-    base_host: String,
-    /// Device key → its instance label (for withdrawals).
-    keys: BTreeMap<String, String>,
-    /// When the second announcement is due.
-    again: Option<Instant>,
-    /// The host name is being probed: the next probe (or the end of probing) is due then,
-    /// after this many probes. Nothing is announced or answered meanwhile.
-    probing: Option<(Instant, u8)>,
-    /// Answers left in the current second.
-    budget: (Instant, u32),
+    machine: Machine,
     buf: Box<[u8]>,
 }
 
 impl Runner {
     fn run(&mut self) {
         self.rescan();
-        self.start_probing();
         loop {
-            let next = [self.again, self.probing.map(|(t, _)| t)]
-                .into_iter()
-                .flatten()
-                .min();
-            let timeout = next.map_or(PollTimeout::NONE, |t| {
+            self.machine.handle_timeout(Instant::now());
+            self.flush();
+            let timeout = self.machine.poll_timeout().map_or(PollTimeout::NONE, |t| {
                 let ms = t.saturating_duration_since(Instant::now()).as_millis() as i32 + 1;
                 PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
             });
@@ -312,7 +284,9 @@ impl Runner {
             if ready[1] {
                 let _ = self.wake.read();
                 while let Ok(c) = self.rx.try_recv() {
-                    if !self.change(c) {
+                    let go_on = self.change(c);
+                    self.flush();
+                    if !go_on {
                         return;
                     }
                 }
@@ -324,87 +298,53 @@ impl Runner {
             if ready[0] {
                 self.receive();
             }
-            if self.probing.is_some_and(|(t, _)| Instant::now() >= t) {
-                self.probe();
-            }
-            if self.again.is_some_and(|t| Instant::now() >= t) {
-                self.again = None;
-                self.announce_all();
-            }
         }
-    }
-
-    fn start_probing(&mut self) {
-        self.probing = Some((Instant::now(), 0));
-        self.probe();
-    }
-
-    /// The next probe, or — after the last one went unanswered — the name is ours: announce.
-    fn probe(&mut self) {
-        let Some((_, sent)) = self.probing else {
-            return;
-        };
-        if sent >= PROBES {
-            self.probing = None;
-            info!("mDNS: this host is {}.local", self.responder.host);
-            self.announce_all();
-            self.again = Some(Instant::now() + ANNOUNCE_AGAIN);
-            return;
-        }
-        let p = mdns::probe(&self.responder.host);
-        self.send_all(|_| vec![p.clone()]);
-        self.probing = Some((Instant::now() + PROBE_EVERY, sent + 1));
     }
 
     /// Apply one change; false to stop.
     fn change(&mut self, c: Change) -> bool {
         match c {
-            Change::Serve(key, service) => {
-                if let Some(old) = self.keys.insert(key, service.instance.clone()) {
-                    self.responder.services.retain(|s| s.instance != old);
-                }
-                debug!("mDNS: advertising {} ({})", service.instance, service.kind);
-                self.responder.services.push(service.clone());
-                if self.probing.is_none() {
-                    let one = Responder {
-                        host: self.responder.host.clone(),
-                        services: vec![service],
-                    };
-                    self.send_all(|addrs| one.announce(addrs));
-                    self.again = Some(Instant::now() + ANNOUNCE_AGAIN);
-                }
-            }
-            Change::Withdraw(key) => {
-                if let Some(instance) = self.keys.remove(&key) {
-                    let gone: Vec<Service> = (self.responder.services.iter())
-                        .filter(|s| s.instance == instance)
-                        .cloned()
-                        .collect();
-                    self.responder.services.retain(|s| s.instance != instance);
-                    debug!("mDNS: goodbye to {instance}");
-                    let bye = self.responder.goodbye(&gone);
-                    self.send_all(|_| bye.clone());
-                }
-            }
+            Change::Serve(key, service) => self.machine.serve(&key, service, Instant::now()),
+            Change::Withdraw(key) => self.machine.withdraw(&key),
             Change::Shutdown => {
-                let bye = self.responder.goodbye(&self.responder.services);
-                self.send_all(|_| bye.clone());
+                self.machine.close();
                 return false;
             }
         }
         true
     }
 
-    fn announce_all(&mut self) {
-        let r = self.responder.clone();
-        self.send_all(|addrs| r.announce(addrs));
-    }
-
-    /// Send the packets `make` builds for each interface's addresses, out of that interface.
-    fn send_all(&self, make: impl Fn(&[Ipv4Addr]) -> Vec<Vec<u8>>) {
-        for i in &self.ifaces {
-            for p in make(&i.addrs) {
-                self.send_group(&p, i.index);
+    /// Send what the machine decided, and log what it tells.
+    fn flush(&mut self) {
+        while let Some(t) = self.machine.poll_transmit() {
+            match t.to {
+                To::Group => self.send_group(&t.bytes, t.iface),
+                To::Asker(to) => {
+                    let iov = [io::IoSlice::new(&t.bytes)];
+                    let _ = sendmsg(
+                        self.sock.as_raw_fd(),
+                        &iov,
+                        &[],
+                        MsgFlags::empty(),
+                        Some(&SockaddrIn::from(to)),
+                    );
+                }
+            }
+        }
+        while let Some(n) = self.machine.poll_note() {
+            match n {
+                Note::Named(host) => info!("mDNS: this host is {host}.local"),
+                Note::HostRenamed { old, new } => {
+                    warn!("mDNS: another host is called {old}.local; this one is now {new}.local")
+                }
+                Note::HostKept(host) => debug!("mDNS: {host}.local is claimed too; keeping it"),
+                Note::InstanceRenamed { old, new } => {
+                    warn!("mDNS: another host advertises {old:?}; ours is now {new:?}")
+                }
+                Note::Serving { instance, kind } => {
+                    debug!("mDNS: advertising {instance} ({kind})")
+                }
+                Note::Goodbye(instance) => debug!("mDNS: goodbye to {instance}"),
             }
         }
     }
@@ -455,95 +395,11 @@ impl Runner {
             let (Some(from), Some(index)) = (from, index) else {
                 continue;
             };
-            let Some(iface) = self.ifaces.iter().find(|i| i.index == index) else {
-                continue;
-            };
-            let Some(m) = mdns::parse(&self.buf[..len]) else {
-                continue;
-            };
-            if m.response {
-                self.on_response(&m);
-                continue;
-            }
-            if self.probing.is_some() {
-                continue;
-            }
-            let Some((reply, dest)) = self.responder.answer(&m, from.port(), &iface.addrs) else {
-                continue;
-            };
-            if !self.spend() {
-                continue;
-            }
-            match dest {
-                Dest::Group => self.send_group(&reply, index),
-                Dest::Asker => {
-                    let iov = [io::IoSlice::new(&reply)];
-                    let _ = sendmsg(
-                        self.sock.as_raw_fd(),
-                        &iov,
-                        &[],
-                        MsgFlags::empty(),
-                        Some(&from),
-                    );
-                }
-            }
+            let (now, packet) = (Instant::now(), &self.buf[..len]);
+            self.machine
+                .handle(now, index, SocketAddrV4::from(from), packet);
+            self.flush();
         }
-    }
-
-    /// Another host claims one of our instance names: ours gets a suffix and is announced
-    /// again (RFC 6762 §9, without the probing: names here are already host-specific).
-    fn on_response(&mut self, m: &mdns::Message) {
-        let ours: Vec<Ipv4Addr> = self.ifaces.iter().flat_map(|i| i.addrs.clone()).collect();
-        if self.responder.host_taken(m, &ours) {
-            // Another host has our name (two Pis both called raspberrypi, cloned from one
-            // image): ours takes a suffix from this host's own address, once, and is probed
-            // again. A second claim (or a peer that claims every name) changes nothing more:
-            // the name, and the log, stay bounded.
-            let old = self.responder.host.clone();
-            if old != self.base_host {
-                debug!("mDNS: {old}.local is claimed too; keeping it");
-                return;
-            }
-            let suffix = ours.first().map_or(2, |ip| ip.octets()[3]);
-            let new = format!("{old}-{suffix}");
-            warn!("mDNS: another host is called {old}.local; this one is now {new}.local");
-            self.responder.host = new;
-            self.start_probing();
-            return;
-        }
-        let Some(instance) = self.responder.conflict(m) else {
-            return;
-        };
-        let host = self.responder.host.clone();
-        let renamed = format!("{instance} ({host})");
-        if instance.ends_with(')') {
-            return; // renamed once already: the rest is the other side's (bounded)
-        }
-        warn!("mDNS: another host advertises {instance:?}; ours is now {renamed:?}");
-        for s in &mut self.responder.services {
-            if s.instance == instance {
-                s.instance = renamed.clone();
-            }
-        }
-        for v in self.keys.values_mut() {
-            if *v == instance {
-                *v = renamed.clone();
-            }
-        }
-        self.announce_all();
-    }
-
-    /// Spend one answer from this second's budget.
-    fn spend(&mut self) -> bool {
-        let now = Instant::now();
-        if now.duration_since(self.budget.0) >= Duration::from_secs(1) {
-            self.budget = (now, ANSWERS_PER_SECOND);
-        }
-        if self.budget.1 == 0 {
-            return false;
-        }
-        self.budget.1 -= 1;
-        true
     }
 
     fn drain_netlink(&mut self) {
@@ -552,42 +408,44 @@ impl Runner {
         while nix::unistd::read(n.as_raw_fd(), &mut buf).is_ok_and(|k| k > 0) {}
     }
 
-    /// Read the interfaces again: join the group on new ones and announce there.
+    /// Read the interfaces again: join the group on new ones (the machine announces there),
+    /// forget those gone.
     fn rescan(&mut self) {
         let now = interfaces(&self.names, self.only);
-        let new: Vec<Iface> = now
-            .iter()
-            .filter(|i| !self.ifaces.contains(i))
-            .cloned()
+        let gone: Vec<u32> = (self.machine.ifaces().iter())
+            .filter(|i| !now.iter().any(|n| n.index == i.index))
+            .map(|i| i.index)
             .collect();
-        for i in &new {
-            let Some(&addr) = i.addrs.first() else {
+        for index in gone {
+            self.machine.iface_down(index);
+        }
+        for nic in now {
+            let iface = Iface {
+                index: nic.index,
+                addrs: nic.addrs.clone(),
+            };
+            if !self.machine.iface_up(iface) {
+                continue;
+            }
+            let Some(&addr) = nic.addrs.first() else {
                 continue;
             };
             let req = IpMembershipRequest::new(GROUP, Some(addr));
             match setsockopt(&self.sock, sockopt::IpAddMembership, &req) {
-                Ok(()) => info!("mDNS: advertising on {} ({addr})", i.name),
+                Ok(()) => info!("mDNS: advertising on {} ({addr})", nic.name),
                 // Already a member (an address changed on a known interface).
                 Err(nix::errno::Errno::EADDRINUSE) => {}
-                Err(e) => warn!("mDNS: cannot join the group on {}: {e}", i.name),
+                Err(e) => warn!("mDNS: cannot join the group on {}: {e}", nic.name),
             }
         }
-        self.ifaces = now;
-        if !new.is_empty() && !self.responder.services.is_empty() {
-            let r = self.responder.clone();
-            for i in &new {
-                for p in r.announce(&i.addrs) {
-                    self.send_group(&p, i.index);
-                }
-            }
-        }
+        self.flush();
     }
 }
 
 /// The interfaces to use: up, multicast-capable, not loopback, with an IPv4 address; only
 /// `names` if any are given; only the one holding `only` if that is set.
-fn interfaces(names: &[String], only: Option<Ipv4Addr>) -> Vec<Iface> {
-    let mut out: Vec<Iface> = Vec::new();
+fn interfaces(names: &[String], only: Option<Ipv4Addr>) -> Vec<Nic> {
+    let mut out: Vec<Nic> = Vec::new();
     let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
         return out;
     };
@@ -614,7 +472,7 @@ fn interfaces(names: &[String], only: Option<Ipv4Addr>) -> Vec<Iface> {
         };
         match out.iter_mut().find(|i| i.index == index) {
             Some(i) => i.addrs.push(ip),
-            None => out.push(Iface {
+            None => out.push(Nic {
                 index,
                 name: a.interface_name.clone(),
                 addrs: vec![ip],

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use log::{info, log, warn};
 
+use super::{say_notes, NO_LEASE_MESSAGE, READ_CHUNK};
 use super::{Client, Hub, Input, Lag, Link, KICKED_MESSAGE, LEASED_MESSAGE, MODEM_POLL};
-use super::{NO_LEASE_MESSAGE, READ_CHUNK};
 use crate::daemon::config::{After, Busy};
 use crate::daemon::lease::{self, Expiry, Lease, Refusal};
 use crate::daemon::lineup::{admit, Admission, Engaged, Joined, Turn, BUSY_MESSAGE, IDLE_AFTER};
@@ -103,11 +103,9 @@ impl Hub {
             self.spec.path
         );
         let mut session = match self.spec.protocol {
-            Protocol::Rfc2217 => Session::new(&self.name, signature, settings),
-            Protocol::Raw => Session::raw(&self.name, settings),
-            Protocol::Auto => {
-                Session::detect(&self.name, signature, settings, self.spec.detect_window)
-            }
+            Protocol::Rfc2217 => Session::new(signature, settings),
+            Protocol::Raw => Session::raw(settings),
+            Protocol::Auto => Session::detect(signature, settings, self.spec.detect_window),
         };
         // Every session follows the ESP loader protocol: following CHANGE_BAUDRATE needs no
         // wiring, and a bootloader entry is tried wherever the policy can move lines.
@@ -129,7 +127,6 @@ impl Hub {
             }
             Verdict::Quiet => Voice::Quiet,
         };
-        session = session.with_voice(voice);
         Stats::add(&self.shared.stats.connects, 1);
         let id = self.next_id;
         self.next_id += 1;
@@ -138,6 +135,7 @@ impl Hub {
             addr,
             since: now,
             session,
+            voice,
             input: Input {
                 buf: vec![0; READ_CHUNK].into_boxed_slice(),
                 at: 0,
@@ -251,9 +249,10 @@ impl Hub {
         if i >= self.clients.len() {
             return;
         }
-        let Some(c) = self.clients.leave(i) else {
+        let Some(mut c) = self.clients.leave(i) else {
             return;
         };
+        say_notes(&self.name, &mut c);
         self.closing.push_back((c.id, b""));
         if let Verdict::Log { suppressed } = self.peer_log.check(c.addr.ip(), now) {
             let role = if i == 0 { "client" } else { "observer" };

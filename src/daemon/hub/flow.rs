@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use log::{debug, error, info, warn};
 
-use super::{Client, Hub, Lag, Link, DRAIN_WAIT, MODEM_POLL, REOPEN_LOST};
+use super::{say_notes, Client, Hub, Lag, Link, DRAIN_WAIT, MODEM_POLL, REOPEN_LOST};
 use crate::daemon::control::{Reply, RequestError};
 use crate::daemon::peerlog::Verdict;
 use crate::daemon::registry::{DeviceState, Stats};
@@ -333,6 +333,9 @@ impl Hub {
         }
         self.settle_control(now);
         self.device_writable(now);
+        for c in self.clients.iter_mut() {
+            say_notes(&self.name, c);
+        }
     }
 
     fn advance_controller(&mut self, now: Instant) {

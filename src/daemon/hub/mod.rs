@@ -47,6 +47,7 @@ use crate::device::{Device, DevicePath};
 use crate::protocol::line::LineSettings;
 use crate::protocol::reset::{LineDriver, Policy};
 use crate::protocol::session::{Effect, Session};
+use crate::protocol::Voice;
 
 /// Stop reading the device (and the client) once this much output waits for the client.
 pub(crate) const CLIENT_HIGH_WATER: usize = 64 * 1024;
@@ -165,6 +166,8 @@ struct Client {
     addr: SocketAddr,
     since: Instant,
     session: Session,
+    /// How loudly its session's notes are logged (a peer past its log budget: at debug).
+    voice: Voice,
     input: Input,
     /// Telnet-escaped device output and session answers, not yet sent to the client.
     to_client: Vec<u8>,
@@ -181,6 +184,21 @@ struct Client {
     /// When it last sent anything: a client in control is idle (a newcomer may take over)
     /// once it has been quiet for [`crate::daemon::lineup::IDLE_AFTER`].
     last_input: Instant,
+}
+
+/// What a client's session had to say, logged with the client's voice under the device's
+/// name.
+fn say_notes(name: &str, c: &mut Client) {
+    if c.session.quiet() {
+        return;
+    }
+    let voice = c.voice;
+    let lost = c
+        .session
+        .take_notes(&mut |weight, note| log::log!(voice.level(weight), "{name}: {note}"));
+    if lost > 0 {
+        log::debug!("{name}: {lost} more notes of {}'s session not kept", c.addr);
+    }
 }
 
 impl Client {

@@ -1,0 +1,73 @@
+//! What the follower has to say (the session passes it on; the daemon logs it).
+
+use std::fmt;
+
+use super::frame::Op;
+use super::ENTRY_WAIT;
+use crate::protocol::notes::{self, Weight};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Note {
+    /// esptool syncs with a chip that may run its application: a bootloader entry starts.
+    SyncToApp,
+    /// A chip believed in its loader left this many SYNCs unanswered: it is reset.
+    SyncsUnanswered(u8),
+    /// The client's CHANGE_BAUDRATE `(new, old)`: the UART moves to `rate` once answered.
+    BaudAsked { new: u32, old: u32, rate: u32 },
+    /// The chip's first answer: it is in its loader.
+    InLoader,
+    /// What the chip printed while booting, dropped.
+    BootOutputDropped(usize),
+    /// A command of the server's own goes to the chip.
+    SendingOurs(Op),
+    /// The bootloader entry did not finish in time: SYNCs pass again.
+    EntryTimedOut,
+    /// No answer to the client's CHANGE_BAUDRATE to this rate: the UART stays.
+    BaudUnanswered(u32),
+    /// No answer to the server's own command.
+    OursUnanswered(Op),
+}
+
+impl notes::Note for Note {
+    fn weight(&self) -> Weight {
+        match self {
+            Note::SyncToApp | Note::SyncsUnanswered(_) => Weight::Told,
+            Note::EntryTimedOut | Note::BaudUnanswered(_) | Note::OursUnanswered(_) => {
+                Weight::Trouble
+            }
+            Note::BaudAsked { .. }
+            | Note::InLoader
+            | Note::BootOutputDropped(_)
+            | Note::SendingOurs(_) => Weight::Trace,
+        }
+    }
+}
+
+impl fmt::Display for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Note::SyncToApp => f.write_str(
+                "esptool is syncing with a chip that may be running its application; entering the bootloader",
+            ),
+            Note::SyncsUnanswered(n) => {
+                write!(f, "the chip did not answer {n} SYNCs; entering its bootloader")
+            }
+            Note::BaudAsked { new, old, rate } => {
+                write!(f, "CHANGE_BAUDRATE ({new}, {old}): {rate} once the chip answers")
+            }
+            Note::InLoader => f.write_str("the chip answers: it is in its loader"),
+            Note::BootOutputDropped(k) => write!(f, "dropped {k} bytes of boot output"),
+            Note::SendingOurs(op) => write!(f, "sending {op:?} of the server's own"),
+            Note::EntryTimedOut => write!(
+                f,
+                "the bootloader entry did not finish in {:.1} s; letting SYNCs through",
+                ENTRY_WAIT.as_secs_f32()
+            ),
+            Note::BaudUnanswered(rate) => write!(
+                f,
+                "the chip did not answer CHANGE_BAUDRATE to {rate}; staying at the current rate"
+            ),
+            Note::OursUnanswered(op) => write!(f, "the chip did not answer the server's {op:?}"),
+        }
+    }
+}
