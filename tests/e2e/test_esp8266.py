@@ -82,14 +82,14 @@ class Sim:
 
     def __init__(self, where: Path):
         self.flash = where / "flash.bin"
-        # As conftest's `serialhub` fixture starts it: hermetic, no portal.
+        # As conftest's `serialhub` fixture starts it: hermetic, a portal to wait on.
         state = os.path.join(tempfile.mkdtemp(prefix="serialhub-state-"), "ports.json")
         self.daemon = Daemon([
-            "serve", "--bind", "127.0.0.1", "--no-hotplug", "--http", "off", "--state", state,
+            "serve", "--bind", "127.0.0.1", "--no-hotplug", "--http", "127.0.0.1:0", "--state", state,
             "--device", f"sim-esp8266:{self.flash}=0",
         ])
         self.port = self.daemon.port("sim-esp8266")
-        self.daemon.wait_log(r"opened sim-esp8266", timeout=10)
+        self.daemon.wait_opened("sim-esp8266")
 
 
 def socket_at_921600_with_the_stub(version: str, sim: Sim, where: Path):

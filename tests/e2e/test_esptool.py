@@ -31,7 +31,7 @@ def sim(serialhub, tmp_path):
     flash = tmp_path / "flash.bin"
     d = serialhub(f"sim:{flash}=0")
     port = d.port("sim")
-    d.wait_log(r"opened sim", timeout=10)
+    d.wait_opened("sim")
     return d, port, flash
 
 

@@ -3,7 +3,8 @@
 A temp directory stands in for /dev (symlinks to PTY slaves appear and vanish in it) and a
 fake sysfs tree gives the devices their USB identities: a CP2102 with a serial number, two
 CH340s without one on different hub ports, two boards that both report "0001", and a native
-USB-Serial/JTAG chip (303a:1001). Every wait has a deadline.
+USB-Serial/JTAG chip (303a:1001). Every wait has a deadline, and waits on the portal's API
+(a device plugged in later is there once served, with its port and state), not on the log.
 """
 
 from __future__ import annotations
@@ -120,16 +121,22 @@ class Lab:
                 str(self.state),
             )
         )
-        self.daemon.wait_log("watching")
+        self.daemon.ready()  # watching, and what was plugged in at start is served
         return self.daemon
 
-    def port(self, tty: str, start: int = 0, timeout: float = 10) -> int:
-        m = self.daemon.wait_log(
-            re.escape(f"({self.dev / tty}) listening on") + r" [0-9.]+:(\d+)",
-            timeout,
-            start=start,
-        )
-        return int(m.group(1))
+    def node(self, tty: str) -> str:
+        return str(self.dev / tty)
+
+    def port(self, tty: str, timeout: float = 10) -> int:
+        """The port of the device on node `tty`, once served (listening)."""
+        return self.daemon.port(self.node(tty), timeout)
+
+    def opened(self, tty: str, timeout: float = 10) -> dict:
+        return self.daemon.wait_opened(self.node(tty), timeout)
+
+    def absent(self, tty: str, timeout: float = 10) -> dict:
+        """Unplugged, and the daemon has stopped serving it (it keeps its port)."""
+        return self.daemon.wait_state(self.node(tty), "absent", timeout=timeout)
 
     def close(self):
         for p in self.ptys.values():
@@ -170,7 +177,8 @@ def test_keys_and_stable_ports_across_restart(lab):
     # Same serial on two boards: both served, keyed by path, with a warning.
     assert keys["path:platform-3f980000.usb-usb-0:1.4.1:1.0"] == ports["dup1"]
     assert keys["path:platform-3f980000.usb-usb-0:1.4.2:1.0"] == ports["dup2"]
-    d.wait_log(r"2 devices report the USB serial number \"0001\"")
+    # A warning a user must see (said while the ports were assigned, before the ready line).
+    assert re.search(r"2 devices report the USB serial number \"0001\"", d.log), d.log
     assert d.stop() == 0
 
     # Restart with the boards on other nodes in another order: every key keeps its port.
@@ -186,10 +194,9 @@ def test_keys_and_stable_ports_across_restart(lab):
 
 def test_add_remove_readd_with_a_client(lab):
     lab.start()
-    n = len(lab.daemon.lines)
     pty = lab.plug("cp2102")
-    port = lab.port("ttyUSB0", start=n)
-    lab.daemon.wait_log(r"opened .*ttyUSB0", start=n)
+    port = lab.port("ttyUSB0")
+    lab.opened("ttyUSB0")
     s = connect_rfc2217(port)
     os.write(pty.master, b"hello")
     got = b""
@@ -202,49 +209,51 @@ def test_add_remove_readd_with_a_client(lab):
     lab.unplug("cp2102")
     _, closed = recv_until_eof(s, 1.5)
     assert closed and time.monotonic() - t0 < 1.0 + 0.5
-    lab.daemon.wait_log(r"unplugged")
+    assert lab.absent("ttyUSB0")["clients"] == []
     # Nobody listens on the port while the device is away.
     wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) != 0, 5, what="port closed")
     # Re-add: same port again.
-    n = len(lab.daemon.lines)
     lab.plug("cp2102")
-    assert lab.port("ttyUSB0", start=n) == port
+    assert lab.port("ttyUSB0") == port
     s = connect_rfc2217(port)
     s.close()
 
 
 def test_accepting_soon_after_the_node_appears(lab):
     lab.start()
-    n = len(lab.daemon.lines)
     lab.plug("ch340a")
-    port = lab.port("ttyUSB1", start=n)
-    lab.daemon.wait_log(r"opened .*ttyUSB1", start=n)
+    port = lab.port("ttyUSB1")
+    lab.opened("ttyUSB1")
     s = connect_rfc2217(port)
     s.close()
 
 
 def test_acm_devices_settle_before_open(lab):
     lab.start('[hotplug.settle]\n"ttyACM*" = 0.8\n')
-    n = len(lab.daemon.lines)
     t0 = time.monotonic()
     lab.plug("c3")
-    lab.port("ttyACM0", start=n)
-    lab.daemon.wait_log(r"opened .*ttyACM0", start=n)
+    lab.port("ttyACM0")
+    lab.opened("ttyACM0")
     assert time.monotonic() - t0 >= 0.8
 
 
 def test_reenumeration_within_grace_keeps_the_client(lab):
-    lab.start('grace = 2.0\n[hotplug.settle]\n"ttyACM*" = 0.0\n')
-    n = len(lab.daemon.lines)
+    d = lab.start('grace = 2.0\n[hotplug.settle]\n"ttyACM*" = 0.0\n')
     pty = lab.plug("c3")
-    port = lab.port("ttyACM0", start=n)
-    lab.daemon.wait_log(r"opened .*ttyACM0", start=n)
+    port = lab.port("ttyACM0")
+    key = lab.opened("ttyACM0")["key"]
     s = connect_rfc2217(port)
-    # The chip resets: its node vanishes and comes back under another name.
+    me = f"127.0.0.1:{s.getsockname()[1]}"
+    d.wait_client(key, me)
+    # The chip resets: its node vanishes and comes back under another name. Meanwhile the
+    # device is not open, and its client is kept.
     lab.unplug("c3")
-    lab.daemon.wait_log(r"keeping client")
+    gone = d.wait_device(key, lambda v: v["state"] not in d.OPEN, why="the device away")
+    assert [c["addr"] for c in gone["clients"]] == [me], gone
     lab.plug("c3", "ttyACM1")
-    lab.daemon.wait_log(r"device is back .* carries on")
+    back = d.wait_device(key, lambda v: v["state"] == "connected" and v["tty"] == lab.node("ttyACM1"),
+                         why="open again on ttyACM1")
+    assert [c["addr"] for c in back["clients"]] == [me], back
     os.write(pty.master, b"after reset")
     got = b""
     deadline = time.monotonic() + 5
@@ -256,24 +265,26 @@ def test_reenumeration_within_grace_keeps_the_client(lab):
 
 def test_reenumeration_past_grace_closes_the_client(lab):
     lab.start('grace = 0.5\n[hotplug.settle]\n"ttyACM*" = 0.0\n')
-    n = len(lab.daemon.lines)
     lab.plug("c3")
-    port = lab.port("ttyACM0", start=n)
-    lab.daemon.wait_log(r"opened .*ttyACM0", start=n)
+    port = lab.port("ttyACM0")
+    lab.opened("ttyACM0")
     s = connect_rfc2217(port)
     lab.unplug("c3")
     _, closed = recv_until_eof(s, 5)
     assert closed
-    lab.daemon.wait_log(r"did not come back")
+    # Stopped once the grace ran out, its client with it.
+    assert lab.absent("ttyACM0")["clients"] == []
 
 
 def test_flapping_device_is_left_alone(lab):
     lab.start("flap_count = 3\nflap_window = 30.0\nflap_cooldown = 60.0\n")
     for i in range(5):
         lab.plug("ch340b")
-        lab.daemon.wait_log(r"ttyUSB2", start=0)
+        lab.daemon.wait_device(lab.node("ttyUSB2"), lambda v: True, why="known")
         lab.unplug("ch340b")
-    lab.daemon.wait_log(r"appeared 4 times .* leaving it alone")
+    lab.daemon.wait_state(lab.node("ttyUSB2"), "flapping")
+    # What a user must see, with what to check.
+    assert re.search(r"appeared 4 times .* leaving it alone .*check the cable", lab.daemon.log), lab.daemon.log
 
 
 def test_old_portal_assignments_are_imported(lab):
@@ -283,7 +294,8 @@ def test_old_portal_assignments_are_imported(lab):
     lab.plug("cp2102")
     lab.start()
     assert lab.port("ttyUSB0") == lab.base + 9
-    lab.daemon.wait_log(r"imported 2 port assignments")
+    # Said at start, before the ready line: a user must see that the old file was read.
+    assert "imported 2 port assignments" in lab.daemon.log, lab.daemon.log
 
 
 def test_corrupt_state_file_is_moved_aside(lab):
@@ -291,7 +303,8 @@ def test_corrupt_state_file_is_moved_aside(lab):
     lab.plug("cp2102")
     lab.start()
     lab.port("ttyUSB0")
-    lab.daemon.wait_log(r"moved it to .*corrupt")
+    # Said at start, before the ready line: where the broken file went.
+    assert re.search(r"moved it to .*corrupt", lab.daemon.log), lab.daemon.log
     assert (lab.tmp / "ports.json.corrupt").exists()
     json.loads(lab.state.read_text())
 
@@ -337,10 +350,9 @@ def test_config_rules_match_hotplugged_devices(lab):
         extra=("--config", str(cfg), "--dev-dir", str(lab.dev), "--state", str(lab.state))
     )
     d = lab.daemon
-    m = d.wait_log(r"bench-cp2102 \(.*ttyUSB0\) listening on [0-9.]+:(\d+)")
-    assert int(m.group(1)) == pinned
-    d.wait_log(r"ttyUSB1: .* disabled in the config")
-    d.wait_log(r"opened .*ttyUSB0")
+    dev = lab.opened("ttyUSB0")
+    assert (dev["name"], dev["port"], dev["protocol"]) == ("bench-cp2102", pinned, "raw"), dev
+    assert d.wait_state(lab.node("ttyUSB1"), "disabled")["running"] is False
     # protocol = "raw": plain bytes both ways, 0xFF not doubled, no negotiation.
     s = socket.create_connection(("127.0.0.1", pinned), timeout=5)
     s.sendall(b"\xff\xfd\x2c raw")
@@ -362,7 +374,7 @@ def test_busy_kick(lab):
         extra=("--config", str(cfg), "--dev-dir", str(lab.dev), "--state", str(lab.state))
     )
     port = lab.port("ttyUSB0")
-    lab.daemon.wait_log(r"opened .*ttyUSB0")
+    lab.opened("ttyUSB0")
     first = connect_rfc2217(port)
     second = connect_rfc2217(port)
     data, closed = recv_until_eof(first, 5)
@@ -381,14 +393,16 @@ def test_sighup_applies_changes_and_keeps_unchanged_clients(lab):
     lab.daemon = d = lab.serialhub(
         extra=("--config", str(cfg), "--dev-dir", str(lab.dev), "--state", str(lab.state))
     )
-    d.wait_log(rf"first \(.*ttyUSB0\) listening on [0-9.]+:{p1}")
+    cp = lab.node("ttyUSB0")
+    d.wait_device(cp, lambda v: (v["name"], v["port"], v["state"]) == ("first", p1, "idle"), why="first on p1")
     port = lab.port("ttyUSB1")
-    d.wait_log(r"opened .*ttyUSB1")
+    lab.opened("ttyUSB1")
     s = connect_rfc2217(port)
-    n = len(d.lines)
+    me = d.wait_client(lab.node("ttyUSB1"))["addr"]
     cfg.write_text(base + rule.format("second", p2))
     d.proc.send_signal(signal.SIGHUP)
-    d.wait_log(rf"second \(.*ttyUSB0\) listening on [0-9.]+:{p2}", start=n)
+    d.wait_device(cp, lambda v: (v["name"], v["port"]) == ("second", p2) and v["state"] in d.SERVED,
+                  why="renamed and moved to p2")
     # The unchanged device's client was not touched.
     os.write(other.master, b"still here")
     got = b""
@@ -396,11 +410,12 @@ def test_sighup_applies_changes_and_keeps_unchanged_clients(lab):
     while b"still here" not in got and time.monotonic() < deadline:
         got += s.recv(4096)
     assert b"still here" in got
-    assert not any("ttyUSB1: client" in l and "left" in l for l in d.lines[n:]), d.log
+    assert [c["addr"] for c in d.device(lab.node("ttyUSB1"))["clients"]] == [me]
     # A broken file is refused and the running configuration kept.
     n = len(d.lines)
     cfg.write_text(base + "[[device]]\nserial = 5\n")
     d.proc.send_signal(signal.SIGHUP)
+    # A refused reload changes nothing the API shows: the message is what a user gets.
     d.wait_log(r"SIGHUP: .*keeping the running configuration", start=n)
     assert d.alive()
     s.close()

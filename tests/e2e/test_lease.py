@@ -73,10 +73,15 @@ def start(serialhub, tmp_path, access: str):
     cfg.write_text(f"[access]\n{access}\n[[device]]\npath = \"sim:{tmp_path / 'flash.bin'}\"\nport = 0\n")
     d = serialhub(extra=("--config", str(cfg), "--bind", "0.0.0.0", "--http", "0.0.0.0:0",
                          "--state", str(tmp_path / "state" / "ports.json")))
-    port = int(d.wait_log(r"\(sim\) listening on [0-9.]+:(\d+)").group(1))
-    portal = int(d.wait_log(r"portal listening on http://[0-9.]+:(\d+)").group(1))
-    d.wait_log(r"opened sim")
+    port, portal = d.port("sim"), d.portal_port
+    d.wait_opened("sim")
     return d, port, portal
+
+
+def wait_refusals(d, at_least: int) -> None:
+    """Wait until /metrics counts `at_least` connections refused for want of a lease."""
+    wait_for(lambda: (d.metric("serialhub_device_lease_refusals_total", name="sim") or 0) >= at_least, 10,
+             what=f"{at_least} lease refusals in /metrics")
 
 
 def test_lease_required_the_client_command_expiry_and_a_restart(serialhub, tmp_path):
@@ -91,7 +96,9 @@ def test_lease_required_the_client_command_expiry_and_a_restart(serialhub, tmp_p
         # No lease: refused before a byte reaches the device, with a word and one log line.
         got = device_in(a, a.peer_ip, str(port))
         assert not got["served"] and got["said"].startswith("Port needs a lease"), got
-        d.wait_log(rf"refused {re.escape(a.ip)} on port {port}: no lease")
+        wait_refusals(d, 1)
+        # The line an admin reads: who was refused, where, and why.
+        assert re.search(rf"refused {re.escape(a.ip)} on port {port}: no lease", d.log), d.log
 
         # `serialhub lease -- COMMAND`: the command runs with the URL, on a leased board; the
         # lease is gone afterwards; the command's exit status is ours.
@@ -145,7 +152,9 @@ def test_lease_required_the_client_command_expiry_and_a_restart(serialhub, tmp_p
         got = device_in(a, a.peer_ip, str(port), "--hold")
         took = time.monotonic() - t0
         assert got["closed"] and 7 < took < 20, (got, took)
-        d.wait_log(rf"the lease of {re.escape(a.ip)} ran out; closing its connections")
+        d.wait_device("sim", lambda v: v["leases"] == [] and v["clients"] == [], why="the lease gone, its client closed")
+        # Why the holder was closed: the log says it.
+        assert re.search(rf"the lease of {re.escape(a.ip)} ran out; closing its connections", d.log), d.log
 
 
 def test_lease_optional_reserves_a_shared_device_for_its_holder(serialhub, tmp_path):
@@ -166,7 +175,9 @@ def test_lease_optional_reserves_a_shared_device_for_its_holder(serialhub, tmp_p
         assert json.loads(out)["closed"], out
         got = device_in(b, b.peer_ip, str(port))
         assert not got["served"] and got["said"].startswith("Port leased to another address"), got
-        d.wait_log(rf"refused {re.escape(b.ip)} on port {port}: leased to another address")
+        wait_refusals(d, 1)
+        # The line an admin reads: who was refused, where, and why.
+        assert re.search(rf"refused {re.escape(b.ip)} on port {port}: leased to another address", d.log), d.log
         assert device_in(a, a.peer_ip, str(port))["served"]
         dev = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{portal}/api/devices").read())["devices"][0]
         assert dev["leases"][0]["address"] == a.ip and 0 < dev["leases"][0]["seconds"] <= 600, dev

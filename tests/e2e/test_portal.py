@@ -46,8 +46,8 @@ class Portal:
 
     def __init__(self, daemon, pty=None):
         self.daemon = daemon
-        m = daemon.wait_log(r"portal listening on http://127\.0\.0\.1:(\d+)")
-        self.port = int(m.group(1))
+        assert daemon.ready()["portal"].startswith("127.0.0.1:")
+        self.port = daemon.portal_port
         self.base = f"http://127.0.0.1:{self.port}"
         self.sim_port = daemon.port("sim")
         self.pty = pty
@@ -385,9 +385,14 @@ def test_busy_http_port_is_a_clear_error_at_start():
 
 def test_http_off(serialhub):
     d = serialhub("sim=0", extra=("--http", "off"))
-    d.port("sim")
-    d.wait_log(r"opened sim")
-    assert "portal listening" not in d.log
+    assert d.ready()["portal"] is None
+    # The device is served all the same: its application's output on the port.
+    got = b""
+    deadline = time.monotonic() + 10
+    with socket.create_connection(("127.0.0.1", d.ready_port("sim")), timeout=5) as s:
+        while b"app tick" not in got and time.monotonic() < deadline:
+            got += s.recv(4096)
+    assert b"app tick" in got, got
 
 
 # ---------------------------------------------------------------------------------------------

@@ -75,7 +75,20 @@ def recv_exactly(s: socket.socket, n: int, timeout: float = 5) -> bytes:
 
 
 def boots(d, pattern: str) -> list[int]:
+    """Boot numbers from the simulated chip's own trace (`sim: boot #N into ...`): it runs in
+    the daemon, so it writes to the daemon's log; it is the hardware's view (which boots went
+    into download mode), not the daemon's wording. Assert on it after an API wait."""
     return [int(m) for m in re.findall(pattern, d.log)]
+
+
+def app_boot_after(d, n: int, what: str = "sim", timeout: float = 10) -> int:
+    """Wait until the chip's output (the API's device log) shows its application starting on
+    a boot numbered above `n`; that boot's number."""
+    def later():
+        got = [int(b) for b in re.findall(r"app start, boot #(\d+)", d.output(what)["data"])]
+        return max(got, default=0) > n and max(got)
+
+    return wait_for(later, timeout, interval=0.05, what=f"the application on a boot after #{n}")
 
 
 @pytest.mark.parametrize("stub", [True, False], ids=["stub", "rom"])
@@ -100,9 +113,13 @@ def test_esptool_over_socket_from_a_running_app(sim, tmp_path, stub):
     # Each esptool run: the server entered the bootloader once, switched the UART to 921600
     # after the chip's answer (the ROM form too, which esptool scales by the crystal
     # estimate), and reset the chip into its application at the end, back at 115200.
-    wait_for(lambda: len(boots(d, APP_BOOT)) >= 5, 10, what="the reset into the app after the 4th run")
+    # Two resets a run (the entry and the app), then the app's 9th boot on the chip's output.
+    d.wait_device("sim", lambda v: v["resets"] == 8, why="8 resets")
+    d.wait_output("sim", r"app start, boot #9\b")
+    # The simulated chip's own trace (it runs in the daemon, so it writes to its log) tells
+    # which boots went into download mode; what the server did per session (the baud change,
+    # the session's kind) is in the log alone.
     assert len(boots(d, DOWNLOAD_BOOT)) == 4, d.log
-    assert len(re.findall(r"entering the bootloader", d.log)) == 4, d.log
     assert len(re.findall(r"baud 115200 -> 921600", d.log)) == 4, d.log
     assert len(re.findall(r"the client speaks raw, esp-aware", d.log)) >= 4, d.log
     assert running_app_boot(port) == max(boots(d, APP_BOOT)) == 9
@@ -116,10 +133,11 @@ def test_after_stay_keeps_the_loader_and_never_resets_twice(serialhub, tmp_path)
     cfg.write_text(f'[[device]]\npath = "sim:{flash}"\nport = 0\nafter = "stay"\n')
     d = serialhub(extra=("--config", str(cfg)))
     port = d.port("sim")
-    d.wait_log(r"opened sim")
+    d.wait_opened("sim")
     for _ in range(2):
         out = esptool_socket(port, "--no-stub", "chip-id")
         assert SIM_MAC in out.lower(), out
+    assert d.device("sim")["resets"] == 1  # the entry, and no reset after it
     assert len(boots(d, DOWNLOAD_BOOT)) == 1, d.log
     assert boots(d, APP_BOOT) == [1], d.log
 
@@ -131,15 +149,16 @@ def test_other_esp_boards_over_socket(serialhub, tmp_path, board):
     flash = tmp_path / "flash.bin"
     d = serialhub(f"{board}:{flash}=0")
     port = d.port(board)
-    d.wait_log(r"opened " + board)
+    d.wait_opened(board)
     image = random.Random(3).randbytes(32 * 1024)
     img = tmp_path / "img.bin"
     img.write_bytes(image)
     out = esptool_socket(port, "write-flash", "0x10000", str(img))
     assert "hash of data verified" in out.lower(), out
     assert_flash_holds(flash, 0x10000, image)
-    wait_for(lambda: boots(d, DOWNLOAD_BOOT) and len(boots(d, APP_BOOT)) >= 2, 10,
-             what="bootloader entry, then the app again")
+    d.wait_device(board, lambda v: v["resets"] >= 2, why="the bootloader entry, then the app's reset")
+    app_boot_after(d, 1, board)  # the app again, after the download boot
+    assert boots(d, DOWNLOAD_BOOT), d.log  # the chip's own trace: that boot was into download mode
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +173,9 @@ def test_raw_client_bytes_are_exact_both_ways(pty_server):
         assert pty.read_exactly(9 + len(every_byte), 5) == b"hello \xff\xc0\xdb" + every_byte
         pty.write_all(every_byte, 5)
         assert recv_exactly(s, len(every_byte)) == every_byte
-    d.wait_log(r"the client speaks raw")
+    d.wait_client(pty.path, present=False)
+    # The session's kind is in the log only (the exact bytes above are the behaviour).
+    assert "the client speaks raw" in d.log, d.log
 
 
 def test_silent_client_gets_held_output_raw_after_the_window(pty_server):
@@ -162,7 +183,7 @@ def test_silent_client_gets_held_output_raw_after_the_window(pty_server):
     arrives exactly, without Telnet negotiation, and in order with what follows."""
     d, pty, port = pty_server
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        d.wait_log(r"client 127\.0\.0\.1:\d+ connected")
+        d.wait_client(pty.path, f"127.0.0.1:{s.getsockname()[1]}")
         t0 = time.monotonic()
         pty.write_all(b"\xff\xfb\x2c boot log \xc0", 5)
         s.settimeout(5)
@@ -172,7 +193,9 @@ def test_silent_client_gets_held_output_raw_after_the_window(pty_server):
         expected = b"\xff\xfb\x2c boot log \xc0 and more"
         assert first + recv_exactly(s, len(expected) - len(first)) == expected
         assert waited >= 0.25, f"output came {waited:.3f} s after it was written: before the window"
-    d.wait_log(r"client sent nothing for 300 ms while device output waited: raw session")
+    d.wait_client(pty.path, present=False)
+    # Why the session was taken as raw is told in the log only.
+    assert "client sent nothing for 300 ms while device output waited: raw session" in d.log, d.log
 
 
 def test_rfc2217_client_on_the_same_port_is_unaffected(sim):
@@ -185,7 +208,9 @@ def test_rfc2217_client_on_the_same_port_is_unaffected(sim):
             buf += ser.read(ser.in_waiting or 1)
         ticks = TICK_RE.findall(buf)
         assert len(ticks) >= 2 and int(ticks[-1][1]) == 1, bytes(buf[-200:])
-    d.wait_log(r"the client speaks rfc2217")
+    d.wait_client("sim", present=False)
+    assert d.device("sim")["resets"] == 0  # no reset on open (nor on close)
+    assert "the client speaks rfc2217" in d.log, d.log  # the session's kind: in the log only
     assert boots(d, APP_BOOT) == [1] and not boots(d, DOWNLOAD_BOOT)
 
 
@@ -197,8 +222,7 @@ def test_malformed_slip_passes_unchanged_on_an_esp_device(serialhub, pty_device,
     cfg.write_text(f'[[device]]\npath = "{pty.path}"\nport = 0\nreset = "esp"\n')
     d = serialhub(extra=("--config", str(cfg)))
     port = d.port(pty.path)
-    d.wait_log(r"reset policy esp\b")
-    d.wait_log(re.escape(pty.path) + r" at 115200 8N1")
+    assert d.wait_opened(pty.path)["reset"] == "esp"
     garbage = (
         b"noise\xc0\xdb\xc0\x00\x08\xdb\x01\xc0\xc0"       # bad escape inside a SYNC-like start
         + b"\xc0\x00\x02\x03\x00\x00\x00\x00\x00\xdb\xdc\xdb\xdd\x07\xc0"  # another opcode, escapes
@@ -211,13 +235,14 @@ def test_malformed_slip_passes_unchanged_on_an_esp_device(serialhub, pty_device,
         assert pty.read_exactly(len(garbage), 5) == garbage
         pty.write_all(garbage, 5)
         assert recv_exactly(s, len(garbage)) == garbage
-    d.wait_log(r"the client speaks raw, esp-aware")
-    assert "entering the bootloader" not in d.log
+    d.wait_client(pty.path, present=False)
+    assert d.device(pty.path)["resets"] == 0  # no bootloader entry for frames that are not SYNC
+    assert "the client speaks raw, esp-aware" in d.log, d.log  # the session's kind: in the log only
 
 
 def test_socket_url_from_the_portal_and_the_cli(serialhub):
     d = serialhub("sim=0", extra=("--http", "127.0.0.1:0"))
-    host = d.wait_log(r"portal listening on http://(127\.0\.0\.1:\d+)").group(1)
+    host = d.portal
     port = d.port("sim")
     with urllib.request.urlopen(f"http://{host}/api/discover", timeout=5) as r:
         dev = json.load(r)["devices"][0]
