@@ -212,11 +212,11 @@ class Daemon:
     def metrics(self) -> str:
         return self.api("/metrics")
 
-    def metric(self, name: str, **labels: str) -> float | None:
-        """The value of the first /metrics sample `name` whose labels include `labels`."""
+    def metric(self, family: str, **labels: str) -> float | None:
+        """The value of the first /metrics sample of `family` whose labels include `labels`."""
         for line in self.metrics().splitlines():
             m = re.fullmatch(r"([a-z_]+)(?:\{(.*)\})? (\S+)", line)
-            if not m or m.group(1) != name:
+            if not m or m.group(1) != family:
                 continue
             have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
             if all(have.get(k) == v for k, v in labels.items()):
