@@ -36,6 +36,12 @@ def served(host: str) -> dict[str, int]:
         return {x["key"]: x["port"] for x in json.load(r)["devices"]}
 
 
+def states(host: str) -> list[str]:
+    """Each served device's state, in the portal's order."""
+    with urllib.request.urlopen(f"http://{host}/api/discover", timeout=5) as r:
+        return [x.get("state") for x in json.load(r)["devices"]]
+
+
 @pytest.fixture
 def hub(serialhub):
     """A daemon serving two simulated ESP32s (both named `sim`; keys `name:sim`, `name:sim-2`)
@@ -43,6 +49,8 @@ def hub(serialhub):
     d = serialhub("sim=0", "sim=0", extra=("--http", "127.0.0.1:0"))
     host = portal_of(d)
     ports = wait_for(lambda: len(served(host)) == 2 and served(host), 10, what="two sims")
+    # Both sims open (idle), so the tables below see a settled state, not `starting`.
+    wait_for(lambda: states(host) == ["idle", "idle"], 10, what="both sims idle")
     return host, ports
 
 
