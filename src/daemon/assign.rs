@@ -155,9 +155,8 @@ impl Assignments {
     }
 
     fn move_aside(&mut self, why: &str) {
-        let aside = self.file.with_extension("json.corrupt");
-        match std::fs::rename(&self.file, &aside) {
-            Ok(()) => warn!(
+        match move_aside(&self.file) {
+            Ok(aside) => warn!(
                 "state file {} is {why}: moved it to {} and starting with fresh port assignments (devices get the lowest free ports again; pin them in the config to be sure)",
                 self.file.display(),
                 aside.display()
@@ -243,6 +242,15 @@ impl Assignments {
         json.push(b'\n');
         write_atomically(&self.file, &json)
     }
+}
+
+/// Move a state file that cannot be read as it should aside, to `<file>.corrupt` (replacing
+/// an older one), so the daemon starts without it and the file is still there to look at;
+/// where it went. Shared by every state file (`ports.json`, `leases.json`).
+pub(crate) fn move_aside(file: &Path) -> io::Result<PathBuf> {
+    let aside = file.with_extension("json.corrupt");
+    std::fs::rename(file, &aside)?;
+    Ok(aside)
 }
 
 /// Replace `file` with `bytes` so that a crash leaves the old or the new content, never a

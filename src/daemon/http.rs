@@ -47,6 +47,8 @@ pub(crate) struct HttpResponse {
     pub(crate) body: Vec<u8>,
     /// The `Allow` header of a 405.
     pub(crate) allow: Option<String>,
+    /// The `Retry-After` header of a 429, in seconds.
+    pub(crate) retry_after: Option<u64>,
 }
 
 /// Answers requests.
@@ -114,6 +116,9 @@ pub(crate) fn serialize(r: &HttpResponse, head_only: bool, close: bool, out: &mu
     if let Some(a) = &r.allow {
         let _ = write!(h, "Allow: {a}\r\n");
     }
+    if let Some(s) = r.retry_after {
+        let _ = write!(h, "Retry-After: {s}\r\n");
+    }
     h.push_str(if close {
         "Connection: close\r\n\r\n"
     } else {
@@ -138,6 +143,7 @@ fn reason(status: u16) -> &'static str {
         411 => "Length Required",
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
@@ -537,6 +543,7 @@ mod tests {
             content_type: "application/json",
             body: b"{}\n".to_vec(),
             allow: Some("GET, HEAD".into()),
+            retry_after: None,
         };
         let mut out = Vec::new();
         serialize(&r, false, true, &mut out);

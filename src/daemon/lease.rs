@@ -15,8 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::warn;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use crate::daemon::assign::write_atomically;
+use crate::daemon::assign::{move_aside, write_atomically};
 
 /// The `[access] lease` key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -48,6 +49,15 @@ pub(crate) const MIN_SECONDS: u64 = 10;
 pub(crate) const MAX_SECONDS: u64 = 7 * 24 * 3600;
 /// The length of a lease whose request names none.
 pub(crate) const DEFAULT_SECONDS: u64 = 1800;
+/// What a lease file may hold: leases.json is read whole at start, so a hostile or runaway
+/// one must not take the memory or the time (a device has one lease, a hub a few hundred
+/// devices at most).
+const MAX_FILE_BYTES: u64 = 1 << 20;
+const MAX_LEASES: usize = 1024;
+/// A lease id and a device key as the file may give them (ours: 16 hex digits, and a
+/// `serial:…`/`path:…`/`name:…` key).
+const MAX_ID: usize = 64;
+const MAX_DEVICE: usize = 512;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Lease {
@@ -72,6 +82,26 @@ impl Lease {
     }
 }
 
+/// Who asks to see or change a lease, as far as leases go: the bearer of the API token may
+/// do anything; any other peer only what concerns its own address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Asker {
+    /// The request carried the portal's token (`access.token_file`).
+    Bearer,
+    /// Only an address: what the server sees of the connection.
+    Peer(IpAddr),
+}
+
+impl Asker {
+    /// Whether it may see `l`'s id and end `l`: the token, or the lease's own address.
+    pub(crate) fn holds(self, l: &Lease) -> bool {
+        match self {
+            Asker::Bearer => true,
+            Asker::Peer(ip) => same_host(l.address, ip),
+        }
+    }
+}
+
 /// Why a lease cannot be granted or released.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum LeaseError {
@@ -81,6 +111,8 @@ pub(crate) enum LeaseError {
     Length(u64),
     /// No such lease on that device.
     NotFound(String),
+    /// A peer without the token asked to end another address's lease.
+    NotHolder { holder: IpAddr },
 }
 
 impl std::fmt::Display for LeaseError {
@@ -95,6 +127,10 @@ impl std::fmt::Display for LeaseError {
                 "a lease of {s} s: give \"seconds\" from {MIN_SECONDS} to {MAX_SECONDS}"
             ),
             LeaseError::NotFound(id) => write!(f, "no lease {id} on this device"),
+            LeaseError::NotHolder { holder } => write!(
+                f,
+                "only its holder ({holder}) may end this lease early, or a request with the API token (Authorization: Bearer TOKEN, access.token_file); otherwise it ends by itself"
+            ),
         }
     }
 }
@@ -152,38 +188,39 @@ pub(crate) struct Book {
     file: Option<PathBuf>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct LeaseFile {
     version: u32,
     leases: Vec<Lease>,
 }
 
 impl Book {
-    /// The leases stored in `file` that have not expired; a missing file is an empty book,
-    /// an unreadable one is said and set aside (a new one is written on the next change).
+    /// The leases stored in `file` that have not expired. A missing file is an empty book;
+    /// one that cannot be read as a lease file is moved aside to `leases.json.corrupt` (the
+    /// daemon serves without it); entries out of bounds are left out, named in one line, and
+    /// the good ones kept — a hostile or damaged file never stops the start or drops the rest.
     pub(crate) fn load(file: &Path, now: u64) -> Book {
-        let leases = match std::fs::read(file) {
-            Ok(bytes) => match serde_json::from_slice::<LeaseFile>(&bytes) {
-                Ok(f) => f.leases,
-                Err(e) => {
-                    warn!(
-                        "{}: not a lease file ({e}); starting without leases",
-                        file.display()
-                    );
-                    Vec::new()
+        let leases = match read_bounded(file) {
+            Ok(Some(bytes)) => match parse_file(&bytes, now) {
+                Ok((leases, bad)) => {
+                    if !bad.is_empty() {
+                        warn!(
+                            "{}: left out {} bad lease(s): {}; kept {}",
+                            file.display(),
+                            bad.len(),
+                            bad.join("; "),
+                            leases.len()
+                        );
+                    }
+                    leases
                 }
+                Err(why) => set_aside(file, &why),
             },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                warn!(
-                    "cannot read {}: {e}; starting without leases",
-                    file.display()
-                );
-                Vec::new()
-            }
+            Ok(None) => Vec::new(),
+            Err(why) => set_aside(file, &why),
         };
         Book {
-            leases: leases.into_iter().filter(|l| l.active(now)).collect(),
+            leases,
             file: Some(file.to_owned()),
             ..Book::default()
         }
@@ -227,7 +264,7 @@ impl Book {
             return Err(LeaseError::Length(seconds));
         }
         self.leases.retain(|l| l.active(now));
-        let expires = now + seconds;
+        let expires = now.saturating_add(seconds);
         if let Some(l) = self.leases.iter_mut().find(|l| l.device == device) {
             if !same_host(l.address, address) {
                 return Err(LeaseError::Held {
@@ -249,11 +286,12 @@ impl Book {
         Ok(lease)
     }
 
-    /// End lease `id` on `device` now.
+    /// End lease `id` on `device` now, if `by` holds it.
     pub(crate) fn release(
         &mut self,
         device: &str,
         id: &str,
+        by: Asker,
         now: u64,
     ) -> Result<Lease, LeaseError> {
         self.leases.retain(|l| l.active(now));
@@ -262,6 +300,11 @@ impl Book {
             .iter()
             .position(|l| l.device == device && l.id == id)
             .ok_or_else(|| LeaseError::NotFound(id.to_owned()))?;
+        if !by.holds(&self.leases[at]) {
+            return Err(LeaseError::NotHolder {
+                holder: self.leases[at].address,
+            });
+        }
         Ok(self.leases.remove(at))
     }
 
@@ -293,6 +336,104 @@ impl Leases {
     pub(crate) fn book(&self) -> MutexGuard<'_, Book> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The file's bytes (`None`: there is none), at most [`MAX_FILE_BYTES`].
+fn read_bounded(file: &Path) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read as _;
+    let f = match std::fs::File::open(file) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("unreadable ({e})")),
+    };
+    let mut bytes = Vec::new();
+    (f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("unreadable ({e})"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("larger than {} KiB", MAX_FILE_BYTES / 1024));
+    }
+    Ok(Some(bytes))
+}
+
+/// The file's active leases within bounds, and a note on each entry left out; `Err`: it is
+/// no lease file at all.
+fn parse_file(bytes: &[u8], now: u64) -> Result<(Vec<Lease>, Vec<String>), String> {
+    #[derive(Deserialize)]
+    struct Raw {
+        #[allow(dead_code)]
+        version: u32,
+        leases: Vec<Value>,
+    }
+    let raw: Raw = serde_json::from_slice(bytes).map_err(|e| format!("not a lease file ({e})"))?;
+    let mut leases: Vec<Lease> = Vec::new();
+    let mut bad = Vec::new();
+    for (i, v) in raw.leases.into_iter().enumerate() {
+        let checked = serde_json::from_value::<Lease>(v)
+            .map_err(|e| e.to_string())
+            .and_then(|l| check(l, now));
+        let why = match checked {
+            Ok(l) if !l.active(now) => continue,
+            Ok(_) if leases.len() >= MAX_LEASES => format!("more than {MAX_LEASES} leases"),
+            Ok(l) if leases.iter().any(|o| o.device == l.device) => {
+                format!("{} is leased twice", l.device)
+            }
+            Ok(l) => {
+                leases.push(l);
+                continue;
+            }
+            Err(why) => why,
+        };
+        // Bounded: the names of the first few, then a count.
+        if bad.len() < 8 {
+            bad.push(format!("#{i}: {why}"));
+        } else if bad.len() == 8 {
+            bad.push("and more".to_string());
+        }
+    }
+    Ok((leases, bad))
+}
+
+/// One lease from the file, if every field is within what the daemon itself would write.
+fn check(l: Lease, now: u64) -> Result<Lease, String> {
+    let latest = now.saturating_add(MAX_SECONDS);
+    let printable = |s: &str| !s.chars().any(char::is_control);
+    if l.id.is_empty() || l.id.len() > MAX_ID || !l.id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err("its id is not 1 to 64 letters and digits".to_string());
+    }
+    if l.device.is_empty() || l.device.len() > MAX_DEVICE || !printable(&l.device) {
+        return Err(format!("lease {}: a bad device key", l.id));
+    }
+    if l.expires > latest {
+        return Err(format!(
+            "lease {} on {}: expires {} s from now, more than the longest lease ({MAX_SECONDS} s)",
+            l.id,
+            l.device,
+            l.expires - now
+        ));
+    }
+    if l.granted > l.expires {
+        return Err(format!(
+            "lease {} on {}: granted after it expires",
+            l.id, l.device
+        ));
+    }
+    Ok(l)
+}
+
+/// A file that is no lease file: moved aside (kept to look at), and no leases.
+fn set_aside(file: &Path, why: &str) -> Vec<Lease> {
+    match move_aside(file) {
+        Ok(aside) => warn!(
+            "{} is {why}: moved it to {} and starting without leases",
+            file.display(),
+            aside.display()
+        ),
+        Err(e) => warn!(
+            "{} is {why} and cannot be moved aside ({e}); starting without leases, and it is overwritten on the next lease",
+            file.display()
+        ),
+    }
+    Vec::new()
 }
 
 /// The wall clock in Unix seconds.
@@ -396,14 +537,94 @@ mod tests {
         let mut again = Book::load(&file, now);
         assert_eq!(again.all(now).cloned().collect::<Vec<_>>(), vec![a.clone()]);
         assert_eq!(
-            again.release("d", "nope", now),
+            again.release("d", "nope", Asker::Bearer, now),
             Err(LeaseError::NotFound("nope".into()))
         );
-        assert_eq!(again.release("d", &a.id, now), Ok(a));
+        // Only its holder, or the token, ends it.
+        assert_eq!(
+            again.release("d", &a.id, Asker::Peer(ip("10.0.0.8")), now),
+            Err(LeaseError::NotHolder {
+                holder: ip("10.0.0.7")
+            })
+        );
+        assert_eq!(
+            again.release("d", &a.id, Asker::Peer(ip("::ffff:10.0.0.7")), now),
+            Ok(a.clone())
+        );
+        again
+            .grant("d", ip("10.0.0.7"), 60, now, || a.id.clone())
+            .unwrap();
+        assert_eq!(again.release("d", &a.id, Asker::Bearer, now), Ok(a));
         assert_eq!(again.all(now).count(), 0);
         // A damaged file is set aside, not fatal.
         std::fs::write(&file, b"{").unwrap();
         assert_eq!(Book::load(&file, now).all(now).count(), 0);
+        assert!(!file.exists());
+        assert_eq!(
+            std::fs::read(dir.join("leases.json.corrupt")).unwrap(),
+            b"{"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_hostile_file_keeps_its_good_leases_and_bounds_every_field() {
+        let dir = std::env::temp_dir().join(format!("serialhub-lease-bad-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("leases.json");
+        let now = 1_000_000;
+        let entry = |id: &str, device: &str, address: &str, granted: u64, expires: u64| {
+            serde_json::json!({"id": id, "device": device, "address": address,
+                               "granted": granted, "expires": expires})
+        };
+        let body = serde_json::json!({"version": 1, "leases": [
+            entry("good1", "serial:1", "10.0.0.7", now, now + 60),
+            entry("far", "serial:2", "10.0.0.7", now, u64::MAX),
+            entry("late", "serial:3", "10.0.0.7", now, now + MAX_SECONDS + 1),
+            entry("", "serial:4", "10.0.0.7", now, now + 60),
+            entry("x/y", "serial:4", "10.0.0.7", now, now + 60),
+            entry("twice", "serial:1", "10.0.0.8", now, now + 60),
+            entry("ctl", "serial:\n5", "10.0.0.7", now, now + 60),
+            entry("back", "serial:6", "10.0.0.7", now + 100, now + 60),
+            {"id": "noaddr", "device": "serial:7", "address": "pi", "granted": 0, "expires": now + 60},
+            {"id": "neg", "device": "serial:8", "address": "10.0.0.7", "granted": 0, "expires": -1},
+            "not an object",
+            entry("old", "serial:9", "10.0.0.7", 0, now - 1),
+            entry("good2", "serial:10", "::1", now, now + MAX_SECONDS),
+        ]});
+        std::fs::write(&file, body.to_string()).unwrap();
+        let b = Book::load(&file, now);
+        let ids: Vec<&str> = b.leases.iter().map(|l| l.id.as_str()).collect();
+        assert_eq!(ids, ["good1", "good2"]);
+        // The file stays (it was readable); the next save rewrites it with the good ones.
+        assert!(file.exists() && !dir.join("leases.json.corrupt").exists());
+        // Every field is bounded: no expiry beyond the longest lease, so no clock overflows.
+        let r = parse_file(body.to_string().as_bytes(), now).unwrap();
+        assert_eq!(r.1.len(), 9, "{:?}", r.1);
+        assert!(
+            r.1[0].starts_with("#1: lease far on serial:2: expires"),
+            "{:?}",
+            r.1
+        );
+        // No lease file at all: moved aside.
+        for junk in [
+            &b"[]"[..],
+            b"{\"version\": 1}",
+            b"\xff\xfe",
+            b"{\"version\": 1, \"leases\": 5}",
+        ] {
+            std::fs::write(&file, junk).unwrap();
+            assert_eq!(Book::load(&file, now).leases, vec![]);
+            assert_eq!(
+                std::fs::read(dir.join("leases.json.corrupt")).unwrap(),
+                junk
+            );
+        }
+        // Too large to be ours: moved aside unread.
+        std::fs::write(&file, vec![b' '; MAX_FILE_BYTES as usize + 1]).unwrap();
+        assert_eq!(Book::load(&file, now).leases, vec![]);
+        assert!(!file.exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

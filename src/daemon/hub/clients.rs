@@ -380,8 +380,9 @@ impl Hub {
             .on(&self.lease_key, unix)
             .cloned()
             .collect();
-        self.lease_ends =
-            (self.leases.iter().map(|l| l.expires).min()).map(|at| now + lease::until(at));
+        // Checked: an expiry the clock cannot reach is no timer (never a panic).
+        self.lease_ends = (self.leases.iter().map(|l| l.expires).min())
+            .and_then(|at| now.checked_add(lease::until(at)));
     }
 }
 

@@ -279,7 +279,8 @@ fn leases_refuse_at_accept_and_close_whom_they_no_longer_admit() {
         let mut book = r.hub.shared.leases.book();
         let device = key().to_string();
         let id = book.on(&device, unix).next().unwrap().id.clone();
-        book.release(&device, &id, unix).unwrap();
+        book.release(&device, &id, crate::daemon::lease::Asker::Bearer, unix)
+            .unwrap();
         book.grant(&device, "10.0.0.2".parse().unwrap(), 600, unix, || {
             "l2".into()
         })

@@ -69,6 +69,7 @@ pub(super) fn metrics(p: &Portal, c: &Call) -> HttpResponse {
         content_type: "text/plain; version=0.0.4; charset=utf-8",
         body: render(p.registry.uptime(), rss_bytes(), &views).into_bytes(),
         allow: None,
+        retry_after: None,
     }
 }
 

@@ -45,7 +45,7 @@ use crate::daemon::config::Access;
 use crate::daemon::control::{Handle, Reply, Request};
 use crate::daemon::http::{self, Handler, HttpRequest, HttpResponse, Limits};
 use crate::daemon::lease::Leases;
-use crate::daemon::peerlog::PeerLog;
+use crate::daemon::peerlog::{Budget, PeerLog};
 use crate::daemon::registry::Registry;
 
 /// Request bodies larger than this are refused with 413 (at most this + 1 bytes are read).
@@ -119,6 +119,8 @@ pub(crate) struct Portal {
     refusals: RefCell<PeerLog>,
     /// Who holds which device; the portal grants and releases.
     leases: Arc<Leases>,
+    /// Lease changes each address may ask for (each is an fsync and a log line).
+    lease_changes: RefCell<Budget>,
 }
 
 impl Portal {
@@ -135,6 +137,7 @@ impl Portal {
             port: 0,
             refusals: RefCell::new(PeerLog::with_burst(1)),
             leases: Arc::default(),
+            lease_changes: RefCell::new(leases::budget()),
         }
     }
 

@@ -19,6 +19,7 @@ pub(super) fn page(p: &Portal, c: &Call) -> HttpResponse {
         content_type: "text/html; charset=utf-8",
         body: render(&views, &host, c.req.host).into_bytes(),
         allow: None,
+        retry_after: None,
     }
 }
 

@@ -15,6 +15,7 @@ impl HttpResponse {
             content_type: "application/json",
             body,
             allow: None,
+            retry_after: None,
         }
     }
 
