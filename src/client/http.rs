@@ -53,13 +53,22 @@ pub(crate) fn connect(authority: &str, timeout: Duration) -> Result<TcpStream, H
 /// Where client commands find the portal's API token.
 pub(crate) const TOKEN_ENV: &str = "SERIALHUB_TOKEN";
 
-/// One request to `authority` (`host:port`); `body` is sent as JSON, with `$SERIALHUB_TOKEN`
-/// as the bearer token when it is set.
+/// `$SERIALHUB_TOKEN`, when it is set (the caller decides whom it is sent to).
+pub(crate) fn token() -> Option<String> {
+    std::env::var(TOKEN_ENV)
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+/// One request to `authority` (`host:port`); `body` is sent as JSON, and `token` as the
+/// bearer token when given.
 pub(crate) fn request(
     authority: &str,
     method: &str,
     path: &str,
     body: Option<&[u8]>,
+    token: Option<&str>,
 ) -> Result<Response, HttpError> {
     let mut s = connect(authority, CONNECT_TIMEOUT)?;
     let proto = |e: io::Error| HttpError::Protocol(format!("{authority}: {e}"));
@@ -76,11 +85,8 @@ pub(crate) fn request(
             b.len()
         ));
     }
-    // The portal's API token (`[access] token_file` on the server), for requests that need it.
-    if let Some(token) = std::env::var(TOKEN_ENV)
-        .ok()
-        .filter(|t| !t.trim().is_empty())
-    {
+    // The portal's API token (`[access] token_file` on the server), when the caller sends it.
+    if let Some(token) = token {
         req.push_str(&format!("Authorization: Bearer {}\r\n", token.trim()));
     }
     req.push_str("\r\n");

@@ -125,9 +125,8 @@ pub(crate) fn portals() -> Result<Vec<Portal>, ClientError> {
 
 fn portal_of(f: &Found) -> Option<Portal> {
     let ip = f.addrs.first()?;
-    Some(Portal {
-        authority: format!("{ip}:{}", f.port),
-    })
+    // Whoever answered the browse: never sent the token.
+    Some(Portal::browsed(format!("{ip}:{}", f.port)))
 }
 
 fn browse_failed(e: io::Error) -> ClientError {

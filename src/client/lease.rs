@@ -72,7 +72,9 @@ pub(crate) fn main(mut parser: lexopt::Parser) -> Result<(), ClientError> {
     let sel = sel.or_env()?;
     let (devices, from) = devices_of(host.as_deref())?;
     let device = sel.pick(&devices, &from)?;
-    let Some(portal) = Portal::serving(device) else {
+    // The named portal gets the token; one found on the network does not.
+    let named = Portal::given(host.as_deref())?;
+    let Some(portal) = Portal::serving(device, named.as_ref()) else {
         return Err(ClientError::Select(format!(
             "{} on {} has no portal to lease it from",
             device.name, device.host

@@ -98,7 +98,7 @@ impl Target {
                 Ok(Resolved {
                     authority: url_authority(&d.url)?,
                     url: d.url.clone(),
-                    portal: Portal::serving(d).map(|p| (p, d.api_key())),
+                    portal: Portal::serving(d, None).map(|p| (p, d.api_key())),
                 })
             }
         }
