@@ -42,7 +42,8 @@ USAGE:
 HOST defaults to $SERIALHUB_HOST, then $PI_HOST; without any, every serialhub on the network is
 found by mDNS (about 1.5 s) and `discover` lists their boards with a HOST column. The portal's
 port defaults to 8080. A portal that wants
-its API token (`[access] token_file`) gets it from $SERIALHUB_TOKEN.
+its API token (`[access] token_file`) gets it from $SERIALHUB_TOKEN, but only a HOST you name
+(never one found by mDNS), and only on changes or a read it refused with 401.
 TARGET is an rfc2217://HOST:PORT URL, or a HOST whose portal picks the device; without one,
 $ESP32_PORT (a URL), else the default HOST.
 
