@@ -4,19 +4,39 @@
 # `build-pi.sh x86_64-unknown-linux-musl` builds the same static binary for this machine
 # (what `make bench` measures memory on: no shared libc, like the Pi's binary).
 #
-# Two routes, the first that works:
-#  1. rustup with the arm-unknown-linux-musleabihf target installed (machines with internet).
-#  2. Debian's rustc-web 1.96 + rust-web-src with -Z build-std, zig (from PyPI) as the linker
-#     through cargo-zigbuild. Missing pieces are installed (apt, pip into .venv-pi).
+# Both routes build std from source (-Z build-std, RUSTC_BOOTSTRAP on a stable compiler) without
+# its `backtrace` feature: a stripped binary has no symbols to print, and the DWARF symbolizer
+# (gimli, addr2line, demangling) is ~250 KB of code the Pi would map. A panic still prints its
+# message and location. Zig (from PyPI, through cargo-zigbuild) is the linker.
+#  1. rustup with the rust-src component (machines whose rustup reaches its servers).
+#  2. Debian's rustc-web 1.96 + rust-web-src. Missing pieces are installed (apt, pip into .venv-pi).
 # Recipe and measurements: docs/pi.md.
 set -eu
 TARGET=${1:-arm-unknown-linux-musleabihf}
 T=$(echo "$TARGET" | tr 'a-z-' 'A-Z_')
 cd "$(dirname "$0")/.."
 
-if command -v rustup >/dev/null 2>&1 && rustup target list --installed 2>/dev/null | grep -qx "$TARGET" \
-   && command -v cargo-zigbuild >/dev/null 2>&1; then
-    exec cargo zigbuild --release --target "$TARGET"
+# std from source, without the backtrace symbolizer (see above); the empty feature list drops it.
+BUILD_STD="-Z build-std=std,panic_abort -Z build-std-features="
+export RUSTC_BOOTSTRAP=1
+# zig supplies crt1.o and libc.a for musl (no rustup target needed); tune for the Pi Zero's core.
+flags="-C link-self-contained=no"
+case "$TARGET" in arm-*) flags="$flags -C target-cpu=arm1176jzf-s";; esac
+export "CARGO_TARGET_${T}_RUSTFLAGS=$flags"
+
+VENV=.venv-pi
+need_zig() {
+    if [ ! -x "$VENV/bin/cargo-zigbuild" ] || [ ! -x "$VENV/bin/python" ]; then
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install --quiet --disable-pip-version-check ziglang==0.17.0 cargo-zigbuild==0.24.0
+    fi
+    export PATH="$PWD/$VENV/bin:$PATH"      # zig (python -m ziglang) and cargo-zigbuild
+}
+
+if command -v rustup >/dev/null 2>&1 && rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
+    need_zig
+    # shellcheck disable=SC2086 # BUILD_STD is two flags
+    exec cargo zigbuild $BUILD_STD --release --target "$TARGET"
 fi
 
 APT="apt-get -o DPkg::Lock::Timeout=300"
@@ -29,18 +49,8 @@ if [ -n "$need_apt" ]; then
     DEBIAN_FRONTEND=noninteractive $APT install -y -qq --no-install-recommends $need_apt
 fi
 
-VENV=.venv-pi
-if [ ! -x "$VENV/bin/cargo-zigbuild" ] || [ ! -x "$VENV/bin/python" ]; then
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check ziglang==0.17.0 cargo-zigbuild==0.24.0
-fi
-
-export PATH="$PWD/$VENV/bin:$PATH"      # zig (python -m ziglang) and cargo-zigbuild
+need_zig
 export CARGO=/usr/bin/cargo             # cargo-zigbuild calls back into this cargo
 export RUSTC=/usr/bin/rustc             # Debian's 1.96, not the rustup proxy on PATH
-export RUSTC_BOOTSTRAP=1                # -Z build-std on a stable compiler
-# zig supplies crt1.o and libc.a for musl; tune for the Pi Zero's core.
-flags="-C link-self-contained=no"
-case "$TARGET" in arm-*) flags="$flags -C target-cpu=arm1176jzf-s";; esac
-export "CARGO_TARGET_${T}_RUSTFLAGS=$flags"
-exec /usr/bin/cargo zigbuild -Z build-std=std,panic_abort --target "$TARGET" --release
+# shellcheck disable=SC2086 # BUILD_STD is two flags
+exec /usr/bin/cargo zigbuild $BUILD_STD --target "$TARGET" --release
