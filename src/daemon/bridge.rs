@@ -15,19 +15,19 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::daemon::config::{DeviceSpec, MAX_CLIENTS};
 use crate::daemon::control::Reply;
 pub(crate) use crate::daemon::hub::Shared;
 use crate::daemon::hub::{Action, Hub};
+use crate::daemon::mailbox::{mailbox, Mailbox, Refused, Sender};
 use crate::device::{Device, DevicePath};
 use crate::protocol::line::LineSettings;
 use crate::protocol::reset::ResetTo;
@@ -49,7 +49,11 @@ const KEEPALIVE_INTERVAL_S: u32 = 5;
 const KEEPALIVE_PROBES: u32 = 3;
 const UNACKED_TIMEOUT_MS: u32 = 25_000;
 
-/// Requests from other threads, delivered through the wake fd.
+/// How many commands may wait for a bridge: the supervisor sends a few per event (a stop is
+/// two), the portal's requests one at a time.
+const COMMANDS: usize = 32;
+
+/// Requests from other threads, delivered through the bridge's mailbox.
 #[derive(Debug)]
 pub(crate) enum BridgeCommand {
     /// Restore the device, close the client, end the thread.
@@ -84,17 +88,21 @@ pub(crate) fn opener(spec: &DeviceSpec) -> Opener {
 pub(crate) struct BridgeHandle {
     pub(crate) name: String,
     pub(crate) addr: SocketAddr,
-    tx: mpsc::Sender<BridgeCommand>,
-    wake: Arc<EventFd>,
+    tx: Sender<BridgeCommand>,
     thread: thread::JoinHandle<()>,
     /// Closed (all senders dropped) when the thread ends.
     ended: mpsc::Receiver<()>,
 }
 
 impl BridgeHandle {
+    /// Post `cmd` to the bridge's loop. A bridge that has not taken its last [`COMMANDS`]
+    /// is stuck (in the kernel, in a tty that will not close): the command is dropped with a
+    /// line, and a reset's asker hears at once that it failed.
     pub(crate) fn send(&self, cmd: BridgeCommand) {
-        if self.tx.send(cmd).is_ok() {
-            let _ = self.wake.write(1);
+        if let Err(why) = self.tx.post(cmd) {
+            if why == Refused::Full {
+                warn!("{}: the bridge is {why}; a command is dropped", self.name);
+            }
         }
     }
 
@@ -142,10 +150,7 @@ pub(crate) fn spawn(
     let name = spec.display_name();
     let addr = listener.local_addr()?;
     listener.set_nonblocking(true)?;
-    let wake = Arc::new(EventFd::from_flags(
-        EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
-    )?);
-    let (tx, rx) = mpsc::channel();
+    let (tx, inbox) = mailbox(COMMANDS)?;
     let (ended_tx, ended) = mpsc::channel::<()>();
     info!(
         "{name} ({}) listening on {addr}, reset policy {}",
@@ -155,8 +160,7 @@ pub(crate) fn spawn(
     let mut bridge = Bridge {
         hub: Hub::new(spec, shared, addr.port(), Instant::now()),
         listener,
-        wake: wake.clone(),
-        commands: rx,
+        inbox,
         open,
         streams: Vec::with_capacity(MAX_CLIENTS),
         accept_rest: None,
@@ -171,7 +175,6 @@ pub(crate) fn spawn(
         name,
         addr,
         tx,
-        wake,
         thread,
         ended,
     })
@@ -180,8 +183,8 @@ pub(crate) fn spawn(
 struct Bridge {
     hub: Hub,
     listener: TcpListener,
-    wake: Arc<EventFd>,
-    commands: mpsc::Receiver<BridgeCommand>,
+    /// Commands from the supervisor, and the fd that wakes the poll for them.
+    inbox: Mailbox<BridgeCommand>,
     open: Opener,
     /// The clients' sockets, by the hub's client id.
     streams: Vec<(u64, TcpStream)>,
@@ -221,7 +224,7 @@ impl Bridge {
     /// One round of poll and the work it reveals.
     fn turn(&mut self) -> Result<(), Shutdown> {
         // A fixed array, no allocation per round: absent slots poll the wake fd for nothing.
-        let idle = || PollFd::new(self.wake.as_fd(), PollFlags::empty());
+        let idle = || PollFd::new(self.inbox.fd(), PollFlags::empty());
         let mut fds: [PollFd; SLOTS] = std::array::from_fn(|_| idle());
         let resting = self
             .accept_rest
@@ -229,7 +232,7 @@ impl Bridge {
         if !resting {
             fds[0] = PollFd::new(self.listener.as_fd(), PollFlags::POLLIN);
         }
-        fds[1] = PollFd::new(self.wake.as_fd(), PollFlags::POLLIN);
+        fds[1] = PollFd::new(self.inbox.fd(), PollFlags::POLLIN);
         if let Some(fd) = self.hub.device_fd() {
             let want = self.hub.device_interest();
             fds[2] = PollFd::new(fd, flags(want));
@@ -264,8 +267,7 @@ impl Bridge {
         let now = Instant::now();
 
         if wake_ready.contains(PollFlags::POLLIN) {
-            let _ = self.wake.read();
-            while let Ok(cmd) = self.commands.try_recv() {
+            while let Some(cmd) = self.inbox.pop() {
                 self.command(cmd, now)?;
             }
         }
@@ -478,6 +480,7 @@ mod tests {
     use crate::protocol::Protocol;
     use std::os::fd::BorrowedFd;
     use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
     use std::sync::Mutex;
 
     /// What the fake device was asked to do.

@@ -2,13 +2,14 @@
 //! supervisor, and the channel they travel on. Its own module, so the portal and the
 //! supervisor both depend on it and not on each other.
 
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::Duration;
 
-use nix::sys::eventfd::{EfdFlags, EventFd};
+use log::warn;
 
 use crate::daemon::assign::DeviceKey;
 use crate::daemon::config::Config;
+use crate::daemon::mailbox::{mailbox, Mailbox, Sender};
 use crate::protocol::reset::ResetTo;
 
 /// How long a request waits for the supervisor's answer.
@@ -56,21 +57,23 @@ pub(crate) enum Command {
     Request(Request, mpsc::Sender<Reply>),
 }
 
-/// How other threads reach the supervisor: a channel plus its wake fd.
+/// How many commands may wait for the supervisor: the portal asks one at a time and waits,
+/// the signal thread sends a reload or a shutdown; more waiting means it is stuck.
+const QUEUE: usize = 32;
+
+/// How other threads reach the supervisor.
 #[derive(Clone)]
 pub(crate) struct Handle {
-    tx: mpsc::Sender<Command>,
-    wake: Arc<EventFd>,
+    tx: Sender<Command>,
 }
 
 impl Handle {
     /// Ask and wait for the answer (a reset answers once its sequence has started).
     pub(crate) fn request(&self, req: Request) -> Reply {
-        let (tx, rx) = mpsc::channel();
-        if self.tx.send(Command::Request(req, tx)).is_err() {
-            return Err(RequestError::Failed("the daemon is shutting down".into()));
+        let (tx, rx) = mpsc::channel(); // one answer, ever
+        if let Err(why) = self.tx.post(Command::Request(req, tx)) {
+            return Err(RequestError::Failed(format!("the daemon is {why}")));
         }
-        let _ = self.wake.write(1);
         rx.recv_timeout(REQUEST_WAIT)
             .unwrap_or_else(|_| Err(RequestError::Failed("the supervisor did not answer".into())))
     }
@@ -86,29 +89,17 @@ impl Handle {
     }
 
     fn send(&self, cmd: Command) {
-        if self.tx.send(cmd).is_ok() {
-            let _ = self.wake.write(1);
+        if let Err(why) = self.tx.post(cmd) {
+            warn!("the supervisor is {why}; the signal's command is dropped");
         }
     }
 }
 
-/// The supervisor's end: the channel and the fd that wakes its poll.
-pub(crate) struct Inbox {
-    pub(crate) rx: mpsc::Receiver<Command>,
-    pub(crate) wake: Arc<EventFd>,
-}
+/// The supervisor's end.
+pub(crate) type Inbox = Mailbox<Command>;
 
 /// A new control channel.
 pub(crate) fn channel() -> std::io::Result<(Handle, Inbox)> {
-    let wake = Arc::new(EventFd::from_flags(
-        EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
-    )?);
-    let (tx, rx) = mpsc::channel();
-    Ok((
-        Handle {
-            tx,
-            wake: wake.clone(),
-        },
-        Inbox { rx, wake },
-    ))
+    let (tx, inbox) = mailbox(QUEUE)?;
+    Ok((Handle { tx }, inbox))
 }

@@ -32,6 +32,7 @@ pub(crate) mod hub; // one device and its clients without sockets: admission, se
 pub(crate) mod identity; // USB identity of a tty from sysfs: ids, serial, physical path
 pub(crate) mod lease; // devices reserved for one address for a while: the book, its file, who may connect
 pub(crate) mod lineup; // who holds a device: control, observers, the waiting; who may join (pure)
+pub(crate) mod mailbox; // a bounded queue plus the eventfd that wakes a poll loop for it
 pub(crate) mod mdns; // the mDNS responder thread: devices and the portal advertised, goodbyes
 pub(crate) mod peerlog; // how many log lines a remote address may cause (pure)
 pub(crate) mod plan; // hotplug decisions: serve/stop/park, keying, flap damping, reload diff (pure)

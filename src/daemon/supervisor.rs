@@ -489,14 +489,13 @@ impl Supervisor {
     /// bridge (all at once, so the slowest sets the pace, not their sum).
     pub(crate) fn run(&mut self, inbox: Inbox) {
         let mut buf = [0u8; INOTIFY_BUFFER];
-        let wake = &inbox.wake;
         loop {
             let timeout = self.plan.deadline().map_or(PollTimeout::NONE, |d| {
                 let ms = d.saturating_duration_since(Instant::now()).as_millis();
                 PollTimeout::try_from(ms.min(POLL_CAP_MS) as i32 + 1).unwrap_or(PollTimeout::MAX)
             });
             let (wake_ready, ino_ready) = {
-                let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
+                let mut fds = vec![PollFd::new(inbox.fd(), PollFlags::POLLIN)];
                 if let Some(w) = &self.watch {
                     fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
                 }
@@ -515,9 +514,8 @@ impl Supervisor {
                 (r(0), r(1))
             };
             if wake_ready {
-                let _ = wake.read();
                 let mut shutdown = false;
-                while let Ok(cmd) = inbox.rx.try_recv() {
+                while let Some(cmd) = inbox.pop() {
                     match cmd {
                         Command::Shutdown => shutdown = true,
                         Command::Reload(config) => self.reload(*config),
