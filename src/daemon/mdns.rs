@@ -42,7 +42,7 @@ use nix::sys::socket::{
 use crate::daemon::access::Allow;
 use crate::daemon::config::MdnsConfig;
 use crate::daemon::registry::DeviceEntry;
-use crate::protocol::mdns::{IfAddr, Iface, Machine, Note, Service, To, GROUP, PORT};
+use crate::protocol::mdns::{IfAddr, Iface, Machine, Note, Peer, Service, To, GROUP, PORT};
 use crate::protocol::Protocol;
 
 /// The netlink groups for IPv4 address and link changes.
@@ -302,12 +302,24 @@ impl Runner {
         loop {
             self.machine.handle_timeout(Instant::now());
             self.flush();
-            let timeout = self.machine.poll_timeout().map_or(PollTimeout::NONE, |t| {
-                let ms = t.saturating_duration_since(Instant::now()).as_millis() as i32 + 1;
+            let now = Instant::now();
+            // The packet budget is spent: the socket is not read until it refills.
+            let deaf = self.machine.deaf_until(now);
+            let wake_at = [self.machine.poll_timeout(), deaf]
+                .into_iter()
+                .flatten()
+                .min();
+            let timeout = wake_at.map_or(PollTimeout::NONE, |t| {
+                let ms = t.saturating_duration_since(now).as_millis() as i32 + 1;
                 PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
             });
+            let listen = if deaf.is_some() {
+                PollFlags::empty()
+            } else {
+                PollFlags::POLLIN
+            };
             let mut fds = vec![
-                PollFd::new(self.sock.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.sock.as_fd(), listen),
                 PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
             ];
             if let Some(n) = &self.netlink {
@@ -339,7 +351,7 @@ impl Runner {
                 self.drain_netlink();
                 self.rescan();
             }
-            if ready[0] {
+            if ready[0] && deaf.is_none() {
                 self.receive();
             }
         }
@@ -416,6 +428,9 @@ impl Runner {
     fn receive(&mut self) {
         // A bounded number of packets per wakeup, so a flood cannot starve the changes.
         for _ in 0..64 {
+            if self.machine.deaf_until(Instant::now()).is_some() {
+                return;
+            }
             let mut cmsg = nix::cmsg_space!(libc::in_pktinfo);
             let (len, from, index) = {
                 let mut iov = [io::IoSliceMut::new(&mut self.buf)];
@@ -439,12 +454,14 @@ impl Runner {
             let (Some(from), Some(index)) = (from, index) else {
                 continue;
             };
-            if !self.allow.permits(IpAddr::V4(from.ip())) {
-                continue;
-            }
+            let peer = if self.allow.permits(IpAddr::V4(from.ip())) {
+                Peer::Allowed
+            } else {
+                Peer::Refused
+            };
             let (now, packet) = (Instant::now(), &self.buf[..len]);
             self.machine
-                .handle(now, index, SocketAddrV4::from(from), packet);
+                .handle_from(now, index, SocketAddrV4::from(from), peer, packet);
             self.flush();
         }
     }

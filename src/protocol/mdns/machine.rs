@@ -93,6 +93,14 @@ impl Iface {
     }
 }
 
+/// Whether the daemon's rules let a packet's source be heard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Peer {
+    Allowed,
+    /// Outside `[access] allow`.
+    Refused,
+}
+
 /// Where a packet goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum To {
@@ -271,17 +279,32 @@ impl Machine {
     /// this second's packet budget, and malformed ones, are ignored — in that order, each
     /// before any work: the packet budget is charged before parsing, the answer budget
     /// before an answer is built.
+    #[cfg(test)]
     pub(crate) fn handle(&mut self, now: Instant, iface: u32, from: SocketAddrV4, packet: &[u8]) {
+        self.handle_from(now, iface, from, Peer::Allowed, packet);
+    }
+
+    /// [`Machine::handle`], for a source the daemon's rules (`[access] allow`) may refuse:
+    /// a refused packet still costs one from the packet budget (so a flood from refused
+    /// sources is as bounded as any), and nothing more.
+    pub(crate) fn handle_from(
+        &mut self,
+        now: Instant,
+        iface: u32,
+        from: SocketAddrV4,
+        peer: Peer,
+        packet: &[u8],
+    ) {
+        if !self.ifaces.iter().any(|i| i.index == iface) || !self.packets.spend(now) {
+            return;
+        }
         let Some(i) = self.ifaces.iter().find(|i| i.index == iface) else {
             return;
         };
-        if !i.on_link(*from.ip()) {
+        if peer == Peer::Refused || !i.on_link(*from.ip()) {
             return;
         }
         let addrs = i.ips();
-        if !self.packets.spend(now) {
-            return;
-        }
         let Some(m) = parse(packet) else {
             return;
         };
@@ -312,6 +335,14 @@ impl Machine {
             self.again = None;
             self.announce_all();
         }
+    }
+
+    /// While this second's packet budget is spent: until when (the loop stops reading the
+    /// socket till then, and the kernel drops what does not fit in its buffer — a flood then
+    /// costs this process nothing more).
+    pub(crate) fn deaf_until(&self, now: Instant) -> Option<Instant> {
+        let until = self.packets.since + Duration::from_secs(1);
+        (self.packets.left == 0 && now < until).then_some(until)
     }
 
     /// When [`Machine::handle_timeout`] is next due; `None` once the name is probed and

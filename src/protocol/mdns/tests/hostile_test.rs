@@ -4,6 +4,7 @@
 //! record is in it once, and the work is charged before it is done.
 
 use super::*;
+use crate::protocol::mdns::Peer;
 
 /// A query of `n` questions, cycling through `names` (PTR, class IN with the QU bit), from
 /// a one-shot querier or a browser.
@@ -176,8 +177,24 @@ fn the_packet_budget_is_charged_before_parsing_and_the_answer_budget_before_buil
     }
     m.handle(t, ETH0, PEER, &question(0, "pi-1a2b.local", A));
     assert!(sent(&mut m).is_empty());
+    // The loop stops reading until the budget refills.
+    assert_eq!(m.deaf_until(t + ms(999)), Some(t + ms(1000)));
+    assert_eq!(m.deaf_until(t + ms(1000)), None);
     m.handle(t + ms(1000), ETH0, PEER, &question(0, "pi-1a2b.local", A));
     assert_eq!(sent(&mut m).len(), 1);
+    assert_eq!(m.deaf_until(t + ms(1000)), None);
+    // A source outside `allow` costs a packet and is not answered.
+    for _ in 0..PACKETS_PER_SECOND {
+        m.handle_from(
+            t + ms(1000),
+            ETH0,
+            PEER,
+            Peer::Refused,
+            &question(0, "pi-1a2b.local", A),
+        );
+    }
+    assert!(sent(&mut m).is_empty());
+    assert!(m.deaf_until(t + ms(1000)).is_some());
     // 3.6 KB queries from a one-shot querier, as fast as they come: at most the answer
     // budget is answered, each reply within the query's size.
     let big = many_questions(1, &KINDS, 136);
