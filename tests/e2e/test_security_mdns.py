@@ -237,3 +237,18 @@ def test_private_without_a_token_is_refused_at_start(tmp_path):
         raise AssertionError("serialhub started with private = true and no token_file")
     assert p.returncode != 0
     assert "line 2" in err and "`private = true` needs `token_file`" in err, err
+
+
+def test_a_baud_of_1_does_not_stick_for_the_next_client(pty_server):
+    """Item 6 on a PTY. A PTY stores any rate, so SET-BAUDRATE 1 is taken here (the refusal
+    and restore of a rate a driver clamps is `device::tty::tests`); what must hold on any
+    device: once that client is gone, the next one finds the UART at the configured rate."""
+    import serial  # pyserial, from the e2e venv
+
+    _d, pty, port = pty_server
+    with serial.serial_for_url(f"rfc2217://127.0.0.1:{port}", baudrate=115200, timeout=2) as ser:
+        ser.baudrate = 1
+        wait_for(lambda: pty.ospeed() == 1, 3, what="1 Bd on the PTY")
+    with serial.serial_for_url(f"rfc2217://127.0.0.1:{port}", baudrate=115200, timeout=2) as ser:
+        wait_for(lambda: pty.ospeed() == 115200, 3, what="115200 Bd for the next client")
+        assert ser.baudrate == 115200

@@ -28,6 +28,14 @@
 //!   addresses, at most [`ANSWERS_PER_SECOND`] answers a second, all interfaces together.
 //!   No timer runs ([`Machine::poll_timeout`] is `None`).
 //!
+//! Whatever a peer sends, the work is bounded and charged first: at most
+//! [`PACKETS_PER_SECOND`] packets are read (charged before parsing; while they are spent the
+//! loop does not read the socket, [`Machine::deaf_until`]); a source must be on the link of
+//! the interface it came in on ([`Iface::on_link`]) and allowed by the daemon
+//! ([`Peer`]); the answer budget is charged once a query is known to ask about our names and
+//! before its answer is built; and the answer itself is bounded (see
+//! `Responder::answer`).
+//!
 //! A conflict: another host answering for our host name (two Pis cloned from one image) has
 //! ours take a suffix from this host's own address, once, and probe again; another host's SRV
 //! for one of our instance names has that instance take ` (host)`, once, and be announced
