@@ -37,8 +37,11 @@ impl Net {
         Ok(Net { addr, bits })
     }
 
+    /// Whether `ip` is in this network. An IPv4 address and its IPv4-mapped form
+    /// (`::ffff:a.b.c.d`, what a dual-stack listener reports) are one address, both ways: a
+    /// rule written `::ffff:10.0.0.0/104` is `10.0.0.0/8` (its prefix counts on the IPv6
+    /// form), so a rule copied from a dual-stack log line matches what it says.
     pub(crate) fn contains(&self, ip: IpAddr) -> bool {
-        // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d.
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
@@ -46,7 +49,11 @@ impl Net {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.bits),
             (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.bits),
-            _ => false,
+            // A v6 rule and a v4 peer: compare on the peer's mapped form.
+            (IpAddr::V6(net), IpAddr::V4(ip)) => {
+                prefix_eq(&net.octets(), &ip.to_ipv6_mapped().octets(), self.bits)
+            }
+            (IpAddr::V4(_), IpAddr::V6(_)) => false,
         }
     }
 }
@@ -182,6 +189,30 @@ mod tests {
         assert!(Net::parse("::1").unwrap().contains(ip("::1")));
         assert!(Net::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
         assert!(Net::parse("10.0.0.0/33").is_err() && Net::parse("pi.local").is_err());
+    }
+
+    #[test]
+    fn ipv4_mapped_rules_match_their_ipv4_peers_both_ways() {
+        let mapped = Net::parse("::ffff:10.0.0.0/104").unwrap();
+        for peer in ["10.1.2.3", "::ffff:10.255.0.1"] {
+            assert!(mapped.contains(ip(peer)), "{peer}");
+        }
+        for peer in ["11.0.0.1", "::ffff:11.0.0.1", "::a00:1", "fd00::1"] {
+            assert!(!mapped.contains(ip(peer)), "{peer}");
+        }
+        let host = Net::parse("::ffff:192.168.1.5").unwrap();
+        assert!(host.contains(ip("192.168.1.5")) && !host.contains(ip("192.168.1.6")));
+        // The other way: a v4 rule, a mapped peer (as before), and a v4 rule never matches a
+        // v6 peer that is not mapped.
+        let v4 = Net::parse("10.0.0.0/8").unwrap();
+        assert!(v4.contains(ip("::ffff:10.9.9.9")) && !v4.contains(ip("::a09:909")));
+        // A short v6 prefix that covers the mapped range covers IPv4 peers too.
+        assert!(Net::parse("::ffff:0.0.0.0/96")
+            .unwrap()
+            .contains(ip("8.8.8.8")));
+        assert!(Net::parse("::/0").unwrap().contains(ip("8.8.8.8")));
+        let a = Allow::parse(&["::ffff:192.168.1.0/120".into()]).unwrap();
+        assert!(a.permits(ip("192.168.1.77")) && !a.permits(ip("192.168.2.1")));
     }
 
     #[test]

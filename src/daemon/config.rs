@@ -562,6 +562,18 @@ impl Config {
                 }
             }
         }
+        // `private` makes reads need the token; without a token there is nothing to check
+        // them against, and the portal would serve everyone while the config says otherwise.
+        if config.access.private && config.access.token_file.is_none() {
+            let line = text
+                .lines()
+                .position(|l| l.trim_start().starts_with("private"))
+                .map_or(1, |i| i + 1);
+            return Err((
+                line,
+                "`private = true` needs `token_file` in [access] (the token every request must then carry; `serialhub token` makes one), or remove `private`".into(),
+            ));
+        }
         Ok(config)
     }
 }
@@ -587,6 +599,17 @@ impl Default for MdnsConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_without_a_token_is_refused_with_the_line() {
+        let (line, msg) =
+            Config::parse("bind = \"0.0.0.0\"\n[access]\nprivate = true\n").unwrap_err();
+        assert_eq!(line, 3, "{msg}");
+        assert!(msg.contains("`private = true` needs `token_file`"), "{msg}");
+        let c = Config::parse("[access]\nprivate = true\ntoken_file = \"/x\"\n").unwrap();
+        assert!(c.access.private);
+        assert!(Config::parse("[access]\nprivate = false\n").is_ok());
+    }
 
     #[test]
     fn full_config_parses() {

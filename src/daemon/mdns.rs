@@ -11,9 +11,16 @@
 //! names; the thread sleeps until the machine's next timeout (none while nothing changes) and
 //! logs the machine's notes.
 //!
-//! Bounded: at most `ANSWERS_PER_SECOND` answers leave per second (the machine's budget),
-//! at most 64 packets are read per wakeup (so a flood cannot starve the changes), into one
-//! fixed buffer.
+//! Bounded: at most `PACKETS_PER_SECOND` packets are parsed and `ANSWERS_PER_SECOND`
+//! answers leave per second (the machine's budgets, charged before the work), at most 64
+//! packets are read per wakeup (so a flood cannot starve the changes), into one fixed buffer.
+//!
+//! Who is heard: only sources on the receiving interface's link (the machine checks them
+//! against the interface's networks, read here with their prefixes) and inside `[access]
+//! allow` (checked here, before the machine sees the packet): a host that may not use the
+//! devices is not told about them either. With `private = true` only the portal is
+//! advertised ([`Publish::PortalOnly`]): the device ports, which a token cannot guard, are
+//! not announced to the LAN.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
@@ -32,9 +39,10 @@ use nix::sys::socket::{
     SockType, SockaddrIn,
 };
 
+use crate::daemon::access::Allow;
 use crate::daemon::config::MdnsConfig;
 use crate::daemon::registry::DeviceEntry;
-use crate::protocol::mdns::{Iface, Machine, Note, Service, To, GROUP, PORT};
+use crate::protocol::mdns::{IfAddr, Iface, Machine, Note, Peer, Service, To, GROUP, PORT};
 use crate::protocol::Protocol;
 
 /// The netlink groups for IPv4 address and link changes.
@@ -50,16 +58,45 @@ enum Change {
     Shutdown,
 }
 
+/// What is advertised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Publish {
+    /// The portal and every served device.
+    Everything,
+    /// The portal only (`private = true`): what a device port offers cannot be guarded by
+    /// the token, so it is not announced; users find the ports through the portal, with it.
+    PortalOnly,
+}
+
+impl Publish {
+    pub(crate) fn for_private(private: bool) -> Publish {
+        if private {
+            Publish::PortalOnly
+        } else {
+            Publish::Everything
+        }
+    }
+}
+
 /// How the supervisor and `serve` reach the responder.
 pub(crate) struct Adverts {
     tx: mpsc::Sender<Change>,
     wake: Arc<EventFd>,
     thread: Option<thread::JoinHandle<()>>,
+    publish: Publish,
 }
 
 impl Adverts {
+    /// Advertise the portal.
+    pub(crate) fn serve_portal(&self, service: Service) {
+        self.send(Change::Serve("portal".to_owned(), service));
+    }
+
+    /// Advertise a served device under `key`, unless only the portal is published.
     pub(crate) fn serve(&self, key: &str, service: Service) {
-        self.send(Change::Serve(key.to_owned(), service));
+        if self.publish == Publish::Everything {
+            self.send(Change::Serve(key.to_owned(), service));
+        }
     }
 
     pub(crate) fn withdraw(&self, key: &str) {
@@ -165,11 +202,14 @@ pub(crate) fn host_names() -> (String, String) {
 }
 
 /// Start the responder on `config`'s interfaces; `only` is the address devices listen on
-/// when it is a specific one (then only the interface that has it is used).
+/// when it is a specific one (then only the interface that has it is used); packets from
+/// outside `allow` are not read; `publish` says whether devices are advertised.
 pub(crate) fn spawn(
     config: &MdnsConfig,
     only: Option<Ipv4Addr>,
     label: String,
+    allow: Allow,
+    publish: Publish,
 ) -> io::Result<Adverts> {
     let sock = multicast_socket()?;
     let netlink = address_watch()
@@ -188,6 +228,7 @@ pub(crate) fn spawn(
         rx,
         names: config.interfaces.clone(),
         only,
+        allow,
         machine: Machine::new(label, Instant::now()),
         buf: vec![0; 9000].into_boxed_slice(),
     };
@@ -198,6 +239,7 @@ pub(crate) fn spawn(
         tx,
         wake,
         thread: Some(thread),
+        publish,
     })
 }
 
@@ -231,12 +273,12 @@ fn address_watch() -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// An interface to use: its index, name (for the log) and IPv4 addresses.
+/// An interface to use: its index, name (for the log) and IPv4 addresses with prefixes.
 #[derive(Debug)]
 struct Nic {
     index: u32,
     name: String,
-    addrs: Vec<Ipv4Addr>,
+    addrs: Vec<IfAddr>,
 }
 
 /// The thread's half: descriptors, the mailbox and the buffer; the policy is the machine's.
@@ -248,6 +290,8 @@ struct Runner {
     /// Configured interface names (empty: all).
     names: Vec<String>,
     only: Option<Ipv4Addr>,
+    /// `[access] allow`: other sources are not heard.
+    allow: Allow,
     machine: Machine,
     buf: Box<[u8]>,
 }
@@ -258,12 +302,24 @@ impl Runner {
         loop {
             self.machine.handle_timeout(Instant::now());
             self.flush();
-            let timeout = self.machine.poll_timeout().map_or(PollTimeout::NONE, |t| {
-                let ms = t.saturating_duration_since(Instant::now()).as_millis() as i32 + 1;
+            let now = Instant::now();
+            // The packet budget is spent: the socket is not read until it refills.
+            let deaf = self.machine.deaf_until(now);
+            let wake_at = [self.machine.poll_timeout(), deaf]
+                .into_iter()
+                .flatten()
+                .min();
+            let timeout = wake_at.map_or(PollTimeout::NONE, |t| {
+                let ms = t.saturating_duration_since(now).as_millis() as i32 + 1;
                 PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
             });
+            let listen = if deaf.is_some() {
+                PollFlags::empty()
+            } else {
+                PollFlags::POLLIN
+            };
             let mut fds = vec![
-                PollFd::new(self.sock.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.sock.as_fd(), listen),
                 PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
             ];
             if let Some(n) = &self.netlink {
@@ -295,7 +351,7 @@ impl Runner {
                 self.drain_netlink();
                 self.rescan();
             }
-            if ready[0] {
+            if ready[0] && deaf.is_none() {
                 self.receive();
             }
         }
@@ -372,6 +428,9 @@ impl Runner {
     fn receive(&mut self) {
         // A bounded number of packets per wakeup, so a flood cannot starve the changes.
         for _ in 0..64 {
+            if self.machine.deaf_until(Instant::now()).is_some() {
+                return;
+            }
             let mut cmsg = nix::cmsg_space!(libc::in_pktinfo);
             let (len, from, index) = {
                 let mut iov = [io::IoSliceMut::new(&mut self.buf)];
@@ -395,9 +454,14 @@ impl Runner {
             let (Some(from), Some(index)) = (from, index) else {
                 continue;
             };
+            let peer = if self.allow.permits(IpAddr::V4(from.ip())) {
+                Peer::Allowed
+            } else {
+                Peer::Refused
+            };
             let (now, packet) = (Instant::now(), &self.buf[..len]);
             self.machine
-                .handle(now, index, SocketAddrV4::from(from), packet);
+                .handle_from(now, index, SocketAddrV4::from(from), peer, packet);
             self.flush();
         }
     }
@@ -427,7 +491,7 @@ impl Runner {
             if !self.machine.iface_up(iface) {
                 continue;
             }
-            let Some(&addr) = nic.addrs.first() else {
+            let Some(addr) = nic.addrs.first().map(|a| a.ip) else {
                 continue;
             };
             let req = IpMembershipRequest::new(GROUP, Some(addr));
@@ -464,6 +528,11 @@ fn interfaces(names: &[String], only: Option<Ipv4Addr>) -> Vec<Nic> {
         else {
             continue;
         };
+        // No netmask (never seen for IPv4): the address alone is its link.
+        let prefix = (a.netmask.as_ref())
+            .and_then(|m| m.as_sockaddr_in())
+            .map_or(32, |m| u32::from(m.ip()).leading_ones() as u8);
+        let addr = IfAddr { ip, prefix };
         if only.is_some_and(|o| o != ip) {
             continue;
         }
@@ -471,11 +540,11 @@ fn interfaces(names: &[String], only: Option<Ipv4Addr>) -> Vec<Nic> {
             continue;
         };
         match out.iter_mut().find(|i| i.index == index) {
-            Some(i) => i.addrs.push(ip),
+            Some(i) => i.addrs.push(addr),
             None => out.push(Nic {
                 index,
                 name: a.interface_name.clone(),
-                addrs: vec![ip],
+                addrs: vec![addr],
             }),
         }
     }

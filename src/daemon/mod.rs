@@ -152,10 +152,20 @@ fn advertise(config: &Config, portal: Option<std::net::SocketAddr>) -> Option<md
         _ => None,
     };
     let (host, label) = mdns::host_names();
-    match mdns::spawn(&config.mdns, only, label) {
+    let publish = mdns::Publish::for_private(config.access.private);
+    if publish == mdns::Publish::PortalOnly {
+        info!("mDNS: private: advertising the portal only, not the device ports");
+    }
+    match mdns::spawn(
+        &config.mdns,
+        only,
+        label,
+        config.access.allow.clone(),
+        publish,
+    ) {
         Ok(a) => {
             if let Some(p) = portal {
-                a.serve("portal", mdns::portal_service(p.port(), &host));
+                a.serve_portal(mdns::portal_service(p.port(), &host));
             }
             Some(a)
         }

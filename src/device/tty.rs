@@ -89,6 +89,147 @@ fn standard_rate(baud: u32) -> Option<libc::tcflag_t> {
     })
 }
 
+/// The two termios calls [`program`] makes, so a test can play a driver that clamps.
+pub(crate) trait Termios2 {
+    fn get(&mut self) -> io::Result<libc::termios2>;
+    fn set(&mut self, t: &libc::termios2) -> io::Result<()>;
+}
+
+/// TCGETS2 and TCSETS2 on a descriptor.
+struct Ioctl(std::os::fd::RawFd);
+
+impl Termios2 for Ioctl {
+    fn get(&mut self) -> io::Result<libc::termios2> {
+        // SAFETY: a zeroed termios2 is a valid value; TCGETS2 fills it.
+        let mut t: libc::termios2 = unsafe { std::mem::zeroed() };
+        // SAFETY: TCGETS2 writes a termios2 through the pointer.
+        if unsafe { libc::ioctl(self.0, libc::TCGETS2, &mut t) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(t)
+    }
+
+    fn set(&mut self, t: &libc::termios2) -> io::Result<()> {
+        // SAFETY: TCSETS2 reads a termios2.
+        if unsafe { libc::ioctl(self.0, libc::TCSETS2, t) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Why settings were not applied. After a refused rate the device is back at what it had.
+#[derive(Debug)]
+pub(crate) enum ApplyError {
+    /// TCGETS2 or TCSETS2 failed: nothing changed (or the kernel refused all of it).
+    Io(io::Error),
+    /// The driver took `got` baud for `asked` (more than 2 % off): the previous settings are
+    /// back on the UART.
+    Clamped { asked: u32, got: u32 },
+    /// The rate could not be read back, so what the UART runs at is unknown: the previous
+    /// settings are back.
+    Unverified { asked: u32, err: io::Error },
+    /// Restoring the previous settings failed too: the UART's rate is unknown.
+    NotRestored {
+        why: Box<ApplyError>,
+        err: io::Error,
+    },
+}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApplyError::Io(e) => write!(f, "{e}"),
+            ApplyError::Clamped { asked, got } => write!(
+                f,
+                "the driver set {got} baud instead of {asked}; the previous settings are restored"
+            ),
+            ApplyError::Unverified { asked, err } => write!(
+                f,
+                "cannot read back the rate after setting {asked} baud ({err}); the previous settings are restored"
+            ),
+            ApplyError::NotRestored { why, err } => write!(
+                f,
+                "{why}, but restoring failed ({err}): reopen the device (stop and start it) before trusting its rate"
+            ),
+        }
+    }
+}
+
+impl From<ApplyError> for io::Error {
+    fn from(e: ApplyError) -> io::Error {
+        match e {
+            ApplyError::Io(e) => e,
+            other => io::Error::other(other.to_string()),
+        }
+    }
+}
+
+/// Set `s` with one TCSETS2, then read the rate back: a driver may take a rate it cannot do
+/// and round it (`SET-BAUDRATE 1` becomes 300, or whatever the UART's divider allows). A
+/// rate more than 2 % off, or one that cannot be read back, is refused and the previous
+/// termios put back, so the UART runs at what the session still believes — and what the next
+/// client gets restored to — instead of a rate nobody asked for.
+pub(crate) fn program(dev: &mut impl Termios2, s: &LineSettings) -> Result<(), ApplyError> {
+    let before = dev.get().map_err(ApplyError::Io)?;
+    let mut t = before;
+    t.c_cflag &= !(libc::CSIZE
+        | libc::PARENB
+        | libc::PARODD
+        | libc::CMSPAR
+        | libc::CSTOPB
+        | libc::CRTSCTS
+        | libc::HUPCL
+        | libc::CBAUD);
+    // A standard rate goes in as its Bxxx code, so that tools reading the line with plain
+    // tcgetattr (and old drivers) see it; any other integer rate goes in as BOTHER.
+    t.c_cflag |= libc::CREAD | libc::CLOCAL | standard_rate(s.baud).unwrap_or(libc::BOTHER);
+    t.c_cflag |= match s.data_bits {
+        DataBits::Five => libc::CS5,
+        DataBits::Six => libc::CS6,
+        DataBits::Seven => libc::CS7,
+        DataBits::Eight => libc::CS8,
+    };
+    t.c_cflag |= match s.parity {
+        Parity::None => 0,
+        Parity::Odd => libc::PARENB | libc::PARODD,
+        Parity::Even => libc::PARENB,
+        Parity::Mark => libc::PARENB | libc::PARODD | libc::CMSPAR,
+        Parity::Space => libc::PARENB | libc::CMSPAR,
+    };
+    // termios has no 1.5 stop bits; CSTOPB gives 1.5 at 5 data bits on a 16550.
+    if s.stop_bits != StopBits::One {
+        t.c_cflag |= libc::CSTOPB;
+    }
+    t.c_iflag &= !(libc::IXON | libc::IXOFF | libc::IXANY);
+    match s.flow {
+        FlowControl::None => {}
+        FlowControl::XonXoff => t.c_iflag |= libc::IXON | libc::IXOFF,
+        FlowControl::RtsCts => t.c_cflag |= libc::CRTSCTS,
+    }
+    t.c_ispeed = s.baud;
+    t.c_ospeed = s.baud;
+    dev.set(&t).map_err(ApplyError::Io)?;
+    let refused = match dev.get() {
+        // A driver that reports no rate (0) has nothing to compare.
+        Ok(back) if back.c_ospeed == 0 || back.c_ospeed.abs_diff(s.baud) <= s.baud / 50 => {
+            return Ok(())
+        }
+        Ok(back) => ApplyError::Clamped {
+            asked: s.baud,
+            got: back.c_ospeed,
+        },
+        Err(err) => ApplyError::Unverified { asked: s.baud, err },
+    };
+    match dev.set(&before) {
+        Ok(()) => Err(refused),
+        Err(err) => Err(ApplyError::NotRestored {
+            why: Box::new(refused),
+            err,
+        }),
+    }
+}
+
 fn cvt(r: libc::ssize_t) -> io::Result<usize> {
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -124,65 +265,9 @@ impl Device for Tty {
     }
 
     /// One TCSETS2 with every field, so any integer baud (BOTHER) works and the UART is
-    /// reprogrammed once, not once per field.
+    /// reprogrammed once, not once per field; see [`program`] for what a refused rate does.
     fn apply(&mut self, s: &LineSettings) -> io::Result<()> {
-        let mut t: libc::termios2 = unsafe { std::mem::zeroed() };
-        // SAFETY: TCGETS2 fills a termios2.
-        if unsafe { libc::ioctl(self.raw(), libc::TCGETS2, &mut t) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        t.c_cflag &= !(libc::CSIZE
-            | libc::PARENB
-            | libc::PARODD
-            | libc::CMSPAR
-            | libc::CSTOPB
-            | libc::CRTSCTS
-            | libc::HUPCL
-            | libc::CBAUD);
-        // A standard rate goes in as its Bxxx code, so that tools reading the line with plain
-        // tcgetattr (and old drivers) see it; any other integer rate goes in as BOTHER.
-        t.c_cflag |= libc::CREAD | libc::CLOCAL | standard_rate(s.baud).unwrap_or(libc::BOTHER);
-        t.c_cflag |= match s.data_bits {
-            DataBits::Five => libc::CS5,
-            DataBits::Six => libc::CS6,
-            DataBits::Seven => libc::CS7,
-            DataBits::Eight => libc::CS8,
-        };
-        t.c_cflag |= match s.parity {
-            Parity::None => 0,
-            Parity::Odd => libc::PARENB | libc::PARODD,
-            Parity::Even => libc::PARENB,
-            Parity::Mark => libc::PARENB | libc::PARODD | libc::CMSPAR,
-            Parity::Space => libc::PARENB | libc::CMSPAR,
-        };
-        // termios has no 1.5 stop bits; CSTOPB gives 1.5 at 5 data bits on a 16550.
-        if s.stop_bits != StopBits::One {
-            t.c_cflag |= libc::CSTOPB;
-        }
-        t.c_iflag &= !(libc::IXON | libc::IXOFF | libc::IXANY);
-        match s.flow {
-            FlowControl::None => {}
-            FlowControl::XonXoff => t.c_iflag |= libc::IXON | libc::IXOFF,
-            FlowControl::RtsCts => t.c_cflag |= libc::CRTSCTS,
-        }
-        t.c_ispeed = s.baud;
-        t.c_ospeed = s.baud;
-        // SAFETY: TCSETS2 reads a termios2.
-        if unsafe { libc::ioctl(self.raw(), libc::TCSETS2, &t) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // The driver may round or refuse a rate silently: read back what it took.
-        let mut back: libc::termios2 = unsafe { std::mem::zeroed() };
-        if unsafe { libc::ioctl(self.raw(), libc::TCGETS2, &mut back) } == 0
-            && back.c_ospeed != 0
-            && back.c_ospeed.abs_diff(s.baud) > s.baud / 50
-        {
-            return Err(io::Error::other(format!(
-                "driver set {} baud instead of {}",
-                back.c_ospeed, s.baud
-            )));
-        }
-        Ok(())
+        program(&mut Ioctl(self.raw()), s).map_err(io::Error::from)
     }
 
     fn set_lines(&mut self, lines: Lines) -> io::Result<()> {
@@ -267,5 +352,109 @@ pub(crate) fn open_pty_master(
             .to_string_lossy()
             .into_owned();
         Ok((master, std::path::PathBuf::from(name)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A driver whose UART cannot go below `min` baud: it takes any TCSETS2 and rounds the
+    /// rate up, as a USB-UART bridge's divider does; or whose read-back fails.
+    struct Clamping {
+        now: libc::termios2,
+        min: u32,
+        sets: Vec<u32>,
+        fail_read_back: bool,
+        gets: u32,
+    }
+
+    impl Clamping {
+        fn at(baud: u32, min: u32) -> Clamping {
+            // SAFETY: a zeroed termios2 is a valid value.
+            let mut now: libc::termios2 = unsafe { std::mem::zeroed() };
+            now.c_cflag = libc::CS8 | libc::CREAD | libc::B115200;
+            now.c_ispeed = baud;
+            now.c_ospeed = baud;
+            Clamping {
+                now,
+                min,
+                sets: Vec::new(),
+                fail_read_back: false,
+                gets: 0,
+            }
+        }
+    }
+
+    impl Termios2 for Clamping {
+        fn get(&mut self) -> io::Result<libc::termios2> {
+            self.gets += 1;
+            if self.fail_read_back && self.gets > 1 {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            Ok(self.now)
+        }
+
+        fn set(&mut self, t: &libc::termios2) -> io::Result<()> {
+            self.now = *t;
+            self.now.c_ospeed = t.c_ospeed.max(self.min);
+            self.now.c_ispeed = t.c_ispeed.max(self.min);
+            self.sets.push(t.c_ospeed);
+            Ok(())
+        }
+    }
+
+    fn at(baud: u32) -> LineSettings {
+        LineSettings {
+            baud,
+            ..LineSettings::default()
+        }
+    }
+
+    #[test]
+    fn a_rate_the_driver_clamps_is_refused_and_the_previous_settings_restored() {
+        let mut d = Clamping::at(115_200, 300);
+        let before = d.now;
+        let e = program(&mut d, &at(1)).unwrap_err();
+        assert!(
+            matches!(e, ApplyError::Clamped { asked: 1, got: 300 }),
+            "{e:?}"
+        );
+        assert_eq!(d.sets, [1, 115_200], "set, then the old settings put back");
+        assert_eq!((d.now.c_ospeed, d.now.c_cflag), (115_200, before.c_cflag));
+        assert_eq!(
+            io::Error::from(e).to_string(),
+            "the driver set 300 baud instead of 1; the previous settings are restored"
+        );
+        // Within 2 %: taken (a divider's rounding is not an error).
+        let mut d = Clamping::at(115_200, 300);
+        program(&mut d, &at(295)).unwrap();
+        assert_eq!((d.sets.as_slice(), d.now.c_ospeed), (&[295][..], 300));
+        program(&mut d, &at(9600)).unwrap();
+        assert_eq!(d.now.c_ospeed, 9600);
+    }
+
+    #[test]
+    fn a_rate_that_cannot_be_read_back_is_undone() {
+        let mut d = Clamping::at(115_200, 0);
+        d.fail_read_back = true;
+        let e = program(&mut d, &at(1)).unwrap_err();
+        assert!(
+            matches!(e, ApplyError::Unverified { asked: 1, .. }),
+            "{e:?}"
+        );
+        assert_eq!(d.sets, [1, 115_200]);
+        assert_eq!(d.now.c_ospeed, 115_200);
+    }
+
+    #[test]
+    fn on_a_pty_the_rate_read_back_is_the_rate_set() {
+        // A PTY stores any rate it is given: nothing to refuse, nothing restored.
+        let (_master, slave) = open_pty_master(libc::O_RDWR | libc::O_NOCTTY).unwrap();
+        let mut tty = Tty::open(&slave, &at(115_200)).unwrap();
+        tty.apply(&at(1)).unwrap();
+        assert_eq!(Ioctl(tty.raw()).get().unwrap().c_ospeed, 1);
+        tty.apply(&at(115_200)).unwrap();
+        assert_eq!(Ioctl(tty.raw()).get().unwrap().c_ospeed, 115_200);
     }
 }

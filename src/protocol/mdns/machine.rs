@@ -28,6 +28,14 @@
 //!   addresses, at most [`ANSWERS_PER_SECOND`] answers a second, all interfaces together.
 //!   No timer runs ([`Machine::poll_timeout`] is `None`).
 //!
+//! Whatever a peer sends, the work is bounded and charged first: at most
+//! [`PACKETS_PER_SECOND`] packets are read (charged before parsing; while they are spent the
+//! loop does not read the socket, [`Machine::deaf_until`]); a source must be on the link of
+//! the interface it came in on ([`Iface::on_link`]) and allowed by the daemon
+//! ([`Peer`]); the answer budget is charged once a query is known to ask about our names and
+//! before its answer is built; and the answer itself is bounded (see
+//! `Responder::answer`).
+//!
 //! A conflict: another host answering for our host name (two Pis cloned from one image) has
 //! ours take a suffix from this host's own address, once, and probe again; another host's SRV
 //! for one of our instance names has that instance take ` (host)`, once, and be announced
@@ -45,6 +53,10 @@ use super::wire::parse;
 
 /// The most answers sent per second, all interfaces together.
 pub(crate) const ANSWERS_PER_SECOND: u32 = 50;
+/// The most packets read per second (parsed, checked for conflicts, maybe answered), all
+/// interfaces together: charged before a packet is parsed, so a flood costs a bounded amount
+/// of work whatever it holds. A busy LAN's mDNS traffic is well under this.
+pub(crate) const PACKETS_PER_SECOND: u32 = 500;
 /// Announcements are sent twice, this far apart (RFC 6762 §8.3).
 pub(crate) const ANNOUNCE_AGAIN: Duration = Duration::from_secs(1);
 /// A new host name is probed this many times, this far apart, before it is used (RFC 6762
@@ -59,7 +71,42 @@ const NOTES_MAX: usize = 64;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Iface {
     pub(crate) index: u32,
-    pub(crate) addrs: Vec<Ipv4Addr>,
+    pub(crate) addrs: Vec<IfAddr>,
+}
+
+/// One of an interface's addresses and its network's prefix length (`10.0.0.2/24`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IfAddr {
+    pub(crate) ip: Ipv4Addr,
+    pub(crate) prefix: u8,
+}
+
+impl Iface {
+    fn ips(&self) -> Vec<Ipv4Addr> {
+        self.addrs.iter().map(|a| a.ip).collect()
+    }
+
+    /// Whether `ip` is on this interface's link: inside one of its networks, or an IPv4
+    /// link-local address (169.254/16, on-link by definition). mDNS is link-local (RFC 6762
+    /// §11): a packet from anywhere else was routed here or has a forged source, and a
+    /// unicast answer to it would go to someone who did not ask.
+    pub(crate) fn on_link(&self, ip: Ipv4Addr) -> bool {
+        let inside = |a: &IfAddr| {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(a.prefix.min(32)))
+                .unwrap_or(0);
+            u32::from(ip) & mask == u32::from(a.ip) & mask
+        };
+        !ip.is_unspecified() && (ip.is_link_local() || self.addrs.iter().any(inside))
+    }
+}
+
+/// Whether the daemon's rules let a packet's source be heard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Peer {
+    Allowed,
+    /// Outside `[access] allow`.
+    Refused,
 }
 
 /// Where a packet goes.
@@ -114,7 +161,9 @@ pub(crate) struct Machine {
     /// When the second announcement is due.
     again: Option<Instant>,
     /// Answers left in the second that began then.
-    budget: (Instant, u32),
+    budget: Budget,
+    /// Packets that may still be read in the second that began then.
+    packets: Budget,
     out: VecDeque<Transmit>,
     notes: VecDeque<Note>,
 }
@@ -133,7 +182,8 @@ impl Machine {
             ifaces: Vec::new(),
             probing: Some((now, 0)),
             again: None,
-            budget: (now, ANSWERS_PER_SECOND),
+            budget: Budget::new(now, ANSWERS_PER_SECOND),
+            packets: Budget::new(now, PACKETS_PER_SECOND),
             out: VecDeque::new(),
             notes: VecDeque::new(),
         }
@@ -169,7 +219,7 @@ impl Machine {
             return false;
         }
         if !self.responder.services.is_empty() {
-            for p in self.responder.announce(&iface.addrs) {
+            for p in self.responder.announce(&iface.ips()) {
                 self.send(iface.index, To::Group, p);
             }
         }
@@ -233,11 +283,36 @@ impl Machine {
 
     /// A packet came in on interface `iface` from `from`: a question is answered (unless the
     /// name is being probed or the budget is spent), a response is checked for conflicts.
-    /// Packets from interfaces not in use, and malformed ones, are ignored.
+    /// Packets from interfaces not in use, from sources not on that interface's link, past
+    /// this second's packet budget, and malformed ones, are ignored — in that order, each
+    /// before any work: the packet budget is charged before parsing, the answer budget
+    /// before an answer is built.
+    #[cfg(test)]
     pub(crate) fn handle(&mut self, now: Instant, iface: u32, from: SocketAddrV4, packet: &[u8]) {
+        self.handle_from(now, iface, from, Peer::Allowed, packet);
+    }
+
+    /// [`Machine::handle`], for a source the daemon's rules (`[access] allow`) may refuse:
+    /// a refused packet still costs one from the packet budget (so a flood from refused
+    /// sources is as bounded as any), and nothing more.
+    pub(crate) fn handle_from(
+        &mut self,
+        now: Instant,
+        iface: u32,
+        from: SocketAddrV4,
+        peer: Peer,
+        packet: &[u8],
+    ) {
+        if !self.ifaces.iter().any(|i| i.index == iface) || !self.packets.spend(now) {
+            return;
+        }
         let Some(i) = self.ifaces.iter().find(|i| i.index == iface) else {
             return;
         };
+        if peer == Peer::Refused || !i.on_link(*from.ip()) {
+            return;
+        }
+        let addrs = i.ips();
         let Some(m) = parse(packet) else {
             return;
         };
@@ -245,15 +320,13 @@ impl Machine {
             self.on_response(now, &m);
             return;
         }
-        if self.probing.is_some() {
+        if self.probing.is_some() || !self.responder.concerns(&m) || !self.budget.spend(now) {
             return;
         }
-        let Some((reply, dest)) = self.responder.answer(&m, from.port(), &i.addrs) else {
+        let Some((reply, dest)) = self.responder.answer(&m, packet.len(), from.port(), &addrs)
+        else {
             return;
         };
-        if !self.spend(now) {
-            return;
-        }
         let to = match dest {
             Dest::Group => To::Group,
             Dest::Asker => To::Asker(from),
@@ -270,6 +343,14 @@ impl Machine {
             self.again = None;
             self.announce_all();
         }
+    }
+
+    /// While this second's packet budget is spent: until when (the loop stops reading the
+    /// socket till then, and the kernel drops what does not fit in its buffer — a flood then
+    /// costs this process nothing more).
+    pub(crate) fn deaf_until(&self, now: Instant) -> Option<Instant> {
+        let until = self.packets.since + Duration::from_secs(1);
+        (self.packets.left == 0 && now < until).then_some(until)
     }
 
     /// When [`Machine::handle_timeout`] is next due; `None` once the name is probed and
@@ -315,7 +396,7 @@ impl Machine {
 
     /// Another host claims our host name or one of our instance names.
     fn on_response(&mut self, now: Instant, m: &super::wire::Message) {
-        let ours: Vec<Ipv4Addr> = self.ifaces.iter().flat_map(|i| i.addrs.clone()).collect();
+        let ours: Vec<Ipv4Addr> = self.ifaces.iter().flat_map(Iface::ips).collect();
         if self.responder.host_taken(m, &ours) {
             // Another host has our name (two Pis both called raspberrypi, cloned from one
             // image): ours takes a suffix from this host's own address, once, and is probed
@@ -360,18 +441,6 @@ impl Machine {
         self.announce_all();
     }
 
-    /// Spend one answer from this second's budget.
-    fn spend(&mut self, now: Instant) -> bool {
-        if now.saturating_duration_since(self.budget.0) >= Duration::from_secs(1) {
-            self.budget = (now, ANSWERS_PER_SECOND);
-        }
-        if self.budget.1 == 0 {
-            return false;
-        }
-        self.budget.1 -= 1;
-        true
-    }
-
     fn announce_all(&mut self) {
         let r = self.responder.clone();
         self.send_all(|addrs| r.announce(addrs));
@@ -380,7 +449,7 @@ impl Machine {
     /// Queue the packets `make` builds for each interface's addresses, out of that interface.
     fn send_all(&mut self, make: impl Fn(&[Ipv4Addr]) -> Vec<Vec<u8>>) {
         for i in &self.ifaces {
-            for p in make(&i.addrs) {
+            for p in make(&i.ips()) {
                 self.out.push_back(Transmit {
                     iface: i.index,
                     to: To::Group,
@@ -398,5 +467,35 @@ impl Machine {
         if self.notes.len() < NOTES_MAX {
             self.notes.push_back(n);
         }
+    }
+}
+
+/// So many of something per second: refilled a second after the second began.
+#[derive(Debug)]
+struct Budget {
+    since: Instant,
+    left: u32,
+    per_second: u32,
+}
+
+impl Budget {
+    fn new(now: Instant, per_second: u32) -> Budget {
+        Budget {
+            since: now,
+            left: per_second,
+            per_second,
+        }
+    }
+
+    /// Spend one; false if this second's are spent.
+    fn spend(&mut self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.since) >= Duration::from_secs(1) {
+            (self.since, self.left) = (now, self.per_second);
+        }
+        if self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        true
     }
 }

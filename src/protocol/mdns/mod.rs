@@ -16,7 +16,7 @@ mod responder;
 mod wire;
 
 pub(crate) use browse::{browse_query, Browser, Found};
-pub(crate) use machine::{Iface, Machine, Note, To};
+pub(crate) use machine::{IfAddr, Iface, Machine, Note, Peer, To};
 pub(crate) use responder::Service;
 pub(crate) use wire::{GROUP, PORT};
 

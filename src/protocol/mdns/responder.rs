@@ -12,8 +12,8 @@
 use std::net::Ipv4Addr;
 
 use super::wire::{
-    Data, Message, Name, Record, Writer, A, ANY, IN, MAX_PACKET, PORT, PTR, RESPONSE, SRV, TXT,
-    UNICAST,
+    Data, Message, Name, Question, Record, Writer, A, ANY, IN, MAX_PACKET, MAX_REPLY, PORT, PTR,
+    RESPONSE, SRV, TRUNCATED, TXT, UNICAST,
 };
 
 /// How long caches keep records naming a host (RFC 6762 §10: 120 s) and other records
@@ -120,11 +120,32 @@ impl Responder {
             .collect()
     }
 
-    /// The answer to `query` (received from port `from_port` on an interface whose addresses
-    /// are `addrs`), if it asks about anything of ours.
+    /// Whether any of `query`'s questions is about a name of ours: cheap (a few name
+    /// comparisons per question), so the answer budget is charged before any answer is built.
+    pub(crate) fn concerns(&self, query: &Message) -> bool {
+        !query.response
+            && query.questions.iter().any(|q| {
+                q.name.same(&Name::local(SERVICES))
+                    || q.name.same(&self.host_name())
+                    || (self.services.iter())
+                        .any(|s| q.name.same(&s.kind_name()) || q.name.same(&s.name()))
+            })
+    }
+
+    /// The answer to `query` (`query_len` bytes, received from port `from_port` on an
+    /// interface whose addresses are `addrs`), if it asks about anything of ours.
+    ///
+    /// Bounded whatever the query: a question asked twice is answered once, a record is in
+    /// the reply once, and the reply is at most [`MAX_REPLY`] bytes — for a one-shot querier
+    /// (a unicast reply, which a spoofed source would aim at someone else) at most the
+    /// query's own size if that is over [`MAX_PACKET`], so a large query never gets more
+    /// back than it sent; answers that do not fit are left out (and the TC bit says so to
+    /// a one-shot querier). A one-shot querier gets back only the questions that were
+    /// answered, once each.
     pub(crate) fn answer(
         &self,
         query: &Message,
+        query_len: usize,
         from_port: u16,
         addrs: &[Ipv4Addr],
     ) -> Option<(Vec<u8>, Dest)> {
@@ -133,45 +154,18 @@ impl Responder {
         }
         let mut answers: Vec<Record> = Vec::new();
         let mut extra: Vec<Record> = Vec::new();
+        let mut asked: Vec<&Question> = Vec::new();
         for q in &query.questions {
-            let any = q.kind == ANY;
-            if (q.kind == PTR || any) && q.name.same(&Name::local(SERVICES)) {
-                let mut kinds: Vec<Name> = Vec::new();
-                for s in &self.services {
-                    if !kinds.iter().any(|k| k.same(&s.kind_name())) {
-                        kinds.push(s.kind_name());
-                    }
-                }
-                for k in kinds {
-                    answers.push(Record {
-                        name: Name::local(SERVICES),
-                        ttl: OTHER_TTL,
-                        data: Data::Ptr(k),
-                    });
-                }
+            if asked
+                .iter()
+                .any(|a| a.kind == q.kind && a.name.same(&q.name))
+            {
+                continue;
             }
-            for s in &self.services {
-                if (q.kind == PTR || any) && q.name.same(&s.kind_name()) {
-                    let mut recs = self.service_records(s, addrs, None).into_iter();
-                    answers.extend(recs.next());
-                    extra.extend(recs);
-                } else if q.name.same(&s.name()) && matches!(q.kind, SRV | TXT | ANY) {
-                    for r in self.service_records(s, addrs, None).into_iter().skip(1) {
-                        let wanted = any
-                            || matches!(
-                                (&r.data, q.kind),
-                                (Data::Srv { .. }, SRV) | (Data::Txt(_), TXT)
-                            );
-                        if wanted {
-                            answers.push(r);
-                        } else {
-                            extra.push(r);
-                        }
-                    }
-                }
-            }
-            if matches!(q.kind, A | ANY) && q.name.same(&self.host_name()) {
-                answers.extend(self.host_records(addrs));
+            let before = answers.len();
+            self.answer_one(q, addrs, &mut answers, &mut extra);
+            if answers.len() > before {
+                asked.push(q);
             }
         }
         if answers.is_empty() {
@@ -185,27 +179,94 @@ impl Responder {
             new
         });
         let legacy = from_port != PORT;
+        let limit = if legacy && query_len > MAX_PACKET {
+            query_len.min(MAX_REPLY)
+        } else {
+            MAX_REPLY
+        };
         let mut w = Writer::new(if legacy { query.id } else { 0 }, RESPONSE);
         if legacy {
-            for q in &query.questions {
+            for q in &asked {
                 w.question(&q.name, q.kind);
             }
         }
+        let mut all = true;
         for a in &answers {
             // Shared records (PTR) never flush caches; unique ones do, except to a one-shot
             // querier (RFC 6762 §6.7).
             let flush = !legacy && !matches!(a.data, Data::Ptr(_));
-            w.record(1, a, flush);
+            all &= w.record_within(1, a, flush, limit);
+        }
+        if !all && legacy {
+            w.flag(TRUNCATED);
+        }
+        if w.out.len() > limit {
+            return None; // the echoed questions alone do not fit
         }
         for e in &extra {
-            if w.out.len() > MAX_PACKET {
+            let flush = !legacy && !matches!(e.data, Data::Ptr(_));
+            if !w.record_within(3, e, flush, limit.min(MAX_PACKET)) {
                 break;
             }
-            let flush = !legacy && !matches!(e.data, Data::Ptr(_));
-            w.record(3, e, flush);
         }
         let dest = if legacy { Dest::Asker } else { Dest::Group };
         Some((w.finish(), dest))
+    }
+
+    /// Add what answers `q` to `answers` (each record once) and the related records to
+    /// `extra`.
+    fn answer_one(
+        &self,
+        q: &Question,
+        addrs: &[Ipv4Addr],
+        answers: &mut Vec<Record>,
+        extra: &mut Vec<Record>,
+    ) {
+        let add = |to: &mut Vec<Record>, r: Record| {
+            if !to.contains(&r) {
+                to.push(r);
+            }
+        };
+        let any = q.kind == ANY;
+        if (q.kind == PTR || any) && q.name.same(&Name::local(SERVICES)) {
+            for s in &self.services {
+                add(
+                    answers,
+                    Record {
+                        name: Name::local(SERVICES),
+                        ttl: OTHER_TTL,
+                        data: Data::Ptr(s.kind_name()),
+                    },
+                );
+            }
+        }
+        for s in &self.services {
+            if (q.kind == PTR || any) && q.name.same(&s.kind_name()) {
+                let mut recs = self.service_records(s, addrs, None).into_iter();
+                if let Some(ptr) = recs.next() {
+                    add(answers, ptr);
+                }
+                extra.extend(recs);
+            } else if q.name.same(&s.name()) && matches!(q.kind, SRV | TXT | ANY) {
+                for r in self.service_records(s, addrs, None).into_iter().skip(1) {
+                    let wanted = any
+                        || matches!(
+                            (&r.data, q.kind),
+                            (Data::Srv { .. }, SRV) | (Data::Txt(_), TXT)
+                        );
+                    if wanted {
+                        add(answers, r);
+                    } else {
+                        extra.push(r);
+                    }
+                }
+            }
+        }
+        if matches!(q.kind, A | ANY) && q.name.same(&self.host_name()) {
+            for r in self.host_records(addrs) {
+                add(answers, r);
+            }
+        }
     }
 
     /// Unsolicited announcements of every service (one packet each), or goodbyes for

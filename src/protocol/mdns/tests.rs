@@ -6,10 +6,14 @@ use std::time::{Duration, Instant};
 
 use super::browse::{browse_query, Browser};
 use super::machine::{
-    Iface, Machine, Note, To, Transmit, ANNOUNCE_AGAIN, ANSWERS_PER_SECOND, PROBES, PROBE_EVERY,
+    IfAddr, Iface, Machine, Note, To, Transmit, ANNOUNCE_AGAIN, ANSWERS_PER_SECOND,
+    PACKETS_PER_SECOND, PROBES, PROBE_EVERY,
 };
 use super::responder::{probe, Dest, Responder, Service};
-use super::wire::{parse, Data, Message, Name, Writer, A, ANY, PORT, PTR, SRV};
+use super::wire::{
+    parse, Data, Message, Name, Writer, A, ANY, MAX_PACKET, MAX_QUESTIONS, MAX_REPLY, PORT, PTR,
+    SRV, UNICAST,
+};
 
 fn responder() -> Responder {
     Responder {
@@ -42,7 +46,7 @@ fn a_browse_finds_every_instance_with_its_txt_and_address() {
     let q = parse(&browse_query(7, &["_iostream._tcp", "_serialhub._tcp"])).unwrap();
     assert_eq!(q.questions.len(), 2);
     // From an ephemeral port: a unicast answer with the query's id and question.
-    let (reply, dest) = r.answer(&q, 40000, &ADDR).unwrap();
+    let (reply, dest) = r.answer(&q, 0, 40000, &ADDR).unwrap();
     assert_eq!(dest, Dest::Asker);
     let m = parse(&reply).unwrap();
     assert!(m.response && m.id == 7 && m.questions.len() == 2);
@@ -69,7 +73,7 @@ fn questions_about_instances_hosts_and_types() {
         let mut w = Writer::new(0, 0);
         w.question(&name, kind);
         let q = parse(&w.finish()).unwrap();
-        r.answer(&q, PORT, &ADDR).map(|(p, d)| {
+        r.answer(&q, 0, PORT, &ADDR).map(|(p, d)| {
             assert_eq!(d, Dest::Group);
             parse(&p).unwrap()
         })
@@ -103,7 +107,7 @@ fn goodbyes_and_conflicts() {
     // A probe for our host name is answered; another host's answer means it is taken.
     let q = parse(&probe("pi-1a2b")).unwrap();
     assert!(q.questions[0].unicast);
-    let (answer, _) = r.answer(&q, PORT, &ADDR).unwrap();
+    let (answer, _) = r.answer(&q, 0, PORT, &ADDR).unwrap();
     let answer = parse(&answer).unwrap();
     assert!(!r.host_taken(&answer, &ADDR), "our own answer");
     assert!(r.host_taken(&answer, &[Ipv4Addr::new(10, 0, 0, 3)]));
@@ -130,7 +134,7 @@ mod properties {
             let _ = parse(&p);
             let r = responder();
             if let Some(m) = parse(&p) {
-                let _ = r.answer(&m, PORT, &ADDR);
+                let _ = r.answer(&m, p.len(), PORT, &ADDR);
                 let _ = r.conflict(&m);
             }
             let mut b = Browser::new(&["_iostream._tcp"]);
@@ -148,6 +152,12 @@ const ETH0_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const WLAN0_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 7);
 /// Another host on eth0's network, asking from the mDNS port (answered to the group).
 const PEER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 50), PORT);
+/// Another host on wlan0's network.
+const WLAN_PEER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 50), PORT);
+
+fn net(ip: Ipv4Addr, prefix: u8) -> IfAddr {
+    IfAddr { ip, prefix }
+}
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -156,14 +166,14 @@ fn ms(n: u64) -> Duration {
 fn eth0() -> Iface {
     Iface {
         index: ETH0,
-        addrs: vec![ETH0_ADDR],
+        addrs: vec![net(ETH0_ADDR, 24)],
     }
 }
 
 fn wlan0() -> Iface {
     Iface {
         index: WLAN0,
-        addrs: vec![WLAN0_ADDR],
+        addrs: vec![net(WLAN0_ADDR, 24)],
     }
 }
 
@@ -228,7 +238,7 @@ fn claim(host: &str) -> Vec<u8> {
     };
     let q = parse(&probe(host)).unwrap();
     let (p, _) = other
-        .answer(&q, PORT, &[Ipv4Addr::new(10, 0, 0, 9)])
+        .answer(&q, 0, PORT, &[Ipv4Addr::new(10, 0, 0, 9)])
         .unwrap();
     p
 }
@@ -452,8 +462,8 @@ fn a_question_is_answered_on_its_interface_with_that_interfaces_address() {
     let t0 = Instant::now();
     let mut m = steady(t0);
     let t = t0 + ms(3000);
-    for (iface, addr) in [(ETH0, ETH0_ADDR), (WLAN0, WLAN0_ADDR)] {
-        m.handle(t, iface, PEER, &question(0, "pi-1a2b.local", A));
+    for (iface, addr, peer) in [(ETH0, ETH0_ADDR, PEER), (WLAN0, WLAN0_ADDR, WLAN_PEER)] {
+        m.handle(t, iface, peer, &question(0, "pi-1a2b.local", A));
         let answer = sent(&mut m);
         assert_eq!(answer.len(), 1);
         assert_eq!((answer[0].iface, answer[0].to), (iface, To::Group));
@@ -478,7 +488,7 @@ fn a_question_is_answered_on_its_interface_with_that_interfaces_address() {
     assert!(sent(&mut m).is_empty());
     // Gone: its questions are not answered any more.
     m.iface_down(WLAN0);
-    m.handle(t, WLAN0, PEER, &question(0, "pi-1a2b.local", A));
+    m.handle(t, WLAN0, WLAN_PEER, &question(0, "pi-1a2b.local", A));
     assert!(sent(&mut m).is_empty());
 }
 
@@ -522,7 +532,12 @@ fn the_budget_caps_answers_per_second_and_refills() {
     // A flood: 50 answers in the second that starts with the first, on all interfaces
     // together.
     assert_eq!(ask(&mut m, 3000, 40), 40);
-    m.handle(t0 + ms(3100), WLAN0, PEER, &question(0, "pi-1a2b.local", A));
+    m.handle(
+        t0 + ms(3100),
+        WLAN0,
+        WLAN_PEER,
+        &question(0, "pi-1a2b.local", A),
+    );
     assert_eq!(sent(&mut m).len(), 1);
     assert_eq!(ask(&mut m, 3500, 100), 9);
     assert_eq!(ask(&mut m, 3999, 10), 0);
@@ -586,26 +601,32 @@ fn an_interface_that_comes_up_or_changes_address_hears_every_board() {
     run(&mut m, t0);
     let usb0 = Iface {
         index: 4,
-        addrs: vec![Ipv4Addr::new(172, 16, 0, 1)],
+        addrs: vec![net(Ipv4Addr::new(172, 16, 0, 1), 16)],
     };
     assert!(m.iface_up(usb0.clone()));
     let hello = sent(&mut m);
     assert_eq!(hello.len(), 2, "both boards, there only");
     assert!(hello.iter().all(|t| t.iface == 4 && t.to == To::Group));
-    assert!(hello.iter().all(|t| a_records(t, "pi-1a2b") == usb0.addrs));
+    assert!(hello
+        .iter()
+        .all(|t| a_records(t, "pi-1a2b") == [usb0.addrs[0].ip]));
     // Read again, unchanged: nothing.
     assert!(!m.iface_up(usb0) && sent(&mut m).is_empty());
     // A new address on eth0 (DHCP): eth0 hears everything again, with it.
     let moved = Iface {
         index: ETH0,
-        addrs: vec![Ipv4Addr::new(10, 0, 0, 77)],
+        addrs: vec![net(Ipv4Addr::new(10, 0, 0, 77), 24)],
     };
     assert!(m.iface_up(moved.clone()));
     let hello = sent(&mut m);
     assert_eq!(hello.len(), 2);
     assert!(hello
         .iter()
-        .all(|t| t.iface == ETH0 && a_records(t, "pi-1a2b") == moved.addrs));
+        .all(|t| t.iface == ETH0 && a_records(t, "pi-1a2b") == [moved.addrs[0].ip]));
     assert_eq!(m.ifaces().len(), 2);
     assert_eq!(m.poll_timeout(), None);
 }
+
+/// Hostile queries: amplification, floods, off-link sources.
+#[path = "tests/hostile_test.rs"]
+mod hostile;

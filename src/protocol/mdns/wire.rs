@@ -27,6 +27,13 @@ pub(super) const RESPONSE: u16 = 0x8400;
 
 /// Packets stay under a typical MTU; a responder with more records than fit sends several.
 pub(crate) const MAX_PACKET: usize = 1400;
+/// No reply is longer than this (RFC 6762 §17: the most an mDNS packet may be).
+pub(crate) const MAX_REPLY: usize = 9000;
+/// At most this many questions of a query are read; the rest are ignored. A real browser
+/// asks a few; thousands of repeated ones are only there to multiply the work and the reply.
+pub(crate) const MAX_QUESTIONS: usize = 16;
+/// The truncated bit of a reply's flags: not every answer fitted.
+pub(super) const TRUNCATED: u16 = 0x0200;
 
 /// A DNS name as labels, without the root. Compared without regard to ASCII case.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -135,6 +142,10 @@ pub(crate) struct Message {
 }
 
 /// Parse a packet; `None` if it is malformed.
+///
+/// A query's first [`MAX_QUESTIONS`] questions are read and nothing after them (its known
+/// answers are not used: every question is answered in full); a response with more
+/// questions than that is refused, since responses carry none but a legacy echo.
 pub(crate) fn parse(p: &[u8]) -> Option<Message> {
     let mut r = Reader { p, at: 0 };
     let id = r.u16()?;
@@ -145,7 +156,10 @@ pub(crate) fn parse(p: &[u8]) -> Option<Message> {
         response: flags & 0x8000 != 0,
         ..Message::default()
     };
-    for _ in 0..qd {
+    if m.response && usize::from(qd) > MAX_QUESTIONS {
+        return None;
+    }
+    for _ in 0..usize::from(qd).min(MAX_QUESTIONS) {
         let name = r.name()?;
         let kind = r.u16()?;
         let class = r.u16()?;
@@ -154,6 +168,9 @@ pub(crate) fn parse(p: &[u8]) -> Option<Message> {
             kind,
             unicast: class & UNICAST != 0,
         });
+    }
+    if !m.response {
+        return Some(m);
     }
     for _ in 0..(u32::from(an) + u32::from(ns) + u32::from(ar)) {
         let name = r.name()?;
@@ -326,6 +343,31 @@ impl Writer {
         let len = (self.out.len() - len_at - 2) as u16;
         self.out[len_at..len_at + 2].copy_from_slice(&len.to_be_bytes());
         self.counts[section] += 1;
+    }
+
+    /// Add `rec` as [`Writer::record`] does if the packet stays within `limit` bytes; false
+    /// (and nothing added) if it would not.
+    pub(super) fn record_within(
+        &mut self,
+        section: usize,
+        rec: &Record,
+        flush: bool,
+        limit: usize,
+    ) -> bool {
+        let (len, count) = (self.out.len(), self.counts[section]);
+        self.record(section, rec, flush);
+        if self.out.len() > limit {
+            self.out.truncate(len);
+            self.counts[section] = count;
+            return false;
+        }
+        true
+    }
+
+    /// Set `bits` in the header's flags.
+    pub(super) fn flag(&mut self, bits: u16) {
+        let f = u16::from_be_bytes([self.out[2], self.out[3]]) | bits;
+        self.out[2..4].copy_from_slice(&f.to_be_bytes());
     }
 
     pub(super) fn finish(mut self) -> Vec<u8> {
