@@ -19,8 +19,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{debug, error, info, warn};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use log::{debug, info, warn};
+use nix::poll::{PollFd, PollFlags};
 use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::daemon::config::{DeviceSpec, MAX_CLIENTS};
@@ -28,14 +28,11 @@ use crate::daemon::control::Reply;
 pub(crate) use crate::daemon::hub::Shared;
 use crate::daemon::hub::{Action, Hub};
 use crate::daemon::mailbox::{mailbox, Mailbox, Refused, Sender};
+use crate::daemon::wait::{poll_until, Woke};
 use crate::device::{Device, DevicePath};
 use crate::protocol::line::LineSettings;
 use crate::protocol::reset::ResetTo;
 
-/// How long poll may sleep when nothing is due (it is woken for everything that matters).
-const POLL_CAP_MS: u128 = 60_000;
-/// After a failed poll, pause this long so a persistent error cannot spin the thread.
-const POLL_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// After a failed accept (out of descriptors, most likely), the listener rests this long,
 /// doubling to [`ACCEPT_PAUSE_MAX`] while it keeps failing: the loop must not spin on a
 /// listener that stays readable, and connected clients go on being served meanwhile.
@@ -249,18 +246,8 @@ impl Bridge {
         }
         let rest = self.accept_rest.map(|(until, _, _)| until);
         let deadline = [rest, self.hub.poll_timeout()].into_iter().flatten().min();
-        let timeout = deadline.map_or(PollTimeout::NONE, |d| {
-            let ms = d.saturating_duration_since(Instant::now()).as_millis();
-            PollTimeout::try_from(ms.min(POLL_CAP_MS) as i32 + 1).unwrap_or(PollTimeout::MAX)
-        });
-        match poll(&mut fds[..used], timeout) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => return Ok(()),
-            Err(e) => {
-                error!("{}: poll failed: {e}", self.hub.name());
-                thread::sleep(POLL_ERROR_PAUSE);
-                return Ok(());
-            }
+        if poll_until(&mut fds[..used], deadline, &self.hub.name()) == Woke::Interrupted {
+            return Ok(());
         }
         let ready = fds.map(|f| f.revents().unwrap_or(PollFlags::empty()));
         let (listener_ready, wake_ready, dev_ready) = (ready[0], ready[1], ready[2]);

@@ -41,6 +41,7 @@ pub(crate) mod registry; // the shared view of devices, ports, clients and count
 pub(crate) mod reopen; // when to try opening a device again (pure)
 pub(crate) mod stopping; // stopping several bridges with one shared deadline
 pub(crate) mod supervisor; // hotplug (inotify), stable ports, the bridges' lifecycle
+pub(crate) mod wait; // how a thread sleeps: poll until ready or its deadline, one way
 
 /// Re-reads the configuration (file plus command line) on SIGHUP.
 pub(crate) type Reload = Box<dyn Fn() -> Result<Config, String>>;

@@ -13,11 +13,11 @@ use std::net::{IpAddr, TcpListener};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use inotify::{EventMask, Inotify, WatchMask};
 use log::{error, info, log, warn};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{PollFd, PollFlags};
 
 use crate::daemon::assign::{Assignments, DeviceKey};
 use crate::daemon::bridge::{self, BridgeCommand, BridgeHandle, Shared};
@@ -29,13 +29,10 @@ use crate::daemon::mdns::{self, Adverts};
 use crate::daemon::plan::{Decision, Identity, Plan, PortChoice, Serve, Shown, Start};
 use crate::daemon::registry::{DeviceEntry, DeviceState, LogRing, Registry, LOG_RING_BYTES};
 use crate::daemon::stopping::Stopping;
+use crate::daemon::wait::poll_until;
 
 /// Room for a burst of inotify events (each is 16 bytes plus the node's name).
 const INOTIFY_BUFFER: usize = 4096;
-/// How long poll may sleep when nothing is due (it is woken for everything that matters).
-const POLL_CAP_MS: u128 = 60_000;
-/// After a failed poll, pause this long so a persistent error cannot spin the thread.
-const POLL_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// A device the plan said to serve that could not be.
 struct Failed {
@@ -490,22 +487,13 @@ impl Supervisor {
     pub(crate) fn run(&mut self, inbox: Inbox) {
         let mut buf = [0u8; INOTIFY_BUFFER];
         loop {
-            let timeout = self.plan.deadline().map_or(PollTimeout::NONE, |d| {
-                let ms = d.saturating_duration_since(Instant::now()).as_millis();
-                PollTimeout::try_from(ms.min(POLL_CAP_MS) as i32 + 1).unwrap_or(PollTimeout::MAX)
-            });
             let (wake_ready, ino_ready) = {
                 let mut fds = vec![PollFd::new(inbox.fd(), PollFlags::POLLIN)];
                 if let Some(w) = &self.watch {
                     fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
                 }
-                match poll(&mut fds, timeout) {
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                    Err(e) => {
-                        error!("supervisor: poll failed: {e}");
-                        std::thread::sleep(POLL_ERROR_PAUSE);
-                    }
-                }
+                // Interrupted: no revents, so neither is ready and the loop goes round.
+                poll_until(&mut fds, self.plan.deadline(), &"supervisor");
                 let r = |i: usize| {
                     fds.get(i)
                         .and_then(|f| f.revents())
