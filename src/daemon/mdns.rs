@@ -25,14 +25,12 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use nix::net::if_::InterfaceFlags;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::poll::{PollFd, PollFlags};
 use nix::sys::socket::{
     bind, recvmsg, sendmsg, setsockopt, socket, sockopt, AddressFamily, ControlMessage,
     ControlMessageOwned, IpMembershipRequest, MsgFlags, NetlinkAddr, SockFlag, SockProtocol,
@@ -41,10 +39,15 @@ use nix::sys::socket::{
 
 use crate::daemon::access::Allow;
 use crate::daemon::config::MdnsConfig;
+use crate::daemon::mailbox::{mailbox, Mailbox, Refused, Sender};
 use crate::daemon::registry::DeviceEntry;
+use crate::daemon::wait::{poll_until, Woke};
 use crate::protocol::mdns::{IfAddr, Iface, Machine, Note, Peer, Service, To, GROUP, PORT};
 use crate::protocol::Protocol;
 
+/// How many advertisement changes may wait for the responder: the supervisor sends one or two
+/// per device event, and the responder takes them all each round.
+const CHANGES: usize = 256;
 /// The netlink groups for IPv4 address and link changes.
 const RTMGRP_LINK: u32 = 0x1;
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
@@ -80,8 +83,7 @@ impl Publish {
 
 /// How the supervisor and `serve` reach the responder.
 pub(crate) struct Adverts {
-    tx: mpsc::Sender<Change>,
-    wake: Arc<EventFd>,
+    tx: Sender<Change>,
     thread: Option<thread::JoinHandle<()>>,
     publish: Publish,
 }
@@ -104,8 +106,10 @@ impl Adverts {
     }
 
     fn send(&self, c: Change) {
-        if self.tx.send(c).is_ok() {
-            let _ = self.wake.write(1);
+        if let Err(why) = self.tx.post(c) {
+            if why == Refused::Full {
+                warn!("mDNS: the responder is {why}; an advertisement change is dropped");
+            }
         }
     }
 }
@@ -113,8 +117,16 @@ impl Adverts {
 impl Drop for Adverts {
     /// Goodbyes for everything, then the thread ends (it only sends a few packets).
     fn drop(&mut self) {
-        self.send(Change::Shutdown);
-        if let Some(t) = self.thread.take() {
+        // The responder takes its whole mailbox each round, so a full one empties within a
+        // round; one that stays full for a second belongs to a stuck thread, left to itself.
+        let posted = (0..100).any(|_| match self.tx.post(Change::Shutdown) {
+            Err(Refused::Full) => {
+                thread::sleep(Duration::from_millis(10));
+                false
+            }
+            _ => true,
+        });
+        if let Some(t) = self.thread.take().filter(|_| posted) {
             let _ = t.join();
         }
     }
@@ -217,15 +229,11 @@ pub(crate) fn spawn(
             warn!("mDNS: cannot watch address changes ({e}); interfaces are read at start only")
         })
         .ok();
-    let wake = Arc::new(EventFd::from_flags(
-        EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
-    )?);
-    let (tx, rx) = mpsc::channel();
+    let (tx, inbox) = mailbox(CHANGES)?;
     let mut r = Runner {
         sock,
         netlink,
-        wake: wake.clone(),
-        rx,
+        inbox,
         names: config.interfaces.clone(),
         only,
         allow,
@@ -237,7 +245,6 @@ pub(crate) fn spawn(
         .spawn(move || r.run())?;
     Ok(Adverts {
         tx,
-        wake,
         thread: Some(thread),
         publish,
     })
@@ -285,8 +292,8 @@ struct Nic {
 struct Runner {
     sock: OwnedFd,
     netlink: Option<OwnedFd>,
-    wake: Arc<EventFd>,
-    rx: mpsc::Receiver<Change>,
+    /// Changes from the supervisor and `serve`.
+    inbox: Mailbox<Change>,
     /// Configured interface names (empty: all).
     names: Vec<String>,
     only: Option<Ipv4Addr>,
@@ -309,37 +316,27 @@ impl Runner {
                 .into_iter()
                 .flatten()
                 .min();
-            let timeout = wake_at.map_or(PollTimeout::NONE, |t| {
-                let ms = t.saturating_duration_since(now).as_millis() as i32 + 1;
-                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
-            });
             let listen = if deaf.is_some() {
                 PollFlags::empty()
             } else {
                 PollFlags::POLLIN
             };
-            let mut fds = vec![
+            // A fixed set, no allocation per round: without netlink its slot polls the
+            // mailbox's fd for nothing.
+            let mut fds = [
                 PollFd::new(self.sock.as_fd(), listen),
-                PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.inbox.fd(), PollFlags::POLLIN),
+                match &self.netlink {
+                    Some(n) => PollFd::new(n.as_fd(), PollFlags::POLLIN),
+                    None => PollFd::new(self.inbox.fd(), PollFlags::empty()),
+                },
             ];
-            if let Some(n) = &self.netlink {
-                fds.push(PollFd::new(n.as_fd(), PollFlags::POLLIN));
-            }
-            if let Err(e) = poll(&mut fds, timeout) {
-                if e != nix::errno::Errno::EINTR {
-                    warn!("mDNS: poll failed: {e}");
-                    thread::sleep(Duration::from_millis(100));
-                }
+            if poll_until(&mut fds, wake_at, &"mDNS") == Woke::Interrupted {
                 continue;
             }
-            let ready: Vec<bool> = fds
-                .iter()
-                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-                .collect();
-            drop(fds);
+            let ready = fds.map(|f| f.revents().is_some_and(|r| !r.is_empty()));
             if ready[1] {
-                let _ = self.wake.read();
-                while let Ok(c) = self.rx.try_recv() {
+                while let Some(c) = self.inbox.pop() {
                     let go_on = self.change(c);
                     self.flush();
                     if !go_on {
@@ -347,7 +344,7 @@ impl Runner {
                     }
                 }
             }
-            if ready.get(2).copied().unwrap_or(false) {
+            if ready[2] {
                 self.drain_netlink();
                 self.rescan();
             }
