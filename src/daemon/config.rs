@@ -44,8 +44,8 @@ pub(crate) struct Config {
     /// Where the portal (HTTP API and web page) listens; `None` (`"off"`) disables it.
     #[serde(deserialize_with = "http_addr")]
     pub(crate) http: Option<std::net::SocketAddr>,
-    /// Connections the portal holds at once; when they are all taken, the one that has sent
-    /// the least for the longest makes room.
+    /// Connections the portal holds at once; when they are all taken, the address holding the
+    /// most gives one up (`http::room`).
     #[serde(deserialize_with = "http_connections")]
     pub(crate) http_connections: usize,
     /// Who may connect (`[access]`).
@@ -69,6 +69,11 @@ pub(crate) struct Access {
     pub(crate) lease: crate::daemon::lease::Policy,
     /// What happens to a leaseholder's connections when its lease runs out.
     pub(crate) lease_expiry: crate::daemon::lease::Expiry,
+    /// Names the portal may be reached by besides IP literals, `localhost` and this machine's
+    /// own (its hostname, `HOSTNAME.local`, the mDNS host label): any other `Host` is
+    /// refused with 421 (DNS rebinding). Lower case, without a trailing dot.
+    #[serde(deserialize_with = "host_names")]
+    pub(crate) hosts: Vec<String>,
     /// The token read from `token_file` when the config was loaded.
     #[serde(skip)]
     pub(crate) token: Option<Token>,
@@ -77,6 +82,26 @@ pub(crate) struct Access {
 fn allow_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Allow, D::Error> {
     let list = Vec::<String>::deserialize(d)?;
     Allow::parse(&list).map_err(serde::de::Error::custom)
+}
+
+fn host_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    list.iter()
+        .map(|h| {
+            let name = h.trim_end_matches('.').to_ascii_lowercase();
+            let label_ok = |l: &str| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            };
+            if name.len() > 253 || !name.split('.').all(label_ok) {
+                return Err(serde::de::Error::custom(format!(
+                    "`{h}` is not a host name like \"pi.lab.example\" (no port, no scheme, no wildcard)"
+                )));
+            }
+            Ok(name)
+        })
+        .collect()
 }
 
 fn device_allow<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Allow>, D::Error> {
@@ -878,5 +903,19 @@ mod tests {
             msg.contains("allow") && msg.contains("prefix length"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn access_hosts_are_names_kept_in_lower_case() {
+        let c = Config::parse("[access]\nhosts = [\"Pi.Lab.Example.\", \"bench_1\"]\n").unwrap();
+        assert_eq!(c.access.hosts, ["pi.lab.example", "bench_1"]);
+        assert!(Config::default().access.hosts.is_empty());
+        for bad in ["pi:8080", "http://pi", "*.lab", "", "a..b", "pi lab"] {
+            let (_, msg) = Config::parse(&format!("[access]\nhosts = [\"{bad}\"]\n")).unwrap_err();
+            assert!(
+                msg.contains("hosts") && msg.contains("host name"),
+                "{bad}: {msg}"
+            );
+        }
     }
 }

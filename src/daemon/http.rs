@@ -4,9 +4,13 @@
 //!
 //! It replaces tiny_http, which starts a thread per connection with no limit and no read
 //! timeout, allocates a body's claimed length when it drops an unread one, and offers no way
-//! in from outside to change either. When every slot is taken, the connection that has sent
-//! the least for the longest makes room, so a flood of slow or idle connections cannot lock a
-//! real client out: its request arrives in one go and is answered at once.
+//! in from outside to change either. When every slot is taken, one of the address holding
+//! the most slots makes room (`room`), so a flood of slow, idle or never-reading connections
+//! from one host cannot lock a real client out: its request arrives in one go and is
+//! answered at once. No connection holds its slot for long either: an answer of 400 or more
+//! closes it, it is closed after [`MAX_PIPELINED`] answers to requests sent without waiting
+//! for them and after [`MAX_REQUESTS`] in all, and it has `write_time` in all, over its
+//! life, for taking its answers.
 //!
 //! The parsing is pure (`protocol::http`: httparse for the head, our limits); the loop only
 //! moves bytes. Requests are answered on
@@ -23,6 +27,9 @@ use log::{debug, info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::protocol::http::{dechunk, parse_head, Chunks, Head, Parse};
+
+mod room;
+use room::{victim, Seat};
 
 /// A request as the router sees it.
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +81,8 @@ pub(crate) struct Limits {
     pub(crate) body_time: Duration,
     /// Between requests on a kept-alive connection.
     pub(crate) idle_time: Duration,
-    /// For the client to take the response.
+    /// For the client to take the responses: in all, over a connection's life (the time an
+    /// answer waits for the client to make room for it, not restarted per answer).
     pub(crate) write_time: Duration,
 }
 
@@ -92,9 +100,12 @@ impl Limits {
     }
 }
 
-/// A connection must be at least this old before its sending rate can make it give way, so
-/// a client that has just connected gets the time to send its request.
-const EVICT_MIN_AGE: Duration = Duration::from_millis(200);
+/// Answers in a row to requests the client sent without waiting for the previous answer
+/// (pipelining, which no browser or common client does): the last of them closes the
+/// connection, and what else was sent is dropped.
+pub(crate) const MAX_PIPELINED: u32 = 8;
+/// Requests answered on one connection; the last answer closes it (the client reconnects).
+pub(crate) const MAX_REQUESTS: u32 = 100;
 /// New connections taken per round, so a flood of them cannot starve the ones held.
 const ACCEPTS_PER_ROUND: usize = 64;
 /// After a failed accept (out of descriptors), the listener rests this long.
@@ -175,17 +186,33 @@ struct Conn {
     input: Vec<u8>,
     out: Vec<u8>,
     sent: usize,
+    /// Requests answered in all, and in the current run of pipelined ones.
+    answered: u32,
+    run: u32,
+    /// What is left of `write_time`, and since when the answer being written waits.
+    write_left: Duration,
+    write_since: Instant,
 }
 
 impl Conn {
-    /// How fast it has been sending, for choosing which one gives way (bytes per second).
-    fn rate(&self, now: Instant) -> f64 {
-        self.received as f64
-            / now
-                .saturating_duration_since(self.opened)
-                .as_secs_f64()
-                .max(1e-3)
+    fn seat(&self) -> Seat {
+        Seat {
+            ip: self.addr.ip(),
+            opened: self.opened,
+            received: self.received,
+            writing: matches!(self.stage, Stage::Write { .. }),
+        }
     }
+}
+
+/// Where a connection's work stands after a step.
+enum Step {
+    /// Waiting for the client (to send, or to take what is written).
+    Wait,
+    /// Done with: close it.
+    Close,
+    /// More can be done now (an answer is ready to write, or a pipelined request is here).
+    Again,
 }
 
 /// Serve `listener` until the process exits.
@@ -307,10 +334,16 @@ impl<H: Handler> Server<H> {
                 continue;
             }
             let _ = stream.set_nodelay(true);
-            if self.conns.len() >= self.limits.connections && !self.make_room(now) {
-                // Every slot is busy answering: this one waits for nothing.
-                debug!("portal: no room for {addr}");
-                continue;
+            if self.conns.len() >= self.limits.connections {
+                let seats: Vec<Seat> = self.conns.iter().map(Conn::seat).collect();
+                let Some(i) = victim(&seats, addr.ip(), now) else {
+                    continue;
+                };
+                debug!(
+                    "portal: {} makes room for a connection from {addr}",
+                    self.conns[i].addr
+                );
+                self.conns.swap_remove(i);
             }
             self.conns.push(Conn {
                 stream,
@@ -322,33 +355,11 @@ impl<H: Handler> Server<H> {
                 input: Vec::new(),
                 out: Vec::new(),
                 sent: 0,
+                answered: 0,
+                run: 0,
+                write_left: self.limits.write_time,
+                write_since: now,
             });
-        }
-    }
-
-    /// Close the reading connection that has sent the least for the longest.
-    fn make_room(&mut self, now: Instant) -> bool {
-        let candidates = self
-            .conns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| !matches!(c.stage, Stage::Write { .. }));
-        let aged = candidates
-            .clone()
-            .filter(|(_, c)| now.saturating_duration_since(c.opened) >= EVICT_MIN_AGE)
-            .min_by(|(_, a), (_, b)| a.rate(now).total_cmp(&b.rate(now)))
-            .map(|(i, _)| i);
-        let victim = aged.or_else(|| candidates.min_by_key(|(_, c)| c.opened).map(|(i, _)| i));
-        match victim {
-            Some(i) => {
-                debug!(
-                    "portal: {} makes room for a new connection",
-                    self.conns[i].addr
-                );
-                self.conns.swap_remove(i);
-                true
-            }
-            None => false,
         }
     }
 
@@ -376,7 +387,7 @@ impl<H: Handler> Server<H> {
     /// Readable or writable: move bytes, answer what is complete. False: close it.
     fn on_ready(&mut self, i: usize, ev: PollFlags, now: Instant) -> bool {
         if ev.contains(PollFlags::POLLOUT) {
-            return self.write(i, now);
+            return self.drive(i, now);
         }
         if !ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
             return true;
@@ -400,16 +411,33 @@ impl<H: Handler> Server<H> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
             Err(_) => return false,
         }
-        self.progress(i, now)
+        self.drive(i, now)
+    }
+
+    /// Answer and write until the connection has to wait for its client. A loop, not
+    /// recursion: each turn takes one request or writes one answer, and a run of pipelined
+    /// requests ends after [`MAX_PIPELINED`] answers. False: close it.
+    fn drive(&mut self, i: usize, now: Instant) -> bool {
+        loop {
+            let step = match self.conns[i].stage {
+                Stage::Write { .. } => self.write(i, now),
+                _ => self.progress(i, now),
+            };
+            match step {
+                Step::Wait => return true,
+                Step::Close => return false,
+                Step::Again => {}
+            }
+        }
     }
 
     /// Parse and answer what the connection has sent.
-    fn progress(&mut self, i: usize, now: Instant) -> bool {
+    fn progress(&mut self, i: usize, now: Instant) -> Step {
         let limits = self.limits;
         let c = &mut self.conns[i];
         if let Stage::Head = c.stage {
             match parse_head(&c.input, limits.head, limits.body) {
-                Parse::Incomplete => return true,
+                Parse::Incomplete => return Step::Wait,
                 Parse::Refused(status, why) => {
                     debug!("portal: {} refused: {status} {why}", c.addr);
                     let r = self.handler.refuse(status, why);
@@ -436,18 +464,18 @@ impl<H: Handler> Server<H> {
         let (head, body) = match &mut c.stage {
             Stage::Body { need, .. } => {
                 if c.input.len() < *need {
-                    return true;
+                    return Step::Wait;
                 }
                 let need = *need;
                 let Stage::Body { head, .. } = std::mem::replace(&mut c.stage, Stage::Head) else {
-                    return true;
+                    return Step::Wait;
                 };
                 (head, c.input.drain(..need).collect::<Vec<u8>>())
             }
             Stage::Chunked { body, .. } => match dechunk(&c.input, body, limits.body) {
                 Chunks::More(n) => {
                     c.input.drain(..n);
-                    return true;
+                    return Step::Wait;
                 }
                 Chunks::Refused(status, why) => {
                     debug!("portal: {} refused: {status} {why}", c.addr);
@@ -459,12 +487,12 @@ impl<H: Handler> Server<H> {
                     let Stage::Chunked { head, body } =
                         std::mem::replace(&mut c.stage, Stage::Head)
                     else {
-                        return true;
+                        return Step::Wait;
                     };
                     (head, body)
                 }
             },
-            _ => return true,
+            _ => return Step::Wait,
         };
         let req = HttpRequest {
             method: &head.method,
@@ -486,6 +514,10 @@ impl<H: Handler> Server<H> {
         self.respond(i, &r, head.method == "HEAD", head.close, now)
     }
 
+    /// Queue an answer. The connection is closed after it when the client asked, when it is
+    /// a refusal or an error (400 and up: whoever was refused tries again on a new
+    /// connection, and keeps no slot meanwhile), or when the connection has had its share of
+    /// answers.
     fn respond(
         &mut self,
         i: usize,
@@ -493,71 +525,54 @@ impl<H: Handler> Server<H> {
         head_only: bool,
         close: bool,
         now: Instant,
-    ) -> bool {
+    ) -> Step {
         let c = &mut self.conns[i];
+        c.answered += 1;
+        c.run += 1;
+        let close =
+            close || r.status >= 400 || c.run >= MAX_PIPELINED || c.answered >= MAX_REQUESTS;
         c.out.clear();
         c.sent = 0;
         serialize(r, head_only, close, &mut c.out);
         c.stage = Stage::Write { close };
-        c.deadline = now + self.limits.write_time;
-        self.write(i, now)
+        // What is left of the connection's write time, not a new deadline per answer.
+        c.write_since = now;
+        c.deadline = now + c.write_left;
+        Step::Again
     }
 
-    fn write(&mut self, i: usize, now: Instant) -> bool {
+    fn write(&mut self, i: usize, now: Instant) -> Step {
         let c = &mut self.conns[i];
         let Stage::Write { close } = c.stage else {
-            return true;
+            return Step::Again;
         };
         while c.sent < c.out.len() {
             match c.stream.write(&c.out[c.sent..]) {
-                Ok(0) => return false,
+                Ok(0) => return Step::Close,
                 Ok(n) => c.sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
+                Err(_) => return Step::Close,
             }
         }
+        let waited = now.saturating_duration_since(c.write_since);
+        c.write_left = c.write_left.saturating_sub(waited);
         if close {
-            return false;
+            return Step::Close;
         }
         // Kept alive: the next request (perhaps already here) has the idle time to come.
         c.out = Vec::new();
         c.stage = Stage::Head;
         c.deadline = now + self.limits.idle_time;
         if c.input.is_empty() {
-            true
+            // The client waited for this answer: whatever it sends next starts a new run.
+            c.run = 0;
+            Step::Wait
         } else {
-            self.progress(i, now)
+            Step::Again
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn responses_carry_length_and_connection_and_no_body_for_head() {
-        let r = HttpResponse {
-            status: 405,
-            content_type: "application/json",
-            body: b"{}\n".to_vec(),
-            allow: Some("GET, HEAD".into()),
-            retry_after: None,
-        };
-        let mut out = Vec::new();
-        serialize(&r, false, true, &mut out);
-        let text = String::from_utf8(out).unwrap();
-        assert!(
-            text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
-            "{text}"
-        );
-        assert!(text.contains("Content-Length: 3\r\n") && text.contains("Allow: GET, HEAD\r\n"));
-        assert!(text.ends_with("Connection: close\r\n\r\n{}\n"));
-        let mut out = Vec::new();
-        serialize(&r, true, false, &mut out);
-        assert!(String::from_utf8(out)
-            .unwrap()
-            .ends_with("keep-alive\r\n\r\n"));
-    }
-}
+mod tests;

@@ -34,7 +34,10 @@ const MAX_HEADERS: usize = 64;
 
 /// Parse a request head from the start of `buf`: at most `head_max` bytes of request line
 /// and headers, a declared body of at most `body_max`. The request line and header syntax
-/// are httparse's (the parser hyper uses); what a header means to us is decided here.
+/// are httparse's (the parser hyper uses; it refuses whitespace before a header's colon,
+/// RFC 9112 §5.1); what a header means to us is decided here, and framing a proxy in front
+/// could read otherwise (a signed or listed `Content-Length`, two of anything that frames or
+/// names the request, `Transfer-Encoding` other than one plain `chunked`) is refused.
 pub(crate) fn parse_head(buf: &[u8], head_max: usize, body_max: usize) -> Parse {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -84,14 +87,19 @@ pub(crate) fn parse_head(buf: &[u8], head_max: usize, body_max: usize) -> Parse 
             return Parse::Refused(400, "a header value is not text");
         };
         let value = value.trim();
-        match h.name.to_ascii_lowercase().as_str() {
+        let name = h.name.to_ascii_lowercase();
+        match name.as_str() {
+            "host" if head.host.is_some() => return Parse::Refused(400, "more than one Host"),
             "host" => head.host = Some(value.to_owned()),
             "authorization" => head.authorization = Some(value.to_owned()),
             "content-type" => head.content_type = Some(value.to_owned()),
             "content-length" => {
-                let Ok(n) = value.parse::<u64>() else {
+                // Digits only: `+5`, `5, 5`, ` ` and the like are refused, not read the way
+                // Rust's integer parser (or a proxy in front) might read them.
+                if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
                     return Parse::Refused(400, "malformed Content-Length");
-                };
+                }
+                let n = value.parse::<u64>().unwrap_or(u64::MAX);
                 if length.is_some_and(|l| l as u64 != n) {
                     return Parse::Refused(400, "conflicting Content-Length");
                 }
@@ -100,8 +108,26 @@ pub(crate) fn parse_head(buf: &[u8], head_max: usize, body_max: usize) -> Parse 
                 }
                 length = Some(n as usize);
             }
+            // A second line would make it `chunked, chunked`: not a framing we take.
+            "transfer-encoding" if head.chunked => {
+                return Parse::Refused(400, "more than one Transfer-Encoding")
+            }
+            // HTTP/1.0 has no transfer codings (RFC 9112 §6.1: treat the framing as faulty).
+            "transfer-encoding" if version == 0 => {
+                return Parse::Refused(400, "Transfer-Encoding in an HTTP/1.0 request")
+            }
             "transfer-encoding" if value.eq_ignore_ascii_case("chunked") => head.chunked = true,
+            "transfer-encoding" if value.to_ascii_lowercase().contains("chunked") => {
+                // `gzip, chunked` and the like: a coding we do not decode, or a list a
+                // proxy may read differently.
+                return Parse::Refused(400, "unsupported Transfer-Encoding");
+            }
             "transfer-encoding" => return Parse::Refused(501, "unknown transfer encoding"),
+            // A framing header spelled with `_` (`Transfer_Encoding`): a proxy that folds
+            // `_` into `-` would frame the body differently than we do.
+            "content_length" | "transfer_encoding" => {
+                return Parse::Refused(400, "a framing header spelled with `_`")
+            }
             "expect" if value.eq_ignore_ascii_case("100-continue") => head.expect_continue = true,
             "connection" => {
                 let v = value.to_ascii_lowercase();
@@ -267,8 +293,60 @@ mod tests {
             501
         );
         assert_eq!(refused("GET / HTTP/1.1\r\nnocolon\r\n\r\n"), 400);
+        assert_eq!(
+            refused("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            400,
+            "two Hosts: which one a proxy checked is anyone's guess"
+        );
         let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(9000));
         assert_eq!(refused(&huge), 431, "no end yet, but already too long");
+    }
+
+    /// Framing a proxy in front might read differently (request smuggling) is refused, not
+    /// guessed at (issue 26).
+    #[test]
+    fn ambiguous_framing_is_refused_with_400() {
+        let status = |t: &str| match head(t) {
+            Parse::Refused(s, _) => s,
+            Parse::Head(h, _) => panic!("accepted {t:?}: {h:?}"),
+            Parse::Incomplete => panic!("incomplete {t:?}"),
+        };
+        for t in [
+            "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nContent-Length: -0\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nContent-Length: 0x5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nContent-Length:\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding\t: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length : 5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nTransfer_Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent_length: 5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n folded\r\n\r\n",
+        ] {
+            assert_eq!(status(t), 400, "{t:?}");
+        }
+        // What is plain stays accepted: leading zeros, any case of `chunked`.
+        assert!(matches!(
+            head("POST / HTTP/1.1\r\ncontent-length: 005\r\n\r\n"),
+            Parse::Head(
+                Head {
+                    content_length: 5,
+                    ..
+                },
+                _
+            )
+        ));
+        assert!(matches!(
+            head("POST / HTTP/1.1\r\nTRANSFER-ENCODING: Chunked\r\n\r\n"),
+            Parse::Head(Head { chunked: true, .. }, _)
+        ));
     }
 
     #[test]

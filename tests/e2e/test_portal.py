@@ -103,9 +103,13 @@ def curl_json(*args: str) -> tuple[int, dict]:
 
 
 @pytest.fixture
-def portal(serialhub, pty_device):
+def portal(serialhub, pty_device, tmp_path):
     pty = pty_device()
-    d = serialhub("sim=0", f"{pty.path}=0", extra=("--http", "127.0.0.1:0"))
+    # A name of the lab's DNS the portal answers to (any other Host than the machine's own
+    # names and addresses gets 421: test_security_http.py).
+    cfg = tmp_path / "serialhub.toml"
+    cfg.write_text('[access]\nhosts = ["bench-pi.example"]\n')
+    d = serialhub("sim=0", f"{pty.path}=0", extra=("--config", str(cfg), "--http", "127.0.0.1:0"))
     return Portal(d, pty)
 
 

@@ -121,6 +121,8 @@ pub(crate) struct Portal {
     leases: Arc<Leases>,
     /// Lease changes each address may ask for (each is an fsync and a log line).
     lease_changes: RefCell<Budget>,
+    /// The names this machine answers to in `Host` (with `access.hosts`).
+    names: guard::HostNames,
 }
 
 impl Portal {
@@ -138,7 +140,15 @@ impl Portal {
             refusals: RefCell::new(PeerLog::with_burst(1)),
             leases: Arc::default(),
             lease_changes: RefCell::new(leases::budget()),
+            names: guard::HostNames::of_this_machine(),
         }
+    }
+
+    /// The machine's names as `HostNames::new` takes them, instead of this machine's.
+    #[cfg(test)]
+    pub(crate) fn known_as(mut self, host: &str, label: &str) -> Portal {
+        self.names = guard::HostNames::new(host, label);
+        self
     }
 
     /// The lease book it grants from (`[access] lease`).
@@ -154,9 +164,9 @@ impl Portal {
     }
 
     /// Answer one request. Every request passes here, and only here, on its way to a
-    /// handler: first the guard (`guard.rs`: the address, the media type of a POST, the
-    /// token — and the place for any other check on a request as a whole, such as its `Host`
-    /// or `Origin`), then the route table (`routes.rs`), which answers unknown paths and
+    /// handler: first the guard (`guard.rs`: the address, the `Host`, the media type of a
+    /// POST, the token — and the place for any other check on a request as a whole), then
+    /// the route table (`routes.rs`), which answers unknown paths and
     /// wrong methods itself.
     pub(crate) fn handle(&self, req: &HttpRequest) -> HttpResponse {
         if let Some(refused) = self.guard(req) {

@@ -102,11 +102,13 @@ pub(super) fn setup() -> (Portal, Arc<Fake>, Arc<Registry>) {
         log: Arc::new(Mutex::new(LogRing::new(16))),
     });
     let fake = Arc::new(Fake::default());
+    // The machine is `pi` (mDNS: `pi-1a2b.local`); the requests below say `Host: pi.local`.
     let p = Portal::new(
         reg.clone(),
         Box::new(fake.clone()),
         IpAddr::from([0, 0, 0, 0]),
-    );
+    )
+    .known_as("pi", "pi-1a2b");
     (p, fake, reg)
 }
 
@@ -248,6 +250,111 @@ fn access_address_media_type_and_token() {
         "routed (start-all is POST)"
     );
     assert_eq!(ask("10.0.0.9:1", "GET", None, None).0, 403);
+}
+
+/// DNS rebinding (issue 26): a page whose name was re-pointed at this machine sends its own
+/// name as `Host`; it is refused before any route runs, reads and commands alike.
+#[test]
+fn a_foreign_host_is_refused_with_421_before_any_route() {
+    let (p, fake, _) = setup();
+    let ask = |p: &Portal, method: &str, url: &str, host: Option<&str>| {
+        let r = p.handle(&HttpRequest {
+            method,
+            url,
+            host,
+            remote: Some("192.168.1.9:40000".parse().unwrap()),
+            authorization: None,
+            content_type: Some("application/json"),
+            body: b"{}",
+        });
+        let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        (r.status, v)
+    };
+    for host in [
+        "evil.example:8080",
+        "evil.example",
+        "pi.evil.example",
+        "pi.local.evil.example",
+        "evil.example.:8080",
+        "pi-1a2b-x.local",
+        "notlocalhost",
+        "",
+        ":8080",
+        "pi:",
+        "pi:80a",
+        "::1",
+        "[::1",
+        "[evil]:80",
+        "127.0.0.1:8080:1",
+        "0x7f.1",
+    ] {
+        for (method, url) in [
+            ("POST", "/api/stop-all"),
+            ("GET", "/api/devices/serial:0001/log"),
+            ("GET", "/api/devices"),
+            ("GET", "/"),
+        ] {
+            let (st, v) = ask(&p, method, url, Some(host));
+            assert_eq!(st, 421, "{method} {url} with Host {host:?}: {v}");
+            assert_eq!(v["rule"], "host");
+        }
+    }
+    let (_, v) = ask(&p, "POST", "/api/stop-all", Some("Evil.Example:8080"));
+    let msg = v["error"].as_str().unwrap();
+    assert!(
+        msg.contains("evil.example") || msg.contains("Evil.Example"),
+        "{msg}"
+    );
+    assert!(msg.contains("hosts") && msg.contains("[access]"), "{msg}");
+    // A Host with markup in it is not echoed.
+    let (_, v) = ask(&p, "GET", "/", Some("x\"><script>"));
+    assert!(!v["error"].as_str().unwrap().contains("<script>"), "{v}");
+    assert!(fake.seen.lock().unwrap().is_empty(), "nothing got through");
+    // The machine's own names, IP literals and localhost, in any case, with a trailing dot,
+    // with or without a port; no Host at all (HTTP/1.0).
+    for host in [
+        Some("pi"),
+        Some("PI.local:8080"),
+        Some("pi.local."),
+        Some("pi-1a2b.local"),
+        Some("pi-1a2b-7.local:8080"),
+        Some("pi-1a2b"),
+        Some("localhost:8080"),
+        Some("LOCALHOST."),
+        Some("app.localhost"),
+        Some("127.0.0.1:8080"),
+        Some("192.168.1.2"),
+        Some("[::1]:8080"),
+        Some("[fe80::1%25eth0]"),
+        Some("[2001:db8::1]"),
+        None,
+    ] {
+        assert_eq!(
+            ask(&p, "POST", "/api/stop-all", host).0,
+            200,
+            "Host {host:?}"
+        );
+    }
+    // A name of the lab's DNS, once it is configured.
+    assert_eq!(
+        ask(&p, "GET", "/api/info", Some("pi.lab.example:8080")).0,
+        421
+    );
+    let p = p.guarded(Access {
+        hosts: vec!["pi.lab.example".into()],
+        ..Access::default()
+    });
+    for host in ["pi.lab.example:8080", "PI.LAB.EXAMPLE.", "pi.lab.example"] {
+        assert_eq!(ask(&p, "GET", "/api/info", Some(host)).0, 200, "{host}");
+    }
+    assert_eq!(ask(&p, "GET", "/api/info", Some("lab.example")).0, 421);
+    // A machine whose host name has dots answers to its first label too.
+    let (p, _, _) = setup();
+    let p = p.known_as("bench.lab.example", "bench.lab.example-1a2b");
+    for host in ["bench", "bench.local", "bench.lab.example"] {
+        assert_eq!(ask(&p, "GET", "/api/info", Some(host)).0, 200, "{host}");
+    }
+    assert_eq!(ask(&p, "GET", "/api/info", Some("pi.local")).0, 421);
 }
 
 #[test]
