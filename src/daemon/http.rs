@@ -24,7 +24,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{PollFd, PollFlags};
+
+use crate::daemon::wait::poll_until;
 
 use crate::protocol::http::{dechunk, parse_head, Chunks, Head, Parse};
 
@@ -274,17 +276,8 @@ impl<H: Handler> Server<H> {
                     };
                     fds.push(PollFd::new(c.stream.as_fd(), ev));
                 }
-                let timeout = deadline.map_or(PollTimeout::NONE, |d| {
-                    let ms = d.saturating_duration_since(now).as_millis().min(60_000);
-                    PollTimeout::try_from(ms as i32 + 1).unwrap_or(PollTimeout::MAX)
-                });
-                match poll(&mut fds, timeout) {
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                    Err(e) => {
-                        warn!("portal: poll failed: {e}");
-                        std::thread::sleep(ACCEPT_REST);
-                    }
-                }
+                // Interrupted: no revents, and the round goes on to the deadlines.
+                poll_until(&mut fds, deadline, &"portal");
                 ready.extend(
                     fds.iter()
                         .map(|f| f.revents().unwrap_or(PollFlags::empty())),
