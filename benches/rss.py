@@ -65,6 +65,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("binary")
     ap.add_argument("--mib", type=int, default=4)
+    ap.add_argument("--observer", action="store_true", help="a second client that only watches")
     a = ap.parse_args()
 
     master, slave = pty.openpty()
@@ -84,6 +85,21 @@ def main() -> None:
         total = len(data) * a.mib
         c = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
         c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        watching = threading.Event()
+        if a.observer:
+            o = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+
+            def watch() -> None:
+                o.settimeout(1.0)
+                end = time.monotonic() + 4 * DEADLINE
+                while not watching.is_set() and time.monotonic() < end:
+                    try:
+                        if not o.recv(1 << 16):
+                            return
+                    except socket.timeout:
+                        continue
+
+            threading.Thread(target=watch, daemon=True).start()
 
         def drain(n: int) -> None:
             end = time.monotonic() + DEADLINE
@@ -115,8 +131,10 @@ def main() -> None:
             got += len(chunk)
         down.join(DEADLINE)
         c.close()
+        watching.set()
 
-        print(f"binary: {a.binary} ({os.path.getsize(a.binary)} bytes); {a.mib} MiB each way")
+        who = "one client and an observer" if a.observer else "one client"
+        print(f"binary: {a.binary} ({os.path.getsize(a.binary)} bytes); {a.mib} MiB each way, {who}")
         print("| what | KiB |\n|---|---|")
         print(f"| RSS idle before the first client | {idle[0]} (anonymous {idle[1]}) |")
         print(f"| peak RSS (VmHWM) | {status(proc.pid, 'VmHWM')} |")

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use log::{info, log, warn};
 
-use super::{say_notes, NO_LEASE_MESSAGE, READ_CHUNK};
+use super::{say_notes, CLIENT_BUFFER, NO_LEASE_MESSAGE, READ_CHUNK};
 use super::{Client, Hub, Input, Lag, Link, KICKED_MESSAGE, LEASED_MESSAGE, MODEM_POLL};
 use crate::daemon::config::{After, Busy};
 use crate::daemon::lease::{self, Expiry, Lease, Refusal};
@@ -114,7 +114,7 @@ impl Hub {
             _ => Entry::Reset,
         };
         session = session.watch_esp(self.lines.in_loader(), entry);
-        let mut to_client = Vec::with_capacity(READ_CHUNK);
+        let mut to_client = Vec::with_capacity(CLIENT_BUFFER);
         if let Some(st) = self.link.device().and_then(|d| d.modem_status().ok()) {
             session.modem_status(st, &mut to_client);
         }

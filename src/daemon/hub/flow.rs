@@ -181,6 +181,7 @@ impl Hub {
         };
         c.bytes_out += n as u64;
         Stats::add(&self.shared.stats.bytes_to_client, n as u64);
+        c.room_for(2 * n);
         let mut out = Out {
             device: &mut self.to_device,
             client: &mut c.to_client,
@@ -217,6 +218,7 @@ impl Hub {
                 }
             }
             o.bytes_out += n as u64;
+            o.room_for(2 * n);
             let mut out = Out {
                 device: &mut self.discard,
                 client: &mut o.to_client,

@@ -54,6 +54,9 @@ pub(crate) const CLIENT_HIGH_WATER: usize = 64 * 1024;
 /// Stop reading the client once this much data waits for the device.
 pub(crate) const DEVICE_HIGH_WATER: usize = 16 * 1024;
 pub(crate) const READ_CHUNK: usize = 16 * 1024;
+/// A client's output buffer: below the high water a chunk is read, which at most doubles when
+/// Telnet-escaped; a little more for the notices and replies that come with it.
+pub(crate) const CLIENT_BUFFER: usize = CLIENT_HIGH_WATER + 2 * READ_CHUNK + 1024;
 /// How often modem lines (CTS/DSR/RI/CD) are checked while a client is connected.
 const MODEM_POLL: Duration = Duration::from_secs(1);
 /// Re-open cadence while a vanished device may be re-enumerating.
@@ -205,6 +208,17 @@ impl Client {
     /// Output waiting for the client.
     fn waiting(&self) -> usize {
         self.to_client.len() - self.sent
+    }
+
+    /// Make room for `n` more bytes of output without growing the buffer: the part the
+    /// bridge has sent goes first when the free end is too short. The buffer is allocated at
+    /// [`CLIENT_BUFFER`], which holds the high water plus one read chunk escaped throughout, so
+    /// a client that keeps up never makes it grow (nor holds the old and the new copy at once).
+    fn room_for(&mut self, n: usize) {
+        if self.sent > 0 && self.to_client.capacity() - self.to_client.len() < n {
+            self.to_client.drain(..self.sent);
+            self.sent = 0;
+        }
     }
 
     /// Can this client take more output now?
