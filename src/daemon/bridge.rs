@@ -23,6 +23,7 @@ use log::{debug, info, warn};
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::socket::{setsockopt, sockopt};
 
+use crate::daemon::backoff::{self, AcceptBackoff, Failed};
 use crate::daemon::config::{DeviceSpec, MAX_CLIENTS};
 use crate::daemon::control::Reply;
 pub(crate) use crate::daemon::hub::Shared;
@@ -33,11 +34,6 @@ use crate::device::{Device, DevicePath};
 use crate::protocol::line::LineSettings;
 use crate::protocol::reset::ResetTo;
 
-/// After a failed accept (out of descriptors, most likely), the listener rests this long,
-/// doubling to [`ACCEPT_PAUSE_MAX`] while it keeps failing: the loop must not spin on a
-/// listener that stays readable, and connected clients go on being served meanwhile.
-const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(50);
-const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(2);
 pub(crate) const STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// How a vanished client is noticed (see [`tune_socket`]).
@@ -160,7 +156,7 @@ pub(crate) fn spawn(
         inbox,
         open,
         streams: Vec::with_capacity(MAX_CLIENTS),
-        accept_rest: None,
+        accept_rest: AcceptBackoff::default(),
     };
     let thread = thread::Builder::new()
         .name(format!("bridge {name}"))
@@ -186,7 +182,7 @@ struct Bridge {
     /// The clients' sockets, by the hub's client id.
     streams: Vec<(u64, TcpStream)>,
     /// Accepting failed: the listener rests until then; the pause, and failures so far.
-    accept_rest: Option<(Instant, Duration, u32)>,
+    accept_rest: AcceptBackoff,
 }
 
 struct Shutdown;
@@ -223,10 +219,7 @@ impl Bridge {
         // A fixed array, no allocation per round: absent slots poll the wake fd for nothing.
         let idle = || PollFd::new(self.inbox.fd(), PollFlags::empty());
         let mut fds: [PollFd; SLOTS] = std::array::from_fn(|_| idle());
-        let resting = self
-            .accept_rest
-            .is_some_and(|(until, _, _)| Instant::now() < until);
-        if !resting {
+        if !self.accept_rest.resting(Instant::now()) {
             fds[0] = PollFd::new(self.listener.as_fd(), PollFlags::POLLIN);
         }
         fds[1] = PollFd::new(self.inbox.fd(), PollFlags::POLLIN);
@@ -244,7 +237,7 @@ impl Bridge {
             ids[used - 3] = id;
             used += 1;
         }
-        let rest = self.accept_rest.map(|(until, _, _)| until);
+        let rest = self.accept_rest.deadline();
         let deadline = [rest, self.hub.poll_timeout()].into_iter().flatten().min();
         if poll_until(&mut fds[..used], deadline, &self.hub.name()) == Woke::Interrupted {
             return Ok(());
@@ -273,7 +266,7 @@ impl Bridge {
                 self.receive(id, now);
             }
         }
-        if listener_ready.contains(PollFlags::POLLIN) || self.accept_rest.is_some() && !resting {
+        if listener_ready.contains(PollFlags::POLLIN) || self.accept_rest.due(now) {
             self.accept(now);
         }
         self.hub.handle_timeout(now);
@@ -397,22 +390,17 @@ impl Bridge {
     /// Accepting failed (out of descriptors, most likely: EMFILE): rest the listener, say so
     /// once, try again later.
     fn accept_failed(&mut self, e: io::Error, now: Instant) {
-        let (pause, failures) = match self.accept_rest {
-            None => {
-                warn!(
-                    "{}: cannot accept connections: {e}; retrying every {:.0} s at most, connected clients are still served (too many open files? raise LimitNOFILE)",
-                    self.hub.name(),
-                    ACCEPT_PAUSE_MAX.as_secs_f32()
-                );
-                (ACCEPT_PAUSE_MIN, 1)
-            }
-            Some((_, pause, n)) => ((pause * 2).min(ACCEPT_PAUSE_MAX), n + 1),
-        };
-        self.accept_rest = Some((now + pause, pause, failures));
+        if self.accept_rest.failed(now) == Failed::First {
+            warn!(
+                "{}: cannot accept connections: {e}; retrying every {:.0} s at most, connected clients are still served (too many open files? raise LimitNOFILE)",
+                self.hub.name(),
+                backoff::LONGEST.as_secs_f32()
+            );
+        }
     }
 
     fn accepting_again(&mut self) {
-        if let Some((_, _, failures)) = self.accept_rest.take() {
+        if let Some(failures) = self.accept_rest.accepted() {
             info!(
                 "{}: accepting connections again ({failures} attempts failed)",
                 self.hub.name()

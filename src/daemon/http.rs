@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use nix::poll::{PollFd, PollFlags};
 
+use crate::daemon::backoff::{self, AcceptBackoff, Failed};
 use crate::daemon::wait::poll_until;
 
 use crate::protocol::http::{dechunk, parse_head, Chunks, Head, Parse};
@@ -110,8 +111,6 @@ pub(crate) const MAX_PIPELINED: u32 = 8;
 pub(crate) const MAX_REQUESTS: u32 = 100;
 /// New connections taken per round, so a flood of them cannot starve the ones held.
 const ACCEPTS_PER_ROUND: usize = 64;
-/// After a failed accept (out of descriptors), the listener rests this long.
-const ACCEPT_REST: Duration = Duration::from_millis(100);
 const READ_CHUNK: usize = 4096;
 
 /// A response on the wire; the body is left out for HEAD.
@@ -234,8 +233,8 @@ struct Server<H> {
     handler: H,
     limits: Limits,
     conns: Vec<Conn>,
-    /// Accepting failed (out of descriptors): the listener rests until then.
-    rest_until: Option<Instant>,
+    /// Accepting failed (out of descriptors): the listener rests, longer while it fails.
+    rest: AcceptBackoff,
 }
 
 impl<H: Handler> Server<H> {
@@ -245,7 +244,7 @@ impl<H: Handler> Server<H> {
             handler,
             limits,
             conns: Vec::with_capacity(limits.connections),
-            rest_until: None,
+            rest: AcceptBackoff::default(),
         }
     }
 
@@ -253,12 +252,12 @@ impl<H: Handler> Server<H> {
         let mut ready: Vec<PollFlags> = Vec::with_capacity(self.limits.connections + 1);
         loop {
             let now = Instant::now();
-            let resting = self.rest_until.is_some_and(|t| now < t);
+            let resting = self.rest.resting(now);
             let deadline = self
                 .conns
                 .iter()
                 .map(|c| c.deadline)
-                .chain(self.rest_until.filter(|_| resting))
+                .chain(self.rest.deadline().filter(|_| resting))
                 .min();
             ready.clear();
             {
@@ -298,9 +297,7 @@ impl<H: Handler> Server<H> {
                     self.conns.swap_remove(i);
                 }
             }
-            if ready.first().is_some_and(|e| e.contains(PollFlags::POLLIN))
-                || self.rest_until.is_some_and(|t| now >= t)
-            {
+            if ready.first().is_some_and(|e| e.contains(PollFlags::POLLIN)) || self.rest.due(now) {
                 self.accept(now);
             }
         }
@@ -313,15 +310,14 @@ impl<H: Handler> Server<H> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    if self.rest_until.is_none() {
-                        warn!("portal: cannot accept connections: {e}; retrying (too many open files? raise LimitNOFILE)");
+                    if self.rest.failed(now) == Failed::First {
+                        warn!("portal: cannot accept connections: {e}; retrying every {:.0} s at most (too many open files? raise LimitNOFILE)", backoff::LONGEST.as_secs_f32());
                     }
-                    self.rest_until = Some(now + ACCEPT_REST);
                     return;
                 }
             };
-            if self.rest_until.take().is_some() {
-                info!("portal: accepting connections again");
+            if let Some(failures) = self.rest.accepted() {
+                info!("portal: accepting connections again ({failures} attempts failed)");
             }
             if stream.set_nonblocking(true).is_err() {
                 continue;

@@ -24,6 +24,7 @@ use crate::daemon::supervisor::Supervisor;
 
 pub(crate) mod access; // who may connect: allow-lists, the API token (pure)
 pub(crate) mod assign; // stable TCP port per device key, persisted atomically
+pub(crate) mod backoff; // when a listener that cannot accept tries again (pure)
 pub(crate) mod bridge; // the per-device thread: descriptors, poll and syscalls for its hub
 pub(crate) mod config; // serialhub.toml and `--device` flags, with errors that name file/line/key
 pub(crate) mod control; // the requests the portal and signals send the supervisor
