@@ -29,12 +29,14 @@ pub(crate) mod chip;
 mod chip_test;
 pub(crate) mod esp32;
 pub(crate) mod esp32c3;
+pub(crate) mod esp32s3;
 pub(crate) mod esp8266;
 #[cfg(test)]
 mod esp8266_test;
 pub(crate) mod flash;
 pub(crate) mod loader;
 pub(crate) mod md5;
+pub(crate) mod rtc;
 pub(crate) mod spi;
 #[cfg(test)]
 mod testkit;
