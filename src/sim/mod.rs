@@ -41,6 +41,8 @@ pub(crate) mod spi;
 #[cfg(test)]
 mod testkit;
 pub(crate) mod uart;
+#[cfg(test)]
+mod usb_test;
 
 use std::path::PathBuf;
 

@@ -92,7 +92,7 @@ impl RtcLayout {
 
 /// Whether the RWDT counts towards a reset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Rwdt {
+enum Rwdt {
     /// Off (power-on state, or the host disabled it).
     Off,
     /// Fed by the running application: it never fires.
@@ -129,10 +129,6 @@ impl Watchdogs {
             swd_wprotect: 0,
             rwdt: Rwdt::Off,
         }
-    }
-
-    pub(crate) fn rwdt(&self) -> Rwdt {
-        self.rwdt
     }
 
     /// The chip booted at `now`, after `cause`, into `mode`.
@@ -180,6 +176,7 @@ impl Watchdogs {
     }
 
     /// Whether the RWDT has fired by `now`.
+    #[cfg(test)]
     pub(crate) fn fired(&self, now: Duration) -> bool {
         self.deadline().is_some_and(|d| d <= now)
     }
