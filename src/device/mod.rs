@@ -43,6 +43,7 @@ pub(crate) trait Device: Send {
 pub(crate) enum DevicePath {
     Tty(PathBuf),
     /// A built-in simulated board (`sim`: ESP32 DevKit, `sim-usb`: ESP32-C3 on USB-Serial/JTAG,
+    /// `sim-s3-usb`: ESP32-S3 on USB-Serial/JTAG, `sim-otg`: ESP32-S3 on USB-OTG,
     /// `sim-gpio`: ESP32 with EN/IO0 on GPIOs, `sim-esp8266`: ESP8266 board), optionally
     /// keeping its flash in a file
     /// (`sim-usb:FLASHFILE`).
