@@ -15,6 +15,7 @@ use crate::sim::SimBoard;
 pub(crate) mod gpio; // DTR/RTS to GPIO lines (EN, IO0) for GPIO-wired boards
 pub(crate) mod sim; // the simulated ESP32 as an in-process device
 pub(crate) mod sim_flash; // the simulated chip's flash file
+mod sim_park; // where a simulated chip waits while its USB re-enumerates
 pub(crate) mod sim_pty; // `serialhub sim --pty`: the simulated chip on a pseudo-terminal
 mod tty; // real ttys, and the PTY-master helper
 

@@ -24,7 +24,8 @@ pub(crate) const ESP32C3_MAGIC: u32 = 0x1B31_506F;
 
 /// The ROM `.bss` variable holding the console in use, which esptool 4.x reads to detect
 /// USB-Serial/JTAG (4.8.1 `targets/esp32c3.py`: `UARTDEV_BUF_NO = 0x3FCDF07C`,
-/// `UARTDEV_BUF_NO_USB_JTAG_SERIAL = 3`); 0 would be UART0.
+/// `UARTDEV_BUF_NO_USB_JTAG_SERIAL = 3`; 5.2 computes it from the revision: 0x3FCDF064 + 24
+/// below v1.1, which is this v0.4's); 0 would be UART0.
 pub(crate) const UARTDEV_BUF_NO: u32 = 0x3FCD_F07C;
 pub(crate) const UARTDEV_BUF_NO_USB_JTAG_SERIAL: u32 = 3;
 

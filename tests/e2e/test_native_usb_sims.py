@@ -118,3 +118,42 @@ def test_esptool_5_fails_where_4_8_1_passes(board, tmp_path, image):
         written = next((i for i, (a, b) in enumerate(zip(got, data)) if a != b), 0)
         assert 0 < written < SIZE, f"{written:#x} bytes written before the reset"
         assert 8 <= took, f"failed after {took:.1f} s, before the 9 s watchdog"
+
+
+def test_in_daemon_sim_usb_resets_and_re_enumerates_under_esptool_5(serialhub, tmp_path, image):
+    """The same over `rfc2217://` onto the in-daemon `sim-usb` (issue 22's failure before the
+    server-side fix, part 2): the watchdog resets the chip part-way, the device goes away and
+    comes back (the bridge keeps the client for its grace period), and the chip that comes
+    back is the same one — esptool 4.8.1 then writes and verifies on it."""
+    assert esptool_version() >= (5, 3)
+    path, data = image
+    flash = tmp_path / "flash.bin"
+    d = serialhub(f"sim-usb:{flash}=0")
+    port = d.port("sim-usb")
+    d.wait_opened("sim-usb")
+    url = f"rfc2217://127.0.0.1:{port}"
+
+    def run(version: str, img: Path) -> subprocess.CompletedProcess:
+        cmd = [python_for(version), "-m", "esptool", "--port", url, "--after",
+               "no-reset-stub" if version == "5" else "no_reset_stub",
+               "write-flash" if version == "5" else "write_flash", hex(OFFSET), str(img)]
+        return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=150)
+
+    r = run("5", path)
+    assert r.returncode != 0, r.stdout + r.stderr
+    d.wait_log(r"sim: USB re-enumerates \(RTC watchdog reset\)", timeout=10)
+    d.wait_log(r"device is back after", timeout=10)
+    assert flash_region(flash, OFFSET, SIZE) != data
+
+    # The chip that came back takes a write from esptool 4.8.1 (a short one: the long one
+    # above shows the watchdog).
+    small = random.Random(23).randbytes(64 * 1024)
+    img = tmp_path / "small.bin"
+    img.write_bytes(small)
+    r = run("4.8.1", img)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Hash of data verified" in r.stdout, r.stdout
+    assert_flash_holds(flash, OFFSET, small)
+    # The same chip, not a freshly powered one: only one power-on boot in its log.
+    boots = [ln for ln in d.log.splitlines() if "sim-usb: sim: boot #1 " in ln]
+    assert len(boots) == 1, "\n".join(boots)
