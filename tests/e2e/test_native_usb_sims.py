@@ -13,8 +13,10 @@ on any port; esptool 5.3+ decides from the local port's VID/PID (`uses_usb_jtag_
   comes back (a ttyACM re-enumerating). The sim models no flash erase/program time, so the
   write is long enough (3.9 MiB) to outlast 9 s even at the USB CDC's full byte rate
   (400 kB/s: 10 s).
-- sim-otg (ESP32-S3 on USB-OTG): the ROM's CDC takes no block past 0x800 (esptool's
-  `USB_RAM_BLOCK`), so 5.x's 0x1800-byte stub upload gets no answer.
+- sim-otg (ESP32-S3 on USB-OTG): the CDC path takes no data block past 0x800 (esptool's
+  `USB_RAM_BLOCK`, which 4.x uses for ESP_RAM_BLOCK and FLASH_WRITE_SIZE once it reads
+  USB-OTG), so 5.x's first FLASH_DATA block (the stub's 0x4000) gets no answer and esptool
+  gives up (5.6: "No more data to read from the serial port").
 
 The two esptools run against two sims at once (independent PTYs and flash files).
 """
@@ -109,7 +111,7 @@ def test_esptool_5_fails_where_4_8_1_passes(board, tmp_path, image):
     got = flash_region(sim.flash, OFFSET, SIZE) if sim.flash.exists() else b""
     assert got != data, "the image must not have been written whole"
     if board == "sim-otg":
-        # Its stub upload (MEM_DATA 0x1800) never got an answer: no flash written at all.
+        # Its first data block past 0x800 never got an answer: no flash written at all.
         assert "re-enumerated" not in log, log
         assert set(got) <= {0xFF}, "nothing written"
     else:
