@@ -27,7 +27,9 @@ SERVE:
     --config FILE        TOML configuration (default /etc/serialhub/serialhub.toml if it exists)
     --device PATH[=PORT] serve this device (repeatable); PORT 0 lets the OS pick one.
                          PATH `sim` (or `sim:FLASHFILE`) is the built-in simulated ESP32;
-                         `sim-usb`, `sim-gpio`, `sim-esp8266` the other simulated boards.
+                         `sim-usb` (ESP32-C3, USB-Serial/JTAG), `sim-s3-usb` (ESP32-S3,
+                         USB-Serial/JTAG), `sim-otg` (ESP32-S3, USB-OTG), `sim-gpio`,
+                         `sim-esp8266` the other simulated boards.
     --bind ADDR          address to listen on (default 0.0.0.0)
     --demo               also serve a simulated ESP32 on the first free port from base_port
     --dev-dir DIR        watch DIR for hotplugged devices (default /dev; [hotplug] dir)
@@ -48,7 +50,8 @@ SIM:
     --pty LINK           create a pseudo-terminal and symlink its device at LINK
     --flash FILE         keep the simulated 4 MiB flash in FILE
     --bootloader         start in the ROM download mode (a PTY has no DTR/RTS to reset it)
-    --board BOARD        which simulated board: sim (default), sim-usb, sim-gpio, sim-esp8266
+    --board BOARD        which simulated board: sim (default), sim-usb, sim-s3-usb, sim-otg,
+                         sim-gpio, sim-esp8266
 
 Logging goes to stderr; set RUST_LOG=debug for more.
 ";

@@ -454,7 +454,8 @@ impl DeviceSpec {
             ResetKind::Auto => match &self.path {
                 // sim-gpio's GPIO wiring is the simulator's own (`sim::SimGpioWired`).
                 DevicePath::Sim { board, .. } => match board {
-                    SimBoard::UsbJtag => Policy::UsbJtag,
+                    // The S3's USB-OTG CDC is modelled with the same reset pattern.
+                    SimBoard::UsbJtag | SimBoard::S3UsbJtag | SimBoard::S3Otg => Policy::UsbJtag,
                     SimBoard::DevKit | SimBoard::Gpio | SimBoard::Esp8266DevKit => esp,
                 },
                 DevicePath::Tty(_) => match usb {

@@ -15,6 +15,7 @@ use crate::sim::SimBoard;
 pub(crate) mod gpio; // DTR/RTS to GPIO lines (EN, IO0) for GPIO-wired boards
 pub(crate) mod sim; // the simulated ESP32 as an in-process device
 pub(crate) mod sim_flash; // the simulated chip's flash file
+mod sim_park; // where a simulated chip waits while its USB re-enumerates
 pub(crate) mod sim_pty; // `serialhub sim --pty`: the simulated chip on a pseudo-terminal
 mod tty; // real ttys, and the PTY-master helper
 
@@ -43,6 +44,7 @@ pub(crate) trait Device: Send {
 pub(crate) enum DevicePath {
     Tty(PathBuf),
     /// A built-in simulated board (`sim`: ESP32 DevKit, `sim-usb`: ESP32-C3 on USB-Serial/JTAG,
+    /// `sim-s3-usb`: ESP32-S3 on USB-Serial/JTAG, `sim-otg`: ESP32-S3 on USB-OTG,
     /// `sim-gpio`: ESP32 with EN/IO0 on GPIOs, `sim-esp8266`: ESP8266 board), optionally
     /// keeping its flash in a file
     /// (`sim-usb:FLASHFILE`).

@@ -9,6 +9,8 @@
 //! socket and the flash file with the lock released.
 //! On a `sim-gpio` board the UART's DTR/RTS go nowhere; [`SimGpioWired`] is the GPIO wiring
 //! the bridge uses instead (DTR/RTS through the transistor table onto EN/IO0).
+//! A chip on its own USB whose RTC watchdog reset it re-enumerates: the thread closes its
+//! end and parks the chip (`sim_park`) for the device's next open.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -193,15 +195,26 @@ impl SimDevice {
         wake.set_nonblocking(true)?;
         wake_rx.set_nonblocking(true)?;
 
-        let epoch = Instant::now();
         let label = opts.name.as_deref().unwrap_or("");
-        let chip = Chip::labelled(
-            opts.board,
-            flash,
-            opts.start_in_bootloader,
-            Duration::ZERO,
-            label,
-        );
+        // Back from re-enumerating: the same chip (its flash is what the file holds).
+        let (chip, epoch) = match opts
+            .name
+            .as_deref()
+            .and_then(|n| super::sim_park::take(n, opts.board))
+        {
+            Some(parked) => parked,
+            None => (
+                Chip::labelled(
+                    opts.board,
+                    flash,
+                    opts.start_in_bootloader,
+                    Duration::ZERO,
+                    label,
+                ),
+                Instant::now(),
+            ),
+        };
+        let park_as = opts.name.clone();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 chip,
@@ -217,7 +230,7 @@ impl SimDevice {
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("sim-esp32".into())
-            .spawn(move || sim_thread(&thread_shared, &sim_end, &wake_rx, store))?;
+            .spawn(move || sim_thread(&thread_shared, &sim_end, &wake_rx, store, park_as))?;
         Ok(SimDevice {
             stream: bridge_end,
             handle: SimHandle { shared },
@@ -374,9 +387,12 @@ fn sim_thread(
     sim_end: &UnixStream,
     wake_rx: &UnixStream,
     mut store: Option<FlashStore>,
+    park_as: Option<String>,
 ) {
     let mut uart = Uart::new(shared.epoch);
     let mut host = sim_end;
+    let usb_resets = shared.lock().chip.usb_resets();
+    let mut reenumerating = false;
     while !shared.stop.load(Ordering::SeqCst) {
         if shared.purge_rx.swap(false, Ordering::SeqCst) {
             uart.discard_rx();
@@ -400,8 +416,12 @@ fn sim_thread(
                 Instant::now(),
                 shared.epoch,
             );
+            reenumerating = park_as.is_some() && st.chip.usb_resets() != usb_resets;
             stage_flash(store.as_mut(), st.chip.flash_mut())
         };
+        if reenumerating {
+            break; // the port vanishes: the bridge reads end-of-file
+        }
         let wait = match uart.io_after_step(&mut host) {
             Ok(w) => w,
             Err(e) => {
@@ -456,6 +476,21 @@ fn sim_thread(
         write_staged(store.as_mut());
     }
     write_staged(store.as_mut());
+    if let (true, Some(name)) = (reenumerating, park_as) {
+        let mut st = shared.lock();
+        let board = st.chip.board();
+        let stand_in = Chip::labelled(
+            board,
+            Flash::new(),
+            false,
+            Duration::ZERO,
+            &format!("{name} (re-enumerating)"),
+        );
+        let chip = std::mem::replace(&mut st.chip, stand_in);
+        drop(st);
+        log::info!("{name}: sim: USB re-enumerates (RTC watchdog reset)");
+        super::sim_park::park(&name, board, chip, shared.epoch);
+    }
 }
 
 #[cfg(test)]

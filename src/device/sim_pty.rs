@@ -5,6 +5,11 @@
 //! go, and through it we read the termios the client set (TCGETS2, for any rate) to pace
 //! and garble like a real line. A PTY has no DTR/RTS, so nothing can reset this chip; it
 //! starts in download mode with `--bootloader`.
+//!
+//! A chip on its own USB (`sim-usb`, `sim-s3-usb`, `sim-otg`) takes its USB peripheral down
+//! when the RTC watchdog resets it, and a real `/dev/ttyACM*` vanishes and comes back: here
+//! the PTY is closed (a client's reads and writes fail, as on an unplugged ttyACM) and a new
+//! one is made, LINK pointing at it — the by-id symlink of the re-enumerated port.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -194,6 +199,33 @@ impl Drop for LinkGuard {
     }
 }
 
+/// Our side of one PTY: the master the chip talks through, our fd on the slave, its path.
+struct Pty {
+    master: File,
+    slave: File,
+    slave_path: PathBuf,
+}
+
+impl Pty {
+    fn open() -> io::Result<Pty> {
+        let (master, slave_path) = open_master()?;
+        set_nonblocking(master.as_raw_fd())?;
+        let slave = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(&slave_path)?;
+        // Raw 115200 8N1 until a client says otherwise; above all no echo, or the chip's
+        // output would come straight back at it.
+        make_raw(slave.as_raw_fd(), libc::B115200)?;
+        Ok(Pty {
+            master,
+            slave,
+            slave_path,
+        })
+    }
+}
+
 /// `serialhub sim --pty LINK`: serve the simulated chip on a pseudo-terminal until
 /// SIGINT/SIGTERM.
 pub(crate) fn run(link: &Path, opts: SimOptions) -> io::Result<()> {
@@ -205,22 +237,12 @@ pub(crate) fn run(link: &Path, opts: SimOptions) -> io::Result<()> {
         None => (Flash::new(), None),
     };
 
-    let (master, slave_path) = open_master()?;
-    set_nonblocking(master.as_raw_fd())?;
-    let slave = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY)
-        .open(&slave_path)?;
-    // Raw 115200 8N1 until a client says otherwise; above all no echo, or the chip's
-    // output would come straight back at it.
-    make_raw(slave.as_raw_fd(), libc::B115200)?;
-
+    let mut pty = Pty::open()?;
     install_signal_handlers()?;
-    place_link(link, &slave_path)?;
-    let _guard = LinkGuard {
+    place_link(link, &pty.slave_path)?;
+    let mut guard = LinkGuard {
         link: link.to_path_buf(),
-        target: slave_path.clone(),
+        target: pty.slave_path.clone(),
     };
 
     let epoch = Instant::now();
@@ -239,7 +261,7 @@ pub(crate) fn run(link: &Path, opts: SimOptions) -> io::Result<()> {
         opts.board.target().name(),
         opts.board,
         link.display(),
-        slave_path.display(),
+        pty.slave_path.display(),
         if opts.start_in_bootloader {
             "waiting for download"
         } else {
@@ -247,12 +269,27 @@ pub(crate) fn run(link: &Path, opts: SimOptions) -> io::Result<()> {
         }
     );
 
+    let mut usb_resets = chip.usb_resets();
     while !STOP.load(Ordering::SeqCst) {
+        if chip.usb_resets() != usb_resets {
+            usb_resets = chip.usb_resets();
+            // The port goes away (closing both our fds hangs up the client's) and a new
+            // one appears at LINK.
+            pty = Pty::open()?;
+            place_link(link, &pty.slave_path)?;
+            guard.target = pty.slave_path.clone();
+            uart = Uart::new(epoch);
+            eprintln!(
+                "sim: USB re-enumerated (RTC watchdog reset): {} -> {}",
+                link.display(),
+                pty.slave_path.display()
+            );
+        }
         // The client may have changed the rate since the last round: re-read it.
-        if let Ok(l) = line_settings(&slave) {
+        if let Ok(l) = line_settings(&pty.slave) {
             line = l;
         }
-        let mut host = &master;
+        let mut host = &pty.master;
         let wait = uart.run(&mut host, &mut chip, &line, true, Instant::now(), epoch)?;
         if let Some(store) = store.as_mut() {
             store.persist(chip.flash_mut())?;
@@ -267,7 +304,7 @@ pub(crate) fn run(link: &Path, opts: SimOptions) -> io::Result<()> {
         if wait.want_write {
             events |= PollFlags::POLLOUT;
         }
-        let mut fds = [PollFd::new(master.as_fd(), events)];
+        let mut fds = [PollFd::new(pty.master.as_fd(), events)];
         let sleep = wait
             .deadline
             .map_or(MAX_SLEEP, |d| d.saturating_duration_since(Instant::now()))

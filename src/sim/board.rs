@@ -7,6 +7,8 @@
 //!  UsbJtag  DTR/RTS ─▶ USB-Serial/JTAG logic: entering (released, asserted) resets   ESP32-C3
 //!  Gpio     DTR/RTS ─▶ nothing;  GPIO lines ─▶ EN (RC) / IO0 (`SimHandle::set_pins`)  ESP32
 //!  Esp8266DevKit  DTR/RTS ─▶ the same two transistors ─▶ RST (RC) / GPIO0   ESP8266
+//!  S3UsbJtag DTR/RTS ─▶ USB-Serial/JTAG logic (as UsbJtag)   ESP32-S3
+//!  S3Otg     DTR/RTS ─▶ the ROM's USB-OTG CDC (modelled with the same reset pattern)   ESP32-S3
 //! ```
 
 use std::time::Duration;
@@ -14,7 +16,7 @@ use std::time::Duration;
 use crate::protocol::line::Lines;
 
 /// The board variant, selected by the device path (`sim`, `sim-usb`, `sim-gpio`,
-/// `sim-esp8266`).
+/// `sim-esp8266`, `sim-s3-usb`, `sim-otg`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) enum SimBoard {
     /// ESP32 DevKit: a USB-UART bridge whose DTR/RTS drive EN/IO0 through the two-transistor
@@ -30,14 +32,36 @@ pub(crate) enum SimBoard {
     /// ESP8266 board of the NodeMCU kind: a USB-UART bridge with the same two-transistor
     /// auto-reset circuit as `DevKit`, on the ESP8266's RST and GPIO0.
     Esp8266DevKit,
+    /// ESP32-S3 on its native USB-Serial/JTAG: like `UsbJtag`, on the S3.
+    S3UsbJtag,
+    /// ESP32-S3 on its USB-OTG peripheral, the ROM's CDC-ACM: small receive buffer
+    /// (`USB_OTG_MAX_BLOCK`), no RTC watchdog left running.
+    S3Otg,
 }
 
+/// Which native USB peripheral the host talks to (what esptool 4.x reads from the ROM's
+/// `UARTDEV_BUF_NO`, and 5.x from the port's VID/PID).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum UsbPort {
+    /// USB-Serial/JTAG (VID:PID 303A:1001).
+    SerialJtag,
+    /// USB-OTG with the ROM's CDC-ACM (PID = the chip's IMAGE_CHIP_ID).
+    Otg,
+}
+
+/// The largest *_DATA block the ROM's (and the stub's) USB-OTG CDC path takes: esptool's
+/// `USB_RAM_BLOCK = 0x800  # Max block size USB-OTG is used` (`targets/esp32s2.py`,
+/// `esp32s3.py`), set as ESP_RAM_BLOCK and FLASH_WRITE_SIZE when it detects USB-OTG.
+pub(crate) const USB_OTG_MAX_BLOCK: usize = 0x800;
+
 impl SimBoard {
-    pub(crate) const ALL: [SimBoard; 4] = [
+    pub(crate) const ALL: [SimBoard; 6] = [
         SimBoard::DevKit,
         SimBoard::UsbJtag,
         SimBoard::Gpio,
         SimBoard::Esp8266DevKit,
+        SimBoard::S3UsbJtag,
+        SimBoard::S3Otg,
     ];
 
     /// The device path naming this board (before an optional `:FLASHFILE`).
@@ -47,6 +71,8 @@ impl SimBoard {
             SimBoard::UsbJtag => "sim-usb",
             SimBoard::Gpio => "sim-gpio",
             SimBoard::Esp8266DevKit => "sim-esp8266",
+            SimBoard::S3UsbJtag => "sim-s3-usb",
+            SimBoard::S3Otg => "sim-otg",
         }
     }
 
@@ -60,12 +86,22 @@ impl SimBoard {
             SimBoard::DevKit | SimBoard::Gpio => Target::Esp32,
             SimBoard::UsbJtag => Target::Esp32c3,
             SimBoard::Esp8266DevKit => Target::Esp8266,
+            SimBoard::S3UsbJtag | SimBoard::S3Otg => Target::Esp32s3,
+        }
+    }
+
+    /// The chip's own USB peripheral the host talks to, if any.
+    pub(crate) fn usb_port(self) -> Option<UsbPort> {
+        match self {
+            SimBoard::UsbJtag | SimBoard::S3UsbJtag => Some(UsbPort::SerialJtag),
+            SimBoard::S3Otg => Some(UsbPort::Otg),
+            SimBoard::DevKit | SimBoard::Gpio | SimBoard::Esp8266DevKit => None,
         }
     }
 
     /// The host talks to the chip over USB CDC: no baud rate, no garbling.
     pub(crate) fn usb_cdc(self) -> bool {
-        self == SimBoard::UsbJtag
+        self.usb_port().is_some()
     }
 }
 
@@ -84,6 +120,8 @@ pub(crate) enum Target {
     Esp32c3,
     /// ESP8266EX with a 26 MHz crystal (see `esp8266`).
     Esp8266,
+    /// ESP32-S3 (QFN56) revision v0.2 (see `esp32s3`).
+    Esp32s3,
 }
 
 impl Target {
@@ -93,6 +131,7 @@ impl Target {
             Target::Esp32 => "ESP32",
             Target::Esp32c3 => "ESP32-C3",
             Target::Esp8266 => "ESP8266",
+            Target::Esp32s3 => "ESP32-S3",
         }
     }
 }
@@ -179,6 +218,8 @@ pub(crate) enum ResetCause {
     UsbJtag,
     /// A software reset (loader FLASH_END asking for a reboot): keeps the latched straps.
     Software,
+    /// The RTC watchdog's RTC reset (`sim::rtc`): samples the straps again.
+    RtcWatchdog,
     /// The EN button.
     #[cfg(test)]
     Button,

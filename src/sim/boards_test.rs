@@ -55,7 +55,7 @@ fn wire(board: SimBoard, chip: &mut Chip, lines: Lines, at: Duration) {
 /// The policy `reset = "auto"` gives each board.
 fn policy(board: SimBoard) -> Policy {
     match board {
-        SimBoard::UsbJtag => Policy::UsbJtag,
+        SimBoard::UsbJtag | SimBoard::S3UsbJtag | SimBoard::S3Otg => Policy::UsbJtag,
         _ => Policy::Esp { esp32r0: false },
     }
 }

@@ -18,13 +18,14 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::board::{
-    usb_jtag_reset, BootMode, BootRecord, Input, InputRecord, SimBoard, Target, EN_RC_DELAY,
-    RECORD_LEN,
+    usb_jtag_reset, BootMode, BootRecord, Input, InputRecord, SimBoard, Target, UsbPort,
+    EN_RC_DELAY, RECORD_LEN,
 };
 pub(crate) use super::board::{Pins, ResetCause};
 use super::flash::Flash;
 use super::loader::{Deferred, Hw, Loader, LoaderState, MAX_REQUEST};
-use super::{esp32, esp32c3, esp8266};
+use super::rtc::{RtcLayout, Watchdogs};
+use super::{esp32, esp32c3, esp32s3, esp8266};
 use crate::protocol::line::Lines;
 use crate::protocol::slip;
 
@@ -58,9 +59,12 @@ fn reset_banner(target: Target, cause: ResetCause) -> &'static str {
     match (target, cause) {
         (Target::Esp32, ResetCause::Software) => "rst:0x3 (SW_RESET)",
         (Target::Esp32, _) => "rst:0x1 (POWERON_RESET)",
-        (Target::Esp32c3, ResetCause::Software) => "rst:0x3 (RTC_SW_SYS_RST)",
-        (Target::Esp32c3, ResetCause::UsbJtag) => "rst:0x15 (USB_UART_CHIP_RESET)",
-        (Target::Esp32c3, _) => "rst:0x1 (POWERON)",
+        (Target::Esp32c3 | Target::Esp32s3, ResetCause::Software) => "rst:0x3 (RTC_SW_SYS_RST)",
+        (Target::Esp32c3 | Target::Esp32s3, ResetCause::UsbJtag) => {
+            "rst:0x15 (USB_UART_CHIP_RESET)"
+        }
+        (Target::Esp32c3 | Target::Esp32s3, ResetCause::RtcWatchdog) => "rst:0x10 (RTCWDT_RTC_RST)",
+        (Target::Esp32c3 | Target::Esp32s3, _) => "rst:0x1 (POWERON)",
         // The ESP8266 ROM reports a software restart like its RST pin.
         (Target::Esp8266, ResetCause::PowerOn) => "rst cause:1,",
         (Target::Esp8266, _) => "rst cause:2,",
@@ -100,6 +104,12 @@ struct Core {
     flash: Flash,
     /// The serial loader's state: which dialect, the operation in progress, the registers.
     loader: LoaderState,
+    /// RTC watchdog resets so far (each re-enumerates a native USB port).
+    usb_resets: u32,
+    /// The native USB peripheral the host talks to, if any.
+    usb: Option<UsbPort>,
+    /// The RTC domain's watchdogs (C3, S3): they survive a USB-Serial/JTAG reset.
+    watchdogs: Option<Watchdogs>,
 }
 
 /// The simulated ESP32 (ESP32-C3, ESP8266) on its board.
@@ -168,8 +178,21 @@ impl Chip {
             deferred: VecDeque::new(),
             flash,
             loader: LoaderState::new(target),
+            usb_resets: 0,
+            usb: board.usb_port(),
+            watchdogs: RtcLayout::for_target(target)
+                .map(|l| Watchdogs::new(l, board.usb_port() == Some(UsbPort::SerialJtag))),
         };
-        core.boot(ResetCause::PowerOn, download);
+        if download && board.usb_port() == Some(UsbPort::SerialJtag) {
+            // Into download mode the way esptool gets there on this board: the application
+            // ran (its bootloader armed the RTC watchdog) and the USB-Serial/JTAG
+            // peripheral reset the chip into the ROM loader, which keeps the RTC domain.
+            // (A PTY has no DTR/RTS to do that reset later.)
+            core.boot(ResetCause::PowerOn, false);
+            core.boot(ResetCause::UsbJtag, true);
+        } else {
+            core.boot(ResetCause::PowerOn, download);
+        }
         Chip {
             rx: slip::Decoder::new(MAX_REQUEST),
             core,
@@ -264,7 +287,7 @@ impl Chip {
             SimBoard::DevKit | SimBoard::Esp8266DevKit => {
                 self.drive_pins(auto_reset_circuit(lines), now)
             }
-            SimBoard::UsbJtag => {
+            SimBoard::UsbJtag | SimBoard::S3UsbJtag | SimBoard::S3Otg => {
                 // The chip held in reset by its EN pin cannot be reset any further.
                 if let Some(download) = usb_jtag_reset(prev, lines) {
                     if self.pins.en && self.en_rise_at.is_none() {
@@ -341,17 +364,32 @@ impl Chip {
             self.rx.reset();
             self.core.boot(ResetCause::EnPin, !self.pins.io0);
         }
+        if let Some(at) = self.core.watchdog_deadline().filter(|&at| at <= now) {
+            // The RTC watchdog's RTC reset: the straps are sampled again (nobody holds
+            // BOOT), and the USB peripheral is reset with the chip, so the host's port
+            // re-enumerates (`usb_resets`).
+            self.core.now = self.core.now.max(at);
+            self.rx.reset();
+            self.core.usb_resets = self.core.usb_resets.wrapping_add(1);
+            self.core.boot(ResetCause::RtcWatchdog, false);
+        }
         self.core.now = self.core.now.max(now);
         self.core.app_tick();
+    }
+
+    /// How often the chip's own USB peripheral was reset with it (an RTC watchdog reset):
+    /// each time a real port vanishes from the host and comes back.
+    pub(crate) fn usb_resets(&self) -> u32 {
+        self.core.usb_resets
     }
 
     /// When `advance` next has something to do (EN rising, the application's next line).
     pub(crate) fn next_deadline(&self) -> Option<Duration> {
         let app = (self.core.mode == Mode::App).then(|| self.core.next_tick_at());
-        match (app, self.en_rise_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [app, self.en_rise_at, self.core.watchdog_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Bytes queued in the UART (a stub READ_FLASH may queue more once they are out).
@@ -438,6 +476,10 @@ impl Core {
             BootMode::App
         };
         self.record_boot(cause, mode);
+        let now = self.now;
+        if let Some(w) = self.watchdogs.as_mut() {
+            w.on_boot(cause, mode, now);
+        }
         let rst = reset_banner(self.target, cause);
         let log = match (self.target, mode) {
             (Target::Esp32, BootMode::App) => [esp32::ROM_BANNER, rst, esp32::BOOT_LOG_APP, ""],
@@ -449,6 +491,12 @@ impl Core {
             }
             (Target::Esp32c3, BootMode::Download) => {
                 [esp32c3::ROM_BANNER, rst, esp32c3::BOOT_LOG_DOWNLOAD, ""]
+            }
+            (Target::Esp32s3, BootMode::App) => {
+                [esp32s3::ROM_BANNER, rst, esp32s3::BOOT_LOG_APP, ""]
+            }
+            (Target::Esp32s3, BootMode::Download) => {
+                [esp32s3::ROM_BANNER, rst, esp32s3::BOOT_LOG_DOWNLOAD, ""]
             }
             (Target::Esp8266, BootMode::App) => [
                 esp8266::ROM_BANNER,
@@ -476,6 +524,11 @@ impl Core {
             BootMode::App => self.start_app(),
             BootMode::Download => self.mode = Mode::Download,
         }
+    }
+
+    /// When the RTC watchdog resets the chip, if it runs.
+    fn watchdog_deadline(&self) -> Option<Duration> {
+        self.watchdogs.as_ref().and_then(Watchdogs::deadline)
     }
 
     fn record_boot(&mut self, cause: ResetCause, mode: BootMode) {
@@ -581,6 +634,9 @@ impl Core {
             target: self.target,
             baud: self.expected_baud,
             strapped_download: self.strapped_download,
+            usb: self.usb,
+            now: self.now,
+            watchdogs: self.watchdogs.as_mut(),
             flash: &mut self.flash,
             tx: &mut self.tx,
         };

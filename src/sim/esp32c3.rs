@@ -22,6 +22,13 @@ pub(crate) const GPIO_STRAP: u32 = 0x6000_4038;
 pub(crate) const CHIP_DETECT_MAGIC_REG: u32 = 0x4000_1000;
 pub(crate) const ESP32C3_MAGIC: u32 = 0x1B31_506F;
 
+/// The ROM `.bss` variable holding the console in use, which esptool 4.x reads to detect
+/// USB-Serial/JTAG (4.8.1 `targets/esp32c3.py`: `UARTDEV_BUF_NO = 0x3FCDF07C`,
+/// `UARTDEV_BUF_NO_USB_JTAG_SERIAL = 3`; 5.2 computes it from the revision: 0x3FCDF064 + 24
+/// below v1.1, which is this v0.4's); 0 would be UART0.
+pub(crate) const UARTDEV_BUF_NO: u32 = 0x3FCD_F07C;
+pub(crate) const UARTDEV_BUF_NO_USB_JTAG_SERIAL: u32 = 3;
+
 /// `IMAGE_CHIP_ID` of the ESP32-C3: what GET_SECURITY_INFO reports as the chip id.
 pub(crate) const CHIP_ID: u32 = 5;
 /// The ROM API version GET_SECURITY_INFO reports (ECO3 and later).
@@ -65,9 +72,22 @@ pub(crate) fn block1_word(n: u32) -> u32 {
     }
 }
 
-/// Registers that describe the chip; `None` for everything else.
-pub(crate) fn identity_reg(addr: u32, uart_baud: u32, download: bool) -> Option<u32> {
+/// Registers that describe the chip; `None` for everything else. `usb_jtag`: the ROM's
+/// console is the USB-Serial/JTAG (what `UARTDEV_BUF_NO` says).
+pub(crate) fn identity_reg(
+    addr: u32,
+    uart_baud: u32,
+    download: bool,
+    usb_jtag: bool,
+) -> Option<u32> {
     Some(match addr {
+        UARTDEV_BUF_NO => {
+            if usb_jtag {
+                UARTDEV_BUF_NO_USB_JTAG_SERIAL
+            } else {
+                0
+            }
+        }
         CHIP_DETECT_MAGIC_REG => ESP32C3_MAGIC,
         UART_CLKDIV => (APB_HZ / uart_baud.max(1)) & 0xF_FFFF,
         UART_DATE => 0x2000_0000,
@@ -102,7 +122,12 @@ mod tests {
 
     #[test]
     fn decodes_like_esptool_does() {
-        let reg = |a: u32| identity_reg(a, 115_200, true).unwrap();
+        let reg = |a: u32| identity_reg(a, 115_200, true, true).unwrap();
+        assert_eq!(
+            reg(UARTDEV_BUF_NO) & 0xFF,
+            3,
+            "esptool 4.x: USB-Serial/JTAG"
+        );
         let w3 = reg(EFUSE_BLOCK1 + 12);
         let w5 = reg(EFUSE_BLOCK1 + 20);
         assert_eq!((w3 >> 21) & 7, 0, "pkg: ESP32-C3 (QFN32)");

@@ -357,11 +357,12 @@ class SimPty:
     """`serialhub sim --pty LINK --bootloader --flash FLASH`: the simulated ESP32 in its ROM
     loader on a pseudo-terminal (no DTR/RTS: nothing can reset it), until `stop`."""
 
-    def __init__(self, link: Path, flash: Path, log: Path):
-        self.link, self.flash = link, flash
+    def __init__(self, link: Path, flash: Path, log: Path, board: str = "sim"):
+        self.link, self.flash, self.log_path = link, flash, log
         self._log = open(log, "ab")
         self.proc = subprocess.Popen(
-            [SERIALHUB_BIN, "sim", "--pty", str(link), "--bootloader", "--flash", str(flash)],
+            [SERIALHUB_BIN, "sim", "--pty", str(link), "--bootloader", "--flash", str(flash),
+             "--board", board],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=self._log,

@@ -79,6 +79,14 @@ impl Command {
     }
 
     /// Commands only the flasher stub implements.
+    /// MEM_DATA, FLASH_DATA, FLASH_DEFL_DATA: the commands that carry a data block.
+    pub(crate) fn is_data_block(self) -> bool {
+        matches!(
+            self,
+            Command::MemData | Command::FlashData | Command::FlashDeflData
+        )
+    }
+
     fn stub_only(self) -> bool {
         matches!(
             self,
@@ -123,7 +131,9 @@ impl Loader {
     pub(crate) fn supports(self, target: Target, cmd: Command) -> bool {
         match (self, target) {
             // Only the ESP32-C3's ROM (and its stub) has it among ours.
-            _ if cmd == Command::GetSecurityInfo => target == Target::Esp32c3,
+            _ if cmd == Command::GetSecurityInfo => {
+                matches!(target, Target::Esp32c3 | Target::Esp32s3)
+            }
             (Loader::Rom, Target::Esp8266) => cmd.in_esp8266_rom(),
             (Loader::Rom, _) => !cmd.stub_only(),
             (Loader::Stub, _) => !cmd.rom_only(),

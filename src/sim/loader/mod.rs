@@ -25,9 +25,10 @@ use commands::{MAX_FRAME, ROM_MAX_BLOCK, ROM_SYNC_VALUE, SYNC_PREFIX, SYNC_REPLI
 use flash_ops::{FlashWrite, Inflater, ReadFlash};
 use regs::Regs;
 
-use super::board::Target;
-use super::esp32c3;
+use super::board::{Target, UsbPort, USB_OTG_MAX_BLOCK};
 use super::flash::Flash;
+use super::rtc::Watchdogs;
+use super::{esp32c3, esp32s3};
 use crate::protocol::slip;
 
 /// Longest request frame the chip's decoder takes.
@@ -45,11 +46,15 @@ pub(crate) enum Deferred {
 }
 
 /// The chip as the loader sees it: which chip, the UART's rate and the latched strapping
-/// pins (both read through registers), the flash, and the UART's transmit queue.
+/// pins (both read through registers), the native USB console if any, the time and the RTC
+/// watchdogs (register writes act on them), the flash, and the UART's transmit queue.
 pub(crate) struct Hw<'a> {
     pub(crate) target: Target,
     pub(crate) baud: u32,
     pub(crate) strapped_download: bool,
+    pub(crate) usb: Option<UsbPort>,
+    pub(crate) now: std::time::Duration,
+    pub(crate) watchdogs: Option<&'a mut Watchdogs>,
     pub(crate) flash: &'a mut Flash,
     pub(crate) tx: &'a mut VecDeque<u8>,
 }
@@ -147,6 +152,12 @@ impl LoaderState {
             self.respond(hw, op, 0, &[], Err(Fail::Invalid));
             return None;
         };
+        if hw.usb == Some(UsbPort::Otg) && cmd.is_data_block() && len > USB_OTG_MAX_BLOCK + 16 {
+            // The USB-OTG CDC path cannot take a block past its buffer: the request never
+            // reaches the loader whole, nothing answers, and the host times out (esptool
+            // keeps its blocks at USB_RAM_BLOCK = 0x800 once it knows it is on USB-OTG).
+            return None;
+        }
         if !self.loader.supports(hw.target, cmd) {
             self.respond(hw, op, 0, &[], Err(Fail::Invalid));
             return None;
@@ -303,6 +314,7 @@ impl LoaderState {
                 }
                 match hw.target {
                     Target::Esp32c3 => self.respond(hw, op, 0, &esp32c3::security_info(), Ok(())),
+                    Target::Esp32s3 => self.respond(hw, op, 0, &esp32s3::security_info(), Ok(())),
                     Target::Esp32 | Target::Esp8266 => self.status(hw, op, Err(Fail::Invalid)),
                 }
             }

@@ -1,0 +1,161 @@
+"""Issue 22, part 1: the simulated native-USB chips are as strict as the real ones, shown
+with esptool on `serialhub sim --board BOARD --pty LINK` — a port whose USB VID/PID the
+host cannot read, like `rfc2217://` or `socket://`.
+
+esptool 4.x tells USB-Serial/JTAG and USB-OTG apart by reading the ROM's `UARTDEV_BUF_NO`,
+so it disables the RTC watchdog (USB-Serial/JTAG) and keeps its blocks at 0x800 (USB-OTG)
+on any port; esptool 5.3+ decides from the local port's VID/PID (`uses_usb_jtag_serial`,
+`uses_usb_otg` in `loader.py`) and so does neither here:
+
+- sim-usb (ESP32-C3) and sim-s3-usb (ESP32-S3): the RTC watchdog the bootloader armed (9 s,
+  ESP-IDF's `CONFIG_BOOTLOADER_WDT_TIME_MS`) survives the USB-Serial/JTAG reset into
+  download mode and resets the chip part-way through a long write; the PTY goes away and
+  comes back (a ttyACM re-enumerating). The sim models no flash erase/program time, so the
+  write is long enough (3.9 MiB) to outlast 9 s even at the USB CDC's full byte rate
+  (400 kB/s: 10 s).
+- sim-otg (ESP32-S3 on USB-OTG): the CDC path takes no data block past 0x800 (esptool's
+  `USB_RAM_BLOCK`, which 4.x uses for ESP_RAM_BLOCK and FLASH_WRITE_SIZE once it reads
+  USB-OTG), so 5.x's first FLASH_DATA block (the stub's 0x4000) gets no answer and esptool
+  gives up (5.6: "No more data to read from the serial port").
+
+The two esptools run against two sims at once (independent PTYs and flash files).
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import SimPty
+from test_esptool import assert_flash_holds, flash_region
+
+ROOT = Path(__file__).resolve().parents[2]
+OFFSET = 0x10000
+# Up to 64 KiB short of the 4 MiB flash's end.
+SIZE = 0x3F0000 - OFFSET
+
+
+def python_for(version: str) -> str:
+    if version == "5":
+        return sys.executable
+    py = ROOT / ".venv-esptool" / version / "bin" / "python"
+    if not py.exists():
+        pytest.skip(f"esptool {version} is not installed: run `make esptools`")
+    return str(py)
+
+
+def esptool(version: str, port: Path, *args: str, timeout: float = 150) -> subprocess.CompletedProcess:
+    # Staying in the stub: 4.8.1's `--after no_reset` soft-resets the stub back to the ROM
+    # and then trips over the ROM's banner (on every sim board, `sim` too).
+    if version == "5":
+        args = ("--before", "no-reset", "--after", "no-reset-stub", *args)
+    else:
+        args = ("--before", "no_reset", "--after", "no_reset_stub",
+                *(a.replace("-", "_") if a == "write-flash" else a for a in args))
+    cmd = [python_for(version), "-m", "esptool", "--port", str(port), "--baud", "115200", *args]
+    return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+
+def esptool_version() -> tuple[int, ...]:
+    from importlib.metadata import version
+
+    return tuple(int(p) for p in version("esptool").split(".")[:2])
+
+
+def run_case(tmp: Path, board: str, version: str, image: Path):
+    d = tmp / f"{board}-{version}"
+    d.mkdir()
+    sim = SimPty(d / "link", d / "flash.bin", d / "sim.log", board=board)
+    try:
+        t0 = time.monotonic()
+        r = esptool(version, d / "link", "write-flash", hex(OFFSET), str(image))
+        return sim, r, time.monotonic() - t0
+    finally:
+        sim.stop()
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> tuple[Path, bytes]:
+    data = random.Random(22).randbytes(SIZE)  # incompressible: the write takes its time
+    path = tmp_path_factory.mktemp("img") / "img.bin"
+    path.write_bytes(data)
+    return path, data
+
+
+@pytest.mark.parametrize("board", ["sim-usb", "sim-s3-usb", "sim-otg"])
+def test_esptool_5_fails_where_4_8_1_passes(board, tmp_path, image):
+    assert esptool_version() >= (5, 3), "the negative control needs esptool >= 5.3 (VID/PID detection)"
+    path, data = image
+    with ThreadPoolExecutor(2) as pool:
+        new, old = pool.map(lambda v: run_case(tmp_path, board, v, path), ["5", "4.8.1"])
+
+    sim, r, took = old
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, f"esptool 4.8.1 on {board} exited {r.returncode} after {took:.1f} s:\n{out}"
+    assert "Hash of data verified" in out, out
+    assert_flash_holds(sim.flash, OFFSET, data)
+    log = sim.log_path.read_text(errors="replace")
+    assert "re-enumerated" not in log, log
+
+    sim, r, took = new
+    out = r.stdout + r.stderr
+    log = sim.log_path.read_text(errors="replace")
+    assert r.returncode != 0, f"esptool 5.x on {board} passed in {took:.1f} s:\n{out}\nsim:\n{log}"
+    assert "Hash of data verified" not in out
+    got = flash_region(sim.flash, OFFSET, SIZE) if sim.flash.exists() else b""
+    assert got != data, "the image must not have been written whole"
+    if board == "sim-otg":
+        # Its first data block past 0x800 never got an answer: no flash written at all.
+        assert "re-enumerated" not in log, log
+        assert set(got) <= {0xFF}, "nothing written"
+    else:
+        # The RTC watchdog reset the chip part-way: the port went away and came back.
+        assert "RTC watchdog reset" in log, log
+        written = next((i for i, (a, b) in enumerate(zip(got, data)) if a != b), 0)
+        assert 0 < written < SIZE, f"{written:#x} bytes written before the reset"
+        assert 8 <= took, f"failed after {took:.1f} s, before the 9 s watchdog"
+
+
+def test_in_daemon_sim_usb_resets_and_re_enumerates_under_esptool_5(serialhub, tmp_path, image):
+    """The same over `rfc2217://` onto the in-daemon `sim-usb` (issue 22's failure before the
+    server-side fix, part 2): the watchdog resets the chip part-way, the device goes away and
+    comes back (the bridge keeps the client for its grace period), and the chip that comes
+    back is the same one — esptool 4.8.1 then writes and verifies on it."""
+    assert esptool_version() >= (5, 3)
+    path, data = image
+    flash = tmp_path / "flash.bin"
+    d = serialhub(f"sim-usb:{flash}=0")
+    port = d.port("sim-usb")
+    d.wait_opened("sim-usb")
+    url = f"rfc2217://127.0.0.1:{port}"
+
+    def run(version: str, img: Path) -> subprocess.CompletedProcess:
+        cmd = [python_for(version), "-m", "esptool", "--port", url, "--after",
+               "no-reset-stub" if version == "5" else "no_reset_stub",
+               "write-flash" if version == "5" else "write_flash", hex(OFFSET), str(img)]
+        return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=150)
+
+    r = run("5", path)
+    assert r.returncode != 0, r.stdout + r.stderr
+    d.wait_log(r"sim: USB re-enumerates \(RTC watchdog reset\)", timeout=10)
+    d.wait_log(r"device is back after", timeout=10)
+    assert flash_region(flash, OFFSET, SIZE) != data
+
+    # The chip that came back takes a write from esptool 4.8.1 (a short one: the long one
+    # above shows the watchdog).
+    small = random.Random(23).randbytes(64 * 1024)
+    img = tmp_path / "small.bin"
+    img.write_bytes(small)
+    r = run("4.8.1", img)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Hash of data verified" in r.stdout, r.stdout
+    assert_flash_holds(flash, OFFSET, small)
+    # The same chip, not a freshly powered one: only one power-on boot in its log.
+    boots = [ln for ln in d.log.splitlines() if "sim-usb: sim: boot #1 " in ln]
+    assert len(boots) == 1, "\n".join(boots)
