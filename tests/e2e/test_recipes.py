@@ -290,7 +290,16 @@ def pio_monitor(url: str, *args: str, until, timeout: float, core: Path) -> byte
                 except OSError:
                     break
         os.write(m, b"\x03")
-        p.wait(10)
+        # Drain while it quits: a monitor blocked on a full terminal reads no keys.
+        quit_by = time.monotonic() + 10
+        while p.poll() is None and time.monotonic() < quit_by:
+            r, _, _ = select.select([m], [], [], 0.2)
+            if r:
+                try:
+                    os.read(m, 65536)
+                except OSError:
+                    break
+        assert p.wait(1) == 0, f"pio device monitor did not quit on Ctrl-C: {out[-300:]!r}"
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
