@@ -16,8 +16,9 @@ against `socket://` or `rfc2217://` on a simulated ESP32 of its own:
   environments (esptool older than 4.8), 4.8.1 for the later ones.
 - arduino-esp32 3.x's `tools.esptool_py.upload.pattern_args` as arduino-cli runs it with
   `-p socket://…` (an address its discovery does not know is passed through as the serial
-  port): 3.2+ spell it with dashes and bundle esptool 5.x; 3.0 bundles esptool 4.6 (4.5.1 here:
-  the same reset code, older than 4.8) and underscores.
+  port): with dashes where the core bundles esptool 5.x, underscores before (esptool 4.9.dev,
+  4.8.1 here; the first 3.0 releases bundled 4.6, 4.5.1 here: the same reset code, both older
+  than 4.8).
 
 Where a combination cannot work (esptool older than 4.8 with `default_reset` on a socket: its
 Unix reset ioctls the socket) the row expects that failure, and README names the fix. The rows
@@ -46,7 +47,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon
+from conftest import SERIALHUB_BIN, Daemon
 from test_esptool import assert_flash_holds, flash_region
 from test_esptool_versions import python_for
 
@@ -154,14 +155,17 @@ RECIPES = [
     Recipe("pio6-rfc2217", "espressif32 6.0-6.11", "4.5.1", platformio, "default_reset", False, "rfc2217", "ok"),
     Recipe("pio-4.8-socket", "espressif32 6.12+ / pioarduino (esptool 4.8.x)", "4.8.1", platformio, "default_reset", False, "socket", "ok"),
     Recipe("pioarduino-socket", "pioarduino (esptool 5.x)", "5", platformio, "default-reset", True, "socket", "ok"),
+    Recipe("pioarduino-socket-no_reset", "pioarduino (esptool 5.x) + board_upload.before_reset = no_reset", "5", platformio, "no_reset", True, "socket", "ok"),
     Recipe("pioarduino-rfc2217", "pioarduino (esptool 5.x)", "5", platformio, "default-reset", True, "rfc2217", "ok"),
     Recipe("idf5-old-socket-default", "idf.py 5.0-5.2 (esptool < 4.8)", "4.5.1", idf_flash, "default_reset", False, "socket", "ioctl"),
     Recipe("idf5-old-socket-noreset", "idf.py 5.0-5.2 + CONFIG_ESPTOOLPY_BEFORE_NORESET=y", "4.5.1", idf_flash, "no_reset", False, "socket", "ok"),
     Recipe("idf5-socket", "idf.py 5.x (esptool 4.8.x)", "4.8.1", idf_flash, "default_reset", False, "socket", "ok"),
     Recipe("idf5-rfc2217", "idf.py 5.x (esptool 4.8.x)", "4.8.1", idf_flash, "default_reset", False, "rfc2217", "ok"),
-    Recipe("arduino3.2-socket", "arduino-cli + arduino-esp32 3.2+ (esptool 5.x)", "5", arduino, "default-reset", True, "socket", "ok"),
-    Recipe("arduino3.2-rfc2217", "arduino-cli + arduino-esp32 3.2+ (esptool 5.x)", "5", arduino, "default-reset", True, "rfc2217", "ok"),
-    Recipe("arduino3.0-socket", "arduino-cli + arduino-esp32 3.0 (esptool 4.6)", "4.5.1", arduino, "default_reset", False, "socket", "ioctl"),
+    Recipe("arduino-esptool5-socket", "arduino-cli + arduino-esp32 3.x with esptool 5.x", "5", arduino, "default-reset", True, "socket", "ok"),
+    Recipe("arduino-esptool5-rfc2217", "arduino-cli + arduino-esp32 3.x with esptool 5.x", "5", arduino, "default-reset", True, "rfc2217", "ok"),
+    Recipe("arduino-esptool4.9-socket", "arduino-cli + arduino-esp32 3.0.x/3.1.x with esptool 4.9.dev", "4.8.1", arduino, "default_reset", False, "socket", "ok"),
+    Recipe("arduino-esptool4.6-socket", "arduino-cli + arduino-esp32 3.0 with esptool 4.6", "4.5.1", arduino, "default_reset", False, "socket", "ioctl"),
+    Recipe("arduino-esptool4.6-rfc2217", "arduino-cli + arduino-esp32 3.0 with esptool 4.6", "4.5.1", arduino, "default_reset", False, "rfc2217", "ok"),
 ]
 
 
@@ -343,3 +347,23 @@ def test_platformio_monitor_without_speed_opens_at_9600(serialhub, tmp_path):
     assert head in out, out
     after = out.split(head, 1)[1]
     assert len(after) > 300 and b"sim: app" not in after, after[:400]
+
+
+# --- discovery in a container ---------------------------------------------------------------------
+
+
+def test_discover_without_host_says_what_to_do_in_a_container():
+    """`serialhub discover` with no host where no mDNS answer can come (a network namespace of
+    its own, as a container on a bridge network is to the LAN's multicast): exit 1, and the
+    message names SERIALHUB_HOST and --network host."""
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare -n is not permitted here (needs root)")
+    env = {k: v for k, v in os.environ.items() if k not in ("SERIALHUB_HOST", "PI_HOST", "ESP32_PORT")}
+    t0 = time.monotonic()
+    r = subprocess.run(["unshare", "-n", "sh", "-c", f"ip link set lo up; exec {SERIALHUB_BIN} discover"],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout == "", r.stdout
+    for needle in ("no serialhub answered", "Docker bridge network", "SERIALHUB_HOST=", "--network host"):
+        assert needle in r.stderr, r.stderr
+    assert time.monotonic() - t0 < 10
