@@ -65,11 +65,17 @@ IMAGES = {
 }
 
 
-def make_images(dir: Path, seed: int, names: list[str]) -> dict[str, tuple[int, Path, bytes]]:
+# The boards: the chip esptool is told, where its bootloader goes, the flash frequency.
+BOARDS = {"sim": ("esp32", 0x1000, "40m"), "sim-usb": ("esp32c3", 0x0, "80m")}
+
+
+def make_images(dir: Path, seed: int, names: list[str], board: str = "sim") -> dict[str, tuple[int, Path, bytes]]:
     rng = random.Random(seed)
     out = {}
     for name in names:
         offset, size = IMAGES[name]
+        if name == "bootloader":
+            offset = BOARDS[board][1]
         data = bytes([0]) + rng.randbytes(size - 1)
         path = dir / f"{name}.bin"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,15 +87,17 @@ def make_images(dir: Path, seed: int, names: list[str]) -> dict[str, tuple[int, 
 # --- the argument lists, as each tool builds them ---------------------------------------------
 
 
-def platformio(url: str, work: Path, before: str, dashes: bool) -> tuple[list[str], dict]:
+def platformio(url: str, work: Path, before: str, dashes: bool, board: str) -> tuple[list[str], dict]:
     """platform-espressif32 6.x / pioarduino builder/main.py: UPLOADERFLAGS, the Arduino
     framework's FLASH_EXTRA_IMAGES appended to them, then $ESP32_APP_OFFSET $SOURCE; upload_speed
-    460800 (esp32dev's manifest), flash mode dio and 40m from the board."""
-    imgs = make_images(work, 25, ["bootloader", "partitions", "boot_app0", "app"])
+    460800 (esp32dev's and esp32-c3-devkitm-1's manifests), flash mode dio (qio is passed as
+    dio) and the board's frequency."""
+    chip, _, freq = BOARDS[board]
+    imgs = make_images(work, 25, ["bootloader", "partitions", "boot_app0", "app"], board)
     d = (lambda s: s.replace("_", "-")) if dashes else (lambda s: s)
-    argv = ["--chip", "esp32", "--port", url, "--baud", "460800",
+    argv = ["--chip", chip, "--port", url, "--baud", "460800",
             "--before", before, "--after", d("hard_reset"),
-            d("write_flash"), "-z", d("--flash_mode"), "dio", d("--flash_freq"), "40m",
+            d("write_flash"), "-z", d("--flash_mode"), "dio", d("--flash_freq"), freq,
             d("--flash_size"), "detect"]
     for name in ("bootloader", "partitions", "boot_app0"):
         argv += [hex(imgs[name][0]), str(imgs[name][1])]
@@ -97,7 +105,7 @@ def platformio(url: str, work: Path, before: str, dashes: bool) -> tuple[list[st
     return argv, imgs
 
 
-def idf_flash(url: str, work: Path, before: str, dashes: bool) -> tuple[list[str], dict]:
+def idf_flash(url: str, work: Path, before: str, dashes: bool, board: str) -> tuple[list[str], dict]:
     """idf.py flash (ESP-IDF 5.x): SERIAL_TOOL (`esptool --chip esp32`) -p $ESPPORT -b $ESPBAUD,
     then SERIAL_TOOL_ARGS (`--before=…;--after=hard_reset;write_flash;@flash_args`), in the
     build directory; flash_args: the flash options, then one "offset file" line per image."""
@@ -123,7 +131,7 @@ def idf_flash(url: str, work: Path, before: str, dashes: bool) -> tuple[list[str
     return argv, imgs
 
 
-def arduino(url: str, work: Path, before: str, dashes: bool) -> tuple[list[str], dict]:
+def arduino(url: str, work: Path, before: str, dashes: bool, board: str) -> tuple[list[str], dict]:
     """arduino-esp32 3.x platform.txt, tools.esptool_py.upload.pattern_args (no placeholder
     for the reset: `{upload.flags}` and `{upload.erase_cmd}` are empty by default): upload.speed
     921600, flash settings `keep`, bootloader at build.bootloader_addr (0x1000 on the ESP32)."""
@@ -147,6 +155,7 @@ class Recipe:
     dashes: bool
     url: str  # "socket" or "rfc2217"
     expect: str  # "ok", or "ioctl": esptool's Unix reset fails on the socket before a byte
+    board: str = "sim"  # sim: ESP32 with the DTR/RTS circuit; sim-usb: ESP32-C3, USB-Serial/JTAG
 
 
 RECIPES = [
@@ -156,6 +165,8 @@ RECIPES = [
     Recipe("pio-4.8-socket", "espressif32 6.12+ / pioarduino (esptool 4.8.x)", "4.8.1", platformio, "default_reset", False, "socket", "ok"),
     Recipe("pioarduino-socket", "pioarduino (esptool 5.x)", "5", platformio, "default-reset", True, "socket", "ok"),
     Recipe("pioarduino-socket-no_reset", "pioarduino (esptool 5.x) + board_upload.before_reset = no_reset", "5", platformio, "no_reset", True, "socket", "ok"),
+    Recipe("pioarduino-c3-usb-socket", "pioarduino (esptool 5.x), ESP32-C3 on USB-Serial/JTAG", "5", platformio, "default-reset", True, "socket", "ok", "sim-usb"),
+    Recipe("pioarduino-c3-usb-rfc2217", "pioarduino (esptool 5.x), ESP32-C3 on USB-Serial/JTAG", "5", platformio, "default-reset", True, "rfc2217", "ok", "sim-usb"),
     Recipe("pioarduino-rfc2217", "pioarduino (esptool 5.x)", "5", platformio, "default-reset", True, "rfc2217", "ok"),
     Recipe("idf5-old-socket-default", "idf.py 5.0-5.2 (esptool < 4.8)", "4.5.1", idf_flash, "default_reset", False, "socket", "ioctl"),
     Recipe("idf5-old-socket-noreset", "idf.py 5.0-5.2 + CONFIG_ESPTOOLPY_BEFORE_NORESET=y", "4.5.1", idf_flash, "no_reset", False, "socket", "ok"),
@@ -186,7 +197,7 @@ class Run:
 
 def _run(recipe: Recipe, run: Run, python: str, work: Path, port: int):
     url = f"{recipe.url}://127.0.0.1:{port}"
-    argv, run.images = recipe.shape(url, work, recipe.before, recipe.dashes)
+    argv, run.images = recipe.shape(url, work, recipe.before, recipe.dashes, recipe.board)
     cwd = work / "build" if recipe.shape is idf_flash else work
     t0 = time.monotonic()
     try:
@@ -220,13 +231,13 @@ def runs(request):
                 futures[recipe.id] = e
                 continue
             d = Daemon(["serve", "--bind", "127.0.0.1", "--no-hotplug", "--http", "127.0.0.1:0",
-                        "--state", str(work / "ports.json"), "--device", f"sim:{flash}=0"])
+                        "--state", str(work / "ports.json"), "--device", f"{recipe.board}:{flash}=0"])
             daemons.append(d)
-            port = d.port("sim")
-            d.wait_opened("sim")
-            d.wait_output("sim", APP_START.pattern)  # the application runs: boot #1
-            run = Run(d, flash, {}, log_offset=d.output("sim")["total"],
-                      resets_before=d.device("sim")["resets"])
+            port = d.port(recipe.board)
+            d.wait_opened(recipe.board)
+            d.wait_output(recipe.board, APP_START.pattern)  # the application runs: boot #1
+            run = Run(d, flash, {}, log_offset=d.output(recipe.board)["total"],
+                      resets_before=d.device(recipe.board)["resets"])
             futures[recipe.id] = pool.submit(_run, recipe, run, python, work, port)
         yield futures
     finally:
@@ -253,7 +264,7 @@ def test_recipe(runs, recipe):
         assert "Inappropriate ioctl for device" in out, f"{what}:\n{out}"
         offset, _, data = run.images["app"]
         assert not run.flash.exists() or flash_region(run.flash, offset, len(data)) != data
-        assert d.device("sim")["resets"] == run.resets_before, "the board was reset"
+        assert d.device(recipe.board)["resets"] == run.resets_before, "the board was reset"
         return
     assert run.rc == 0, f"{what}: exited {run.rc}:\n{out}"
     for offset, _, data in run.images.values():
@@ -265,7 +276,7 @@ def test_recipe(runs, recipe):
         assert "not possible to reset the chip over a TCP socket" in out, out
     # The board runs its application again (the server's reset, or esptool's hard reset).
     # (Its first line may fall in the session's end: its ticks name the boot.)
-    m = d.wait_output("sim", r"sim: app [^\r\n]*boot #([2-9]|\d\d+)\r\n", since=run.log_offset, timeout=15)
+    m = d.wait_output(recipe.board, r"sim: app [^\r\n]*boot #([2-9]|\d\d+)\r\n", since=run.log_offset, timeout=15)
     assert int(m.group(1)) >= 2, m.group(0)
 
 
