@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN_DEBUG := target/debug/serialhub
 BIN_RELEASE := target/release/serialhub
 
-.PHONY: help build run test unit e2e browser esptools labgrid espflash bench soak lint venv clean pi pi-check deb deb-armhf check-package install cargo-deb
+.PHONY: help build run test unit e2e browser esptools labgrid platformio espflash bench soak lint venv clean pi pi-check deb deb-armhf check-package install cargo-deb
 
 PI_TARGET := arm-unknown-linux-musleabihf
 PI_BIN := target/$(PI_TARGET)/release/serialhub
@@ -61,6 +61,16 @@ labgrid: .venv-labgrid/.installed ## labgrid from PyPI for the lab tests
 	  $$s apt-get update -q && $$s apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends microcom; }
 	touch $@
 
+# PlatformIO Core from PyPI, in a venv of its own, for `pio device monitor` over RFC 2217
+# (tests/e2e/test_recipes.py); no platform or toolchain is installed.
+PLATFORMIO_VERSION := 6.2.0
+platformio: .venv-platformio/.installed ## PlatformIO Core (pio) from PyPI for the recipe tests
+
+.venv-platformio/.installed:
+	python3 -m venv .venv-platformio
+	.venv-platformio/bin/pip install --quiet --disable-pip-version-check platformio==$(PLATFORMIO_VERSION)
+	touch $@
+
 # espflash (crates.io), built once into target/espflash for the pty-link test.
 ESPFLASH_VERSION := 4.5.0
 espflash: target/espflash/bin/espflash ## espflash from crates.io for the end-to-end tests
@@ -68,7 +78,7 @@ espflash: target/espflash/bin/espflash ## espflash from crates.io for the end-to
 target/espflash/bin/espflash:
 	cargo install --quiet --locked espflash --version $(ESPFLASH_VERSION) --root target/espflash
 
-e2e: venv browser esptools labgrid espflash ## end-to-end tests: esptool (four releases), pyserial, esp-idf-monitor, labgrid, curl, chromium against the daemon
+e2e: venv browser esptools labgrid platformio espflash ## end-to-end tests: esptool (four releases), pyserial, esp-idf-monitor, labgrid, PlatformIO, curl, chromium against the daemon
 	$(CARGO) build
 	SERIALHUB_BIN=$(abspath $(BIN_DEBUG)) $(PY) -m pytest -q tests/e2e
 
@@ -119,4 +129,4 @@ install: build ## install binary, config (kept if present), unit and docs under 
 
 clean: ## remove build output and the venv
 	$(CARGO) clean
-	rm -rf $(VENV) .venv-pi .venv-esptool .venv-labgrid
+	rm -rf $(VENV) .venv-pi .venv-esptool .venv-labgrid .venv-platformio

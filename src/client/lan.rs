@@ -187,7 +187,8 @@ pub(crate) fn devices() -> Result<Vec<Device>, ClientError> {
     }
     if out.is_empty() {
         return Err(ClientError::Select(format!(
-            "no serialhub answered on the network within {:.1} s (mDNS); give a HOST, or set SERIALHUB_HOST",
+            "no serialhub answered on the network within {:.1} s (mDNS); give a HOST, or set SERIALHUB_HOST \
+             (mDNS does not cross a Docker bridge network: in a container set SERIALHUB_HOST=pi, or run it with --network host)",
             BROWSE_FOR.as_secs_f32()
         )));
     }

@@ -58,9 +58,19 @@ discover             list the served devices: name, product, serial, port, state
                      --json prints the portal's JSON
 url                  print exactly one device URL (for ESPPORT=$(serialhub url …));
                      --socket prints the socket:// URL, esptool's fastest path (the
-                     server resets the chip and changes the baud for it): use it
-                     with `--before no-reset` (esptool 3.x/4.x: `no_reset`);
-                     --ign-set-control adds ?ign_set_control (never needed with serialhub)
+                     server resets the chip and changes the baud for it). esptool 4.8
+                     and newer turn their reset off there by themselves; older ones
+                     crash trying unless told `--before no_reset`:
+                       esptool --port URL --before no-reset …       (esptool 5.x; 3.x/4.x: no_reset)
+                       idf.py -p URL flash                          (IDF's esptool < 4.8:
+                                                                     CONFIG_ESPTOOLPY_BEFORE_NORESET=y)
+                       PlatformIO: upload_port = URL and board_upload.before_reset = no_reset
+                       (espressif32 <= 6.11 bundles esptool 4.5.1); monitor_port = the
+                       rfc2217:// URL with monitor_speed = 115200 (its default is 9600)
+                       arduino-cli upload -p URL                    (arduino-esp32 3.x whose
+                                                                     esptool_py >= 4.8)
+                     --ign-set-control adds ?ign_set_control (never needed with serialhub;
+                     never in PlatformIO's upload_port, which takes a `?` as a pattern)
 monitor              a serial monitor over RFC 2217; DTR/RTS stay released, so opening it
                      resets nothing. --baud (default 115200), --raw passes bytes through
                      (default: complete lines), --timestamps prefixes lines with the time.

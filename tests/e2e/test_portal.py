@@ -35,7 +35,7 @@ OLD_DISCOVER_FIELDS = {"url", "port", "product", "serial", "tty"}
 NEW_DEVICE_FIELDS = {
     "key", "key_kind", "name", "vid", "pid", "manufacturer", "usb_path", "reset", "protocol",
     "state", "client", "bytes_to_device", "bytes_to_client", "connects", "resets", "url",
-    "url_ign_set_control", "socket_url", "esptool", "idf", "platformio",
+    "url_ign_set_control", "socket_url", "esptool", "idf", "platformio", "arduino_cli",
 }
 SIM_KEY = "name:sim"
 
@@ -146,9 +146,12 @@ def test_devices_and_discover_keep_the_old_shapes(portal):
         # Flashing goes over socket:// on every device (the server follows the loader
         # protocol everywhere), with esptool's reset off in the form each tool takes.
         flash = d["socket_url"]
-        assert d["esptool"] == f"esptool --port {flash} --before no-reset -b 921600 write-flash 0x10000 app.bin"
-        assert d["platformio"] == (f"upload_port = {flash}\nupload_speed = 921600\n"
-                                   f"board_upload.before_reset = no_reset\nmonitor_port = {d['url']}")
+        # (Each recipe is run as its tool runs it in test_recipes.py.)
+        assert d["esptool"].startswith(f"esptool --port {flash} --before no-reset -b 921600 write-flash 0x10000 app.bin   # ")
+        assert (f"upload_port = {flash}\nupload_speed = 921600\nboard_upload.before_reset = no_reset\n"
+                f"monitor_port = {d['url']}\nmonitor_speed = 115200\n") in d["platformio"], d["platformio"]
+        assert f"\nidf.py -p {flash} -b 921600 flash && idf.py -p {d['url']} monitor   # " in d["idf"], d["idf"]
+        assert d["arduino_cli"].endswith(f"\narduino-cli upload -p {flash} --fqbn esp32:esp32:esp32"), d["arduino_cli"]
     by_tty = {d["tty"]: d for d in devs["devices"]}
     sim, pty = by_tty["sim"], by_tty[portal.pty.path]
     assert (sim["port"], pty["port"]) == (portal.sim_port, portal.pty_port)

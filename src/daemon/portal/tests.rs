@@ -387,13 +387,51 @@ fn device_fields() {
     assert!((now.as_secs_f64() - 90.0 - since).abs() < 2.0, "{since}");
     assert_eq!(d["protocol"], "auto");
     assert_eq!(d["socket_url"], "socket://pi.local:4001");
+    // The recipes tests/e2e/test_recipes.py runs, with the versions they hold for.
     assert_eq!(
         d["platformio"],
-        "upload_port = socket://pi.local:4001\nupload_speed = 921600\nboard_upload.before_reset = no_reset\nmonitor_port = rfc2217://pi.local:4001"
+        "; platformio.ini: espressif32 6.x (esptool 4.5.1 until 6.11), pioarduino\n\
+         upload_port = socket://pi.local:4001\n\
+         upload_speed = 921600\n\
+         board_upload.before_reset = no_reset\n\
+         monitor_port = rfc2217://pi.local:4001\n\
+         monitor_speed = 115200\n\
+         ; boards whose manifest waits for a new USB port (native-USB S2/S3: lolin_s2_mini, ...) also need:\n\
+         ; board_upload.wait_for_upload_port = no\n\
+         ; board_upload.use_1200bps_touch = no"
     );
     assert_eq!(
         d["esptool"],
-        "esptool --port socket://pi.local:4001 --before no-reset -b 921600 write-flash 0x10000 app.bin"
+        "esptool --port socket://pi.local:4001 --before no-reset -b 921600 write-flash 0x10000 app.bin   \
+         # esptool 5.x; 3.x/4.x: --before no_reset write_flash"
+    );
+    assert_eq!(
+        d["idf"],
+        "# ESP-IDF 5.x; with esptool < 4.8 in its environment set CONFIG_ESPTOOLPY_BEFORE_NORESET=y\n\
+         idf.py -p socket://pi.local:4001 -b 921600 flash && idf.py -p rfc2217://pi.local:4001 monitor   \
+         # monitor resets the board on open; --no-reset does not"
+    );
+    assert_eq!(
+        d["arduino_cli"],
+        "# arduino-esp32 3.x whose esptool_py is 4.8 or newer (since Nov 2024); with 4.6: -p rfc2217://pi.local:4001\n\
+         arduino-cli upload -p socket://pi.local:4001 --fqbn esp32:esp32:esp32"
+    );
+    // An RFC 2217-only port: esptool's own resets, no before_reset.
+    let only = &v["devices"][1];
+    assert_eq!(
+        only["arduino_cli"],
+        format!(
+            "arduino-cli upload -p {} --fqbn esp32:esp32:esp32   # arduino-esp32 3.x",
+            only["url"].as_str().unwrap()
+        )
+    );
+    assert!(
+        !only["platformio"]
+            .as_str()
+            .unwrap()
+            .contains("before_reset"),
+        "{}",
+        only["platformio"]
     );
     assert_eq!(v["devices"][1]["reset"], "usb-jtag");
     assert_eq!(v["devices"][1]["protocol"], "rfc2217");

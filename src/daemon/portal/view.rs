@@ -62,6 +62,7 @@ pub(super) struct Urls {
     pub(super) esptool: String,
     pub(super) idf: String,
     pub(super) platformio: String,
+    pub(super) arduino_cli: String,
 }
 
 /// One connected client.
@@ -201,6 +202,7 @@ impl DeviceView {
             "esptool": u.esptool,
             "idf": u.idf,
             "platformio": u.platformio,
+            "arduino_cli": u.arduino_cli,
         })
     }
 }
@@ -215,33 +217,57 @@ impl Urls {
             Protocol::Raw => (socket.clone(), Some(socket)),
         };
         // The server follows esptool's loader protocol on every device, so `socket://` is the
-        // flash path wherever the port speaks raw. esptool cannot reset over a socket (4.5.1,
-        // which PlatformIO bundles, even crashes trying): the recipes say `--before no-reset`
-        // in the form each tool takes, and the server enters the bootloader for it.
+        // flash path wherever the port speaks raw. Each recipe is the one
+        // tests/e2e/test_recipes.py runs the way its tool runs esptool, with the versions it
+        // holds for: esptool >= 4.8 turns its reset off on a socket by itself, older releases
+        // (PlatformIO's espressif32 <= 6.11 bundles 4.5.1) crash trying unless told
+        // `no_reset`; arduino-esp32 hardcodes `--before default_reset`.
         let flash_url = socket_url.as_deref().unwrap_or(&url);
         let on_socket = socket_url.is_some();
-        let before = if on_socket { " --before no-reset" } else { "" };
-        let pio_before = if on_socket {
-            "\nboard_upload.before_reset = no_reset"
+        let lines = |l: &[String]| l.join("\n");
+        let esptool = if on_socket {
+            format!("esptool --port {flash_url} --before no-reset -b {FLASH_BAUD} write-flash {APP_OFFSET:#x} app.bin   # esptool 5.x; 3.x/4.x: --before no_reset write_flash")
         } else {
-            ""
+            format!("esptool --port {url} -b {FLASH_BAUD} write-flash {APP_OFFSET:#x} app.bin   # esptool 5.x; 3.x/4.x: write_flash")
         };
-        let esptool = format!(
-            "esptool --port {flash_url}{before} -b {FLASH_BAUD} write-flash {APP_OFFSET:#x} app.bin"
-        );
-        let idf = if flash_url == url {
-            format!("idf.py -p {url} flash monitor")
+        let idf = if on_socket {
+            lines(&[
+                "# ESP-IDF 5.x; with esptool < 4.8 in its environment set CONFIG_ESPTOOLPY_BEFORE_NORESET=y".into(),
+                format!("idf.py -p {flash_url} -b {FLASH_BAUD} flash && idf.py -p {url} monitor   # monitor resets the board on open; --no-reset does not"),
+            ])
         } else {
-            format!("idf.py -p {flash_url} -b {FLASH_BAUD} flash && idf.py -p {url} monitor")
+            format!("idf.py -p {url} flash monitor   # monitor resets the board on open; --no-reset does not")
         };
-        let platformio = format!(
-            "upload_port = {flash_url}\nupload_speed = {FLASH_BAUD}{pio_before}\nmonitor_port = {url}"
-        );
+        let mut pio = vec![
+            "; platformio.ini: espressif32 6.x (esptool 4.5.1 until 6.11), pioarduino".to_string(),
+            format!("upload_port = {flash_url}"),
+            format!("upload_speed = {FLASH_BAUD}"),
+        ];
+        if on_socket {
+            pio.push("board_upload.before_reset = no_reset".into());
+        }
+        pio.extend([
+            format!("monitor_port = {url}"),
+            "monitor_speed = 115200".into(),
+            "; boards whose manifest waits for a new USB port (native-USB S2/S3: lolin_s2_mini, ...) also need:".into(),
+            "; board_upload.wait_for_upload_port = no".into(),
+            "; board_upload.use_1200bps_touch = no".into(),
+        ]);
+        let platformio = lines(&pio);
+        let arduino_cli = if on_socket {
+            lines(&[
+                format!("# arduino-esp32 3.x whose esptool_py is 4.8 or newer (since Nov 2024); with 4.6: -p {url}"),
+                format!("arduino-cli upload -p {flash_url} --fqbn esp32:esp32:esp32"),
+            ])
+        } else {
+            format!("arduino-cli upload -p {url} --fqbn esp32:esp32:esp32   # arduino-esp32 3.x")
+        };
         Urls {
             url_ign_set_control: format!("{rfc2217}?ign_set_control"),
             esptool,
             idf,
             platformio,
+            arduino_cli,
             url,
             socket_url,
         }
