@@ -29,6 +29,7 @@ import random
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -137,9 +138,15 @@ CASES = [
 def test_which_esptools_flash_a_native_usb_sim_over_a_pty(board, fail, pass_, tmp_path, image):
     assert esptool_version() >= (5, 3), "the negative control needs esptool >= 5.3 (VID/PID detection)"
     path, data = image
+    # 5.3.1 is new in `make esptools`: without it the other esptools still run.
+    missing = [v for v in fail + pass_ if v != "5" and not (ROOT / ".venv-esptool" / v).exists()]
+    if missing:
+        warnings.warn(f"esptool {', '.join(missing)} not installed (make esptools): not run on {board}")
+    fail = [v for v in fail if v not in missing]
+    pass_ = [v for v in pass_ if v not in missing]
     versions = [*fail, *pass_]
-    for v in versions:
-        python_for(v)  # skip before starting anything if one is missing
+    if not versions:
+        pytest.skip(f"none of the esptools for {board} is installed (make esptools)")
     with ThreadPoolExecutor(len(versions)) as pool:
         cases = dict(zip(versions, pool.map(lambda v: run_case(tmp_path, board, v, path), versions)))
     for v in pass_:
