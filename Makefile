@@ -40,10 +40,12 @@ browser: ## headless chromium and curl for the portal's end-to-end tests (Debian
 	  $$s apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends chromium curl; }
 
 # The esptool releases people actually run besides the newest (in .venv): ESP-IDF 4.4's 3.3,
-# PlatformIO's espressif32 6.x bundle 4.5.1, the last 4.x 4.8.1; each in its own venv.
-ESPTOOL_VERSIONS ?= 3.3 4.5.1 4.8.1
+# PlatformIO's espressif32 6.x bundle 4.5.1, the last 4.x 4.8.1; each in its own venv. And
+# 5.3.1, the first to tell native USB by VID/PID alone, before 5.6 capped the ROM's blocks on
+# a port without one (tests/e2e/test_native_usb_sims.py).
+ESPTOOL_VERSIONS ?= 3.3 4.5.1 4.8.1 5.3.1
 
-esptools: $(foreach v,$(ESPTOOL_VERSIONS),.venv-esptool/$(v)/.installed) ## esptool 3.3, 4.5.1, 4.8.1 in venvs of their own
+esptools: $(foreach v,$(ESPTOOL_VERSIONS),.venv-esptool/$(v)/.installed) ## esptool 3.3, 4.5.1, 4.8.1, 5.3.1 in venvs of their own
 
 .venv-esptool/%/.installed:
 	python3 -m venv .venv-esptool/$*

@@ -35,7 +35,7 @@ pub(crate) enum SimBoard {
     /// ESP32-S3 on its native USB-Serial/JTAG: like `UsbJtag`, on the S3.
     S3UsbJtag,
     /// ESP32-S3 on its USB-OTG peripheral, the ROM's CDC-ACM: small receive buffer
-    /// (`USB_OTG_MAX_BLOCK`), no RTC watchdog left running.
+    /// (`USB_OTG_MAX_BLOCK`, the ROM loader only), no RTC watchdog left running.
     S3Otg,
 }
 
@@ -49,9 +49,10 @@ pub(crate) enum UsbPort {
     Otg,
 }
 
-/// The largest *_DATA block the ROM's (and the stub's) USB-OTG CDC path takes: esptool's
+/// The largest *_DATA block the ROM's USB-OTG CDC path takes: esptool's
 /// `USB_RAM_BLOCK = 0x800  # Max block size USB-OTG is used` (`targets/esp32s2.py`,
-/// `esp32s3.py`), set as ESP_RAM_BLOCK and FLASH_WRITE_SIZE when it detects USB-OTG.
+/// `esp32s3.py`; 4.x sets it as ESP_RAM_BLOCK and FLASH_WRITE_SIZE when it reads USB-OTG;
+/// 5.6 as `USB_OTG_BLOCK_SIZE` for the ROM only, also when the port has no VID/PID).
 pub(crate) const USB_OTG_MAX_BLOCK: usize = 0x800;
 
 impl SimBoard {

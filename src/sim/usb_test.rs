@@ -170,7 +170,28 @@ fn otg_has_no_watchdog_left_running_but_a_small_cdc_buffer() {
         .unwrap()
         .iter()
         .all(|&b| b == 0xFF));
-    // A USB-Serial/JTAG board takes the big block.
+    // The stub brings its own USB driver: it takes the big block.
+    let mut stub = in_download(SimBoard::S3Otg);
+    crate::sim::testkit::upload_stub(&mut stub);
+    let (_, _, st) = command(
+        &mut stub,
+        Command::FlashBegin as u8,
+        &words(&[0x4000, 1, 0x4000, 0x1_0000]),
+        2,
+    );
+    assert_eq!(st, [0, 0]);
+    stub.receive(
+        &block_request(Command::FlashData as u8, 0, &[0x5A; 0x4000]),
+        T0,
+    );
+    assert_eq!(parse(&frames(&mut stub)[0], 2).3, [0, 0]);
+    assert!(stub
+        .flash()
+        .read(0x1_0000, 0x4000)
+        .unwrap()
+        .iter()
+        .all(|&b| b == 0x5A));
+    // A USB-Serial/JTAG board's ROM takes the big block.
     let mut usj = in_download(SimBoard::S3UsbJtag);
     begin(&mut usj, 0x1000);
     usj.receive(

@@ -152,10 +152,16 @@ impl LoaderState {
             self.respond(hw, op, 0, &[], Err(Fail::Invalid));
             return None;
         };
-        if hw.usb == Some(UsbPort::Otg) && cmd.is_data_block() && len > USB_OTG_MAX_BLOCK + 16 {
-            // The USB-OTG CDC path cannot take a block past its buffer: the request never
-            // reaches the loader whole, nothing answers, and the host times out (esptool
-            // keeps its blocks at USB_RAM_BLOCK = 0x800 once it knows it is on USB-OTG).
+        if hw.usb == Some(UsbPort::Otg)
+            && self.loader == Loader::Rom
+            && cmd.is_data_block()
+            && len > USB_OTG_MAX_BLOCK + 16
+        {
+            // The ROM's USB-OTG CDC cannot take a block past its buffer: the request never
+            // reaches the loader whole, nothing answers, and the host times out. The stub
+            // brings its own USB driver and takes the big blocks (esptool 5.6 `loader.py`
+            // `use_usb_otg_block`: "The USB-OTG ROM cannot take the larger RAM block sizes
+            // used to upload the stub ... The stub can receive larger blocks").
             return None;
         }
         if !self.loader.supports(hw.target, cmd) {
