@@ -80,7 +80,7 @@ espflash: target/espflash/bin/espflash ## espflash from crates.io for the end-to
 target/espflash/bin/espflash:
 	cargo install --quiet --locked espflash --version $(ESPFLASH_VERSION) --root target/espflash
 
-e2e: venv browser esptools labgrid platformio espflash ## end-to-end tests: esptool (four releases), pyserial, esp-idf-monitor, labgrid, PlatformIO, curl, chromium against the daemon
+e2e: venv browser esptools labgrid platformio espflash ## end-to-end tests: esptool (five releases), pyserial, esp-idf-monitor, labgrid, PlatformIO, curl, chromium against the daemon
 	$(CARGO) build
 	SERIALHUB_BIN=$(abspath $(BIN_DEBUG)) $(PY) -m pytest -q tests/e2e
 
