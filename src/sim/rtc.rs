@@ -294,6 +294,51 @@ mod tests {
         }
     }
 
+    /// The sequence the server sends for a client that cannot (protocol/esp/watchdogs.rs),
+    /// played against this model: the server's side and the sim agree on every register.
+    #[test]
+    fn the_servers_disarm_sequence_turns_it_off() {
+        use crate::protocol::esp::watchdogs::{Disarm, Outcome, CHIP_DETECT_MAGIC_REG};
+        use crate::protocol::esp::{Op, Reply};
+        use crate::sim::{esp32c3::ESP32C3_MAGIC, esp32s3::ESP32S3_MAGIC};
+        for (layout, magic, chip) in [
+            (ESP32C3_RTC, ESP32C3_MAGIC, "ESP32-C3"),
+            (ESP32S3_RTC, ESP32S3_MAGIC, "ESP32-S3"),
+        ] {
+            let mut w = Watchdogs::new(layout, true);
+            w.on_boot(ResetCause::PowerOn, BootMode::App, Duration::ZERO);
+            w.on_boot(ResetCause::UsbJtag, BootMode::Download, S);
+            assert!(w.deadline().is_some(), "armed in download mode");
+            let mut d = Disarm::default();
+            let mut next = d.start();
+            for _ in 0..16 {
+                let Some(cmd) = next.take() else { break };
+                let words = cmd.words();
+                let value = match cmd.op() {
+                    Op::ReadReg if words[0] == CHIP_DETECT_MAGIC_REG => magic,
+                    Op::ReadReg => w.read(words[0]).expect("a watchdog register"),
+                    _ => {
+                        assert!(w.write(words[0], words[1], 2 * S), "{words:x?}");
+                        0
+                    }
+                };
+                next = d.answered(Reply::Answered {
+                    value,
+                    status: 0,
+                    error: 0,
+                });
+            }
+            assert_eq!(d.outcome(), Some(Outcome::Disarmed(chip)));
+            assert_eq!(w.deadline(), None, "{chip}: the RWDT is off");
+            assert!(!w.fired(3600 * S));
+            assert_ne!(
+                w.read(layout.swd_conf).unwrap() & SWD_AUTO_FEED_EN,
+                0,
+                "{chip}: SWD auto-fed"
+            );
+        }
+    }
+
     #[test]
     fn writes_with_the_wrong_key_are_ignored() {
         let mut w = in_download();

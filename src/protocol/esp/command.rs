@@ -55,6 +55,13 @@ impl Command {
         self.op
     }
 
+    /// The request's words (address, value, mask, delay for WRITE_REG; address for READ_REG),
+    /// for tests that play the commands against a simulated chip.
+    #[cfg(test)]
+    pub(crate) fn words(&self) -> Vec<u32> {
+        (0..self.len / 4).map(|i| self.word(i)).collect()
+    }
+
     fn word(&self, i: usize) -> u32 {
         let b = &self.data[4 * i..4 * i + 4];
         u32::from_le_bytes([b[0], b[1], b[2], b[3]])

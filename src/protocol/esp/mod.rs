@@ -32,6 +32,7 @@ mod frame;
 mod note;
 #[cfg(test)]
 mod tests;
+pub(crate) mod watchdogs;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
