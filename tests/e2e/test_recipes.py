@@ -255,26 +255,7 @@ def runs(request):
             pytest.fail("\n".join(problems), pytrace=False)
 
 
-# Rows a real board fails today, and so must the simulator: esptool 5.x cannot see a remote
-# port's VID/PID, so it leaves the C3's RTC watchdog running, and a flash that takes longer
-# than the watchdog's timeout (rfc2217's resets and round trips) is cut short by a chip reset.
-# Issue 22's server side (the server disables the watchdogs) turns these into passes.
-# Over socket:// the same flash usually ends inside the watchdog's 9 s, as it would on the
-# chip; on a loaded machine it may not, so that row may fail for the same reason.
-WATCHDOG_CUTS_SHORT = {"pioarduino-c3-usb-rfc2217"}
-WATCHDOG_MAY_CUT_SHORT = {"pioarduino-c3-usb-socket"}
-
-
-def _param(r: Recipe):
-    why = "issue 22: the server does not disable the RTC watchdog yet"
-    if r.id in WATCHDOG_CUTS_SHORT:
-        return pytest.param(r, id=r.id, marks=pytest.mark.xfail(strict=True, reason=why))
-    if r.id in WATCHDOG_MAY_CUT_SHORT:
-        return pytest.param(r, id=r.id, marks=pytest.mark.xfail(strict=False, reason=why))
-    return pytest.param(r, id=r.id)
-
-
-@pytest.mark.parametrize("recipe", [_param(r) for r in RECIPES])
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.id for r in RECIPES])
 def test_recipe(runs, recipe):
     if isinstance(runs[recipe.id], pytest.skip.Exception):
         pytest.skip(str(runs[recipe.id]))

@@ -114,6 +114,11 @@ impl Hub {
             _ => Entry::Reset,
         };
         session = session.watch_esp(self.lines.in_loader(), entry);
+        // USB-Serial/JTAG (its own reset policy: 303a:1001, the sims on it) keeps the RTC
+        // watchdog armed in download mode; a remote esptool 5.3+ cannot know to disarm it.
+        if self.lines.policy() == Policy::UsbJtag {
+            session = session.on_native_usb();
+        }
         let mut to_client = Vec::with_capacity(CLIENT_BUFFER);
         if let Some(st) = self.link.device().and_then(|d| d.modem_status().ok()) {
             session.modem_status(st, &mut to_client);

@@ -41,6 +41,7 @@ pub(crate) use self::command::{Command, InjectError, Reply};
 use self::frame::{baud_meant, Framer, END, HEAD, LOOK, REQUEST, RESPONSE, SYNC_BODY};
 pub(crate) use self::frame::{Op, SYNC_FRAME};
 pub(crate) use self::note::Note;
+use self::watchdogs::Disarm;
 use crate::protocol::notes::Notes;
 use crate::protocol::reset::ResetTo;
 
@@ -172,6 +173,11 @@ pub(crate) struct EspWatch {
     /// the frame's start has passed already, or it was too long to be that answer).
     frame: [u8; HELD_FRAME],
     frame_len: usize,
+    /// On a native-USB port: the watchdog sequence the server runs for the client once the
+    /// ROM loader answers (`None`: a UART bridge, nothing to do), and the command of it that
+    /// is queued or awaits its answer.
+    disarm: Option<Disarm>,
+    disarm_cmd: Option<Command>,
 }
 
 impl EspWatch {
@@ -205,14 +211,27 @@ impl EspWatch {
             queue: VecDeque::new(),
             frame: [0; HELD_FRAME],
             frame_len: 0,
+            disarm: None,
+            disarm_cmd: None,
         }
+    }
+
+    /// The port is the chip's own USB (USB-Serial/JTAG): once its ROM loader answers a SYNC,
+    /// the server turns the watchdogs off for the client ([`watchdogs`]).
+    pub(crate) fn on_native_usb(mut self) -> EspWatch {
+        self.disarm = Some(Disarm::default());
+        self
     }
 
     /// The same watch for a session that (re)gains control of the chip: it starts over, as
     /// if it had just connected, with what is known of the chip now (the server's commands
     /// still queued are dropped with the session that wanted them).
     pub(crate) fn restart(&self, in_loader: bool) -> EspWatch {
-        EspWatch::new(in_loader, self.entry)
+        let w = EspWatch::new(in_loader, self.entry);
+        match self.disarm {
+            Some(_) => w.on_native_usb(),
+            None => w,
+        }
     }
 
     /// The client is running a loader session (see the field).
@@ -315,6 +334,12 @@ impl EspWatch {
     /// A reset of any kind: the chip takes no command until it has answered one again, and
     /// an answer we wait for will not come.
     fn chip_reset(&mut self) {
+        if let Some(d) = &mut self.disarm {
+            d.chip_reset();
+        }
+        if let Some(cmd) = self.disarm_cmd.take() {
+            self.queue.retain(|&(c, _)| c != cmd);
+        }
         self.synced = false;
         self.pending = None;
         self.streaming = false;
@@ -471,7 +496,7 @@ impl EspWatch {
         }
         while !rest.is_empty() {
             if matches!(self.hold, Hold::Ours { .. }) {
-                rest = self.device_awaiting_ours(rest, to_client, &mut action);
+                rest = self.device_awaiting_ours(rest, now, to_client, &mut action);
                 continue;
             }
             let (content, end) = match memchr::memchr(END, rest) {
@@ -487,7 +512,7 @@ impl EspWatch {
             }
             to_client.extend_from_slice(&rest[..=content.len()]);
             rest = &rest[content.len() + 1..];
-            if let Some(a) = self.device_frame_end() {
+            if let Some(a) = self.device_frame_end(now) {
                 action = Some(a);
             }
             if let Some(to_chip) = to_chip.as_deref_mut() {
@@ -504,6 +529,7 @@ impl EspWatch {
     fn device_awaiting_ours<'a>(
         &mut self,
         input: &'a [u8],
+        now: Instant,
         to_client: &mut Vec<u8>,
         action: &mut Option<Action>,
     ) -> &'a [u8] {
@@ -542,11 +568,12 @@ impl EspWatch {
             self.frame_len = 0;
             self.unanswered = 0;
             self.hold = Hold::Resume;
+            self.ours_answered(cmd, reply, now);
             *action = Some(Action::Injected(cmd, reply));
             self.down.restart();
         } else {
             to_client.extend_from_slice(&self.frame[..self.frame_len]);
-            if let Some(a) = self.device_frame_end() {
+            if let Some(a) = self.device_frame_end(now) {
                 *action = Some(a);
             }
             self.frame[0] = END;
@@ -555,7 +582,7 @@ impl EspWatch {
         &input[content.len() + 1..]
     }
 
-    fn device_frame_end(&mut self) -> Option<Action> {
+    fn device_frame_end(&mut self, now: Instant) -> Option<Action> {
         let mut action = None;
         if let Some(op) = self.down.packet(RESPONSE) {
             if self.chip == Chip::Unknown {
@@ -564,6 +591,13 @@ impl EspWatch {
             }
             self.unanswered = 0;
             self.synced = true;
+            // The ROM answers a SYNC with a non-zero value, a running stub with 0 (esptool's
+            // `sync_stub_detected`): only the ROM's loader needs the watchdogs turned off.
+            if op == Op::Sync as u8 && self.down.word(4) != 0 {
+                if let Some(cmd) = self.disarm.as_mut().and_then(Disarm::start) {
+                    self.queue_disarm(cmd, now);
+                }
+            }
             if self.pending == Some(op) {
                 self.pending = None;
             }
@@ -577,6 +611,33 @@ impl EspWatch {
         }
         self.down.restart();
         action
+    }
+
+    /// What came of a command of ours: if it was the watchdog sequence's, its next command
+    /// goes to the front of the queue (out before the client's parked bytes), or how the
+    /// sequence ended is noted.
+    fn ours_answered(&mut self, cmd: Command, reply: Reply, now: Instant) {
+        if self.disarm_cmd != Some(cmd) {
+            return;
+        }
+        self.disarm_cmd = None;
+        let Some(d) = &mut self.disarm else { return };
+        match d.answered(reply) {
+            Some(next) => self.queue_disarm(next, now),
+            None => {
+                if let Some(outcome) = d.outcome() {
+                    self.notes.push(Note::Watchdogs(outcome));
+                }
+            }
+        }
+    }
+
+    /// A command of the watchdog sequence goes first in the queue.
+    fn queue_disarm(&mut self, cmd: Command, now: Instant) {
+        if self.queue.len() < INJECT_QUEUE {
+            self.queue.push_front((cmd, now));
+            self.disarm_cmd = Some(cmd);
+        }
     }
 
     /// A bootloader entry is done — the one asked for (or it could not be done), or one the
@@ -663,11 +724,13 @@ impl EspWatch {
                 to_client.extend_from_slice(&self.frame[..self.frame_len]);
                 self.frame_len = 0;
                 self.hold = Hold::Resume;
+                self.ours_answered(cmd, Reply::TimedOut, now);
                 Some(Action::Injected(cmd, Reply::TimedOut))
             }
             Hold::None => match self.queue.front() {
                 Some(&(cmd, at)) if now >= at + INJECT_WAIT => {
                     self.queue.pop_front();
+                    self.ours_answered(cmd, Reply::NotSent, now);
                     Some(Action::Injected(cmd, Reply::NotSent))
                 }
                 _ => None,

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use super::frame::Op;
+use super::watchdogs::Outcome;
 use super::ENTRY_WAIT;
 use crate::protocol::notes::{self, Weight};
 
@@ -26,6 +27,8 @@ pub(crate) enum Note {
     BaudUnanswered(u32),
     /// No answer to the server's own command.
     OursUnanswered(Op),
+    /// A native-USB chip's watchdogs, for a client that cannot know to turn them off.
+    Watchdogs(Outcome),
 }
 
 impl notes::Note for Note {
@@ -35,6 +38,8 @@ impl notes::Note for Note {
             Note::EntryTimedOut | Note::BaudUnanswered(_) | Note::OursUnanswered(_) => {
                 Weight::Trouble
             }
+            Note::Watchdogs(Outcome::GaveUp(_)) => Weight::Trouble,
+            Note::Watchdogs(_) => Weight::Trace,
             Note::BaudAsked { .. }
             | Note::InLoader
             | Note::BootOutputDropped(_)
@@ -68,6 +73,18 @@ impl fmt::Display for Note {
                 "the chip did not answer CHANGE_BAUDRATE to {rate}; staying at the current rate"
             ),
             Note::OursUnanswered(op) => write!(f, "the chip did not answer the server's {op:?}"),
+            Note::Watchdogs(Outcome::Disarmed(chip)) => write!(
+                f,
+                "native USB: turned off the {chip}'s RTC watchdog and set its super watchdog to auto-feed, as esptool does on a local port"
+            ),
+            Note::Watchdogs(Outcome::NotNeeded(magic)) => write!(
+                f,
+                "native USB: chip magic {magic:#010x} has no USB-Serial/JTAG watchdog to turn off"
+            ),
+            Note::Watchdogs(Outcome::GaveUp(reply)) => write!(
+                f,
+                "native USB: could not turn off the chip's watchdogs ({reply:?}); a long flash may be cut short by a chip reset"
+            ),
         }
     }
 }

@@ -614,3 +614,91 @@ mod properties {
         }
     }
 }
+
+/// The ROM's answer to a SYNC (its value word is non-zero; a stub's is 0).
+fn rom_sync_answer() -> Vec<u8> {
+    answer(0x08, 0x2012_0707, &[0, 0])
+}
+
+#[test]
+fn on_native_usb_the_server_turns_the_watchdogs_off_before_the_clients_next_command() {
+    let t0 = Instant::now();
+    let c3 = 0x1B31_506F;
+    // What the sequence is (its registers are watchdogs.rs's tests'); here: that it all goes
+    // out, in order, each after the last answer, before the client's next command, unseen.
+    let mut expected = Vec::new();
+    let mut d = watchdogs::Disarm::default();
+    let mut next = d.start();
+    while let Some(cmd) = next {
+        let value = if expected.is_empty() { c3 } else { 0 };
+        expected.push((cmd, value));
+        next = d.answered(Reply::Answered {
+            value,
+            status: 0,
+            error: 0,
+        });
+    }
+    assert_eq!(expected.len(), 8);
+
+    let mut w = EspWatch::new(true, Entry::Reset).on_native_usb();
+    up(&mut w, &sync(), 64);
+    let (client, chip, _) = down_to(&mut w, &rom_sync_answer(), 64, t0);
+    assert_eq!(
+        client,
+        rom_sync_answer(),
+        "the client sees its SYNC answered"
+    );
+    assert_eq!(chip, wire(expected[0].0), "ours goes out at once");
+    // The ROM's seven more SYNC answers pass; the client's next command is parked.
+    let more: Vec<u8> = (0..7).flat_map(|_| rom_sync_answer()).collect();
+    let (client, chip, _) = down_to(&mut w, &more, 64, t0);
+    // (The last END is held while ours waits: it may open our answer's frame.)
+    assert_eq!(client, more[..more.len() - 1]);
+    assert!(chip.is_empty());
+    let clients_next = request(0x14, &[]); // GET_SECURITY_INFO, esptool 5's next
+    let (out, _) = up(&mut w, &clients_next, 64);
+    assert!(out.is_empty(), "parked while ours run");
+    for (i, &(cmd, value)) in expected.iter().enumerate() {
+        let (client, chip, actions) =
+            down_to(&mut w, &answer(cmd.op() as u8, value, &[0, 0]), 64, t0);
+        // Taken out: at most the frame delimiters around it reach the client.
+        assert!(client.iter().all(|&b| b == END), "answer {i}: {client:02x?}");
+        assert!(chip.is_empty());
+        let reply = Reply::Answered {
+            value,
+            status: 0,
+            error: 0,
+        };
+        assert_eq!(actions, vec![Action::Injected(cmd, reply)], "answer {i}");
+        let mut out = Vec::new();
+        assert_eq!(w.resume(t0, &mut |b| out.extend_from_slice(b)), None);
+        match expected.get(i + 1) {
+            Some(&(next, _)) => assert_eq!(out, wire(next), "command {} follows", i + 1),
+            None => assert_eq!(out, clients_next, "then the client's command goes"),
+        }
+    }
+    let said = w.notes.drain();
+    assert!(
+        said.contains(&Note::Watchdogs(watchdogs::Outcome::Disarmed("ESP32-C3"))),
+        "{said:?}"
+    );
+    // Never twice in one loader run: another SYNC answer sends nothing.
+    up(&mut w, &sync(), 64);
+    let (_, chip, _) = down_to(&mut w, &rom_sync_answer(), 64, t0);
+    assert!(chip.is_empty());
+}
+
+#[test]
+fn a_running_stub_or_a_uart_bridge_gets_nothing_of_ours() {
+    let t0 = Instant::now();
+    // A stub already running answers a SYNC with 0: a host handled the watchdogs before.
+    let mut w = EspWatch::new(true, Entry::Reset).on_native_usb();
+    up(&mut w, &sync(), 64);
+    let (_, chip, _) = down_to(&mut w, &response(0x08, &[0, 0]), 64, t0);
+    assert!(chip.is_empty());
+    // A UART bridge board: the ROM's answer changes nothing.
+    let mut w = EspWatch::new(true, Entry::Reset);
+    up(&mut w, &sync(), 64);
+    let (_, chip, _) = down_to(&mut w, &rom_sync_answer(), 64, t0);
+    assert!(chip.is_empty());
+}

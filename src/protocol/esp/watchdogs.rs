@@ -18,9 +18,6 @@
 //! Then, as esptool does: unlock the RWDT's configuration, turn it off, lock it; unlock the
 //! super watchdog's, read its configuration, write it back with auto-feed on, lock it.
 
-// Issue 22's server side (the session that runs this on native-USB devices) lands next.
-#![allow(dead_code)]
-
 use super::command::{Command, Reply};
 
 /// The ROM word that differs per chip model (esptool `CHIP_DETECT_MAGIC_REG_ADDR`).

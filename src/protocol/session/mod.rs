@@ -236,6 +236,13 @@ impl Session {
         self
     }
 
+    /// The port is the chip's own USB-Serial/JTAG: the follower turns the chip's watchdogs
+    /// off once its ROM loader answers, as esptool does only when it sees a local port.
+    pub(crate) fn on_native_usb(mut self) -> Session {
+        self.esp = self.esp.map(EspWatch::on_native_usb);
+        self
+    }
+
     /// Hand what the session (and its ESP follower) has to say to `f`, oldest first, with its
     /// weight; returns how many notes were not kept since the last time.
     pub(crate) fn take_notes(&mut self, f: &mut dyn FnMut(Weight, &dyn Display)) -> u32 {
