@@ -662,7 +662,10 @@ fn on_native_usb_the_server_turns_the_watchdogs_off_before_the_clients_next_comm
         let (client, chip, actions) =
             down_to(&mut w, &answer(cmd.op() as u8, value, &[0, 0]), 64, t0);
         // Taken out: at most the frame delimiters around it reach the client.
-        assert!(client.iter().all(|&b| b == END), "answer {i}: {client:02x?}");
+        assert!(
+            client.iter().all(|&b| b == END),
+            "answer {i}: {client:02x?}"
+        );
         assert!(chip.is_empty());
         let reply = Reply::Answered {
             value,
