@@ -26,6 +26,10 @@
 //! the outgoing buffer that every session makes. Only while one of the server's commands
 //! waits for its answer are the chip's frames held, each in a small fixed buffer, until
 //! their end says whether they are that answer.
+//!
+//! One piece past 700 lines: both directions share the framers, the hold and the queue of the
+//! server's commands, and every rule above reads or moves them; the pure parts live in
+//! `frame`, `command`, `note` and `watchdogs`.
 
 mod command;
 mod frame;

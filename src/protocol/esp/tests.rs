@@ -1,4 +1,7 @@
 //! The follower's tests: bytes in, in chunks of every size, bytes and actions out.
+//!
+//! One file past 700 lines: every case (entry, baud, the server's own commands, native USB)
+//! drives the same framing helpers in chunks of every size.
 
 use super::frame::{snap_rom_rate, ESC, ESC_END, ESC_ESC};
 use super::*;

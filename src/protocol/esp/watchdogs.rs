@@ -42,6 +42,19 @@ pub(crate) struct Layout {
 const WDT_WKEY: u32 = 0x50D8_3AA1;
 const SWD_WKEY: u32 = 0x8F1D_312A;
 
+/// The ESP32-C6's watchdogs: DR_REG_LP_WDT_BASE 0x600B_1C00, one key for both.
+const C6: Layout = Layout {
+    chip: "ESP32-C6",
+    magic: &[0x2CE0_806F],
+    wdt_config0: 0x600B_1C00,
+    wdt_wprotect: 0x600B_1C18,
+    wdt_wkey: WDT_WKEY,
+    swd_conf: 0x600B_1C1C,
+    swd_wprotect: 0x600B_1C20,
+    swd_wkey: WDT_WKEY,
+    swd_auto_feed: 1 << 18,
+};
+
 /// The chips with a USB-Serial/JTAG port, by their magic word.
 const LAYOUTS: &[Layout] = &[
     // RTCCNTL_BASE_REG 0x6000_8000.
@@ -67,28 +80,12 @@ const LAYOUTS: &[Layout] = &[
         swd_wkey: SWD_WKEY,
         swd_auto_feed: 1 << 31,
     },
-    // DR_REG_LP_WDT_BASE 0x600B_1C00; the H2 shares the C6's layout.
-    Layout {
-        chip: "ESP32-C6",
-        magic: &[0x2CE0_806F],
-        wdt_config0: 0x600B_1C00,
-        wdt_wprotect: 0x600B_1C18,
-        wdt_wkey: WDT_WKEY,
-        swd_conf: 0x600B_1C1C,
-        swd_wprotect: 0x600B_1C20,
-        swd_wkey: WDT_WKEY,
-        swd_auto_feed: 1 << 18,
-    },
+    C6,
+    // The H2 has the C6's LP_WDT block.
     Layout {
         chip: "ESP32-H2",
         magic: &[0xD7B7_3E80],
-        wdt_config0: 0x600B_1C00,
-        wdt_wprotect: 0x600B_1C18,
-        wdt_wkey: WDT_WKEY,
-        swd_conf: 0x600B_1C1C,
-        swd_wprotect: 0x600B_1C20,
-        swd_wkey: WDT_WKEY,
-        swd_auto_feed: 1 << 18,
+        ..C6
     },
 ];
 
